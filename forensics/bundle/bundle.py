@@ -1,0 +1,190 @@
+"""``Bundle``, the read-only view of a verified incident bundle, and ``load_bundle``.
+
+Loading checks the manifest, every file's size (and sha256 with ``verify=True``) and the
+Arrow file's schema and batches before a ``Bundle`` is returned; tensors are read one batch
+at a time, memory-mapped when local.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from forensics.bundle._guard import Site
+from forensics.bundle.archive import MAX_ARCHIVE_BYTES
+from forensics.bundle.integrity import check_files
+from forensics.bundle.location import Location, resolve
+from forensics.bundle.manifest import ACTIVATIONS, MANIFEST, MAX_MANIFEST_BYTES, parse_manifest
+from forensics.bundle.store import Array, decode_batch, open_reader
+
+__all__ = ["Bundle", "load_bundle"]
+
+_SHOWN_MODULES = 5
+
+
+def load_bundle(
+    path_or_uri: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    filesystem: Any = None,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+) -> Bundle:
+    """Open and check a bundle: a directory, a ``.tar``/``.tar.zst``, or a ``pyarrow.fs`` URI.
+
+    ``filesystem`` (a ``pyarrow.fs.FileSystem``) makes ``path_or_uri`` a path on it.
+    ``verify=False`` skips the sha256 pass and the scan of every batch (sizes, schema and
+    batch count are still checked; each batch is still checked when read).
+    Every failure is a ``BundleError`` naming the bundle, the file and the problem.
+    """
+    location = resolve(path_or_uri, filesystem, max_archive_bytes)
+    try:
+        return _load(location, verify)
+    except BaseException:
+        location.cleanup()
+        raise
+
+
+def _load(location: Location, verify: bool) -> Bundle:
+    site = Site(location.name)
+    raw = _read_manifest_bytes(site, location)
+    manifest = parse_manifest(site, raw)
+    check_files(site, manifest["files"], location.size_of, location.open_stream, verify)
+    modules: list[str] = manifest["recorded"]["modules"]
+    with site.guard(ACTIVATIONS, "cannot read"), location.open_random(ACTIVATIONS) as source:
+        reader = open_reader(site, source)
+        if reader.num_record_batches != len(modules):
+            raise site.error(
+                ACTIVATIONS, f"has {reader.num_record_batches} record batches, manifest.json"
+                f" recorded.modules lists {len(modules)} modules"
+            )
+        if verify:
+            for index, module in enumerate(modules):
+                decode_batch(site, index, reader.get_batch(index), module)
+    return Bundle(location, manifest, raw)
+
+
+def _read_manifest_bytes(site: Site, location: Location) -> bytes:
+    with site.guard(MANIFEST, "cannot read"):
+        size = location.size_of(MANIFEST)
+        if size is None:
+            raise site.error(MANIFEST, "missing (not a bundle directory?)")
+        if size > MAX_MANIFEST_BYTES:
+            raise site.error(MANIFEST, f"{size} bytes, more than the limit {MAX_MANIFEST_BYTES}")
+        with location.open_stream(MANIFEST) as stream:
+            data: bytes = stream.read(MAX_MANIFEST_BYTES + 1)
+    return data
+
+
+class Bundle:
+    """A read-only view of a loaded bundle; build it with ``load_bundle``.
+
+        >>> b = load_bundle("incidents/incident_7")      # doctest: +SKIP
+        >>> b.kind, b.modules[:1]                         # doctest: +SKIP
+        ('incident', ['model.layers.0'])
+        >>> b.activation("model.layers.0").shape          # doctest: +SKIP
+        (1, 12, 64)
+    """
+
+    def __init__(self, location: Location, manifest: dict[str, Any], manifest_bytes: bytes) -> None:
+        self._location = location
+        self._site = Site(location.name)
+        self._manifest = manifest
+        self._manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
+        self._manifest_size = len(manifest_bytes)
+        self._modules: list[str] = list(manifest["recorded"]["modules"])
+        self._index = {module: i for i, module in enumerate(self._modules)}
+        if location.tmpdir is not None:  # extracted archive: delete it with the view
+            weakref.finalize(self, location.cleanup)
+
+    def __repr__(self) -> str:
+        return f"Bundle(id={self.id!r}, kind={self.kind!r}, modules={len(self._modules)}, path={self.path!r})"
+
+    @property
+    def path(self) -> str:
+        """Where the bundle was loaded from (absolute for local paths, else as given)."""
+        return self._location.display
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """A deep copy of the manifest (edits do not affect the bundle)."""
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def id(self) -> str:
+        return str(self._manifest["bundle_id"])
+
+    @property
+    def kind(self) -> str:
+        return str(self._manifest["kind"])
+
+    @property
+    def failure(self) -> dict[str, Any] | None:
+        failure: dict[str, Any] | None = self._manifest["failure"]
+        return copy.deepcopy(failure)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self._section("model")
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self._section("inputs")
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return self._section("outputs")
+
+    def _section(self, key: str) -> dict[str, Any]:
+        section: dict[str, Any] = self._manifest[key]
+        return copy.deepcopy(section)
+
+    @property
+    def modules(self) -> list[str]:
+        """Recorded module names in batch order."""
+        return list(self._modules)
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of the bundle's files, manifest.json included."""
+        files = self._manifest["files"].values()
+        return self._manifest_size + sum(int(entry["bytes"]) for entry in files)
+
+    def file_sha256(self) -> str:
+        """sha256 of manifest.json's bytes; it pins every file's digest, so it ids the content."""
+        return self._manifest_sha256
+
+    def activation(self, module: str) -> Array:
+        """One module's recorded tensor (read-only; zero-copy from a memory map when local)."""
+        index = self._lookup(module)
+        with self._open() as source:
+            reader = open_reader(self._site, source)
+            return self._decode(reader, index)
+
+    def iter_activations(self, modules: Sequence[str] | None = None) -> Iterator[tuple[str, Array]]:
+        """Yield ``(module, tensor)`` one batch at a time, in batch order or the order given."""
+        names = self._modules if modules is None else list(modules)
+        indices = [self._lookup(name) for name in names]
+        with self._open() as source:
+            reader = open_reader(self._site, source)
+            for name, index in zip(names, indices, strict=True):
+                yield name, self._decode(reader, index)
+
+    def _lookup(self, module: str) -> int:
+        if module in self._index:
+            return self._index[module]
+        shown = ", ".join(repr(m) for m in self._modules[:_SHOWN_MODULES])
+        more = f", … ({len(self._modules)} in all)" if len(self._modules) > _SHOWN_MODULES else ""
+        raise self._site.error(ACTIVATIONS, f"unknown module {module!r}; known: {shown}{more}")
+
+    def _open(self) -> Any:
+        with self._site.guard(ACTIVATIONS, "cannot open"):
+            return self._location.open_random(ACTIVATIONS)
+
+    def _decode(self, reader: Any, index: int) -> Array:
+        with self._site.guard(ACTIVATIONS, f"cannot read batch {index}"):
+            batch = reader.get_batch(index)
+        return decode_batch(self._site, index, batch, self._modules[index])[1]

@@ -1,0 +1,109 @@
+"""``write_bundle``: stream activations into ``activations.arrow``, then write the manifest last.
+
+The manifest is written atomically after everything else, so a directory with a
+``manifest.json`` is a complete bundle; a failed write leaves the destination as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from forensics.bundle._guard import Site
+from forensics.bundle.bundle import Bundle, load_bundle
+from forensics.bundle.integrity import sha256_file
+from forensics.bundle.manifest import (
+    ACTIVATIONS,
+    MANIFEST,
+    check_bundle_id,
+    encode_manifest,
+    prepare_manifest,
+    validate_manifest,
+    write_atomic,
+)
+from forensics.bundle.store import Array, write_activations
+
+__all__ = ["write_bundle"]
+
+_WRITE_ERRORS = (OSError, pa.ArrowException, TypeError, ValueError)
+
+
+def write_bundle(
+    dest: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    activations: Iterable[tuple[str, Array]],
+    *,
+    compression: Literal["zstd"] | None = None,
+    bundle_id: str | None = None,
+) -> Bundle:
+    """Write a bundle directory at ``dest`` (missing or empty) and return it loaded and verified.
+
+        >>> b = write_bundle(tmp / "incident_7", manifest, recorder.items())   # doctest: +SKIP
+        >>> b.modules                                                          # doctest: +SKIP
+        ['model.layers.0', 'model.layers.1']
+
+    ``bundle_id`` defaults to the manifest's ``bundle_id``, else to ``dest``'s name.
+    """
+    path = os.path.abspath(os.fspath(dest))
+    chosen = bundle_id if bundle_id is not None else manifest.get("bundle_id")
+    chosen = os.path.basename(path) if chosen is None else chosen
+    site = Site(os.path.basename(path))
+    if not isinstance(chosen, str):
+        raise site.error(MANIFEST, f"bundle_id must be a string, got {chosen!r}")
+    check_bundle_id(site, chosen)
+    placeholder = {ACTIVATIONS: {"bytes": 0, "sha256": "0" * 64}}
+    with site.guard(MANIFEST, "manifest is not strict JSON", _WRITE_ERRORS):
+        encode_manifest(manifest)  # fail fast on values JSON cannot hold
+    validate_manifest(site, prepare_manifest(manifest, chosen, [], placeholder))
+    created = _claim(site, path)
+    try:
+        _write(site, path, manifest, activations, compression, chosen)
+    except BaseException:
+        _release(path, created)
+        raise
+    return load_bundle(path)
+
+
+def _write(
+    site: Site,
+    path: str,
+    manifest: Mapping[str, Any],
+    activations: Iterable[tuple[str, Array]],
+    compression: Literal["zstd"] | None,
+    bundle_id: str,
+) -> None:
+    target = os.path.join(path, ACTIVATIONS)
+    with site.guard(ACTIVATIONS, "cannot write", _WRITE_ERRORS):
+        modules = write_activations(site, target, activations, compression)
+        size, digest = sha256_file(target)
+    files = {ACTIVATIONS: {"bytes": size, "sha256": digest}}
+    final = prepare_manifest(manifest, bundle_id, modules, files)
+    validate_manifest(site, final)
+    with site.guard(MANIFEST, "cannot write", _WRITE_ERRORS):
+        write_atomic(os.path.join(path, MANIFEST), encode_manifest(final))
+
+
+def _claim(site: Site, path: str) -> bool:
+    """Make sure ``path`` is an empty directory; return whether we created it."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise site.error(path, "exists and is not a directory")
+    if os.path.isdir(path):
+        if os.listdir(path):
+            raise site.error(path, "refusing to overwrite: destination directory is not empty")
+        return False
+    with site.guard(path, "cannot create bundle directory", _WRITE_ERRORS):
+        os.makedirs(path)
+    return True
+
+
+def _release(path: str, created: bool) -> None:
+    """Undo a failed write: remove what we wrote (and the directory if we made it)."""
+    for name in (ACTIVATIONS, MANIFEST):
+        target = os.path.join(path, name)
+        if os.path.lexists(target):
+            os.unlink(target)
+    if created and not os.listdir(path):
+        os.rmdir(path)

@@ -1,0 +1,184 @@
+"""One registry turns a model reference into a loaded (model, tokenizer, info).
+
+    loaded = resolve_model("smollm2-135m")          # embedded demo model, cached as safetensors
+    model, tokenizer, info = resolve_model("/models/my-hf-dir")
+    info.sha256                                      # identity of the weights, stored in bundles
+
+Accepted references: ``smollm2-135m``; a local Hugging Face directory (with ``config.json``);
+a ``.gguf`` file; ``hf:org/name`` from the local Hugging Face cache (never downloads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from forensics.errors import ModelError
+from forensics.models.arch import arch_for
+from forensics.models.embedded import EMBEDDED, embedded_gguf
+
+__all__ = [
+    "ACCEPTED_REFERENCES",
+    "LoadedModel",
+    "ModelInfo",
+    "default_cache_dir",
+    "resolve_device",
+    "resolve_model",
+    "weights_sha256",
+]
+
+ACCEPTED_REFERENCES = (
+    "an embedded model name (" + ", ".join(sorted(EMBEDDED)) + "), "
+    "a local Hugging Face directory containing config.json, a path to a .gguf file, "
+    "or hf:org/name already in the local Hugging Face cache"
+)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a reference resolved to; JSON-serialisable via ``to_dict``."""
+
+    ref: str
+    kind: str  # embedded | hf_dir | gguf | hf_cache
+    path: str
+    sha256: str
+    family: str
+    dtype: str
+    device: str
+    num_layers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class LoadedModel(NamedTuple):
+    model: nn.Module
+    tokenizer: Any
+    info: ModelInfo
+
+
+def default_cache_dir() -> Path:
+    """``MODEL_FORENSICS_CACHE_DIR`` or ``~/.cache/model-forensics`` (read at the edge only)."""
+    env = os.environ.get("MODEL_FORENSICS_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "model-forensics"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N") from exc
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), sorted by name."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        digest.update(memoryview(t.numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def resolve_model(
+    ref: str, *, device: str = "auto", dtype: str = "float32", cache_dir: str | os.PathLike[str] | None = None
+) -> LoadedModel:
+    """Load ``ref`` (see module docstring) in eval mode on ``device``; a clear error otherwise."""
+    if dtype not in _DTYPES:
+        raise ModelError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    kind, path = _locate(ref, cache)
+    model, tokenizer = _load(kind, path, _DTYPES[dtype])
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    sha = _cached_sha(path) if kind == "embedded" else weights_sha256(model)
+    spec = arch_for(model)
+    info = ModelInfo(ref, kind, str(path), sha, spec.family, dtype, str(dev), len(spec.layer_names(model)))
+    return LoadedModel(model, tokenizer, info)
+
+
+def _locate(ref: str, cache: Path) -> tuple[str, Path]:
+    if ref in EMBEDDED:
+        return "embedded", _ensure_converted(ref, cache)
+    if ref.startswith("hf:"):
+        return "hf_cache", _hf_cache_dir(ref[3:])
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model {ref!r}: GGUF file not found; accepted references: {ACCEPTED_REFERENCES}")
+        return "gguf", path
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf_dir", path
+    problem = "directory has no config.json" if path.is_dir() else "not a known name, file or directory"
+    raise ModelError(f"model {ref!r}: {problem}; accepted references: {ACCEPTED_REFERENCES}")
+
+
+def _hf_cache_dir(name: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as exc:  # the hub raises many types for "not cached"; all mean the same here
+        raise ModelError(
+            f"model 'hf:{name}' is not in the local Hugging Face cache (no download is attempted): {exc}"
+        ) from exc
+
+
+def _load(kind: str, path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    src, extra = (str(path.parent), {"gguf_file": path.name}) if kind == "gguf" else (str(path), {})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, **extra)
+        model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, **kwargs, **extra)
+    except Exception as exc:  # a user's files can fail in transformers/hub in many ways; all mean "unloadable"
+        raise ModelError(f"model at {path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    return model, tokenizer
+
+
+def _ensure_converted(name: str, cache: Path) -> Path:
+    """Convert the embedded GGUF once into ``cache/models/NAME`` (safetensors), atomically."""
+    dest = cache / "models" / name
+    if (dest / "model.safetensors").is_file() and (dest / "weights.sha256.json").is_file():
+        return dest
+    gguf = embedded_gguf(name)
+    model: Any
+    model, tokenizer = _load("gguf", gguf, torch.float32)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # de-quantised on load: plain fp32 weights now
+    model.hf_quantizer = None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "weights.sha256.json").write_text(json.dumps({"sha256": weights_sha256(model), "source": str(gguf)}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _cached_sha(path: Path) -> str:
+    try:
+        return str(json.loads((path / "weights.sha256.json").read_text())["sha256"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model cache {path}: weights.sha256.json unreadable ({exc}); delete the directory") from exc

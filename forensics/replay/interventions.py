@@ -1,0 +1,94 @@
+"""Interventions: small frozen, JSON-serialisable values; one batched driver applies them.
+
+    iv = Intervention("model.layers.10", "zero", "last")
+    Intervention.parse_sets('[{"module": "model.layers.10", "kind": "zero", "positions": "last"}]')
+
+Every intervention becomes ``new = out * scale + add`` on its rows and positions, so a batch of K
+candidate sets is one fused tensor op per hooked module — no Python loop over batch rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from forensics.errors import ConfigError
+
+__all__ = ["KINDS", "Intervention", "InterventionSet", "Positions"]
+
+KINDS = ("zero", "mean", "patch", "scale")
+Positions = Literal["last", "all"] | tuple[int, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Intervention:
+    """Replace (or scale) ``module``'s output at ``positions``.
+
+    kind: ``zero`` | ``mean`` (mean over benign baselines) | ``patch`` (from baseline bundle
+    ``source``, positions aligned from the end) | ``scale`` (multiply by ``factor``).
+    """
+
+    module: str
+    kind: str
+    positions: Positions = "last"
+    source: str | None = None
+    factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"intervention kind {self.kind!r} not allowed; use one of {', '.join(KINDS)}")
+        if not isinstance(self.module, str) or not self.module:
+            raise ConfigError(f"intervention module must be a non-empty string, got {self.module!r}")
+        if isinstance(self.positions, list):
+            object.__setattr__(self, "positions", tuple(self.positions))
+        if not (self.positions in ("last", "all") or _int_tuple(self.positions)):
+            raise ConfigError(f"intervention positions {self.positions!r}: use 'last', 'all' or a list of ints")
+        if self.kind == "scale" and self.factor is None:
+            raise ConfigError("intervention kind 'scale' needs a 'factor'")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"module": self.module, "kind": self.kind, "positions": self.positions}
+        if isinstance(self.positions, tuple):
+            out["positions"] = list(self.positions)
+        if self.source is not None:
+            out["source"] = self.source
+        if self.factor is not None:
+            out["factor"] = self.factor
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Intervention:
+        if not isinstance(data, dict):
+            raise ConfigError(f"an intervention is a JSON object, got {type(data).__name__}: {data!r}")
+        unknown = set(data) - {"module", "kind", "positions", "source", "factor"}
+        if unknown or "module" not in data or "kind" not in data:
+            raise ConfigError(
+                f"intervention {data!r}: needs 'module' and 'kind'; optional 'positions', 'source', 'factor'"
+                + (f"; unknown keys {sorted(unknown)}" if unknown else "")
+            )
+        factor = data.get("factor")
+        return cls(data["module"], data["kind"], data.get("positions", "last"), data.get("source"),
+                   float(factor) if factor is not None else None)
+
+    @staticmethod
+    def parse_sets(text: str) -> InterventionSet:
+        """One intervention set from JSON text: a list of objects (or a single object)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--intervene is not valid JSON: {exc}") from exc
+        items = data if isinstance(data, list) else [data]
+        return tuple(Intervention.from_dict(item) for item in items)
+
+
+InterventionSet = tuple[Intervention, ...]
+
+
+def _int_tuple(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, int) for v in value)
+
+
+def as_set(interventions: Sequence[Intervention]) -> InterventionSet:
+    return tuple(interventions)

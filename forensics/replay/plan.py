@@ -1,0 +1,104 @@
+"""Compile K intervention sets into one ``out * scale + add`` pair per hooked module.
+
+    plan = compile_plan(sets, length=T, d_of=..., bank=bank, step=step, device=dev)
+    plan.modules["model.layers.3"].scale     # [K, T, 1]  — multiplied into the module output
+    plan.modules["model.layers.3"].add       # [K, T, d]  — added after scaling
+
+Positions are resolved here, once, so a hook does one fused op for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from forensics.errors import ReplayError
+from forensics.replay.interventions import Intervention, InterventionSet
+from forensics.replay.sources import SourceBank
+
+__all__ = ["ModulePlan", "Plan", "compile_plan", "resolve_positions"]
+
+
+@dataclass
+class ModulePlan:
+    scale: torch.Tensor  # [K, T, 1]
+    add: torch.Tensor  # [K, T, d]
+    fires: int = 0
+
+
+@dataclass
+class Plan:
+    rows: int
+    modules: dict[str, ModulePlan] = field(default_factory=dict)
+
+
+def resolve_positions(iv: Intervention, length: int) -> list[int]:
+    """Absolute positions in a pass of ``length`` tokens; negative ints count from the end."""
+    if iv.positions == "last":
+        return [length - 1]
+    if iv.positions == "all":
+        return list(range(length))
+    out = []
+    for p in iv.positions:
+        q = p + length if p < 0 else p
+        if not 0 <= q < length:
+            raise ReplayError(f"intervention on {iv.module}: position {p} outside the {length}-token replay")
+        out.append(q)
+    return out
+
+
+def compile_plan(
+    sets: Sequence[InterventionSet],
+    *,
+    length: int,
+    width: Callable[[str], int | None],
+    bank: SourceBank,
+    step: int,
+    device: torch.device,
+) -> Plan:
+    plan = Plan(rows=len(sets))
+    for row, ivs in enumerate(sets):
+        for iv in ivs:
+            mp = plan.modules.get(iv.module)
+            if mp is None:
+                d = width(iv.module) or _source_width(iv, bank, step)
+                mp = ModulePlan(torch.ones(len(sets), length, 1), torch.zeros(len(sets), length, d))
+                plan.modules[iv.module] = mp
+            _apply(mp, row, iv, length, bank, step)
+    for mp in plan.modules.values():
+        mp.scale, mp.add = mp.scale.to(device), mp.add.to(device)
+    return plan
+
+
+def _source_width(iv: Intervention, bank: SourceBank, step: int) -> int:
+    """Width of an unrecorded module: from its source, or 1 (broadcast) for zero / scale."""
+    if iv.kind == "mean":
+        return int(bank.mean(iv.module).shape[-1])
+    if iv.kind == "patch":
+        return int(bank.patch(iv.module, iv.source, step=step).shape[-1])
+    return 1
+
+
+def _apply(mp: ModulePlan, row: int, iv: Intervention, length: int, bank: SourceBank, step: int) -> None:
+    positions = resolve_positions(iv, length)
+    if iv.kind == "scale":
+        factor = float(iv.factor if iv.factor is not None else 1.0)
+        mp.scale[row, positions] *= factor
+        mp.add[row, positions] *= factor
+        return
+    mp.scale[row, positions] = 0.0
+    if iv.kind == "zero":
+        mp.add[row, positions] = 0.0
+    elif iv.kind == "mean":
+        mp.add[row, positions] = torch.from_numpy(bank.mean(iv.module))
+    else:  # patch: align source and target from the end
+        src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step).copy())
+        keep = [p for p in positions if p - length + src.shape[0] >= 0]
+        if not keep:
+            raise ReplayError(f"patch of {iv.module}: source too short for positions {iv.positions!r}")
+        if iv.positions not in ("all",) and len(keep) < len(positions):
+            raise ReplayError(f"patch of {iv.module}: source has no counterpart for some of {iv.positions!r}")
+        mp.add[row, keep] = src[[p - length + src.shape[0] for p in keep]]
+        mp.scale[row, [p for p in positions if p not in keep]] = 1.0

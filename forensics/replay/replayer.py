@@ -1,0 +1,199 @@
+"""The Replayer: deterministic teacher-forced replay of a bundle's decision step, with proof.
+
+    rp = Replayer(load_bundle("bundles/australia"))
+    rp.fidelity().faithful                              # replay matches the recording?
+    rp.evaluate([(Intervention("model.layers.10", "zero"),), ()])   # K sets, ONE forward pass
+
+One forward pass over prompt + generated[:step] gives the logits at the decision step. Every
+intervention counts how often its hook fired; a requested intervention that never fired is an
+error, not a result.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from forensics.errors import ReplayError
+from forensics.failure import FailureSpec
+from forensics.hooks import HookSet, find_module, primary, with_primary
+from forensics.models.registry import LoadedModel, resolve_model
+from forensics.replay.fidelity import Fidelity, measure_fidelity
+from forensics.replay.interventions import InterventionSet
+from forensics.replay.plan import Plan, compile_plan
+from forensics.replay.sources import SourceBank
+
+__all__ = ["Outcome", "Replayer"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of one intervention set at the decision step."""
+
+    interventions: InterventionSet
+    metric: float  # logit(target) - logit(observed); > 0 once fixed (see FailureSpec.metric)
+    fixed: bool
+    argmax_id: int
+    argmax_token: str
+    hook_fires: tuple[int, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "interventions": [iv.to_dict() for iv in self.interventions],
+            "metric": self.metric,
+            "fixed": self.fixed,
+            "argmax_id": self.argmax_id,
+            "argmax_token": self.argmax_token,
+            "hook_fires": list(self.hook_fires),
+        }
+
+
+class Replayer:
+    """Replays one bundle on its model (loaded once), with batched interventions."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        *,
+        loaded: LoadedModel | None = None,
+        device: str = "auto",
+        cache_dir: str | None = None,
+        allow_model_mismatch: bool = False,
+        baselines: Sequence[Any] = (),
+        batch_size: int = 32,
+        fidelity_tolerance: float = 1e-4,
+    ) -> None:
+        self.bundle = bundle
+        self.loaded = loaded or resolve_model(
+            bundle.model["ref"], device=device, dtype=bundle.model.get("dtype", "float32"), cache_dir=cache_dir
+        )
+        self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
+        _check_identity(bundle, self.loaded, baselines, allow_model_mismatch)
+        self.bank = SourceBank(baselines)
+        self.batch_size, self.tolerance = max(1, batch_size), fidelity_tolerance
+        self.device = next(self.model.parameters()).device
+        self.spec = FailureSpec.from_dict(bundle.failure) if bundle.failure else None
+        outputs = bundle.outputs
+        self.step = int(outputs.get("decision_step") or 0)
+        generated = list(outputs["generated_ids"])
+        self.observed_id = int(generated[self.step])
+        self.target_id = self.spec.target_id(self.step) if self.spec else None
+        self.input_ids = torch.tensor([list(bundle.inputs["input_ids"]) + generated[: self.step]], device=self.device)
+        self.forward_passes = 0
+        self._keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def run(self, interventions: InterventionSet = ()) -> Outcome:
+        return self.evaluate([tuple(interventions)])[0]
+
+    def evaluate(self, sets: Sequence[InterventionSet]) -> list[Outcome]:
+        """Outcomes of K intervention sets; each chunk of ``batch_size`` sets is ONE forward pass."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(sets), self.batch_size):
+            chunk = [tuple(s) for s in sets[start : start + self.batch_size]]
+            outcomes.extend(self._evaluate_chunk(chunk))
+        return outcomes
+
+    def fidelity(self) -> Fidelity:
+        """Replay without interventions and compare logits and every recorded activation."""
+        captured: dict[str, np.ndarray] = {}
+        with HookSet(self.model) as hooks:
+            for name in self.bundle.modules:
+                hooks.forward(name, _capture_into(captured, name))
+            logits = self._forward(self.input_ids)
+        return measure_fidelity(self.bundle, self.step, logits[0], captured, self.tolerance)
+
+    def logits(self, sets: Sequence[InterventionSet] = ((),)) -> torch.Tensor:
+        """Decision-step logits [K, vocab] for K sets (one forward pass per chunk)."""
+        parts = []
+        for start in range(0, len(sets), self.batch_size):
+            chunk = [tuple(s) for s in sets[start : start + self.batch_size]]
+            parts.append(self._run_plan(chunk)[0])
+        return torch.cat(parts)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _evaluate_chunk(self, chunk: list[InterventionSet]) -> list[Outcome]:
+        logits, plan = self._run_plan(chunk)
+        if self.spec is not None:
+            metric = self.spec.metric(logits, observed_id=self.observed_id, target_id=self.target_id)
+            fixed = self.spec.fixed(logits, observed_id=self.observed_id, target_id=self.target_id)
+        else:
+            metric, fixed = torch.full((len(chunk),), float("nan")), torch.zeros(len(chunk), dtype=torch.bool)
+        top = logits.argmax(dim=-1).tolist()
+        return [
+            Outcome(ivs, float(metric[k]), bool(fixed[k]), int(top[k]), self.tokenizer.decode([top[k]]),
+                    tuple(plan.modules[iv.module].fires for iv in ivs))
+            for k, ivs in enumerate(chunk)
+        ]
+
+    def _run_plan(self, chunk: list[InterventionSet]) -> tuple[torch.Tensor, Plan]:
+        plan = compile_plan(chunk, length=self.length, width=self._width, bank=self.bank, step=self.step,
+                            device=self.device)
+        with self._installed(plan):
+            logits = self._forward(self.input_ids.expand(len(chunk), -1))
+        unfired = [name for name, mp in plan.modules.items() if mp.fires == 0]
+        if unfired:
+            raise ReplayError(f"interventions on {', '.join(unfired)} never fired; nothing was changed there")
+        return logits, plan
+
+    @contextmanager
+    def _installed(self, plan: Plan) -> Iterator[None]:
+        with HookSet(self.model) as hooks:
+            for name, mp in plan.modules.items():
+                hooks.forward(name, _patcher(mp))
+            yield
+
+    @torch.inference_mode()
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if self._keep_logits:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(input_ids=ids, **kwargs)
+        self.forward_passes += 1
+        logits: torch.Tensor = out.logits[:, -1].float()
+        return logits
+
+    def _width(self, module: str) -> int | None:
+        if module in self.bundle.modules:
+            return int(self.bundle.activation(module).shape[-1])
+        find_module(self.model, module)  # raises UnknownModuleError with suggestions
+        return None
+
+
+def _patcher(mp: Any) -> Any:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        out = primary(output)
+        if out.shape[:2] != mp.add.shape[:2]:
+            raise ReplayError(f"intervention expected [{mp.add.shape[0]}, {mp.add.shape[1]}, …], got {tuple(out.shape)}")
+        mp.fires += 1
+        return with_primary(output, out * mp.scale.to(out.dtype) + mp.add.to(out.dtype))
+
+    return hook
+
+
+def _capture_into(store: dict[str, np.ndarray], name: str) -> Any:
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        store[name] = primary(output)[0].detach().to("cpu", torch.float32).numpy()
+
+    return hook
+
+
+def _check_identity(bundle: Any, loaded: LoadedModel, baselines: Sequence[Any], allow: bool) -> None:
+    if allow:
+        return
+    for b in (bundle, *baselines):
+        want = b.model.get("sha256")
+        if want != loaded.info.sha256:
+            raise ReplayError(
+                f"bundle {b.id}: recorded with weights sha256 {str(want)[:12]}…, model {loaded.info.ref!r} has "
+                f"{loaded.info.sha256[:12]}…; pass --allow-model-mismatch to replay anyway"
+            )

@@ -1,0 +1,60 @@
+"""Where ``mean`` and ``patch`` interventions get their values: benign / counterfactual bundles.
+
+    bank = SourceBank([benign_a, benign_b])
+    bank.mean("model.layers.3")                         # [d] mean over baselines and positions
+    bank.patch("model.layers.3", "turkey_ok", length=12, step=0)   # [n, d] aligned from the end
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from forensics.errors import ReplayError
+
+__all__ = ["SourceBank", "prefix_length"]
+
+
+def prefix_length(bundle: Any, step: int) -> int:
+    """Positions of the teacher-forced pass at generation ``step``: prompt + generated[:step]."""
+    generated = len(bundle.outputs.get("generated_ids") or [])
+    return len(bundle.inputs["input_ids"]) + max(0, min(step, generated - 1))
+
+
+class SourceBank:
+    """Baseline bundles by id; computes and keeps mean activations per module."""
+
+    def __init__(self, baselines: Sequence[Any] = ()) -> None:
+        self.bundles = {b.id: b for b in baselines}
+        self._means: dict[str, np.ndarray] = {}
+
+    def mean(self, module: str) -> np.ndarray:
+        if module not in self._means:
+            if not self.bundles:
+                raise ReplayError("a 'mean' intervention needs benign baseline bundles; none were given")
+            rows = [self._activation(b, module).mean(axis=0) for b in self.bundles.values()]
+            self._means[module] = np.mean(rows, axis=0).astype(np.float32)
+        return self._means[module]
+
+    def patch(self, module: str, source: str | None, *, step: int) -> np.ndarray:
+        """The source's activation up to its own decision position ``step`` (aligned from the end)."""
+        bundle = self._bundle(source)
+        act = self._activation(bundle, module)
+        return act[: prefix_length(bundle, step)]
+
+    def _bundle(self, source: str | None) -> Any:
+        if source is None:
+            if not self.bundles:
+                raise ReplayError("a 'patch' intervention needs a baseline bundle as source; none were given")
+            return next(iter(self.bundles.values()))
+        if source not in self.bundles:
+            raise ReplayError(f"patch source {source!r} is not among the baselines ({', '.join(self.bundles) or 'none'})")
+        return self.bundles[source]
+
+    @staticmethod
+    def _activation(bundle: Any, module: str) -> np.ndarray:
+        if module not in bundle.modules:
+            raise ReplayError(f"baseline {bundle.id}: module {module!r} was not recorded")
+        return np.asarray(bundle.activation(module), dtype=np.float32)

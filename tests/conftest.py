@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny seeded models through the real registry, the embedded model, hook hygiene."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from forensics.models import LoadedModel, build_tiny_model, resolve_model
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.manual_seed(0)
+
+LIVE_MODELS: list[torch.nn.Module] = []
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {fam: build_tiny_model(fam, root / fam, seed=0, layers=2)
+            for fam in ("llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi")}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_dirs: dict[str, Path]) -> LoadedModel:
+    loaded = resolve_model(str(tiny_dirs["llama"]), device="cpu")
+    LIVE_MODELS.append(loaded.model)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_dirs: dict[str, Path]) -> LoadedModel:
+    loaded = resolve_model(str(tiny_dirs["gpt2"]), device="cpu")
+    LIVE_MODELS.append(loaded.model)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def smol() -> LoadedModel:
+    """The embedded SmolLM2-135M-Instruct (converted once into the cache dir)."""
+    loaded = resolve_model("smollm2-135m", device="cpu")
+    LIVE_MODELS.append(loaded.model)
+    return loaded
+
+
+def our_hooks(model: torch.nn.Module) -> list[str]:
+    """Modules that still carry a hook made by forensics (transformers installs its own, on purpose)."""
+    leaked = []
+    for name, m in model.named_modules():
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        if any(getattr(h, "__module__", "").startswith("forensics") for h in hooks):
+            leaked.append(name or "<root>")
+    return leaked
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_hooks() -> Iterator[None]:
+    """Every test leaves every shared model without our hooks (STYLE: hooks die in their with block)."""
+    yield
+    for model in LIVE_MODELS:
+        leaked = our_hooks(model)
+        assert not leaked, f"hooks leaked on {leaked[:5]}"

@@ -1,0 +1,31 @@
+"""The embedded real model: the Australia incident is a real failure, replayed faithfully."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from forensics.commands.record_cmd import record_prompt
+from forensics.models import LoadedModel
+from forensics.replay import Intervention, Replayer
+
+pytestmark = pytest.mark.slow
+
+
+def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_path: Path) -> None:
+    spec = argparse.Namespace(expected=" Canberra", forbidden=None, regex=False)
+    bundle, text, failed = record_prompt(smol, "The capital of Australia is", spec, str(tmp_path / "australia"),
+                                         kind=None, max_new_tokens=4, seed=0)
+    assert failed and text.startswith(" Sydney")
+    assert bundle.kind == "incident" and bundle.outputs["decision_step"] == 0
+    assert len(bundle.modules) == 90 and bundle.model["sha256"] == smol.info.sha256
+
+    rp = Replayer(bundle, loaded=smol)
+    fid = rp.fidelity()
+    assert fid.faithful and fid.max_logit_diff <= 1e-4 and fid.max_activation_diff <= 1e-4
+    base = rp.run(())
+    assert smol.tokenizer.decode([base.argmax_id]) == " Sydney" and base.metric < 0
+    hit = rp.run((Intervention("model.layers.10", "zero", "last"),))
+    assert hit.hook_fires == (1,) and abs(hit.metric - base.metric) > 0.05
