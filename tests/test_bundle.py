@@ -159,12 +159,14 @@ def test_manifest_fields(tmp_path: Path) -> None:
     assert on_disk["bundle_id"] == bundle.id == "incident_7"
     assert on_disk["recorded"] == {"positions": "all", "modules": bundle.modules}
     arrow = (tmp_path / "incident_7" / "activations.arrow").read_bytes()
-    assert on_disk["files"] == {
-        "activations.arrow": {"bytes": len(arrow), "sha256": hashlib.sha256(arrow).hexdigest()}
-    }
+    assert on_disk["files"] == {"activations.arrow": {"bytes": len(arrow), "sha256": hashlib.sha256(arrow).hexdigest()}}
     assert on_disk["created_at"].endswith("+00:00")
     assert on_disk["environment"] == {"python": "3.11"}  # unknown keys pass through
-    assert (bundle.kind, bundle.failure, bundle.inputs["input_ids"]) == ("incident", {"type": "expected", "text": "4"}, [1, 17, 5])
+    assert (bundle.kind, bundle.failure, bundle.inputs["input_ids"]) == (
+        "incident",
+        {"type": "expected", "text": "4"},
+        [1, 17, 5],
+    )
     assert bundle.model["ref"] == "tiny-llama" and bundle.outputs["text"] == "5"
     manifest_bytes = (tmp_path / "incident_7" / "manifest.json").read_bytes()
     assert bundle.file_sha256() == hashlib.sha256(manifest_bytes).hexdigest()
@@ -282,7 +284,9 @@ def test_load_through_pyarrow_filesystem(tmp_path: Path, kind: str) -> None:
 def test_load_from_tar_archives(tmp_path: Path, zstd: bool, nested: bool) -> None:
     acts = sample_activations()
     write_bundle(tmp_path / "incident_7", make_manifest(), acts, compression="zstd")
-    archive = tar_dir(tmp_path / "incident_7", tmp_path / ("incident_7.tar" + (".zst" if zstd else "")), zstd=zstd, nested=nested)
+    archive = tar_dir(
+        tmp_path / "incident_7", tmp_path / ("incident_7.tar" + (".zst" if zstd else "")), zstd=zstd, nested=nested
+    )
     bundle = load_bundle(archive)
     assert bundle.id == "incident_7"
     for name, want in acts:

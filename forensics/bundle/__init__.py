@@ -3,9 +3,10 @@
 Writes stream one record batch per module and put the manifest last, atomically; loads verify
 schema id, every size and sha256, and every batch before use. No pickle anywhere.
 
-    >>> b = write_bundle(tmp / "incident_7", manifest, [("layer.0", acts)])   # doctest: +SKIP
-    >>> load_bundle(tmp / "incident_7").activation("layer.0").shape            # doctest: +SKIP
-    (1, 12, 64)
+    >>> import numpy as np, tempfile; from forensics.bundle.manifest import example_manifest
+    >>> b = write_bundle(tempfile.mkdtemp() + "/incident_7", example_manifest(), [("layer.0", np.ones((1, 4), "f4"))])
+    >>> load_bundle(b.path).activation("layer.0").shape
+    (1, 4)
 
 Readable from a directory, a ``.tar`` / ``.tar.zst`` archive, or any ``pyarrow.fs`` URI
 (``file://``, ``s3://``, ``gs://``, ``hdfs://``). Every problem is a ``BundleError``

@@ -75,8 +75,7 @@ def _extract_member(site: Site, file: str, tar: tarfile.TarFile, member: tarfile
         return 0
     if not member.isreg():
         raise site.error(
-            file, f"member {member.name!r} is a {_kind(member)}; only regular files and"
-            " directories are allowed"
+            file, f"member {member.name!r} is a {_kind(member)}; only regular files and directories are allowed"
         )
     os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
     source = tar.extractfile(member)
@@ -103,8 +102,11 @@ def _safe_relative(site: Site, file: str, name: str) -> str | None:
 
 def _kind(member: tarfile.TarInfo) -> str:
     kinds = (
-        (member.issym(), "symlink"), (member.islnk(), "hard link"), (member.ischr(), "character device"),
-        (member.isblk(), "block device"), (member.isfifo(), "fifo"),
+        (member.issym(), "symlink"),
+        (member.islnk(), "hard link"),
+        (member.ischr(), "character device"),
+        (member.isblk(), "block device"),
+        (member.isfifo(), "fifo"),
     )
     return next((word for flag, word in kinds if flag), f"member of type {member.type!r}")
 
@@ -119,6 +121,7 @@ def find_root(site: Site, archive: str, dest: str) -> str:
         if os.path.isdir(inner) and os.path.isfile(os.path.join(inner, MANIFEST)):
             return inner
     raise site.error(
-        MANIFEST, f"missing: archive {os.path.basename(archive)} has no {MANIFEST} at its top level"
-        " or in a single top-level directory"
+        MANIFEST,
+        f"missing: archive {os.path.basename(archive)} has no {MANIFEST} at its top level"
+        " or in a single top-level directory",
     )

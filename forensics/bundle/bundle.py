@@ -58,8 +58,9 @@ def _load(location: Location, verify: bool) -> Bundle:
         reader = open_reader(site, source)
         if reader.num_record_batches != len(modules):
             raise site.error(
-                ACTIVATIONS, f"has {reader.num_record_batches} record batches, manifest.json"
-                f" recorded.modules lists {len(modules)} modules"
+                ACTIVATIONS,
+                f"has {reader.num_record_batches} record batches, manifest.json"
+                f" recorded.modules lists {len(modules)} modules",
             )
         if verify:
             for index, module in enumerate(modules):
@@ -82,11 +83,11 @@ def _read_manifest_bytes(site: Site, location: Location) -> bytes:
 class Bundle:
     """A read-only view of a loaded bundle; build it with ``load_bundle``.
 
-        >>> b = load_bundle("incidents/incident_7")      # doctest: +SKIP
-        >>> b.kind, b.modules[:1]                         # doctest: +SKIP
-        ('incident', ['model.layers.0'])
-        >>> b.activation("model.layers.0").shape          # doctest: +SKIP
-        (1, 12, 64)
+    >>> b = load_bundle("incidents/incident_7")      # doctest: +SKIP
+    >>> b.kind, b.modules[:1]                         # doctest: +SKIP
+    ('incident', ['model.layers.0'])
+    >>> b.activation("model.layers.0").shape          # doctest: +SKIP
+    (1, 12, 64)
     """
 
     def __init__(self, location: Location, manifest: dict[str, Any], manifest_bytes: bytes) -> None:

@@ -64,9 +64,7 @@ def check_files(
         if size is None:
             raise site.error(name, "missing (listed in manifest.json files table)")
         if size != entry["bytes"]:
-            raise site.error(
-                name, f"size mismatch (manifest {entry['bytes']} bytes, file {size} bytes)"
-            )
+            raise site.error(name, f"size mismatch (manifest {entry['bytes']} bytes, file {size} bytes)")
     if not verify:
         return
     for name, entry in files.items():

@@ -3,9 +3,10 @@
 ``resolve`` turns what the user passed into a ``Location`` that can stat, stream and
 random-access the bundle's files; local files are memory-mapped.
 
-    >>> loc = resolve("/tmp/incident_7")
-    >>> loc.name, loc.local
-    ('incident_7', True)
+    >>> import tempfile
+    >>> loc = resolve(tempfile.mkdtemp(suffix="incident_7"))
+    >>> loc.name.endswith("incident_7"), loc.local, loc.tmpdir
+    (True, True, None)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Location:
         return int(info.size) if info.type == pafs.FileType.File else None
 
     def open_stream(self, file: str) -> Any:
-        return self.fs.open_input_stream(self.path(file))
+        return self.fs.open_input_stream(self.path(file), compression=None)
 
     def open_random(self, file: str) -> Any:
         """Random-access handle: a read-only memory map for local files (zero-copy reads)."""
@@ -78,21 +79,22 @@ def resolve(
         kind = fs.get_file_info(path).type
     local = isinstance(fs, pafs.LocalFileSystem)
     if is_archive(path) and kind == pafs.FileType.File:
-        return _extract(site, fs, path, text, max_archive_bytes)
+        return _extract(site, fs, path, path if plain else text, max_archive_bytes)
     if kind != pafs.FileType.Directory:
         raise site.error(text, "no such bundle directory or archive")
-    display = os.path.abspath(path) if local else text
-    return Location(fs, path, name, display, local)
+    return Location(fs, path, name, path if plain else text, local)
 
 
 def _extract(site: Site, fs: Any, path: str, display: str, max_bytes: int) -> Location:
     tmpdir = tempfile.mkdtemp(prefix="forensics-bundle-")
     try:
-        with site.guard(os.path.basename(path), "cannot open archive"), fs.open_input_stream(path) as raw:
+        with (
+            site.guard(os.path.basename(path), "cannot open archive"),
+            fs.open_input_stream(path, compression=None) as raw,
+        ):
             extract_archive(site, raw, path, tmpdir, max_bytes)
         root = find_root(site, path, tmpdir)
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    shown = os.path.abspath(path) if isinstance(fs, pafs.LocalFileSystem) else display
-    return Location(pafs.LocalFileSystem(), root, site.bundle, shown, True, tmpdir)
+    return Location(pafs.LocalFileSystem(), root, site.bundle, display, True, tmpdir)

@@ -76,9 +76,7 @@ def validate_manifest(site: Site, manifest: Mapping[str, Any]) -> None:
     """Check the schema id first, then every required key and its type."""
     found = manifest.get("schema")
     if found != SCHEMA_ID:
-        raise site.error(
-            MANIFEST, f"unsupported schema id {found!r}; this reader supports {SCHEMA_ID!r}"
-        )
+        raise site.error(MANIFEST, f"unsupported schema id {found!r}; this reader supports {SCHEMA_ID!r}")
     for key, kind, words in _TOP_LEVEL:
         if key not in manifest:
             raise site.error(MANIFEST, f"missing required key {key!r}")
@@ -97,8 +95,7 @@ def check_bundle_id(site: Site, value: str) -> None:
     """A bundle id is a non-empty name without path separators or control characters."""
     if not value or value in (".", "..") or "/" in value or "\\" in value or _CONTROL.search(value):
         raise site.error(
-            MANIFEST, f"bundle_id {value!r} must be a non-empty name without separators or control"
-            " characters"
+            MANIFEST, f"bundle_id {value!r} must be a non-empty name without separators or control characters"
         )
 
 
@@ -179,9 +176,15 @@ def example_manifest() -> dict[str, Any]:
     """A minimal valid manifest (for docs and tests)."""
     zero = "0" * 64
     return {
-        "schema": SCHEMA_ID, "bundle_id": "example", "created_at": "2025-01-01T00:00:00+00:00",
-        "kind": "incident", "model": {"ref": "tiny", "sha256": zero}, "inputs": {"input_ids": [1]},
-        "outputs": {}, "failure": None, "recorded": {"modules": []},
+        "schema": SCHEMA_ID,
+        "bundle_id": "example",
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "kind": "incident",
+        "model": {"ref": "tiny", "sha256": zero},
+        "inputs": {"input_ids": [1]},
+        "outputs": {},
+        "failure": None,
+        "recorded": {"modules": []},
         "files": {ACTIVATIONS: {"bytes": 0, "sha256": zero}},
     }
 

@@ -53,9 +53,7 @@ def encode_batch(site: Site, module: str, array: Array) -> Any:
     if not isinstance(module, str) or not module:
         raise site.error(ACTIVATIONS, f"module name must be a non-empty string, got {module!r}")
     if arr.dtype.name not in ALLOWED_DTYPES:
-        raise site.error(
-            ACTIVATIONS, f"module {module!r}: dtype {arr.dtype} not in allowed {ALLOWED_DTYPES}"
-        )
+        raise site.error(ACTIVATIONS, f"module {module!r}: dtype {arr.dtype} not in allowed {ALLOWED_DTYPES}")
     arr = arr.astype(arr.dtype.newbyteorder("<"), order="C", copy=False)
     raw = arr.reshape(-1).view(np.uint8)
     offsets = pa.py_buffer(np.array([0, raw.size], dtype="<i8"))
@@ -81,9 +79,7 @@ def write_activations(
     options = pa.ipc.IpcWriteOptions(compression=compression)
     modules: list[str] = []
     seen: set[str] = set()
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(
-        sink, ACTIVATION_SCHEMA, options=options
-    ) as writer:
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, ACTIVATION_SCHEMA, options=options) as writer:
         for module, array in items:
             if module in seen:
                 raise site.error(ACTIVATIONS, f"module {module!r} given twice")
@@ -144,15 +140,12 @@ def _shape(site: Site, where: str, values: Any) -> tuple[int, ...]:
 def _view(site: Site, where: str, buffer: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
-        raise site.error(
-            ACTIVATIONS, f"{where}: shape {list(shape)} has {count} elements, limit {MAX_ELEMENTS}"
-        )
+        raise site.error(ACTIVATIONS, f"{where}: shape {list(shape)} has {count} elements, limit {MAX_ELEMENTS}")
     have = 0 if buffer is None else int(buffer.size)
     if count * dtype.itemsize != have:
         raise site.error(
             ACTIVATIONS,
-            f"{where}: shape {list(shape)} x {dtype.name} needs {count * dtype.itemsize} bytes,"
-            f" data has {have}",
+            f"{where}: shape {list(shape)} x {dtype.name} needs {count * dtype.itemsize} bytes, data has {have}",
         )
     if count == 0:
         array = np.empty(shape, dtype=dtype)

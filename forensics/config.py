@@ -1,0 +1,179 @@
+"""Typed configuration: frozen dataclasses validated on construction, loaded from YAML at the edge.
+
+    cfg = load_config("configs/default.yaml")     # or Config() for the defaults
+    cfg.modules.cca.max_fix_set_size              # 5
+
+Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the key, the value
+and what is allowed. Keys follow the deployment guide (``bundle_dir``, ``modules.cf.*``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forensics.errors import ConfigError
+
+__all__ = ["CCAConfig", "CFSection", "Config", "ModulesConfig", "ToggleConfig", "from_dict", "load_config", "to_dict"]
+
+COMPRESSION_METHODS = ("zlib", "gzip", "lzma", "arithmetic")
+STRATEGIES = ("greedy", "beam", "random")
+INTERVENTION_TYPES = ("zero", "mean", "patch", "scale")
+POSITIONS = ("last", "all")
+
+
+def _check(key: str, ok: bool, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key!r}: value {value!r} not allowed; expected {allowed}")
+
+
+@dataclass(frozen=True)
+class CFSection:
+    enabled: bool = True
+    anomaly_threshold: float = 2.0
+    compression_methods: tuple[str, ...] = ("zlib", "gzip", "arithmetic")
+    entropy_window: int = 256
+    baseline_samples: int = 50
+
+    def __post_init__(self) -> None:
+        _check("modules.cf.anomaly_threshold", self.anomaly_threshold > 0, self.anomaly_threshold, "a number > 0")
+        bad = [m for m in self.compression_methods if m not in COMPRESSION_METHODS]
+        _check("modules.cf.compression_methods", bool(self.compression_methods) and not bad,
+               list(self.compression_methods), f"a non-empty list of {', '.join(COMPRESSION_METHODS)}")
+        _check("modules.cf.entropy_window", 8 <= self.entropy_window <= 1 << 20, self.entropy_window,
+               "an integer from 8 to 1048576")
+        _check("modules.cf.baseline_samples", self.baseline_samples >= 2, self.baseline_samples, "an integer >= 2")
+
+
+@dataclass(frozen=True)
+class CCAConfig:
+    enabled: bool = True
+    search_strategy: str = "greedy"
+    max_fix_set_size: int = 5
+    early_stop_threshold: float = 0.8
+    intervention_types: tuple[str, ...] = ("zero", "mean", "patch")
+    positions: tuple[str, ...] = ("last", "all")
+    beam_width: int = 3
+    random_samples: int = 256
+    seed: int = 0
+    max_replays: int = 20000
+    batch_size: int = 32
+    patch_sources: int = 3
+
+    def __post_init__(self) -> None:
+        _check("modules.cca.search_strategy", self.search_strategy in STRATEGIES, self.search_strategy,
+               " | ".join(STRATEGIES))
+        _check("modules.cca.max_fix_set_size", 1 <= self.max_fix_set_size <= 32, self.max_fix_set_size,
+               "an integer from 1 to 32")
+        _check("modules.cca.early_stop_threshold", 0 < self.early_stop_threshold <= 1, self.early_stop_threshold,
+               "a number in (0, 1]")
+        bad = [t for t in self.intervention_types if t not in INTERVENTION_TYPES]
+        _check("modules.cca.intervention_types", bool(self.intervention_types) and not bad,
+               list(self.intervention_types), f"a non-empty list of {', '.join(INTERVENTION_TYPES)}")
+        _check("modules.cca.positions", bool(self.positions) and set(self.positions) <= set(POSITIONS),
+               list(self.positions), "a non-empty list of last, all")
+        for key in ("beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
+            value = getattr(self, key)
+            _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ToggleConfig:
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class ModulesConfig:
+    cf: CFSection = field(default_factory=CFSection)
+    cca: CCAConfig = field(default_factory=CCAConfig)
+    isc: ToggleConfig = field(default_factory=ToggleConfig)
+    dbc: ToggleConfig = field(default_factory=ToggleConfig)
+    provenance: ToggleConfig = field(default_factory=ToggleConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    bundle_dir: str = "./bundles"
+    output_dir: str = "./analysis_results"
+    device: str = "auto"
+    timeout_minutes: int = 120
+    fidelity_tolerance: float = 1e-4
+    modules: ModulesConfig = field(default_factory=ModulesConfig)
+    log_level: str = "INFO"
+    log_file: str | None = "model_forensics.log"
+
+    def __post_init__(self) -> None:
+        _check("device", self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+               self.device, "auto, cpu, cuda, cuda:N or mps")
+        _check("timeout_minutes", self.timeout_minutes >= 1, self.timeout_minutes, "an integer >= 1")
+        _check("fidelity_tolerance", self.fidelity_tolerance > 0, self.fidelity_tolerance, "a number > 0")
+        _check("log_level", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+               self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+
+def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data, checking keys and types; errors name the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {prefix or '<root>'!r}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; allowed here: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        _check(key, isinstance(value, list | tuple), value, "a list")
+        return tuple(_coerce(f"{key}[]", typing.get_args(hint)[0], v) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    _check(key, isinstance(value, hint) and not (hint is int and isinstance(value, bool)), value,
+           f"a value of type {hint.__name__}")
+    return value
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config (tuples become lists), for reports and ``info``."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read YAML ``path`` (or the defaults), apply ``overrides`` (dotted keys), validate."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path}: cannot be read as YAML ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    config: Config = from_dict(Config, data)
+    return config

@@ -1,0 +1,10 @@
+"""Where work runs: ``LocalExecutor`` (default, in-process); ``RayExecutor`` when a cluster is wanted.
+
+    with LocalExecutor() as ex:
+        evaluate = ex.evaluator(ReplayJob("bundles/australia"))
+"""
+
+from forensics.exec.base import Evaluator, Executor, ReplayJob
+from forensics.exec.local import LocalExecutor, build_replayer
+
+__all__ = ["Evaluator", "Executor", "LocalExecutor", "ReplayJob", "build_replayer"]

@@ -1,0 +1,65 @@
+"""The two roles of baselines: a benign *population* (CF statistics, mean ablation) and
+*counterfactuals* (runs that get this same question right: the sources of ``patch``).
+
+    pop = load_population("bundles/benign/")            # list of benign bundles
+    pick_counterfactuals(incident, pop, k=3)            # most similar by token overlap
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from forensics.errors import BundleError, ConfigError
+
+__all__ = ["list_bundle_paths", "load_population", "pick_counterfactuals", "token_overlap"]
+
+log = logging.getLogger(__name__)
+
+
+def list_bundle_paths(directory: str | Path) -> list[Path]:
+    """Bundles directly under ``directory`` (dirs with a manifest, .tar, .tar.zst), sorted by name."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"baseline/bundle directory {directory}: not a directory")
+    found = [p for p in sorted(root.iterdir())
+             if (p.is_dir() and (p / "manifest.json").is_file()) or p.name.endswith((".tar", ".tar.zst"))]
+    return found
+
+
+def load_population(source: str | Path | Sequence[Any], *, limit: int | None = None) -> list[Any]:
+    """Benign bundles from a directory, a single bundle path, or a list of bundles/paths.
+
+    Bundles that fail to load are skipped with a warning naming them; incidents are left out."""
+    from forensics.bundle import Bundle, load_bundle
+
+    if isinstance(source, str | Path):
+        path = Path(source)
+        items: list[Any] = [path] if (path / "manifest.json").is_file() else list_bundle_paths(path)
+    else:
+        items = list(source)
+    out = []
+    for item in items:
+        try:
+            bundle = item if isinstance(item, Bundle) else load_bundle(item)
+        except BundleError as exc:
+            log.warning("skipping baseline: %s", exc)
+            continue
+        if bundle.kind == "benign":
+            out.append(bundle)
+    return out[:limit] if limit else out
+
+
+def token_overlap(a: Sequence[int], b: Sequence[int]) -> float:
+    """Jaccard overlap of token id sets."""
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
+def pick_counterfactuals(incident: Any, population: Sequence[Any], *, k: int = 3) -> list[Any]:
+    """The ``k`` baselines most similar to the incident's prompt; ties keep directory order."""
+    ids = incident.inputs["input_ids"]
+    scored = sorted(population, key=lambda b: -token_overlap(ids, b.inputs["input_ids"]))
+    return scored[:k]

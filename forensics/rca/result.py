@@ -1,0 +1,92 @@
+"""The analysis result and its JSON report (schema ``model-forensics/rca@1``, see docs/report-schema.md).
+
+    result = RCAPipeline(config).analyze_incident("bundles/australia", baseline="bundles/benign/")
+    result.confidence, result.fix_set, result.compression_metrics, result.export_path
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forensics.rca.cca import FixSet
+
+__all__ = ["REPORT_SCHEMA", "RCAResult", "write_json_atomic"]
+
+REPORT_SCHEMA = "model-forensics/rca@1"
+
+
+@dataclass
+class RCAResult:
+    bundle_id: str
+    confidence: float
+    execution_time: float
+    compression_metrics: list[Any]  # CompressionMetric: .module, .score, .is_anomalous, .to_dict()
+    fix_set: FixSet | None
+    replays: dict[str, Any]
+    fidelity: dict[str, Any]
+    decision: dict[str, Any]
+    localisation: list[dict[str, Any]] = field(default_factory=list)
+    single_effects: list[dict[str, Any]] = field(default_factory=list)
+    search: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] | None = None
+    export_path: str | None = None
+
+    @property
+    def anomalous_modules(self) -> list[str]:
+        return [m.module for m in self.compression_metrics if m.is_anomalous]
+
+    def to_dict(self) -> dict[str, Any]:
+        from forensics import __version__
+
+        return {
+            "schema": REPORT_SCHEMA,
+            "version": __version__,
+            "bundle_id": self.bundle_id,
+            "confidence": self.confidence,
+            "execution_time": self.execution_time,
+            "compression_metrics": [m.to_dict() for m in self.compression_metrics],
+            "fix_set": self.fix_set.to_dict() if self.fix_set else None,
+            "replays": self.replays,
+            "fidelity": self.fidelity,
+            "decision": self.decision,
+            "localisation": self.localisation,
+            "single_effects": self.single_effects,
+            "search": self.search,
+            "baselines": self.baselines,
+            "model": self.model,
+            "timings": self.timings,
+            "notes": self.notes,
+            "provenance": self.provenance,
+            "export_path": self.export_path,
+        }
+
+    def export(self, path: str | os.PathLike[str]) -> str:
+        """Write the JSON report atomically; sets and returns ``export_path``."""
+        self.export_path = str(Path(path))
+        write_json_atomic(path, self.to_dict())
+        return self.export_path
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """tmp file in the same directory + fsync + rename: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

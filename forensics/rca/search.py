@@ -1,0 +1,133 @@
+"""Scoring of intervention sets and the three search strategies (greedy, beam, random).
+
+    scorer = Scorer(evaluate, m_incident=-2.1, m_baseline=1.7, budget=20000, batch_size=32)
+    best = greedy(scorer, candidates, max_size=5, threshold=0.8)
+
+A strategy only proposes sets; ``Scorer`` evaluates them in batches (one forward pass per batch),
+turns metrics into recovery and keeps count.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from forensics.replay.interventions import Intervention, InterventionSet
+from forensics.replay.replayer import Outcome
+
+__all__ = ["STRATEGIES", "Scored", "Scorer", "beam", "greedy", "random_search"]
+
+
+@dataclass(frozen=True)
+class Scored:
+    interventions: InterventionSet
+    metric: float
+    recovery: float
+    fixed: bool
+    argmax_token: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interventions": [iv.to_dict() for iv in self.interventions], "metric": self.metric,
+                "recovery": self.recovery, "fixed": self.fixed, "argmax_token": self.argmax_token}
+
+
+class Scorer:
+    """Evaluates sets through an executor's evaluator; recovery = (m - m_inc) / (m_base - m_inc)."""
+
+    def __init__(self, evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], *, m_incident: float,
+                 m_baseline: float, budget: int, batch_size: int, prior: dict[Intervention, float] | None = None,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.evaluate, self.m_incident, self.m_baseline = evaluate, m_incident, m_baseline
+        self.budget, self.batch_size, self.prior = budget, batch_size, prior or {}
+        self.progress = progress
+        self.evaluated = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.budget - self.evaluated)
+
+    def recovery(self, metric: float) -> float:
+        return (metric - self.m_incident) / (self.m_baseline - self.m_incident)
+
+    def score(self, sets: Sequence[InterventionSet], *, stop_at: float | None = None) -> list[Scored]:
+        """Score ``sets`` batch by batch within the budget; with ``stop_at``, stop after a batch holding a
+        fixed set whose recovery reaches it (early stop)."""
+        out: list[Scored] = []
+        sets = list(sets)[: self.remaining]
+        for start in range(0, len(sets), self.batch_size):
+            outcomes = self.evaluate(sets[start : start + self.batch_size])
+            self.evaluated += len(outcomes)
+            if self.progress:
+                self.progress(len(outcomes))
+            batch = [Scored(o.interventions, o.metric, self.recovery(o.metric), o.fixed, o.argmax_token)
+                     for o in outcomes]
+            out.extend(batch)
+            if stop_at is not None and any(s.fixed and s.recovery >= stop_at for s in batch):
+                break
+        return out
+
+    def key(self, s: Scored) -> tuple[bool, float, int, float]:
+        """Rank: fixed first, then recovery (to 0.01), then fewer positions, then the CF prior."""
+        cost = sum(0 if iv.positions == "last" else 1 for iv in s.interventions)
+        return (s.fixed, round(s.recovery, 2), -cost, sum(self.prior.get(iv, 0.0) for iv in s.interventions))
+
+    def best(self, scored: Sequence[Scored]) -> Scored | None:
+        return max(scored, key=self.key, default=None)
+
+
+def _extend(base: InterventionSet, candidates: Sequence[Intervention]) -> list[InterventionSet]:
+    taken = {(iv.module, iv.positions) for iv in base}
+    return [tuple(sorted((*base, c))) for c in candidates if (c.module, c.positions) not in taken]
+
+
+def greedy(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
+           threshold: float) -> tuple[Scored | None, list[dict[str, Any]]]:
+    best = scorer.best(singles)
+    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": best.recovery if best else None}]
+    while best is not None and not best.fixed and len(best.interventions) < max_size and scorer.remaining:
+        scored = scorer.score(_extend(best.interventions, candidates), stop_at=threshold)
+        nxt = scorer.best(scored)
+        steps.append({"size": len(best.interventions) + 1, "evaluated": len(scored),
+                      "best_recovery": nxt.recovery if nxt else None})
+        if nxt is None or scorer.key(nxt) <= scorer.key(best):
+            break
+        best = nxt
+    return best, steps
+
+
+def beam(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
+         threshold: float, width: int) -> tuple[Scored | None, list[dict[str, Any]]]:
+    beams = sorted(singles, key=scorer.key, reverse=True)[:width]
+    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": beams[0].recovery if beams else None}]
+    size = 1
+    while beams and not beams[0].fixed and size < max_size and scorer.remaining:
+        proposals = list(dict.fromkeys(s for b in beams for s in _extend(b.interventions, candidates)))
+        scored = scorer.score(proposals, stop_at=threshold)
+        size += 1
+        beams = sorted([*beams, *scored], key=scorer.key, reverse=True)[:width]
+        steps.append({"size": size, "evaluated": len(scored), "best_recovery": beams[0].recovery})
+    return (beams[0] if beams else None), steps
+
+
+def random_search(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
+                  samples: int, seed: int) -> tuple[Scored | None, list[dict[str, Any]]]:
+    """Seeded random sets (sizes 2..max), candidates weighted by the CF prior; best of all seen."""
+    rng = _random.Random(seed)
+    weights = [1.0 + max(0.0, scorer.prior.get(c, 0.0)) for c in candidates]
+    proposals: dict[InterventionSet, None] = {}
+    for _ in range(samples * 4):
+        if len(proposals) >= samples or len(candidates) < 2:
+            break
+        size = rng.randint(2, max(2, min(max_size, len(candidates))))
+        picked = {c for c in rng.choices(candidates, weights=weights, k=size)}
+        proposals[tuple(sorted(picked))] = None
+    scored = scorer.score(list(proposals))
+    fixed = [s for s in [*singles, *scored] if s.fixed]
+    pool = fixed and [s for s in fixed if len(s.interventions) == min(len(f.interventions) for f in fixed)]
+    best = scorer.best(pool or [*singles, *scored])
+    return best, [{"size": "random", "evaluated": len(scored), "best_recovery": best.recovery if best else None}]
+
+
+STRATEGIES = ("greedy", "beam", "random")
