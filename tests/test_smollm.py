@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from forensics.commands.record_cmd import record_prompt
+from forensics.failure import FailureSpec
 from forensics.models import LoadedModel
 from forensics.replay import Intervention, Replayer
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_path: Path) -> None:
-    spec = argparse.Namespace(expected=" Canberra", forbidden=None, regex=False)
+    spec = FailureSpec.expected(" Canberra", smol.tokenizer)
     bundle, text, failed = record_prompt(smol, "The capital of Australia is", spec, str(tmp_path / "australia"),
                                          kind=None, max_new_tokens=4, seed=0)
     assert failed and text.startswith(" Sydney")

@@ -9,9 +9,19 @@ __all__ = ["register_all"]
 
 
 def register_all(sub: Any) -> None:
-    from forensics.commands import record_cmd, replay_cmd
+    from forensics.commands import (
+        analyze_cmd,
+        baseline_cmd,
+        batch_cmd,
+        demo_cmd,
+        record_cmd,
+        replay_cmd,
+        triage_cmd,
+        validate_cmd,
+    )
 
-    for module in (record_cmd, replay_cmd):
+    modules = (record_cmd, replay_cmd, analyze_cmd, triage_cmd, batch_cmd, validate_cmd, baseline_cmd, demo_cmd)
+    for module in modules:
         parser: argparse.ArgumentParser = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.configure(parser)
         parser.set_defaults(run=module.run)

@@ -31,13 +31,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def record_prompt(loaded: LoadedModel, prompt: str, spec_args: argparse.Namespace, out: str,
-                  *, kind: str | None, max_new_tokens: int, seed: int) -> tuple[object, str, bool]:
+def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:
+    if args.expected is not None:
+        return FailureSpec.expected(args.expected, tokenizer)
+    return FailureSpec.forbidden(args.forbidden, regex=args.regex)
+
+
+def record_prompt(loaded: LoadedModel, prompt: str, spec: FailureSpec, out: str | Path,
+                  *, kind: str | None = None, max_new_tokens: int = 8, seed: int = 0) -> tuple[Any, str, bool]:
     """Generate greedily under the recorder and save; returns (bundle, generated text, is_failure)."""
     model: Any = loaded.model
     tok, info = loaded.tokenizer, loaded.info
-    spec = (FailureSpec.expected(spec_args.expected, tok) if spec_args.expected is not None
-            else FailureSpec.forbidden(spec_args.forbidden, regex=spec_args.regex))
     enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
     torch.manual_seed(seed)
     ref = info.ref if info.kind in ("embedded", "hf_cache") else str(Path(info.path).resolve())
@@ -53,9 +57,10 @@ def record_prompt(loaded: LoadedModel, prompt: str, spec_args: argparse.Namespac
 
 def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=args.device)
-    bundle, text, failed = record_prompt(loaded, args.prompt, args, args.out, kind=args.kind,
+    spec = spec_from_args(args, loaded.tokenizer)
+    bundle, text, failed = record_prompt(loaded, args.prompt, spec, args.out, kind=args.kind,
                                          max_new_tokens=args.max_new_tokens, seed=args.seed)
-    outputs = bundle.outputs  # type: ignore[attr-defined]
+    outputs = bundle.outputs
     print(f"prompt:    {args.prompt!r}")
     print(f"generated: {text!r}")
     if failed:
@@ -64,5 +69,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAILURE at generated token {step}: {observed!r} violates the spec")
     else:
         print("no failure: the output satisfies the spec")
-    print(f"bundle:    {args.out} ({bundle.id}, kind={bundle.kind}, {len(bundle.modules)} modules)")  # type: ignore[attr-defined]
+    print(f"bundle:    {args.out} ({bundle.id}, kind={bundle.kind}, {len(bundle.modules)} modules)")
     return 0

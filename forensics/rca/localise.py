@@ -30,7 +30,8 @@ def rank_layers(metrics: Sequence[Any]) -> list[dict[str, Any]]:
         layer = layer_of(m.module)
         if layer is not None:
             per_layer.setdefault(layer, []).append(m)
-    rows, running = [], 0.0
+    rows: list[dict[str, Any]] = []
+    running = 0.0
     for layer in sorted(per_layer):
         score = max(float(m.score) for m in per_layer[layer])
         rows.append({"layer": layer, "score": score, "onset": max(0.0, score - running),

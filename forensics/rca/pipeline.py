@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from forensics.config import Config
-from forensics.errors import ConfigError, ReplayError
+from forensics.errors import ConfigError
 from forensics.exec.base import Executor, ReplayJob
 from forensics.exec.local import LocalExecutor
 from forensics.models.registry import LoadedModel, resolve_model
@@ -62,7 +62,7 @@ class RCAPipeline:
         loaded = self._model(incident, model)
         timings["load"] = time.perf_counter() - t0
         cfs = self._counterfactuals(incident, population, patch_source)
-        rp = Replayer(incident, loaded=loaded, baselines=_unique([*population, *cfs]),
+        rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs,
                       allow_model_mismatch=allow_model_mismatch, batch_size=self.config.modules.cca.batch_size,
                       fidelity_tolerance=self.config.fidelity_tolerance)
         fidelity = rp.fidelity()
@@ -97,10 +97,10 @@ class RCAPipeline:
 
     def _baselines(self, baseline: Any) -> tuple[list[Any], Any]:
         """(benign population bundles, CF statistics or None)."""
-        from forensics.rca.cf import BaselineStats, build_baseline
-
         if baseline is None:
             return [], None
+        from forensics.rca.cf import BaselineStats, build_baseline
+
         limit = self.config.modules.cf.baseline_samples
         if isinstance(baseline, str | Path) and str(baseline).endswith(".json"):
             return [], BaselineStats.from_json(baseline)
@@ -116,14 +116,14 @@ class RCAPipeline:
 
     def _cf(self, incident: Any, population: Sequence[Any], stats: Any, notes: list[str],
             timings: dict[str, float]) -> list[Any]:
-        from forensics.rca.cf import analyze_cf
-
         if not self.config.modules.cf.enabled:
             return []
         if stats is None:
             notes.append(f"CF skipped: needs ≥ 2 benign baseline bundles or a baseline statistics file "
                          f"(got {len(population)} bundles)")
             return []
+        from forensics.rca.cf import analyze_cf
+
         t = time.perf_counter()
         metrics = list(analyze_cf(incident, stats, cf_config(self.config)))
         timings["cf"] = time.perf_counter() - t
@@ -132,7 +132,7 @@ class RCAPipeline:
     def _cca(self, rp: Replayer, incident: Any, metrics: Sequence[Any], cfs: Sequence[Any],
              notes: list[str]) -> tuple[CCAResult, float, float]:
         cca_cfg = self.config.modules.cca
-        types = [t for t in cca_cfg.intervention_types if not (t == "mean" and not rp.bank.bundles)]
+        types = [t for t in cca_cfg.intervention_types if not (t == "mean" and not rp.bank.population)]
         if "patch" in types and not cfs:
             types.remove("patch")
             notes.append("no counterfactual baseline: 'patch' interventions left out")
@@ -182,7 +182,9 @@ class RCAPipeline:
             localisation=layers, single_effects=[s.to_dict() for s in cca.singles] if cca else [],
             search={"strategy": cca.strategy, "steps": cca.steps,
                     "best_partial": cca.best_partial.to_dict() if cca.best_partial else None} if cca else {},
-            baselines={"population": [b.id for b in population], "patch_sources": [b.id for b in cfs]},
+            baselines={"population": [b.id for b in population], "patch_sources": [b.id for b in cfs],
+                       "paths": {b.id: b.path for b in [*population, *cfs]}},
+            bundle_path=incident.path, cf={"anomaly_threshold": self.config.modules.cf.anomaly_threshold},
             model=rp.loaded.info.to_dict(), timings=timings, notes=notes,
         )
 
@@ -204,14 +206,6 @@ def _as_bundle(obj: Any) -> Any:
     return obj if isinstance(obj, Bundle) else load_bundle(obj)
 
 
-def _unique(bundles: Sequence[Any]) -> list[Any]:
-    return list({b.id: b for b in bundles}.values())
-
-
 def _job(incident: Any, cfs: Sequence[Any], batch_size: int) -> ReplayJob:
     return ReplayJob(bundle=incident.path, baselines=tuple(b.path for b in cfs), batch_size=batch_size)
 
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ReplayError(message)

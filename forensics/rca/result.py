@@ -38,6 +38,8 @@ class RCAResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, Any] | None = None
+    bundle_path: str | None = None
+    cf: dict[str, Any] = field(default_factory=dict)
     export_path: str | None = None
 
     @property
@@ -51,6 +53,7 @@ class RCAResult:
             "schema": REPORT_SCHEMA,
             "version": __version__,
             "bundle_id": self.bundle_id,
+            "bundle_path": self.bundle_path,
             "confidence": self.confidence,
             "execution_time": self.execution_time,
             "compression_metrics": [m.to_dict() for m in self.compression_metrics],
@@ -63,6 +66,7 @@ class RCAResult:
             "search": self.search,
             "baselines": self.baselines,
             "model": self.model,
+            "cf": self.cf,
             "timings": self.timings,
             "notes": self.notes,
             "provenance": self.provenance,

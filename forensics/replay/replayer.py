@@ -66,6 +66,7 @@ class Replayer:
         cache_dir: str | None = None,
         allow_model_mismatch: bool = False,
         baselines: Sequence[Any] = (),
+        counterfactuals: Sequence[Any] = (),
         batch_size: int = 32,
         fidelity_tolerance: float = 1e-4,
     ) -> None:
@@ -74,8 +75,8 @@ class Replayer:
             bundle.model["ref"], device=device, dtype=bundle.model.get("dtype", "float32"), cache_dir=cache_dir
         )
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
-        _check_identity(bundle, self.loaded, baselines, allow_model_mismatch)
-        self.bank = SourceBank(baselines)
+        _check_identity(bundle, self.loaded, [*baselines, *counterfactuals], allow_model_mismatch)
+        self.bank = SourceBank(baselines, counterfactuals)
         self.batch_size, self.tolerance = max(1, batch_size), fidelity_tolerance
         self.device = next(self.model.parameters()).device
         self.spec = FailureSpec.from_dict(bundle.failure) if bundle.failure else None

@@ -24,17 +24,19 @@ def prefix_length(bundle: Any, step: int) -> int:
 
 
 class SourceBank:
-    """Baseline bundles by id; computes and keeps mean activations per module."""
+    """Baseline bundles by id: the benign population (means) and counterfactuals (patch sources)."""
 
-    def __init__(self, baselines: Sequence[Any] = ()) -> None:
-        self.bundles = {b.id: b for b in baselines}
+    def __init__(self, baselines: Sequence[Any] = (), counterfactuals: Sequence[Any] = ()) -> None:
+        self.population = {b.id: b for b in baselines}
+        self.bundles = {**{b.id: b for b in counterfactuals}, **self.population}
         self._means: dict[str, np.ndarray] = {}
 
     def mean(self, module: str) -> np.ndarray:
+        """Mean activation over the benign population's bundles and positions."""
         if module not in self._means:
-            if not self.bundles:
+            if not self.population:
                 raise ReplayError("a 'mean' intervention needs benign baseline bundles; none were given")
-            rows = [self._activation(b, module).mean(axis=0) for b in self.bundles.values()]
+            rows = [self._activation(b, module).mean(axis=0) for b in self.population.values()]
             self._means[module] = np.mean(rows, axis=0).astype(np.float32)
         return self._means[module]
 
@@ -48,7 +50,7 @@ class SourceBank:
         if source is None:
             if not self.bundles:
                 raise ReplayError("a 'patch' intervention needs a baseline bundle as source; none were given")
-            return next(iter(self.bundles.values()))
+            return next(iter(self.bundles.values()))  # the first counterfactual given, else the first baseline
         if source not in self.bundles:
             raise ReplayError(f"patch source {source!r} is not among the baselines ({', '.join(self.bundles) or 'none'})")
         return self.bundles[source]

@@ -1,0 +1,76 @@
+"""`analyze`: full RCA of one incident bundle -> JSON (and HTML) report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from forensics.commands.common import add_config_arg, config_from_args, progress_bar
+
+NAME = "analyze"
+HELP = "analyse one incident: CF (where) + CCA (minimal validated fix set)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="incident bundle (directory, archive or URI)")
+    p.add_argument("--baseline", help="benign bundles directory, one bundle, or a build-baseline .json file")
+    p.add_argument("--patch-source", action="append", help="counterfactual bundle to patch from (repeatable)")
+    p.add_argument("--model", help="model reference to use instead of the bundle's")
+    p.add_argument("--output", required=True, help="JSON report path")
+    p.add_argument("--html", help="also write a self-contained HTML report here")
+    p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
+    p.add_argument("--allow-model-mismatch", action="store_true")
+    add_config_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from forensics.rca.pipeline import RCAPipeline
+
+    config = config_from_args(args)
+    profiler = _start_profile() if args.profile else None
+    with progress_bar("analysing", unit="sets") as advance:
+        pipeline = RCAPipeline(config, progress=lambda phase, n, total: advance(n))
+        result = pipeline.analyze_incident(args.bundle, baseline=args.baseline, model=args.model,
+                                           patch_source=args.patch_source, output=args.output, html=args.html,
+                                           allow_model_mismatch=args.allow_model_mismatch)
+    print_summary(result.to_dict())
+    print(f"report: {args.output}" + (f"  html: {args.html}" if args.html else ""))
+    if profiler is not None:
+        _stop_profile(profiler, result.timings)
+    return 0
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    d = report["decision"]
+    print(f"incident {report['bundle_id']}: observed {d['observed']!r}" +
+          (f", expected {d['target']!r}" if d.get("target") else "") + f" at step {d['step']}")
+    anomalous = [m["module"] for m in report["compression_metrics"] if m["is_anomalous"]]
+    top = ", ".join(f"layer {r['layer']} ({r['score']:.1f})" for r in report["localisation"][:3])
+    print(f"CF: {len(anomalous)} anomalous modules; top layers: {top or 'n/a'}")
+    fix = report["fix_set"]
+    if fix:
+        ivs = "; ".join(f"{iv['kind']} {iv['module']} @{iv['positions']}" for iv in fix["interventions"])
+        state = "validated" if fix["validated"] else "NOT validated"
+        print(f"fix set ({fix['size']}, {state}, recovery {fix['recovery']:.2f}, now {fix['argmax_token']!r}): {ivs}")
+    else:
+        print("no fix set found" + (f" — {'; '.join(report['notes'])}" if report["notes"] else ""))
+    r = report["replays"]
+    print(f"confidence {report['confidence']:.2f}; {r['forward_passes']} forward passes, "
+          f"{r['evaluated']} sets evaluated, {report['execution_time']:.1f}s")
+
+
+def _start_profile() -> Any:
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _stop_profile(prof: Any, timings: dict[str, float]) -> None:
+    import pstats
+
+    prof.disable()
+    print("profile (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()), file=sys.stderr)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(15)

@@ -1,0 +1,40 @@
+"""Shared bits of the CLI commands: config loading, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from forensics.config import Config, load_config
+
+__all__ = ["add_config_arg", "config_from_args", "print_json", "progress_bar"]
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+@contextmanager
+def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal); yields ``advance(n)``."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
+               dynamic_ncols=True, leave=False)
+    try:
+        yield lambda n: bar.update(n)
+    finally:
+        bar.close()

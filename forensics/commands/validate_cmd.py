@@ -1,0 +1,59 @@
+"""`validate-fix`: re-replay a report's fix set from scratch; exit 0 only if it still fixes the failure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from forensics.errors import ConfigError
+
+NAME = "validate-fix"
+HELP = "re-replay the fix set of an RCA report; exit 0 only if it still fixes the failure"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("report", help="JSON report written by analyze/batch")
+    p.add_argument("--model", help="model reference to validate on (default: the bundle's)")
+    p.add_argument("--bundle", help="incident bundle path (default: the one named in the report)")
+    p.add_argument("--allow-model-mismatch", action="store_true",
+                   help="validate on a model whose weights differ from the recording")
+    p.add_argument("--device", default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    from forensics.bundle import load_bundle
+    from forensics.models.registry import resolve_model
+    from forensics.replay import Intervention, Replayer
+
+    report = _read(args.report)
+    fix = report.get("fix_set")
+    if not fix:
+        print(f"report {args.report}: no fix set to validate")
+        return 1
+    bundle = load_bundle(args.bundle or report["bundle_path"])
+    info = report.get("baselines", {})
+    paths = info.get("paths", {})
+    baselines = [load_bundle(paths[i]) for i in info.get("population", []) if i in paths]
+    counterfactuals = [load_bundle(paths[i]) for i in info.get("patch_sources", []) if i in paths]
+    loaded = resolve_model(args.model, device=args.device, dtype=bundle.model.get("dtype", "float32")) \
+        if args.model else None
+    rp = Replayer(bundle, loaded=loaded, device=args.device, baselines=baselines, counterfactuals=counterfactuals,
+                  allow_model_mismatch=args.allow_model_mismatch)
+    ivs = tuple(Intervention.from_dict(iv) for iv in fix["interventions"])
+    out = rp.run(ivs)
+    verdict = "STILL FIXES" if out.fixed else "DOES NOT FIX"
+    print(f"{verdict} the failure of {bundle.id}: argmax {out.argmax_token!r}, metric {out.metric:+.4f}, "
+          f"hooks fired {list(out.hook_fires)}")
+    return 0 if out.fixed else 1
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"report {path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") != "model-forensics/rca@1":
+        raise ConfigError(f"report {path}: not a model-forensics/rca@1 report")
+    return data

@@ -1,0 +1,83 @@
+"""The demo story on the embedded model: a real incident, its baselines, the full analysis.
+
+    run_demo("demo_output")    # what `make demo` runs
+
+SmolLM2-135M-Instruct answers "The capital of Australia is" with " Sydney". We record that
+incident, a handful of capitals it gets right (the benign population) and one counterfactual (the
+same question with the answer in context, which it gets right), then analyse.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from forensics.failure import FailureSpec
+from forensics.models.registry import LoadedModel, resolve_model
+
+__all__ = ["BENIGN", "INCIDENT", "record_demo_bundles", "run_demo"]
+
+INCIDENT = ("australia", "The capital of Australia is", " Canberra")
+BENIGN = [
+    ("france", "The capital of France is", " Paris"),
+    ("italy", "The capital of Italy is", " Rome"),
+    ("japan", "The capital of Japan is", " Tokyo"),
+    ("germany", "The capital of Germany is", " Berlin"),
+    ("spain", "The capital of Spain is", " Madrid"),
+    ("canada", "The capital of Canada is", " Ottawa"),
+    ("russia", "The capital of Russia is", " Moscow"),
+    ("china", "The capital of China is", " Beijing"),
+    ("greece", "The capital of Greece is", " Athens"),
+    ("portugal", "The capital of Portugal is", " Lisbon"),
+    ("australia_in_context", "Canberra is the capital of Australia. The capital of Australia is", " Canberra"),
+]
+
+
+def _record(loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Path, kind: str) -> Any:
+    from forensics.bundle import load_bundle
+    from forensics.commands.record_cmd import record_prompt
+
+    if (dest / "manifest.json").is_file():
+        return load_bundle(dest)
+    spec = FailureSpec.expected(expected, loaded.tokenizer)
+    bundle, _text, _failed = record_prompt(loaded, prompt, spec, dest, kind=kind, max_new_tokens=4)
+    return bundle
+
+
+def record_demo_bundles(loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print) -> tuple[Any, Path]:
+    """Record (or reuse) the incident and the benign bundles; returns (incident, benign dir)."""
+    bundles, benign_dir = workdir / "bundles", workdir / "bundles" / "benign"
+    name, prompt, expected = INCIDENT
+    incident = _record(loaded, name, prompt, expected, bundles / name, "incident")
+    say(f"incident: {prompt!r} -> {loaded.tokenizer.decode(incident.outputs['generated_ids'])!r} "
+        f"(expected {expected!r}; failure: {incident.outputs['is_failure']})")
+    for bname, bprompt, bexpected in BENIGN:
+        bundle = _record(loaded, bname, bprompt, bexpected, benign_dir / bname, "benign")
+        if bundle.outputs["is_failure"]:
+            say(f"  note: benign prompt {bname!r} failed too; it is kept out of the population")
+    say(f"benign:   {len(BENIGN)} bundles in {benign_dir}")
+    return incident, benign_dir
+
+
+def run_demo(workdir: str | Path, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    from forensics.commands.analyze_cmd import print_summary
+    from forensics.rca.pipeline import RCAPipeline
+
+    t0 = time.perf_counter()
+    work = Path(workdir)
+    say("loading smollm2-135m (the first run converts the embedded GGUF once, ~15-40 s)...")
+    loaded = resolve_model("smollm2-135m")
+    t_model = time.perf_counter()
+    incident, benign_dir = record_demo_bundles(loaded, work, say)
+    t_rec = time.perf_counter()
+    reports = work / "reports"
+    result = RCAPipeline().analyze_incident(incident, baseline=benign_dir, model=loaded,
+                                            output=reports / "australia.json", html=reports / "australia.html")
+    report = result.to_dict()
+    print_summary(report)
+    say(f"reports:  {reports / 'australia.json'}  {reports / 'australia.html'}")
+    say(f"time:     model {t_model - t0:.1f}s, recording {t_rec - t_model:.1f}s, "
+        f"analysis {time.perf_counter() - t_rec:.1f}s, total {time.perf_counter() - t0:.1f}s")
+    return report

@@ -1,0 +1,60 @@
+"""Triage: CF scores for every bundle in a directory, no replay and no search.
+
+    rows = triage("incidents/", baseline="benign/", config=Config())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from forensics.config import Config
+from forensics.errors import BundleError, ConfigError
+from forensics.rca.baselines import list_bundle_paths, load_population
+from forensics.rca.batch import bundle_name
+
+__all__ = ["load_stats", "triage"]
+
+
+def load_stats(baseline: str | Path | None, directory: str | Path, config: Config) -> Any:
+    """CF statistics from a .json file, a benign bundle directory, or the benign bundles of ``directory``."""
+    from forensics.rca.cf import BaselineStats, build_baseline
+
+    from forensics.rca.pipeline import cf_config
+
+    if baseline is not None and str(baseline).endswith(".json"):
+        return BaselineStats.from_json(baseline)
+    population = load_population(baseline if baseline is not None else directory,
+                                 limit=config.modules.cf.baseline_samples)
+    if len(population) < 2:
+        raise ConfigError(f"CF needs ≥ 2 benign baseline bundles; found {len(population)} in "
+                          f"{baseline or directory} (record some with --kind benign, or pass --baseline)")
+    return build_baseline(population, cf_config(config))
+
+
+def triage(directory: str | Path, *, baseline: str | Path | None, config: Config,
+           progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    from forensics.rca.cf import analyze_cf
+
+    from forensics.bundle import load_bundle
+    from forensics.rca.pipeline import cf_config
+
+    stats = load_stats(baseline, directory, config)
+    rows = []
+    for path in list_bundle_paths(directory):
+        try:
+            bundle = load_bundle(path)
+            metrics = analyze_cf(bundle, stats, cf_config(config))
+        except BundleError as exc:
+            rows.append({"bundle": bundle_name(path), "error": str(exc)})
+            continue
+        finally:
+            if progress:
+                progress(1)
+        top = max(metrics, key=lambda m: m.score, default=None)
+        rows.append({"bundle": bundle.id, "path": str(path), "kind": bundle.kind,
+                     "created_at": bundle.manifest["created_at"], "bytes": bundle.nbytes,
+                     "max_score": float(top.score) if top else 0.0, "top_module": top.module if top else None,
+                     "anomalous": sum(m.is_anomalous for m in metrics)})
+    return rows
