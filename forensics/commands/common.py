@@ -34,7 +34,10 @@ def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> Itera
 
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
                dynamic_ncols=True, leave=False)
+    def advance(n: int) -> None:
+        bar.update(n)
+
     try:
-        yield lambda n: bar.update(n)
+        yield advance
     finally:
         bar.close()

@@ -41,7 +41,7 @@ def triage(directory: str | Path, *, baseline: str | Path | None, config: Config
     from forensics.rca.pipeline import cf_config
 
     stats = load_stats(baseline, directory, config)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in list_bundle_paths(directory):
         try:
             bundle = load_bundle(path)
