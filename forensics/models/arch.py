@@ -31,6 +31,8 @@ class ArchSpec:
     mlp: str | None  # MLP submodule inside a block
     final_norm: str  # norm applied before the LM head
     embed: str  # token embedding
+    attn_out_proj: str | None = None  # output projection inside the attention block (fault planting)
+    mlp_out_proj: str | None = None  # output projection inside the MLP block
 
     def layer_names(self, model: nn.Module) -> list[str]:
         blocks = get_module(model, self.layers)
@@ -50,19 +52,21 @@ class ArchSpec:
         return out
 
 
-_LLAMA_LIKE = dict(layers="model.layers", attn="self_attn", mlp="mlp", final_norm="model.norm", embed="model.embed_tokens")
+def _llama_like(family: str) -> ArchSpec:
+    return ArchSpec(family, "model.layers", "self_attn", "mlp", "model.norm", "model.embed_tokens",
+                    "o_proj", "down_proj")
+
 
 FAMILIES: dict[str, ArchSpec] = {
-    "llama": ArchSpec("llama", **_LLAMA_LIKE),
-    "mistral": ArchSpec("mistral", **_LLAMA_LIKE),
-    "qwen2": ArchSpec("qwen2", **_LLAMA_LIKE),
-    "qwen3": ArchSpec("qwen3", **_LLAMA_LIKE),
-    "phi3": ArchSpec("phi3", **_LLAMA_LIKE),
-    "gemma": ArchSpec("gemma", **_LLAMA_LIKE),
-    "gemma2": ArchSpec("gemma2", **_LLAMA_LIKE),
-    "phi": ArchSpec("phi", "model.layers", "self_attn", "mlp", "model.final_layernorm", "model.embed_tokens"),
-    "gpt2": ArchSpec("gpt2", "transformer.h", "attn", "mlp", "transformer.ln_f", "transformer.wte"),
-    "gpt_neox": ArchSpec("gpt_neox", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm", "gpt_neox.embed_in"),
+    **{f: _llama_like(f) for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")},
+    "phi3": ArchSpec("phi3", "model.layers", "self_attn", "mlp", "model.norm", "model.embed_tokens",
+                     "o_proj", "down_proj"),
+    "phi": ArchSpec("phi", "model.layers", "self_attn", "mlp", "model.final_layernorm", "model.embed_tokens",
+                    "dense", "fc2"),
+    "gpt2": ArchSpec("gpt2", "transformer.h", "attn", "mlp", "transformer.ln_f", "transformer.wte",
+                     "c_proj", "c_proj"),
+    "gpt_neox": ArchSpec("gpt_neox", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm",
+                         "gpt_neox.embed_in", "dense", "dense_4h_to_h"),
 }
 
 

@@ -54,7 +54,8 @@ class RCAPipeline:
     # -- public --------------------------------------------------------------------------------
     def analyze_incident(self, bundle: Any, baseline: Any = None, model: Any = None, *,
                          patch_source: Any = None, output: str | Path | None = None,
-                         html: str | Path | None = None, allow_model_mismatch: bool = False) -> RCAResult:
+                         html: str | Path | None = None, allow_model_mismatch: bool = False,
+                         allow_baseline_mismatch: bool = False) -> RCAResult:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         incident = _as_bundle(bundle)
@@ -63,7 +64,8 @@ class RCAPipeline:
         timings["load"] = time.perf_counter() - t0
         cfs = self._counterfactuals(incident, population, patch_source)
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs,
-                      allow_model_mismatch=allow_model_mismatch, batch_size=self.config.modules.cca.batch_size,
+                      allow_model_mismatch=allow_model_mismatch, allow_baseline_mismatch=allow_baseline_mismatch,
+                      batch_size=self.config.modules.cca.batch_size,
                       fidelity_tolerance=self.config.fidelity_tolerance)
         fidelity = rp.fidelity()
         notes: list[str] = []

@@ -65,6 +65,7 @@ class Replayer:
         device: str = "auto",
         cache_dir: str | None = None,
         allow_model_mismatch: bool = False,
+        allow_baseline_mismatch: bool = False,
         baselines: Sequence[Any] = (),
         counterfactuals: Sequence[Any] = (),
         batch_size: int = 32,
@@ -75,7 +76,8 @@ class Replayer:
             bundle.model["ref"], device=device, dtype=bundle.model.get("dtype", "float32"), cache_dir=cache_dir
         )
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
-        _check_identity(bundle, self.loaded, [*baselines, *counterfactuals], allow_model_mismatch)
+        _check_identity(bundle, self.loaded, [] if allow_baseline_mismatch else [*baselines, *counterfactuals],
+                        allow_model_mismatch)
         self.bank = SourceBank(baselines, counterfactuals)
         self.batch_size, self.tolerance = max(1, batch_size), fidelity_tolerance
         self.device = next(self.model.parameters()).device
@@ -196,5 +198,6 @@ def _check_identity(bundle: Any, loaded: LoadedModel, baselines: Sequence[Any], 
         if want != loaded.info.sha256:
             raise ReplayError(
                 f"bundle {b.id}: recorded with weights sha256 {str(want)[:12]}…, model {loaded.info.ref!r} has "
-                f"{loaded.info.sha256[:12]}…; pass --allow-model-mismatch to replay anyway"
+                f"{loaded.info.sha256[:12]}…; pass --allow-model-mismatch to replay anyway (or, for baselines "
+                f"from a known-good reference model, --allow-baseline-mismatch)"
             )

@@ -1,0 +1,81 @@
+"""CCA search on a tiny model: strategies, budget, pruning to a minimal set, validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from forensics.config import CCAConfig
+from forensics.models import LoadedModel
+from forensics.rca.cca import build_candidates, find_fix_set, prune
+from forensics.rca.search import Scorer
+from forensics.replay import Intervention, Replayer
+from tests.helpers import record_tiny
+
+PROMPT = "The capital of Australia is"
+
+
+@pytest.fixture(scope="module")
+def case(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cca")
+    incident = record_tiny(tiny_llama, PROMPT, root / "incident", n=3)
+    benign = [record_tiny(tiny_llama, p, root / f"b{i}", kind="benign", n=2)
+              for i, p in enumerate(["The capital of France is", "One plus one is", "The answer is"])]
+    rp = Replayer(incident, loaded=tiny_llama, baselines=benign)
+    return {"incident": incident, "benign": benign, "rp": rp}
+
+
+def _run(case: dict[str, Any], **cfg: Any) -> Any:
+    rp: Replayer = case["rp"]
+    m_inc = rp.run(()).metric
+    config = CCAConfig(intervention_types=("zero", "mean", "scale"), **cfg)
+    return find_fix_set(rp.evaluate, case["incident"].modules, config, m_incident=m_inc, m_baseline=-m_inc)
+
+
+def test_candidates_are_modules_x_types_x_positions() -> None:
+    cands = build_candidates(["a.0", "a.1"], CCAConfig(intervention_types=("zero", "patch")), ["s1", "s2"],
+                             prior={"a.1": 5.0})
+    assert len(cands) == 2 * (1 + 2) * 2
+    assert cands[0].module == "a.1"  # CF prior orders the search
+    assert {c.source for c in cands if c.kind == "patch"} == {"s1", "s2"}
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "random"])
+def test_each_strategy_finds_a_validated_minimal_fix(case: dict[str, Any], strategy: str) -> None:
+    result = _run(case, search_strategy=strategy, max_fix_set_size=3, seed=1)
+    fix = result.fix_set
+    assert fix is not None and fix.validated and fix.fixed
+    rp: Replayer = case["rp"]
+    assert rp.run(fix.interventions).fixed  # reproduces on a fresh replay
+    for drop in fix.interventions:  # minimal: every member is necessary
+        rest = tuple(iv for iv in fix.interventions if iv != drop)
+        assert not rest or not rp.run(rest).fixed
+    assert result.evaluated >= len(result.singles) > 0
+
+
+def test_budget_is_respected(case: dict[str, Any]) -> None:
+    result = _run(case, max_replays=7, batch_size=4)
+    assert result.evaluated <= 7 + 1  # + the one validation replay is not a search candidate
+    assert result.budget_exhausted
+
+
+def test_one_forward_pass_per_batch(case: dict[str, Any]) -> None:
+    rp: Replayer = case["rp"]
+    before = rp.forward_passes
+    scorer = Scorer(rp.evaluate, m_incident=-1.0, m_baseline=1.0, budget=100, batch_size=8)
+    sets = [(c,) for c in build_candidates(case["incident"].modules, CCAConfig(intervention_types=("zero",)), [], {})]
+    scorer.score(sets)
+    assert len(sets) == 12 and rp.forward_passes - before == 2  # batches of 8 and 4
+
+
+def test_prune_removes_unnecessary_members(case: dict[str, Any]) -> None:
+    rp: Replayer = case["rp"]
+    fix = _run(case).fix_set
+    assert fix is not None
+    m_inc = rp.run(()).metric
+    scorer = Scorer(rp.evaluate, m_incident=m_inc, m_baseline=-m_inc, budget=1000, batch_size=32)
+    noop = Intervention("model.layers.0.self_attn", "scale", "last", factor=1.0)  # changes nothing
+    padded = scorer.score([(noop, *fix.interventions)])[0]
+    assert padded.fixed
+    assert prune(scorer, padded).interventions == fix.interventions
