@@ -132,7 +132,8 @@ def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], 
               work: Path, clean_dir: Path, pipeline: Any, record_prompt: Any) -> FaultCase:
     case = FaultCase(fault)
     faulty_dir = work / "faulty" / f"f{i:02d}"
-    plant_fault(clean.model, fault).save_pretrained(faulty_dir)
+    broken: Any = plant_fault(clean.model, fault)
+    broken.save_pretrained(faulty_dir)
     clean.tokenizer.save_pretrained(faulty_dir)
     faulty = resolve_model(str(faulty_dir), device="cpu")
     prompt = next((p for p in prompts if _greedy_first(faulty, p) != answers[p]), None)
@@ -147,5 +148,6 @@ def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], 
     case.top_layers = [row["layer"] for row in result.localisation]
     if result.fix_set is not None:
         case.validated = result.fix_set.validated
-        case.fix_layers = sorted({layer_of(iv.module) for iv in result.fix_set.interventions} - {None})
+        layers = {layer_of(iv.module) for iv in result.fix_set.interventions}
+        case.fix_layers = sorted(layer for layer in layers if layer is not None)
     return case

@@ -66,6 +66,8 @@ def plant_fault(model: nn.Module, fault: Fault) -> nn.Module:
         raise ConfigError(f"fault layer {fault.layer} outside 0..{len(spec.layer_names(model)) - 1}")
     broken = copy.deepcopy(model)
     weight = _projection(broken, spec, fault).weight
+    if not isinstance(weight, torch.Tensor):
+        raise ConfigError(f"{spec.family}: {fault.site} projection has no weight tensor")
     gen = torch.Generator().manual_seed(fault.seed)
     noise = torch.randn(weight.shape, generator=gen) * weight.detach().std() * fault.magnitude
     with torch.no_grad():
