@@ -9,6 +9,7 @@ Record -> bundle -> replay -> RCA -> report. Nothing here imports Ray.
 """
 
 from forensics.bundle import Bundle, load_bundle, write_bundle
+from forensics.config import Config, load_config
 from forensics.errors import (
     AuthError,
     BundleError,
@@ -20,6 +21,7 @@ from forensics.errors import (
 )
 from forensics.failure import FailureSpec
 from forensics.models import LoadedModel, ModelInfo, resolve_model
+from forensics.rca import RCAPipeline, RCAResult
 from forensics.record import Recorder, record
 from forensics.replay import Fidelity, Intervention, Outcome, Replayer
 
@@ -29,6 +31,7 @@ __all__ = [
     "AuthError",
     "Bundle",
     "BundleError",
+    "Config",
     "ConfigError",
     "FailureSpec",
     "Fidelity",
@@ -38,11 +41,14 @@ __all__ = [
     "ModelError",
     "ModelInfo",
     "Outcome",
+    "RCAPipeline",
+    "RCAResult",
     "Recorder",
     "ReplayError",
     "Replayer",
     "UnknownModuleError",
     "load_bundle",
+    "load_config",
     "record",
     "resolve_model",
     "write_bundle",

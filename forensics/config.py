@@ -118,7 +118,8 @@ class Config:
 def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from plain data, checking keys and types; errors name the key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config key {prefix or '<root>'!r}: expected a mapping, got {type(data).__name__}")
+        where = prefix.rstrip(".") or "<root>"
+        raise ConfigError(f"config key {where!r}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)

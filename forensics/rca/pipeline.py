@@ -101,14 +101,16 @@ class RCAPipeline:
         """(benign population bundles, CF statistics or None)."""
         if baseline is None:
             return [], None
-        from forensics.rca.cf import BaselineStats, build_baseline
-
         limit = self.config.modules.cf.baseline_samples
         if isinstance(baseline, str | Path) and str(baseline).endswith(".json"):
+            from forensics.rca.cf import BaselineStats
+
             return [], BaselineStats.from_json(baseline)
         population = load_population(baseline, limit=limit)
-        if len(population) < 2:
+        if len(population) < 2 or not self.config.modules.cf.enabled:
             return population, None
+        from forensics.rca.cf import build_baseline
+
         return population, build_baseline(population, cf_config(self.config))
 
     def _counterfactuals(self, incident: Any, population: Sequence[Any], patch_source: Any) -> list[Any]:
