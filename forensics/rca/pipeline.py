@@ -146,7 +146,7 @@ class RCAPipeline:
         evaluate = self.executor.evaluator(_job(incident, cfs, cfg.batch_size), local=rp)
         m_inc = rp.run(()).metric
         m_base = self._baseline_metric(rp, cfs, m_inc)
-        prior = {m.module: float(m.score) for m in metrics}
+        prior = cf_prior(metrics)
         cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=m_inc, m_baseline=m_base,
                            patch_sources=[b.id for b in cfs], prior=prior, progress=self._tick("cca"))
         return cca, m_inc, m_base
@@ -191,6 +191,15 @@ class RCAPipeline:
             bundle_path=incident.path, cf={"anomaly_threshold": self.config.modules.cf.anomaly_threshold},
             model=rp.loaded.info.to_dict(), timings=timings, notes=notes,
         )
+
+
+def cf_prior(metrics: Sequence[Any]) -> dict[str, float]:
+    """Search order from CF: the onset score of a module's layer (where an anomaly starts, see
+    ``rank_layers``), then the module's own score as a tie-breaker."""
+    from forensics.rca.localise import layer_of
+
+    onset = {row["layer"]: row["onset"] for row in rank_layers(metrics)}
+    return {m.module: onset.get(layer_of(m.module), 0.0) + 0.01 * float(m.score) for m in metrics}
 
 
 def _confidence(fix: Any, layers: list[dict[str, Any]]) -> float:
