@@ -14,7 +14,7 @@ from typing import Any
 
 from forensics.errors import BundleError, ConfigError
 
-__all__ = ["list_bundle_paths", "load_population", "pick_counterfactuals", "token_overlap"]
+__all__ = ["coverage", "list_bundle_paths", "load_population", "pick_counterfactuals", "token_overlap"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,26 @@ def token_overlap(a: Sequence[int], b: Sequence[int]) -> float:
     return len(sa & sb) / max(1, len(sa | sb))
 
 
+def coverage(a: Sequence[int], b: Sequence[int]) -> float:
+    """Share of ``a``'s distinct tokens that also occur in ``b``."""
+    sa = set(a)
+    return len(sa & set(b)) / max(1, len(sa))
+
+
+def _answers_same(incident: Any, baseline: Any) -> bool:
+    """Does the baseline run produce the answer the incident should have produced?"""
+    target = incident.outputs.get("target_id")
+    return target is not None and target in (baseline.outputs.get("generated_ids") or [])
+
+
 def pick_counterfactuals(incident: Any, population: Sequence[Any], *, k: int = 3) -> list[Any]:
-    """The ``k`` baselines most similar to the incident's prompt; ties keep directory order."""
+    """The ``k`` baselines most like a counterfactual of the incident: runs that produce its expected
+    answer first, then by how much of the incident's prompt they contain, then by Jaccard overlap.
+    Ties keep directory order."""
     ids = incident.inputs["input_ids"]
-    scored = sorted(population, key=lambda b: -token_overlap(ids, b.inputs["input_ids"]))
-    return scored[:k]
+
+    def key(b: Any) -> tuple[bool, float, float]:
+        other = b.inputs["input_ids"]
+        return (_answers_same(incident, b), coverage(ids, other), token_overlap(ids, other))
+
+    return sorted(population, key=key, reverse=True)[:k]

@@ -70,7 +70,7 @@ def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
     candidates = build_candidates(modules, config, patch_sources, prior)
     scorer = Scorer(evaluate, m_incident=m_incident, m_baseline=m_baseline, budget=config.max_replays,
                     batch_size=config.batch_size, prior={c: prior.get(c.module, 0.0) for c in candidates},
-                    progress=progress)
+                    progress=progress, saturate=config.early_stop_threshold)
     singles = scorer.score([(c,) for c in candidates], stop_at=config.early_stop_threshold)
     best, steps = _search(scorer, candidates, singles, config)
     result = CCAResult(None, best, singles, config.search_strategy, steps, len(candidates))

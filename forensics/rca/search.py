@@ -38,8 +38,9 @@ class Scorer:
 
     def __init__(self, evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], *, m_incident: float,
                  m_baseline: float, budget: int, batch_size: int, prior: dict[Intervention, float] | None = None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, saturate: float = 1.0) -> None:
         self.evaluate, self.m_incident, self.m_baseline = evaluate, m_incident, m_baseline
+        self.saturate = saturate
         self.budget, self.batch_size, self.prior = budget, batch_size, prior or {}
         self.progress = progress
         self.evaluated = 0
@@ -68,10 +69,12 @@ class Scorer:
                 break
         return out
 
-    def key(self, s: Scored) -> tuple[bool, float, int, float]:
-        """Rank: fixed first, then recovery (to 0.01), then fewer positions, then the CF prior."""
+    def key(self, s: Scored) -> tuple[bool, float, int, float, float]:
+        """Rank: fixed first, then recovery (to 0.01, saturating at the early-stop threshold: beyond it a
+        fix is good enough), then fewer positions, then the CF prior, then raw recovery."""
         cost = sum(0 if iv.positions == "last" else 1 for iv in s.interventions)
-        return (s.fixed, round(s.recovery, 2), -cost, sum(self.prior.get(iv, 0.0) for iv in s.interventions))
+        prior = sum(self.prior.get(iv, 0.0) for iv in s.interventions)
+        return (s.fixed, round(min(s.recovery, self.saturate), 2), -cost, prior, s.recovery)
 
     def best(self, scored: Sequence[Scored]) -> Scored | None:
         return max(scored, key=self.key, default=None)
