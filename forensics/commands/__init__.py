@@ -14,13 +14,15 @@ def register_all(sub: Any) -> None:
         baseline_cmd,
         batch_cmd,
         demo_cmd,
+        eval_cmd,
         record_cmd,
         replay_cmd,
         triage_cmd,
         validate_cmd,
     )
 
-    modules = (record_cmd, replay_cmd, analyze_cmd, triage_cmd, batch_cmd, validate_cmd, baseline_cmd, demo_cmd)
+    modules = (record_cmd, replay_cmd, analyze_cmd, triage_cmd, batch_cmd, validate_cmd, baseline_cmd, demo_cmd,
+               eval_cmd)
     for module in modules:
         parser: argparse.ArgumentParser = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.configure(parser)

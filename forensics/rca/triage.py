@@ -20,7 +20,6 @@ __all__ = ["load_stats", "triage"]
 def load_stats(baseline: str | Path | None, directory: str | Path, config: Config) -> Any:
     """CF statistics from a .json file, a benign bundle directory, or the benign bundles of ``directory``."""
     from forensics.rca.cf import BaselineStats, build_baseline
-
     from forensics.rca.pipeline import cf_config
 
     if baseline is not None and str(baseline).endswith(".json"):
@@ -35,9 +34,8 @@ def load_stats(baseline: str | Path | None, directory: str | Path, config: Confi
 
 def triage(directory: str | Path, *, baseline: str | Path | None, config: Config,
            progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    from forensics.rca.cf import analyze_cf
-
     from forensics.bundle import load_bundle
+    from forensics.rca.cf import analyze_cf
     from forensics.rca.pipeline import cf_config
 
     stats = load_stats(baseline, directory, config)
