@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from forensics.commands.record_cmd import record_prompt
 from forensics.failure import FailureSpec
@@ -29,3 +30,14 @@ def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_
     assert smol.tokenizer.decode([base.argmax_id]) == " Sydney" and base.metric < 0
     hit = rp.run((Intervention("model.layers.10", "zero", "last"),))
     assert hit.hook_fires == (1,) and abs(hit.metric - base.metric) > 0.05
+
+
+def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
+    spec = FailureSpec.expected(" Canberra", smol.tokenizer)
+    bundle, _, _ = record_prompt(smol, "The capital of Australia is", spec, str(tmp_path / "a"), max_new_tokens=2)
+    fast, full = Replayer(bundle, loaded=smol), Replayer(bundle, loaded=smol, prefix_reuse=False)
+    fast.fidelity()
+    sets = [(), *[(Intervention(f"model.layers.{i}", "zero", "last"),) for i in (0, 10, 20, 29)],
+            (Intervention("model.layers.25.mlp", "scale", "all", factor=0.0),)]
+    assert torch.allclose(fast.logits(sets), full.logits(sets), atol=1e-4)
+    assert fast.layers_run < full.layers_run / 2

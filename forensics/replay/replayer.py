@@ -27,6 +27,7 @@ from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.plan import Plan, compile_plan
+from forensics.replay.prefix import PrefixReuse
 from forensics.replay.sources import SourceBank
 
 __all__ = ["Outcome", "Replayer"]
@@ -70,6 +71,8 @@ class Replayer:
         counterfactuals: Sequence[Any] = (),
         batch_size: int = 32,
         fidelity_tolerance: float = 1e-4,
+        prefix_reuse: bool = True,
+        max_memory: int | None = None,
     ) -> None:
         self.bundle = bundle
         self.loaded = loaded or resolve_model(
@@ -89,6 +92,9 @@ class Replayer:
         self.target_id = self.spec.target_id(self.step) if self.spec else None
         self.input_ids = torch.tensor([list(bundle.inputs["input_ids"]) + generated[: self.step]], device=self.device)
         self.forward_passes = 0
+        self.layers_run = 0  # decoder layer x batch row executions (what prefix reuse saves)
+        self.prefix = PrefixReuse(self.model, bundle, length=self.length, enabled=prefix_reuse)
+        self.max_memory = max_memory
         self._keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @property
@@ -99,12 +105,14 @@ class Replayer:
         return self.evaluate([tuple(interventions)])[0]
 
     def evaluate(self, sets: Sequence[InterventionSet]) -> list[Outcome]:
-        """Outcomes of K intervention sets; each chunk of ``batch_size`` sets is ONE forward pass."""
-        outcomes: list[Outcome] = []
-        for start in range(0, len(sets), self.batch_size):
-            chunk = [tuple(s) for s in sets[start : start + self.batch_size]]
-            outcomes.extend(self._evaluate_chunk(chunk))
-        return outcomes
+        """Outcomes of K intervention sets, in order. Sets are grouped by the first decoder layer they
+        need (prefix reuse) and each group is cut into chunks that fit the batch size and the memory
+        budget; each chunk is ONE forward pass."""
+        outcomes: list[Outcome | None] = [None] * len(sets)
+        for indices in self._chunks(sets):
+            for i, outcome in zip(indices, self._evaluate_chunk([tuple(sets[i]) for i in indices]), strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
 
     def fidelity(self) -> Fidelity:
         """Replay without interventions and compare logits and every recorded activation."""
@@ -112,16 +120,26 @@ class Replayer:
         with HookSet(self.model) as hooks:
             for name in self.bundle.modules:
                 hooks.forward(name, _capture_into(captured, name))
-            logits = self._forward(self.input_ids)
+            with self.prefix.skipping(0, 1, self.device, self._dtype):  # also learns the layer output type
+                logits = self._forward(self.input_ids)
         return measure_fidelity(self.bundle, self.step, logits[0], captured, self.tolerance)
 
     def logits(self, sets: Sequence[InterventionSet] = ((),)) -> torch.Tensor:
-        """Decision-step logits [K, vocab] for K sets (one forward pass per chunk)."""
-        parts = []
-        for start in range(0, len(sets), self.batch_size):
-            chunk = [tuple(s) for s in sets[start : start + self.batch_size]]
-            parts.append(self._run_plan(chunk)[0])
-        return torch.cat(parts)
+        """Decision-step logits [K, vocab] for K sets, in order."""
+        out: list[torch.Tensor | None] = [None] * len(sets)
+        for indices in self._chunks(sets):
+            logits = self._run_plan([tuple(sets[i]) for i in indices])[0]
+            for row, i in enumerate(indices):
+                out[i] = logits[row]
+        return torch.stack([t for t in out if t is not None])
+
+    def _chunks(self, sets: Sequence[InterventionSet]) -> Iterator[list[int]]:
+        starts = [self.prefix.start(tuple(s)) for s in sets]
+        size = budget_batch_size(self.max_memory, self.batch_size, self.length, self.model)
+        for layer in sorted(set(starts)):
+            group = [i for i, s in enumerate(starts) if s == layer]
+            for begin in range(0, len(group), size):
+                yield group[begin : begin + size]
 
     # -- internals -----------------------------------------------------------------------------
     def _evaluate_chunk(self, chunk: list[InterventionSet]) -> list[Outcome]:
@@ -141,12 +159,18 @@ class Replayer:
     def _run_plan(self, chunk: list[InterventionSet]) -> tuple[torch.Tensor, Plan]:
         plan = compile_plan(chunk, length=self.length, width=self._width, bank=self.bank, step=self.step,
                             device=self.device)
-        with self._installed(plan):
+        start = min(self.prefix.start(ivs) for ivs in chunk)
+        with self._installed(plan), self.prefix.skipping(start, len(chunk), self.device, self._dtype):
             logits = self._forward(self.input_ids.expand(len(chunk), -1))
+        self.layers_run += len(chunk) * (len(self.prefix.layers) - start)
         unfired = [name for name, mp in plan.modules.items() if mp.fires == 0]
         if unfired:
             raise ReplayError(f"interventions on {', '.join(unfired)} never fired; nothing was changed there")
         return logits, plan
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @contextmanager
     def _installed(self, plan: Plan) -> Iterator[None]:
@@ -170,6 +194,18 @@ class Replayer:
             return int(self.bundle.activation(module).shape[-1])
         find_module(self.model, module)  # raises UnknownModuleError with suggestions
         return None
+
+
+def budget_batch_size(max_memory: int | None, batch_size: int, length: int, model: torch.nn.Module) -> int:
+    """Rows per forward pass: ``batch_size``, lowered so one pass stays within half of ``max_memory``
+    bytes (per row: ~12 d_model-wide float32 tensors per position plus the attention scores)."""
+    if not max_memory:
+        return batch_size
+    config: Any = getattr(model, "config", None)
+    d = int(getattr(config, "hidden_size", getattr(config, "n_embd", 1024)))
+    heads = int(getattr(config, "num_attention_heads", getattr(config, "n_head", 16)))
+    per_row = 4 * length * (12 * d + length * heads)
+    return max(1, min(batch_size, (max_memory // 2) // max(1, per_row)))
 
 
 def _patcher(mp: Any) -> Any:
