@@ -39,5 +39,9 @@ def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: 
     fast.fidelity()
     sets = [(), *[(Intervention(f"model.layers.{i}", "zero", "last"),) for i in (0, 10, 20, 29)],
             (Intervention("model.layers.25.mlp", "scale", "all", factor=0.0),)]
-    assert torch.allclose(fast.logits(sets), full.logits(sets), atol=1e-4)
+    for s in sets:  # same batch shape: prefix reuse is exact to 1e-4
+        assert torch.allclose(fast.logits([s]), full.logits([s]), atol=1e-4)
+    full.layers_run = fast.layers_run = 0
+    # batched: rows are grouped differently, and fp32 BLAS results depend on the batch shape (~3e-5 relative)
+    assert torch.allclose(fast.logits(sets), full.logits(sets), atol=1e-3, rtol=1e-4)
     assert fast.layers_run < full.layers_run / 2
