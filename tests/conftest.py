@@ -63,3 +63,20 @@ def no_leftover_hooks() -> Iterator[None]:
     for model in LIVE_MODELS:
         leaked = our_hooks(model)
         assert not leaked, f"hooks leaked on {leaked[:5]}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One local Ray cluster for the whole session (2 CPUs, no dashboard); shut down at the end."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - serve may never have started; shutting down must not fail the session
+        pass
+    ray.shutdown()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
-from typing import Any
 
 from forensics.commands.common import add_config_arg, config_from_args, progress_bar
 
@@ -18,26 +18,30 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output directory for <bundle>.json results")
     p.add_argument("--model", help="model reference to use instead of each bundle's")
     p.add_argument("--html", action="store_true", help="also write <bundle>.html next to each result")
+    p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster, or --address")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); implies --ray")
+    p.add_argument("--actors", type=int, default=2, help="replayer actors in the Ray pool (default 2)")
     add_config_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from forensics.exec import Executor, LocalExecutor
     from forensics.rca.baselines import list_bundle_paths
-    from forensics.rca.batch import run_batch
-    from forensics.rca.pipeline import RCAPipeline
+    from forensics.rca.batch import plan_batch, run_batch
 
     config = config_from_args(args)
-    pipeline = RCAPipeline(config)
     paths = [p for p in list_bundle_paths(args.directory) if not _is_benign(p)]
+    tasks = plan_batch(paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config,
+                       html=args.html)
+    executor: Executor
+    if args.ray or args.address:
+        from forensics.exec.ray_executor import RayExecutor
 
-    def analyze(path: str, report_path: Path) -> dict[str, Any]:
-        html = report_path.with_suffix(".html") if args.html else None
-        result = pipeline.analyze_incident(path, baseline=args.baseline, model=args.model, output=report_path,
-                                           html=html)
-        return result.to_dict()
-
-    with progress_bar("bundles", total=len(paths), unit="bundle") as advance:
-        summary = run_batch(paths, analyze=analyze, output_dir=args.output, progress=advance)
+        executor = RayExecutor(address=args.address, num_actors=args.actors)
+    else:
+        executor = LocalExecutor()
+    with executor, progress_bar("bundles", total=len(tasks), unit="bundle") as advance:
+        summary = run_batch(tasks, executor=executor, output_dir=args.output, progress=advance)
     print(f"batch: {len(summary.done)} analysed, {len(summary.skipped)} already done, {len(summary.failed)} failed, "
           f"{summary.fixed} with a validated fix, {summary.seconds:.1f}s")
     for name, error in summary.failed:
@@ -48,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _is_benign(path: Path) -> bool:
     """Benign bundles in the same directory are baselines, not work (unreadable ones are work: they get reported)."""
-    import json
-
     try:
         return bool(json.loads((path / "manifest.json").read_text()).get("kind") == "benign")
     except (OSError, ValueError, AttributeError):

@@ -4,7 +4,7 @@
         evaluate = ex.evaluator(ReplayJob("bundles/australia"))
 """
 
-from forensics.exec.base import Evaluator, Executor, ReplayJob
+from forensics.exec.base import Evaluator, Executor, ReplayJob, TaskError
 from forensics.exec.local import LocalExecutor, build_replayer
 
-__all__ = ["Evaluator", "Executor", "LocalExecutor", "ReplayJob", "build_replayer"]
+__all__ = ["Evaluator", "Executor", "LocalExecutor", "ReplayJob", "TaskError", "build_replayer"]

@@ -1,17 +1,18 @@
 """The one seam for where work runs: in-process (default) or on a Ray cluster.
 
     with LocalExecutor() as ex:
-        evaluate = ex.evaluator(job, local=replayer)   # sets -> outcomes
-        for item, result, error in ex.map(fn, items): ...
+        evaluate = ex.evaluator(job, local=replayer)        # intervention sets -> outcomes
+        for item, result, error in ex.map(fn, items): ...   # fn(item, state); errors as plain data
 
 Executors know replays and plain functions, nothing of RCA. ``RayExecutor`` lives in
-``forensics.exec.ray`` and imports Ray only when constructed.
+``forensics.exec.ray_executor`` and imports Ray only when constructed. ``state`` is a dict a worker
+keeps between calls (warm models, pipelines); in process it lives on the executor.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -19,10 +20,11 @@ from typing import Any, Protocol, TypeVar
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.replayer import Outcome
 
-__all__ = ["Evaluator", "Executor", "ReplayJob"]
+__all__ = ["Evaluator", "Executor", "ReplayJob", "TaskError", "Work"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+Work = Callable[[T, dict[Any, Any]], R]
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,25 @@ class ReplayJob:
 
     bundle: str
     baselines: tuple[str, ...] = ()
+    counterfactuals: tuple[str, ...] = ()
     model: str | None = None
     device: str = "auto"
     allow_model_mismatch: bool = False
+    allow_baseline_mismatch: bool = False
     batch_size: int = 32
     fidelity_tolerance: float = 1e-4
+    max_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """An error that crossed a worker boundary, as plain data (the traceback stays in the worker's log)."""
+
+    type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
 
 
 class Evaluator(Protocol):
@@ -53,8 +69,11 @@ class Executor(ABC):
         """An evaluator for ``job``; ``local`` is an already-built Replayer to reuse if useful."""
 
     @abstractmethod
-    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R | None, BaseException | None]]:
-        """Apply ``fn`` to each item; yields (item, result, error) as they finish. One failure loses nothing else."""
+    def map(self, fn: Work[T, R], items: Sequence[T], *, key: Callable[[T], Hashable] | None = None,
+            progress: Callable[[int], None] | None = None) -> Iterator[tuple[T, R | None, TaskError | None]]:
+        """``fn(item, state)`` for each item; yields (item, result, error) as each finishes, exactly once per
+        item. Items with the same ``key`` go to the same worker (its models stay warm). One failure
+        loses nothing else."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op in process
         """Release workers (no-op in process)."""

@@ -6,16 +6,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import logging
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from forensics.errors import ForensicsError
-from forensics.exec.base import Evaluator, Executor, ReplayJob
+from forensics.exec.base import Evaluator, Executor, ReplayJob, TaskError, Work
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.replayer import Outcome, Replayer
 
-__all__ = ["LocalEvaluator", "LocalExecutor", "build_replayer"]
+__all__ = ["LocalEvaluator", "LocalExecutor", "build_replayer", "run_task"]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -33,10 +35,22 @@ def build_replayer(job: ReplayJob, loaded: Any = None) -> Replayer:
         loaded=loaded,
         device=job.device,
         baselines=[load_bundle(b) for b in job.baselines],
+        counterfactuals=[load_bundle(b) for b in job.counterfactuals],
         allow_model_mismatch=job.allow_model_mismatch,
+        allow_baseline_mismatch=job.allow_baseline_mismatch,
         batch_size=job.batch_size,
         fidelity_tolerance=job.fidelity_tolerance,
+        max_memory=job.max_memory,
     )
+
+
+def run_task(fn: Work[T, R], item: T, state: dict[Any, Any]) -> tuple[R | None, TaskError | None]:
+    """Run one task; expected failures come back as plain data, never as a raised exception."""
+    try:
+        return fn(item, state), None
+    except (ForensicsError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        log.warning("task failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        return None, TaskError(type(exc).__name__, str(exc))
 
 
 class LocalEvaluator:
@@ -53,16 +67,18 @@ class LocalEvaluator:
 
 
 class LocalExecutor(Executor):
-    """Runs everything in this process, one item after another."""
+    """Runs everything in this process, one item after another; keeps worker state warm."""
+
+    def __init__(self) -> None:
+        self.state: dict[Any, Any] = {}
 
     def evaluator(self, job: ReplayJob, local: Any = None) -> Evaluator:
         return LocalEvaluator(local if local is not None else build_replayer(job))
 
-    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[tuple[T, R | None, BaseException | None]]:
+    def map(self, fn: Work[T, R], items: Sequence[T], *, key: Callable[[T], Hashable] | None = None,
+            progress: Callable[[int], None] | None = None) -> Iterator[tuple[T, R | None, TaskError | None]]:
         for item in items:
-            try:
-                yield item, fn(item), None
-            except ForensicsError as exc:  # expected per-item failures: report and go on
-                yield item, None, exc
-            except (OSError, RuntimeError, ValueError) as exc:
-                yield item, None, exc
+            result, error = run_task(fn, item, self.state)
+            if progress:
+                progress(1)
+            yield item, result, error

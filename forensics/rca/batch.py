@@ -1,24 +1,45 @@
 """Batch analysis of a directory of bundles: one result file per bundle, atomic, resumable.
 
-    summary = run_batch(list_bundle_paths("incidents/"), baseline="benign/", output_dir="results/")
+    tasks = plan_batch(list_bundle_paths("incidents/"), output_dir="results/", baseline="benign/")
+    summary = run_batch(tasks, executor=LocalExecutor(), output_dir="results/")
     summary.failed   # [(name, error message)] — a bad bundle never stops the others
 
 ``OUTDIR/<name>.json`` is the report of bundle ``name``; ``OUTDIR/<name>.error.json`` records a
-failure; a re-run skips names whose report exists. ``OUTDIR/summary.json`` ends the run.
+failure; a re-run skips names whose report exists. ``OUTDIR/summary.json`` ends the run. The same
+tasks run in process (``LocalExecutor``) or on a Ray actor pool (``RayExecutor``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forensics.errors import ForensicsError
+from forensics.config import Config, from_dict, to_dict
+from forensics.exec.base import Executor
 from forensics.rca.result import write_json_atomic
 
-__all__ = ["BatchSummary", "bundle_name", "run_batch"]
+__all__ = ["BatchSummary", "BatchTask", "analyze_task", "bundle_name", "plan_batch", "run_batch"]
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """Plain data: everything a worker needs to analyse one bundle."""
+
+    bundle: str
+    report: str
+    baseline: str | None = None
+    model: str | None = None
+    config: dict[str, Any] = field(default_factory=dict, hash=False)
+    html: bool = False
+    model_key: str = ""
+
+    @property
+    def name(self) -> str:
+        return bundle_name(self.bundle)
 
 
 @dataclass
@@ -31,7 +52,8 @@ class BatchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         total = len(self.done)
-        return {"done": self.done, "skipped": self.skipped, "failed": [{"bundle": n, "error": e} for n, e in self.failed],
+        return {"done": sorted(self.done), "skipped": sorted(self.skipped),
+                "failed": [{"bundle": n, "error": e} for n, e in sorted(self.failed)],
                 "fixed": self.fixed, "fix_rate": self.fixed / total if total else None, "seconds": self.seconds}
 
 
@@ -42,35 +64,57 @@ def bundle_name(path: str | Path) -> str:
     return name
 
 
-def run_batch(paths: Sequence[str | Path], *, analyze: Callable[[str, Path], dict[str, Any]], output_dir: str | Path,
+def _model_key(path: str) -> str:
+    """The bundle's model reference (for sharding by model); unreadable manifests shard anywhere."""
+    try:
+        return str(json.loads((Path(path) / "manifest.json").read_text())["model"]["ref"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def plan_batch(paths: Sequence[str | Path], *, output_dir: str | Path, baseline: str | None = None,
+               model: str | None = None, config: Config | None = None, html: bool = False) -> list[BatchTask]:
+    out = Path(output_dir)
+    cfg = to_dict(config or Config())
+    return [BatchTask(str(p), str(out / f"{bundle_name(p)}.json"), baseline, model, cfg, html,
+                      model or _model_key(str(p))) for p in paths]
+
+
+def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
+    """Worker side: analyse one bundle with the worker's warm pipeline; write its report atomically."""
+    from forensics.rca.pipeline import RCAPipeline
+
+    key = ("pipeline", json.dumps(task.config, sort_keys=True))
+    if key not in state:
+        state[key] = RCAPipeline(from_dict(Config, task.config))
+    report = Path(task.report)
+    html = report.with_suffix(".html") if task.html else None
+    result = state[key].analyze_incident(task.bundle, baseline=task.baseline, model=task.model, output=report,
+                                         html=html)
+    fix = result.fix_set
+    return {"bundle": task.name, "fixed": bool(fix and fix.validated), "seconds": result.execution_time}
+
+
+def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str | Path,
               progress: Callable[[int], None] | None = None) -> BatchSummary:
-    """``analyze(bundle_path, report_path)`` must write the report (atomically) and return it."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary, t0 = BatchSummary(), time.perf_counter()
-    for path in paths:
-        name = bundle_name(path)
-        report_path = out / f"{name}.json"
-        if report_path.exists():
-            summary.skipped.append(name)
-        else:
-            _one(str(path), name, report_path, analyze, summary)
-        if progress:
-            progress(1)
+    todo = [t for t in tasks if not Path(t.report).exists()]
+    summary.skipped = [t.name for t in tasks if Path(t.report).exists()]
+    if progress and summary.skipped:
+        progress(len(summary.skipped))
+    for task, result, error in executor.map(analyze_task, todo, key=lambda t: t.model_key, progress=progress):
+        error_path = out / f"{task.name}.error.json"
+        if error is not None or result is None:
+            kind, message = (error.type, error.message) if error else ("NoResult", "the worker returned nothing")
+            summary.failed.append((task.name, f"{kind}: {message}"))
+            write_json_atomic(error_path, {"bundle": task.name, "path": task.bundle, "error": kind,
+                                           "message": message})
+            continue
+        error_path.unlink(missing_ok=True)
+        summary.done.append(task.name)
+        summary.fixed += bool(result.get("fixed"))
     summary.seconds = time.perf_counter() - t0
     write_json_atomic(out / "summary.json", summary.to_dict())
     return summary
-
-
-def _one(path: str, name: str, report_path: Path, analyze: Callable[[str, Path], dict[str, Any]],
-         summary: BatchSummary) -> None:
-    error_path = report_path.with_name(f"{name}.error.json")
-    try:
-        report = analyze(path, report_path)
-    except (ForensicsError, OSError, RuntimeError, ValueError) as exc:
-        summary.failed.append((name, f"{type(exc).__name__}: {exc}"))
-        write_json_atomic(error_path, {"bundle": name, "path": path, "error": type(exc).__name__, "message": str(exc)})
-        return
-    error_path.unlink(missing_ok=True)
-    summary.done.append(name)
-    summary.fixed += bool(report.get("fix_set") and report["fix_set"].get("validated"))

@@ -68,7 +68,9 @@ class RCAPipeline:
                       batch_size=self.config.modules.cca.batch_size,
                       fidelity_tolerance=self.config.fidelity_tolerance)
         fidelity = rp.fidelity()
-        notes: list[str] = []
+        notes: list[str] = [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
+                            for name in ("isc", "dbc", "provenance")
+                            if getattr(self.config.modules, name).enabled]
         metrics = self._cf(incident, population, stats, notes, timings)
         cca, m_inc, m_base = None, None, None
         if not fidelity.faithful:
@@ -143,13 +145,24 @@ class RCAPipeline:
         if not types:
             raise ConfigError("no usable intervention types: 'mean'/'patch' need baseline bundles")
         cfg = type(cca_cfg)(**{**cca_cfg.__dict__, "intervention_types": tuple(types)})
-        evaluate = self.executor.evaluator(_job(incident, cfs, cfg.batch_size), local=rp)
+        evaluate = self.executor.evaluator(self._job(rp, incident, cfs, cfg.batch_size), local=rp)
         m_inc = rp.run(()).metric
         m_base = self._baseline_metric(rp, cfs, m_inc)
         prior = cf_prior(metrics)
         cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=m_inc, m_baseline=m_base,
                            patch_sources=[b.id for b in cfs], prior=prior, progress=self._tick("cca"))
         return cca, m_inc, m_base
+
+    def _job(self, rp: Replayer, incident: Any, cfs: Sequence[Any], batch_size: int) -> ReplayJob:
+        """The replay session as plain data, so a remote worker can rebuild it."""
+        info = rp.loaded.info
+        return ReplayJob(
+            bundle=incident.path, baselines=tuple(b.path for b in rp.bank.population.values()),
+            counterfactuals=tuple(b.path for b in cfs),
+            model=info.path if info.kind in ("hf_dir", "gguf") else info.ref, device=self.config.device,
+            allow_model_mismatch=rp.allow_model_mismatch, allow_baseline_mismatch=rp.allow_baseline_mismatch,
+            batch_size=batch_size, fidelity_tolerance=self.config.fidelity_tolerance,
+        )
 
     def _baseline_metric(self, rp: Replayer, cfs: Sequence[Any], m_inc: float) -> float:
         """The metric a counterfactual run reaches (its own logits, via patching the last residual at
@@ -219,6 +232,4 @@ def _as_bundle(obj: Any) -> Any:
     return obj if isinstance(obj, Bundle) else load_bundle(obj)
 
 
-def _job(incident: Any, cfs: Sequence[Any], batch_size: int) -> ReplayJob:
-    return ReplayJob(bundle=incident.path, baselines=tuple(b.path for b in cfs), batch_size=batch_size)
 

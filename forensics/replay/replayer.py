@@ -79,6 +79,7 @@ class Replayer:
             bundle.model["ref"], device=device, dtype=bundle.model.get("dtype", "float32"), cache_dir=cache_dir
         )
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
+        self.allow_model_mismatch, self.allow_baseline_mismatch = allow_model_mismatch, allow_baseline_mismatch
         _check_identity(bundle, self.loaded, [] if allow_baseline_mismatch else [*baselines, *counterfactuals],
                         allow_model_mismatch)
         self.bank = SourceBank(baselines, counterfactuals)
