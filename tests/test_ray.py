@@ -1,0 +1,122 @@
+"""Real Ray (one local cluster per session): Ray results equal local ones; batches survive a dead actor."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forensics.cli import main
+from forensics.exec import LocalExecutor
+from forensics.models import LoadedModel
+from forensics.rca import RCAPipeline
+from forensics.rca.baselines import list_bundle_paths
+from forensics.rca.batch import plan_batch, run_batch
+from tests.helpers import record_tiny
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
+INCIDENTS = ["The capital of Australia is", "Two plus two is", "A retriever returns", "Paris is",
+             "The model answers", "Rome is the capital of"]
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("raylab")
+    for i, prompt in enumerate(INCIDENTS):
+        record_tiny(tiny_llama, prompt, root / "incidents" / f"inc{i}", n=3)
+    for i, prompt in enumerate(BENIGN):
+        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+    return {"root": root, "incidents": root / "incidents", "benign": root / "benign"}
+
+
+@pytest.fixture
+def ray_pool(ray_cluster: Any) -> Any:
+    """Two actors for one test (they hold the cluster's 2 CPUs, so they go when the test ends)."""
+    from forensics.exec.ray_executor import RayExecutor
+
+    executor = RayExecutor(num_actors=2)
+    yield executor
+    executor.close()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_ray_result_equals_local(lab: dict[str, Path], ray_pool: Any, strategy: str) -> None:
+    from forensics.config import load_config
+
+    config = load_config(overrides={"modules.cca.search_strategy": strategy})
+    bundle = str(lab["incidents"] / "inc0")
+    local = RCAPipeline(config, executor=LocalExecutor()).analyze_incident(bundle, baseline=str(lab["benign"]))
+    remote = RCAPipeline(config, executor=ray_pool).analyze_incident(bundle, baseline=str(lab["benign"]))
+    assert local.fix_set is not None and remote.fix_set is not None
+    assert remote.fix_set.interventions == local.fix_set.interventions and remote.fix_set.validated
+    assert abs(remote.fix_set.metric - local.fix_set.metric) < 1e-4
+    assert remote.replays["evaluated"] == local.replays["evaluated"]
+    assert [e["interventions"] for e in remote.single_effects] == [e["interventions"] for e in local.single_effects]
+    for a, b in zip(remote.single_effects, local.single_effects, strict=True):
+        assert abs(a["metric"] - b["metric"]) < 1e-4
+
+
+def test_actors_run_in_other_processes(ray_pool: Any) -> None:
+    import os
+
+    pids = ray_pool.ray.get([a.ping.remote() for a in ray_pool.actors])
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert ray_pool.num_gpus == 0.0  # no GPU on this cluster: CPU actors, decided at run time
+
+
+def test_batch_survives_a_killed_actor(lab: dict[str, Path], ray_pool: Any, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    tasks = plan_batch(list_bundle_paths(lab["incidents"]), output_dir=out, baseline=str(lab["benign"]))
+    first = threading.Event()
+    killed: list[int] = []
+
+    def killer() -> None:
+        first.wait(timeout=120)
+        ray_pool.ray.kill(ray_pool.actors[0], no_restart=False)  # crash one worker; Ray restarts it
+        killed.append(1)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    summary = run_batch(tasks, executor=ray_pool, output_dir=out, progress=lambda n: first.set())
+    thread.join(timeout=60)
+    assert killed
+    assert sorted(summary.done) == [f"inc{i}" for i in range(len(INCIDENTS))] and not summary.failed
+    reports = sorted(p.name for p in out.glob("inc*.json"))
+    assert reports == [f"inc{i}.json" for i in range(len(INCIDENTS))]  # exactly one result per bundle
+    assert not list(out.glob(".*"))
+
+
+def test_cli_batch_on_ray_reports_bad_bundle(lab: dict[str, Path], ray_cluster: Any, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    work = tmp_path / "incidents"
+    shutil.copytree(lab["incidents"] / "inc1", work / "inc1")
+    shutil.copytree(lab["incidents"] / "inc1", work / "corrupt")
+    (work / "corrupt" / "manifest.json").write_text("{not json")
+    code = main(["batch", str(work), "--baseline", str(lab["benign"]), "--output", str(tmp_path / "r"),
+                 "--ray", "--actors", "2"])
+    assert code == 1
+    text = capsys.readouterr().out
+    assert "1 analysed" in text and "FAILED corrupt" in text and "manifest.json" in text
+    assert json.loads((tmp_path / "r" / "inc1.json").read_text())["fix_set"]["validated"] is True
+
+
+def test_ray_job_entrypoint_joins_the_cluster(lab: dict[str, Path], ray_cluster: Any, tmp_path: Path) -> None:
+    address = ray_cluster.get_runtime_context().gcs_address
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_jobs.batch", "--bundles", f"file://{lab['incidents']}", "--baseline",
+         str(lab["benign"]), "--output", str(tmp_path / "job"), "--actors", "1", "--address", address],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"done: {len(INCIDENTS)} analysed" in proc.stdout
+    assert len(list((tmp_path / "job").glob("inc*.json"))) == len(INCIDENTS)
+    assert time.perf_counter() - start < 300
