@@ -216,12 +216,13 @@ def cf_prior(metrics: Sequence[Any]) -> dict[str, float]:
 
 
 def _confidence(fix: Any, layers: list[dict[str, Any]]) -> float:
-    """0.7 x validated recovery (clipped to [0, 1]) + 0.3 if CF's top-3 layers hold a fix-set layer."""
+    """0.7 x validated recovery (clipped to [0, 1]) + 0.3 if an anomalous layer among CF's top 3 holds a
+    fix-set module (CF and CCA agree)."""
     from forensics.rca.localise import layer_of
 
     if fix is None or not fix.validated:
         return 0.0
-    top3 = {row["layer"] for row in layers[:3]}
+    top3 = {row["layer"] for row in layers[:3] if row["anomalous"]}
     agree = any(layer_of(iv.module) in top3 for iv in fix.interventions)
     return round(0.7 * min(1.0, max(0.0, float(fix.recovery))) + (0.3 if agree else 0.0), 4)
 

@@ -90,6 +90,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
             json.dump(data, fh, indent=2, allow_nan=False, default=str)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,13 +20,14 @@ __all__ = ["Fidelity", "measure_fidelity"]
 @dataclass(frozen=True)
 class Fidelity:
     max_logit_diff: float
-    module_diffs: dict[str, float]
+    module_diffs: dict[str, float | None]  # None: shape differs from the recording
     first_divergent: str | None
     tolerance: float
 
     @property
     def max_activation_diff(self) -> float:
-        return max(self.module_diffs.values(), default=0.0)
+        diffs = [d for d in self.module_diffs.values() if d is not None]
+        return float("nan") if len(diffs) < len(self.module_diffs) else max(diffs, default=0.0)
 
     @property
     def faithful(self) -> bool:
@@ -37,7 +38,8 @@ class Fidelity:
             "faithful": self.faithful,
             "tolerance": self.tolerance,
             "max_logit_diff": self.max_logit_diff,
-            "max_activation_diff": self.max_activation_diff,
+            "max_activation_diff": None if self.max_activation_diff != self.max_activation_diff
+            else self.max_activation_diff,
             "first_divergent": self.first_divergent,
             "module_diffs": self.module_diffs,
         }
@@ -52,13 +54,13 @@ def measure_fidelity(
     replayed = logits.detach().cpu()[torch.tensor(top["ids"])]
     max_logit = float((recorded - replayed).abs().max()) if len(top["ids"]) else 0.0
     length = prefix_length(bundle, step)
-    diffs: dict[str, float] = {}
+    diffs: dict[str, float | None] = {}
     first = None
     for name in bundle.modules:  # forward order, so the first departure is the earliest one
         want = np.asarray(bundle.activation(name))[:length]
         got = captured[name][:length]
-        diff = float(np.abs(want - got).max()) if want.shape == got.shape else float("inf")
+        diff = float(np.abs(want - got).max()) if want.shape == got.shape else None
         diffs[name] = diff
-        if first is None and diff > tolerance:
+        if first is None and (diff is None or diff > tolerance):
             first = name
     return Fidelity(max_logit, diffs, first, tolerance)
