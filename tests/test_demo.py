@@ -1,0 +1,30 @@
+"""The `make demo` story on the embedded smollm2-135m, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forensics.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_records_analyses_and_writes_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "incident: 'The capital of Australia is' -> ' Sydney" in out
+    assert "fix set (" in out and "validated" in out
+    report = json.loads((tmp_path / "reports" / "australia.json").read_text())
+    assert report["decision"]["observed"] == " Sydney" and report["decision"]["target"] == " Canberra"
+    assert report["fix_set"]["validated"] and report["fix_set"]["argmax_token"] == " Canberra"
+    assert report["fidelity"]["faithful"] and len(report["compression_metrics"]) == 90
+    assert report["baselines"]["patch_sources"][0] == "australia_in_context"  # the counterfactual comes first
+    html = (tmp_path / "reports" / "australia.html").read_text()
+    assert "<svg" in html and "http://" not in html and "https://" not in html
+    # a second run reuses the recorded bundles (idempotent) and reaches the same fix
+    assert main(["demo", "--workdir", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "reports" / "australia.json").read_text())
+    assert again["fix_set"]["interventions"] == report["fix_set"]["interventions"]
