@@ -47,3 +47,15 @@ def test_bad_intervention_json(tiny_dirs: dict[str, Path], tmp_path: Path, capsy
     main(["record", "--model", str(tiny_dirs["gpt2"]), "--prompt", "Hi", "--expected", " there", "--out", str(out)])
     assert main(["replay", str(out), "--intervene", "[{"]) == 2
     assert "--intervene is not valid JSON" in capsys.readouterr().err
+
+
+def test_low_precision_replay_reports_its_fidelity_cost(tiny_dirs: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "inc"
+    main(["record", "--model", str(tiny_dirs["llama"]), "--prompt", "One plus one is", "--expected", " two",
+          "--out", str(out)])
+    capsys.readouterr()
+    code = main(["replay", str(out), "--dtype", "bfloat16", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["fidelity"]["faithful"] is False  # bf16 departs from the fp32 recording
+    assert 0 < report["fidelity"]["max_logit_diff"] < 5

@@ -19,6 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="replay on this model reference instead of the bundle's")
     p.add_argument("--allow-model-mismatch", action="store_true", help="replay even if weights sha256 differs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="replay in this precision (default: the recording's); fidelity shows what it costs")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
 
@@ -28,10 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle)
     baselines = [load_bundle(b) for b in args.baseline]
-    loaded = resolve_model(args.model or bundle.model["ref"], device=args.device,
-                           dtype=bundle.model.get("dtype", "float32")) if args.model else None
+    dtype = args.dtype or bundle.model.get("dtype", "float32")
+    loaded = resolve_model(args.model or bundle.model["ref"], device=args.device, dtype=dtype) \
+        if (args.model or args.dtype) else None
     rp = Replayer(bundle, loaded=loaded, device=args.device, baselines=baselines,
-                  allow_model_mismatch=args.allow_model_mismatch)
+                  allow_model_mismatch=args.allow_model_mismatch or dtype != bundle.model.get("dtype", "float32"))
     fid = rp.fidelity()
     base = rp.run(())
     ivs = Intervention.parse_sets(args.intervene) if args.intervene else ()
