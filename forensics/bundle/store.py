@@ -109,6 +109,7 @@ def decode_batch(site: Site, index: int, batch: Any, expected: str | None) -> tu
     """
     where = f"batch {index}"
     with site.guard(ACTIVATIONS, f"{where}: unreadable"):
+        batch.validate(full=True)  # offsets/lengths checked before any value is read: no C++ abort
         if batch.num_rows != 1:
             raise site.error(ACTIVATIONS, f"{where}: has {batch.num_rows} rows, expected exactly 1")
         if any(column.null_count for column in batch.columns):
