@@ -66,11 +66,8 @@ def test_mutated_bundles_load_or_raise_bundle_error(pristine: Path, m: tuple[str
         else:
             data[i : i + len(payload)] = payload
         path.write_bytes(bytes(data))
-        if fix_checksum and target == "activations.arrow":
-            try:
-                _refresh_checksum(bundle)
-            except (ValueError, KeyError, TypeError):
-                pass  # the manifest itself is intact here; a failure would be a bug in this test
+        if fix_checksum and target == "activations.arrow":  # the manifest is intact: make the sha check pass
+            _refresh_checksum(bundle)
         try:
             loaded = load_bundle(bundle)
             for _name, arr in loaded.iter_activations():
