@@ -17,12 +17,13 @@ def register_all(sub: Any) -> None:
         eval_cmd,
         record_cmd,
         replay_cmd,
+        tokens_cmd,
         triage_cmd,
         validate_cmd,
     )
 
     modules = (record_cmd, replay_cmd, analyze_cmd, triage_cmd, batch_cmd, validate_cmd, baseline_cmd, demo_cmd,
-               eval_cmd)
+               eval_cmd, tokens_cmd)
     for module in modules:
         parser: argparse.ArgumentParser = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.configure(parser)

@@ -1,0 +1,45 @@
+"""`tokens add|list|revoke`: manage the API tokens of the server (stored hashed)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+NAME = "tokens"
+HELP = "manage API tokens (add prints the token once; only its hash is stored)"
+
+
+def default_tokens_file() -> str:
+    return os.environ.get("MODEL_FORENSICS_TOKENS_FILE", os.path.expanduser("~/.config/model-forensics/tokens.json"))
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("add", "list", "revoke"))
+    p.add_argument("name", nargs="?", help="token name (add, revoke)")
+    p.add_argument("--role", choices=("viewer", "analyst", "admin"), default="viewer")
+    p.add_argument("--tokens-file", default=None, help="default: $MODEL_FORENSICS_TOKENS_FILE or "
+                   "~/.config/model-forensics/tokens.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from forensics.errors import ConfigError
+    from forensics.ops.auth import TokenStore
+
+    store = TokenStore(args.tokens_file or default_tokens_file())
+    if args.action == "list":
+        for t in store.list():
+            print(f"{t['name']:<24} {t['role']:<8} created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(t['created_at']))}")
+        return 0
+    if not args.name:
+        raise ConfigError(f"tokens {args.action} needs a NAME")
+    if args.action == "add":
+        token = store.add(args.name, args.role)
+        print(token)
+        print(f"# token {args.name!r} ({args.role}) added to {store.path}; it is shown only now", flush=True)
+        return 0
+    if not store.revoke(args.name):
+        print(f"no token named {args.name!r}")
+        return 1
+    print(f"revoked {args.name!r}")
+    return 0
