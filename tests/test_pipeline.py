@@ -125,6 +125,8 @@ def test_batch_resumes_and_survives_a_bad_bundle(lab: dict[str, Any], tmp_path: 
     assert "activations.arrow" in error["message"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["done"] == ["inc0", "inc1"] and summary["failed"][0]["bundle"] == "broken"
+    prom = (results / "model_forensics.prom").read_text()  # textfile-collector metrics of the run
+    assert "model_forensics_fix_rate" in prom and 'model_forensics_errors_total{type="BundleError"} 1.0' in prom
 
     shutil.rmtree(bad)
     assert main(["batch", str(work), "--baseline", str(lab["benign"]), "--output", str(results)]) == 0

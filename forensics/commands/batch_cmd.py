@@ -21,6 +21,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster, or --address")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); implies --ray")
     p.add_argument("--actors", type=int, default=2, help="replayer actors in the Ray pool (default 2)")
+    p.add_argument("--metrics-file", help="Prometheus textfile-collector output (default: OUTPUT/model_forensics.prom)")
     add_config_arg(p)
 
 
@@ -40,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
         executor = RayExecutor(address=args.address, num_actors=args.actors)
     else:
         executor = LocalExecutor()
+    from forensics.ops.metrics import Metrics
+
+    metrics = Metrics()
     with executor, progress_bar("bundles", total=len(tasks), unit="bundle") as advance:
-        summary = run_batch(tasks, executor=executor, output_dir=args.output, progress=advance)
+        summary = run_batch(tasks, executor=executor, output_dir=args.output, progress=advance, metrics=metrics)
+    metrics.write_textfile(args.metrics_file or Path(args.output) / "model_forensics.prom")
     print(f"batch: {len(summary.done)} analysed, {len(summary.skipped)} already done, {len(summary.failed)} failed, "
           f"{summary.fixed} with a validated fix, {summary.seconds:.1f}s")
     for name, error in summary.failed:

@@ -96,7 +96,8 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
 
 
 def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str | Path,
-              progress: Callable[[int], None] | None = None) -> BatchSummary:
+              progress: Callable[[int], None] | None = None, metrics: Any = None) -> BatchSummary:
+    """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary, t0 = BatchSummary(), time.perf_counter()
@@ -111,7 +112,11 @@ def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str
             summary.failed.append((task.name, f"{kind}: {message}"))
             write_json_atomic(error_path, {"bundle": task.name, "path": task.bundle, "error": kind,
                                            "message": message})
+            if metrics is not None:
+                metrics.observe_error(kind)
             continue
+        if metrics is not None:
+            metrics.observe_report(json.loads(Path(task.report).read_text()))
         error_path.unlink(missing_ok=True)
         summary.done.append(task.name)
         summary.fixed += bool(result.get("fixed"))
