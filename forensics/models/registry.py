@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ ACCEPTED_REFERENCES = (
     "a local Hugging Face directory containing config.json, a path to a .gguf file, "
     "or hf:org/name already in the local Hugging Face cache"
 )
+log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
