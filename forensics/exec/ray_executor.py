@@ -115,6 +115,7 @@ class RayExecutor(Executor):
             num_cpus=num_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
         self.actors = [remote.remote() for _ in range(max(1, num_actors))]
         self.num_gpus = gpus
+        self._per_key: dict[Hashable, int] = {}
         log.info("ray executor: %d actors, %.2f GPU each", len(self.actors), gpus)
 
     def evaluator(self, job: ReplayJob, local: Any = None) -> Evaluator:
@@ -123,6 +124,7 @@ class RayExecutor(Executor):
     def map(self, fn: Work[T, R], items: Sequence[T], *, key: Callable[[T], Hashable] | None = None,
             progress: Callable[[int], None] | None = None) -> Iterator[tuple[T, R | None, TaskError | None]]:
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (item index, attempt)
+        self._per_key = {}
         for index, item in enumerate(items):
             pending[self._submit(fn, item, index, key, 0)] = (index, 0)
         while pending:
@@ -137,7 +139,15 @@ class RayExecutor(Executor):
             yield items[index], result, error
 
     def _submit(self, fn: Work[T, R], item: T, index: int, key: Callable[[T], Hashable] | None, attempt: int) -> Any:
-        slot = zlib.crc32(repr(key(item)).encode()) if key is not None else index
+        """Items of one model start at that model's home actor and rotate over the pool: every actor loads
+        each model at most once, and one model's bundles still use every actor."""
+        if key is None:
+            slot = index
+        else:
+            k = key(item)
+            seen = self._per_key.get(k, 0)
+            self._per_key[k] = seen + 1
+            slot = zlib.crc32(repr(k).encode()) + seen
         actor = self.actors[(slot + attempt) % len(self.actors)]
         return actor.call.remote(fn, item)
 
