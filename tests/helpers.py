@@ -29,7 +29,7 @@ def record_tiny(loaded: LoadedModel, prompt: str, dest: Path, *, expected: str |
         model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
     gen = rec.generated_ids
     if expected is None:  # make the first generated token wrong: expect the 2nd-best token instead
-        first = rec._steps[0][0]
+        first = rec.steps[0][0]
         spec = FailureSpec("expected", "", (first[1],))
     else:
         spec = FailureSpec.expected(expected, tok)

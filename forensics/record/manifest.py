@@ -85,7 +85,7 @@ def build_manifest(
         "outputs": {
             "generated_ids": generated,
             "text": text,
-            "top_k": [{"ids": ids, "logits": vals} for ids, vals in rec._steps],
+            "top_k": [{"ids": ids, "logits": vals} for ids, vals in rec.steps],
             "decision_step": step,
             "is_failure": step is not None,
             "observed_id": generated[step] if step is not None else None,

@@ -120,6 +120,11 @@ class Recorder:
 
     # -- results -------------------------------------------------------------------------------
     @property
+    def steps(self) -> list[tuple[list[int], list[float]]]:
+        """(top-k ids, top-k logits) of every generation step, in order."""
+        return list(self._steps)
+
+    @property
     def prompt_ids(self) -> list[int]:
         return self._fed[: self._prompt_len]
 
