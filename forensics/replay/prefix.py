@@ -86,8 +86,27 @@ class PrefixReuse:
             for module in stubbed:
                 module.__dict__.pop("forward", None)
 
+    def detect(self, input_ids: torch.Tensor) -> None:
+        """Learn whether decoder layers return a tuple: run the embeddings and layer 0 on one token and
+        stop there, so ``start`` can plan prefix reuse before the first real forward pass."""
+        if self.tuple_output is not None or self.reason or not self.layers:
+            return
+        with HookSet(self.model) as hooks:
+            hooks.forward(self.layers[0], self._detect_and_stop)
+            try:
+                with torch.inference_mode():
+                    self.model(input_ids=input_ids[:, :1], use_cache=False)
+            except _Detected:
+                pass
+            except Exception as exc:
+                log.debug("layer output detection failed (%s); learning it on the first replay", exc)
+
     def _detect(self, module: nn.Module, args: Any, output: Any) -> None:
         self.tuple_output = isinstance(output, tuple)
+
+    def _detect_and_stop(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._detect(module, args, output)
+        raise _Detected
 
     def _recorded(self, layer: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         if layer not in self._resid:
@@ -101,3 +120,7 @@ def _stub(value: Any) -> Any:
         return value
 
     return forward
+
+
+class _Detected(Exception):
+    """Raised from the layer-0 hook once the output type is known, to skip the rest of the model."""

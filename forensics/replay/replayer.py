@@ -95,7 +95,9 @@ class Replayer:
         self.forward_passes = 0
         self.layers_run = 0  # decoder layer x batch row executions (what prefix reuse saves)
         self.prefix = PrefixReuse(self.model, bundle, length=self.length, enabled=prefix_reuse)
+        self.prefix.detect(self.input_ids)
         self.max_memory = max_memory
+        self._widths: dict[str, int | None] = {}
         self._keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @property
@@ -135,12 +137,14 @@ class Replayer:
         return torch.stack([t for t in out if t is not None])
 
     def _chunks(self, sets: Sequence[InterventionSet]) -> Iterator[list[int]]:
+        """Indices ordered by first decoder layer, cut into full chunks: a chunk resumes at the earliest
+        layer among its rows, so neighbouring layers share one pass instead of one small pass each."""
         starts = [self.prefix.start(tuple(s)) for s in sets]
         size = budget_batch_size(self.max_memory, self.batch_size, self.length, self.model)
-        for layer in sorted(set(starts)):
-            group = [i for i, s in enumerate(starts) if s == layer]
-            for begin in range(0, len(group), size):
-                yield group[begin : begin + size]
+        order = sorted(range(len(sets)), key=lambda i: (-starts[i], i))
+        chunks = [order[begin : begin + size] for begin in range(0, len(order), size)]
+        for chunk in reversed(chunks):
+            yield sorted(chunk, key=lambda i: (starts[i], i))
 
     # -- internals -----------------------------------------------------------------------------
     def _evaluate_chunk(self, chunk: list[InterventionSet]) -> list[Outcome]:
@@ -191,10 +195,13 @@ class Replayer:
         return logits
 
     def _width(self, module: str) -> int | None:
-        if module in self.bundle.modules:
-            return int(self.bundle.activation(module).shape[-1])
-        find_module(self.model, module)  # raises UnknownModuleError with suggestions
-        return None
+        if module not in self._widths:
+            if module in self.bundle.modules:
+                self._widths[module] = int(self.bundle.activation(module).shape[-1])
+            else:
+                find_module(self.model, module)  # raises UnknownModuleError with suggestions
+                self._widths[module] = None
+        return self._widths[module]
 
 
 def budget_batch_size(max_memory: int | None, batch_size: int, length: int, model: torch.nn.Module) -> int:

@@ -30,6 +30,7 @@ class SourceBank:
         self.population = {b.id: b for b in baselines}
         self.bundles = {**{b.id: b for b in counterfactuals}, **self.population}
         self._means: dict[str, np.ndarray] = {}
+        self._patches: dict[tuple[str, str, int], np.ndarray] = {}
 
     def mean(self, module: str) -> np.ndarray:
         """Mean activation over the benign population's bundles and positions."""
@@ -43,8 +44,10 @@ class SourceBank:
     def patch(self, module: str, source: str | None, *, step: int) -> np.ndarray:
         """The source's activation up to its own decision position ``step`` (aligned from the end)."""
         bundle = self._bundle(source)
-        act = self._activation(bundle, module)
-        return act[: prefix_length(bundle, step)]
+        key = (bundle.id, module, step)
+        if key not in self._patches:  # sweeps ask for the same source row once per candidate set
+            self._patches[key] = self._activation(bundle, module)[: prefix_length(bundle, step)]
+        return self._patches[key]
 
     def _bundle(self, source: str | None) -> Any:
         if source is None:
