@@ -1,11 +1,26 @@
-"""Code lengths of quantised activations: general-purpose compressors and an adaptive arithmetic coder.
+"""Symbols and code lengths for CF: fixed-step quantisation, byte planes, compressors, and the code
+length of an adaptive arithmetic coder.
 
-    code_lengths(symbols_by_window, "arithmetic")   # bytes per window
-    code_lengths(symbols_by_window, "zlib")
+    >>> x = np.random.default_rng(0).normal(size=(12, 64))
+    >>> r = compression_ratios(x, step=1 / 16, methods=["zlib", "arithmetic"], window=256)
+    >>> r["arithmetic"] > compression_ratios(10 * x, 1 / 16, ["arithmetic"], 256)["arithmetic"]
+    True
 
-``arithmetic`` is the ideal code length of an adaptive order-0 model with Laplace-smoothed counts,
-sum(-log2 p(s_i | s_<i)): an arithmetic coder driven by that model achieves it within 2 bits, so it is
-the compressed size without running a coder symbol by symbol. Computed for all windows at once.
+**Symbols.** Values are divided by a fixed step, rounded, clipped to int16 and zigzag-mapped
+(0, -1, 1, -2, … -> 0, 1, 2, 3, …) so small magnitudes of either sign are small unsigned numbers.
+Each 16-bit symbol is split into a high and a low byte *plane* (the "shuffle" filter of Blosc and
+HDF5): for well-scaled activations the high plane is almost all zeros, and a change of magnitude
+shows at once as new high bytes and a wider spread of low bytes. int16 rather than int8 so that a
+x10 activation is not clipped back into a few saturated symbols that compress *better*.
+
+**Arithmetic coding.** An arithmetic coder driven by a probability model spends, for the whole
+sequence, at most 2 bits more than the model's ideal code length sum(-log2 p(s_i | s_<i)). So the
+size it would produce is computed without running a coder symbol by symbol. The model is adaptive
+order-0 with Laplace-smoothed counts, one count table per byte plane:
+p(s_i) = (count of s_i in s_<i + 1) / (i + 256). Its product over a sequence does not depend on the
+order of the symbols: with final counts c_s over an alphabet of K symbols and length n,
+prod p = (K-1)! prod_s c_s! / (n+K-1)!, so the code length is a sum of log-factorials of counts --
+one ``bincount`` for all windows at once, no per-symbol loop.
 """
 
 from __future__ import annotations
@@ -13,41 +28,102 @@ from __future__ import annotations
 import gzip
 import lzma
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["ALPHABET", "METHODS", "adaptive_code_bits", "code_lengths"]
+from forensics.errors import BundleError
 
-ALPHABET = 256  # int8 symbols
+__all__ = [
+    "ALPHABET",
+    "INT16_MAX",
+    "METHODS",
+    "adaptive_code_bits",
+    "code_lengths",
+    "compression_ratios",
+    "quantise_planes",
+    "zigzag_symbols",
+]
+
+ALPHABET = 256  # byte symbols
+INT16_MAX = 32767
+COMPRESSION_LEVEL = 9
+# Raw LZMA2 with the smallest dictionary: no .xz container (60+ bytes that would swamp a 512-byte
+# window) and ~25x faster to set up than the default preset.
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 4096}]
 
 _COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
-    "zlib": lambda b: zlib.compress(b, 9),
-    "gzip": lambda b: gzip.compress(b, 9, mtime=0),
-    "lzma": lambda b: lzma.compress(b, preset=1),
+    "zlib": lambda b: zlib.compress(b, COMPRESSION_LEVEL),
+    "gzip": lambda b: gzip.compress(b, COMPRESSION_LEVEL, mtime=0),  # mtime=0: deterministic bytes
+    "lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS),
 }
-METHODS = (*_COMPRESSORS, "arithmetic")
+METHODS: tuple[str, ...] = (*_COMPRESSORS, "arithmetic")
+
+U8 = npt.NDArray[np.uint8]
 
 
-def adaptive_code_bits(windows: np.ndarray) -> np.ndarray:
-    """Ideal code length in bits of each row of ``windows`` [W, n] (uint8) under an adaptive order-0
-    model: p(s_i) = (count of s_i in s_<i + 1) / (i + ALPHABET). Vectorised, no per-symbol loop."""
-    w, n = windows.shape
-    keys = (np.arange(w, dtype=np.int64)[:, None] * ALPHABET + windows.astype(np.int64)).ravel()
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    group_start = np.repeat(starts, np.diff(np.r_[starts, sorted_keys.size]))
-    seen = np.empty(keys.size, dtype=np.float64)
-    seen[order] = np.arange(keys.size) - group_start
-    position = np.tile(np.arange(n, dtype=np.float64), w)
-    bits = -np.log2((seen + 1.0) / (position + ALPHABET))
-    return bits.reshape(w, n).sum(axis=1)  # type: ignore[no-any-return]
+def zigzag_symbols(values: npt.ArrayLike, step: float) -> npt.NDArray[np.uint16]:
+    """``values`` (any shape) / ``step``, rounded, clipped to ±32767, zigzag-mapped; flattened.
+
+    NaN counts as 0 and ±inf as the clip limits, so a broken activation still yields symbols (and,
+    being unlike benign runs, a large |z|)."""
+    flat = np.asarray(values, dtype=np.float64).ravel() / step
+    flat = np.nan_to_num(flat, nan=0.0, posinf=INT16_MAX, neginf=-INT16_MAX)
+    q = np.clip(np.rint(flat), -INT16_MAX, INT16_MAX).astype(np.int32)
+    return ((q << 1) ^ (q >> 31)).astype(np.uint16)
 
 
-def code_lengths(windows: np.ndarray, method: str) -> np.ndarray:
-    """Compressed size in bytes of each row of ``windows`` [W, n] (uint8)."""
+def quantise_planes(values: npt.ArrayLike, step: float, window: int) -> U8:
+    """Symbols of ``values`` in windows of ``window`` values, as byte planes: [W, 2 (high, low), window].
+
+    A short tail is dropped (positions vary between bundles; a partial window would compress
+    differently for that reason alone) unless it is all there is."""
+    sym = zigzag_symbols(values, step)
+    n = sym.size // window
+    rows = sym[None, :] if n == 0 else sym[: n * window].reshape(n, window)
+    planes = np.stack([(rows >> 8).astype(np.uint8), (rows & 0xFF).astype(np.uint8)], axis=1)
+    return planes
+
+
+def _log2_factorials(upto: int) -> npt.NDArray[np.float64]:
+    """log2(k!) for k = 0..upto."""
+    out = np.zeros(upto + 1, dtype=np.float64)
+    np.cumsum(np.log2(np.arange(1, upto + 1, dtype=np.float64)), out=out[1:])
+    return out
+
+
+def adaptive_code_bits(rows: U8) -> npt.NDArray[np.float64]:
+    """Ideal code length in bits of each row of ``rows`` [R, n] (uint8, one adaptive model per row):
+    sum over the row of -log2((count of s_i so far + 1) / (i + 256)), via the closed form above."""
+    r, n = rows.shape
+    keys = np.arange(r, dtype=np.int64)[:, None] * ALPHABET + rows.astype(np.int64)
+    counts = np.bincount(keys.ravel(), minlength=r * ALPHABET).reshape(r, ALPHABET)
+    lf = _log2_factorials(n + ALPHABET - 1)
+    bits = lf[n + ALPHABET - 1] - lf[ALPHABET - 1] - lf[counts].sum(axis=1)
+    return bits  # type: ignore[no-any-return]
+
+
+def code_lengths(rows: U8, method: str, *, planes: int = 1) -> npt.NDArray[np.float64]:
+    """Compressed size in bytes of each row of ``rows`` [W, planes * n] (uint8).
+
+    For ``arithmetic`` each of the ``planes`` consecutive segments of a row has its own count table
+    (one coder, the plane as context); the size is ceil((bits + 2) / 8), the coder's bound."""
     if method == "arithmetic":
-        return np.ceil(adaptive_code_bits(windows) / 8.0) + 1.0  # + the coder's final flush byte
+        w = rows.shape[0]
+        bits = adaptive_code_bits(rows.reshape(w * planes, -1)).reshape(w, planes).sum(axis=1)
+        return np.ceil((bits + 2.0) / 8.0)  # type: ignore[no-any-return]
     compress = _COMPRESSORS[method]
-    return np.array([len(compress(row.tobytes())) for row in windows], dtype=np.float64)
+    return np.array([len(compress(row.tobytes())) for row in rows], dtype=np.float64)
+
+
+def compression_ratios(values: npt.ArrayLike, step: float, methods: Sequence[str], window: int) -> dict[str, float]:
+    """Mean over windows of (raw bytes / compressed bytes) per method; raw = 2 bytes per value (int16).
+
+    Deterministic: the same values, step and window always give the same ratios."""
+    planes = quantise_planes(values, step, window)
+    if planes.shape[2] == 0:
+        raise BundleError("activation has no values: no compression ratio")
+    rows = planes.reshape(planes.shape[0], -1)
+    raw = float(rows.shape[1])
+    return {m: float(np.mean(raw / code_lengths(rows, m, planes=2))) for m in methods}
