@@ -2,7 +2,8 @@
 
 Loading checks the manifest, every file's size (and sha256 with ``verify=True``) and the
 Arrow file's schema and batches before a ``Bundle`` is returned; tensors are read one batch
-at a time, memory-mapped when local.
+at a time, memory-mapped when local. Encrypted bundles are decrypted (after the ciphertext's
+checksum passed) into memory owned by the ``Bundle``: no plaintext is ever written to disk.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pyarrow as pa
+
 from forensics.bundle._guard import Site
 from forensics.bundle.archive import MAX_ARCHIVE_BYTES
+from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, decrypt_stream, environment_key, key_id
 from forensics.bundle.integrity import check_files
 from forensics.bundle.location import Location, resolve
-from forensics.bundle.manifest import ACTIVATIONS, MANIFEST, MAX_MANIFEST_BYTES, parse_manifest
+from forensics.bundle.manifest import MANIFEST, MAX_MANIFEST_BYTES, data_file, parse_manifest
 from forensics.bundle.store import Array, decode_batch, open_reader
 
 __all__ = ["Bundle", "load_bundle"]
@@ -32,40 +36,71 @@ def load_bundle(
     verify: bool = True,
     filesystem: Any = None,
     max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    encryption_key: bytes | None = None,
 ) -> Bundle:
     """Open and check a bundle: a directory, a ``.tar``/``.tar.zst``, or a ``pyarrow.fs`` URI.
 
     ``filesystem`` (a ``pyarrow.fs.FileSystem``) makes ``path_or_uri`` a path on it.
     ``verify=False`` skips the sha256 pass and the scan of every batch (sizes, schema and
     batch count are still checked; each batch is still checked when read).
+    ``encryption_key`` (32 bytes; default ``MODEL_FORENSICS_ENCRYPTION_KEY``) reads encrypted
+    bundles; plaintext bundles ignore it.
     Every failure is a ``BundleError`` naming the bundle, the file and the problem.
     """
+    key = encryption_key if encryption_key is not None else environment_key()
     location = resolve(path_or_uri, filesystem, max_archive_bytes)
     try:
-        return _load(location, verify)
+        return _load(location, verify, key)
     except BaseException:
         location.cleanup()
         raise
 
 
-def _load(location: Location, verify: bool) -> Bundle:
+def _load(location: Location, verify: bool, key: bytes | None) -> Bundle:
     site = Site(location.name)
     raw = _read_manifest_bytes(site, location)
     manifest = parse_manifest(site, raw)
     check_files(site, manifest["files"], location.size_of, location.open_stream, verify)
     modules: list[str] = manifest["recorded"]["modules"]
-    with site.guard(ACTIVATIONS, "cannot read"), location.open_random(ACTIVATIONS) as source:
-        reader = open_reader(site, source)
+    data = data_file(site, manifest)
+    plain = _decrypt(site, location, manifest, data, key)
+    with site.guard(data, "cannot read"), _open_data(location, data, plain) as source:
+        reader = open_reader(site, source, data)
         if reader.num_record_batches != len(modules):
             raise site.error(
-                ACTIVATIONS,
+                data,
                 f"has {reader.num_record_batches} record batches, manifest.json"
                 f" recorded.modules lists {len(modules)} modules",
             )
         if verify:
             for index, module in enumerate(modules):
-                decode_batch(site, index, reader.get_batch(index), module)
-    return Bundle(location, manifest, raw)
+                decode_batch(site, index, reader.get_batch(index), module, data)
+    return Bundle(location, manifest, raw, plaintext=plain)
+
+
+def _open_data(location: Location, data: str, plain: Any) -> Any:
+    return location.open_random(data) if plain is None else pa.BufferReader(plain)
+
+
+def _decrypt(site: Site, location: Location, manifest: dict[str, Any], data: str, key: bytes | None) -> Any:
+    """The decrypted data file as an Arrow buffer, or None when the bundle is not encrypted."""
+    section = manifest.get("encryption")
+    if section is None or data not in section["files"]:
+        return None
+    wanted = section["key_id"]
+    if key is None:
+        raise site.error(
+            data,
+            f"encrypted ({ALGORITHM}, key id {wanted}) and no key was given; set MODEL_FORENSICS_ENCRYPTION_KEY"
+            " (library: load_bundle(..., encryption_key=...))",
+        )
+    key = check_key(site, data, key)
+    if key_id(key) != wanted:
+        raise site.error(data, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(key)}")
+    size = int(manifest["files"][data]["bytes"])
+    aad = associated_data(str(manifest["bundle_id"]), data)
+    with site.guard(data, "cannot read encrypted file"), location.open_stream(data) as stream:
+        return pa.py_buffer(decrypt_stream(site, data, stream, size, key, aad))
 
 
 def _read_manifest_bytes(site: Site, location: Location) -> bytes:
@@ -90,8 +125,12 @@ class Bundle:
     (1, 12, 64)
     """
 
-    def __init__(self, location: Location, manifest: dict[str, Any], manifest_bytes: bytes) -> None:
+    def __init__(
+        self, location: Location, manifest: dict[str, Any], manifest_bytes: bytes, *, plaintext: Any = None
+    ) -> None:
         self._location = location
+        self._plaintext = plaintext  # decrypted data file (an Arrow buffer) of an encrypted bundle
+        self._data = data_file(Site(location.name), manifest)
         self._site = Site(location.name)
         self._manifest = manifest
         self._manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
@@ -108,6 +147,11 @@ class Bundle:
     def path(self) -> str:
         """Where the bundle was loaded from (absolute for local paths, else as given)."""
         return self._location.display
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the data file was encrypted at rest (and decrypted into memory on load)."""
+        return self._plaintext is not None
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -162,7 +206,7 @@ class Bundle:
         """One module's recorded tensor (read-only; zero-copy from a memory map when local)."""
         index = self._lookup(module)
         with self._open() as source:
-            reader = open_reader(self._site, source)
+            reader = open_reader(self._site, source, self._data)
             return self._decode(reader, index)
 
     def iter_activations(self, modules: Sequence[str] | None = None) -> Iterator[tuple[str, Array]]:
@@ -170,7 +214,7 @@ class Bundle:
         names = self._modules if modules is None else list(modules)
         indices = [self._lookup(name) for name in names]
         with self._open() as source:
-            reader = open_reader(self._site, source)
+            reader = open_reader(self._site, source, self._data)
             for name, index in zip(names, indices, strict=True):
                 yield name, self._decode(reader, index)
 
@@ -179,13 +223,15 @@ class Bundle:
             return self._index[module]
         shown = ", ".join(repr(m) for m in self._modules[:_SHOWN_MODULES])
         more = f", … ({len(self._modules)} in all)" if len(self._modules) > _SHOWN_MODULES else ""
-        raise self._site.error(ACTIVATIONS, f"unknown module {module!r}; known: {shown}{more}")
+        raise self._site.error(self._data, f"unknown module {module!r}; known: {shown}{more}")
 
     def _open(self) -> Any:
-        with self._site.guard(ACTIVATIONS, "cannot open"):
-            return self._location.open_random(ACTIVATIONS)
+        if self._plaintext is not None:
+            return pa.BufferReader(self._plaintext)
+        with self._site.guard(self._data, "cannot open"):
+            return self._location.open_random(self._data)
 
     def _decode(self, reader: Any, index: int) -> Array:
-        with self._site.guard(ACTIVATIONS, f"cannot read batch {index}"):
+        with self._site.guard(self._data, f"cannot read batch {index}"):
             batch = reader.get_batch(index)
-        return decode_batch(self._site, index, batch, self._modules[index])[1]
+        return decode_batch(self._site, index, batch, self._modules[index], self._data)[1]

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forensics.bundle._guard import Site
+from forensics.bundle.crypto import validate_encryption
 
 __all__ = [
     "ACTIVATIONS",
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "SCHEMA_ID",
     "check_bundle_id",
+    "data_file",
     "encode_manifest",
     "example_manifest",
     "parse_manifest",
@@ -88,7 +90,21 @@ def validate_manifest(site: Site, manifest: Mapping[str, Any]) -> None:
     if manifest["kind"] not in KINDS:
         raise site.error(MANIFEST, f"kind must be one of {KINDS}, got {manifest['kind']!r}")
     _check_nested(site, manifest)
-    _check_files(site, manifest["files"])
+    _check_files(site, manifest["files"], data_file(site, manifest))
+    if "encryption" in manifest:
+        validate_encryption(site, MANIFEST, manifest["encryption"], manifest["files"])
+
+
+def data_file(site: Site, manifest: Mapping[str, Any]) -> str:
+    """The name of the Arrow data file: ``activations_file`` if set, else ``activations.arrow``.
+
+    Encrypted bundles (``activations.arrow.enc``) and bundles rewritten by ``compress-bundles``
+    name another file here, so a new data file can be swapped in by replacing the manifest alone.
+    """
+    name = manifest.get("activations_file", ACTIVATIONS)
+    if not isinstance(name, str) or not _is_plain_name(name) or name == MANIFEST:
+        raise site.error(MANIFEST, f"activations_file {name!r} must be a plain file name of the bundle")
+    return name
 
 
 def check_bundle_id(site: Site, value: str) -> None:
@@ -121,9 +137,9 @@ def _check_nested(site: Site, manifest: Mapping[str, Any]) -> None:
         raise site.error(MANIFEST, "recorded.modules lists a module twice")
 
 
-def _check_files(site: Site, files: Mapping[str, Any]) -> None:
-    if ACTIVATIONS not in files:
-        raise site.error(MANIFEST, f"files table has no entry for {ACTIVATIONS}")
+def _check_files(site: Site, files: Mapping[str, Any], data: str) -> None:
+    if data not in files:
+        raise site.error(MANIFEST, f"files table has no entry for {data}")
     for name, entry in files.items():
         if name == MANIFEST or not _is_plain_name(name):
             raise site.error(MANIFEST, f"files table names {name!r}, not a plain file of the bundle")
@@ -137,10 +153,26 @@ def _check_files(site: Site, files: Mapping[str, Any]) -> None:
 
 
 def prepare_manifest(
-    manifest: Mapping[str, Any], bundle_id: str, modules: list[str], files: dict[str, Any]
+    manifest: Mapping[str, Any],
+    bundle_id: str,
+    modules: list[str],
+    files: dict[str, Any],
+    *,
+    activations_file: str = ACTIVATIONS,
+    encryption: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A deep copy of ``manifest`` with the writer-owned keys filled in."""
+    """A deep copy of ``manifest`` with the writer-owned keys filled in.
+
+    ``activations_file`` and ``encryption`` are written only when they differ from a plain
+    bundle's, so plaintext manifests look exactly as before.
+    """
     out = copy.deepcopy(dict(manifest))
+    out.pop("activations_file", None)
+    out.pop("encryption", None)
+    if activations_file != ACTIVATIONS:
+        out["activations_file"] = activations_file
+    if encryption is not None:
+        out["encryption"] = encryption
     out["schema"] = SCHEMA_ID
     out["bundle_id"] = bundle_id
     out.setdefault("created_at", datetime.now(UTC).isoformat(timespec="milliseconds"))

@@ -69,17 +69,18 @@ def encode_batch(site: Site, module: str, array: Array) -> Any:
 
 def write_activations(
     site: Site,
-    path: str,
+    path: str | Any,
     items: Iterable[tuple[str, Array]],
     compression: Literal["zstd"] | None,
 ) -> list[str]:
-    """Stream ``items`` into an Arrow IPC file at ``path``; return module names in batch order."""
+    """Stream ``items`` into an Arrow IPC file at ``path`` (or into a pyarrow sink); return module names."""
     if compression not in (None, "zstd"):
         raise site.error(ACTIVATIONS, f"compression must be 'zstd' or None, got {compression!r}")
     options = pa.ipc.IpcWriteOptions(compression=compression)
     modules: list[str] = []
     seen: set[str] = set()
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, ACTIVATION_SCHEMA, options=options) as writer:
+    opened = pa.OSFile(path, "wb") if isinstance(path, str) else path
+    with opened as sink, pa.ipc.new_file(sink, ACTIVATION_SCHEMA, options=options) as writer:
         for module, array in items:
             if module in seen:
                 raise site.error(ACTIVATIONS, f"module {module!r} given twice")
@@ -89,59 +90,61 @@ def write_activations(
     return modules
 
 
-def open_reader(site: Site, source: Any) -> Any:
+def open_reader(site: Site, source: Any, file: str = ACTIVATIONS) -> Any:
     """Open an Arrow IPC file reader and insist on exactly the bundle@1 schema."""
-    with site.guard(ACTIVATIONS, "not a valid Arrow IPC file"):
+    with site.guard(file, "not a valid Arrow IPC file"):
         reader = pa.ipc.open_file(source)
         schema = reader.schema
     if not schema.equals(ACTIVATION_SCHEMA):
         found = ", ".join(f"{f.name}: {f.type}" for f in schema)
         want = ", ".join(f"{f.name}: {f.type}" for f in ACTIVATION_SCHEMA)
-        raise site.error(ACTIVATIONS, f"schema ({found}) is not the bundle schema ({want})")
+        raise site.error(file, f"schema ({found}) is not the bundle schema ({want})")
     return reader
 
 
-def decode_batch(site: Site, index: int, batch: Any, expected: str | None) -> tuple[str, Array]:
+def decode_batch(
+    site: Site, index: int, batch: Any, expected: str | None, file: str = ACTIVATIONS
+) -> tuple[str, Array]:
     """Validate one batch and view its data as a read-only array (zero-copy when mapped).
 
     Shape, element bound and byte length are checked before any array is made, so a hostile
     shape cannot make us allocate.
     """
     where = f"batch {index}"
-    with site.guard(ACTIVATIONS, f"{where}: unreadable"):
+    with site.guard(file, f"{where}: unreadable"):
         batch.validate(full=True)  # offsets/lengths checked before any value is read: no C++ abort
         if batch.num_rows != 1:
-            raise site.error(ACTIVATIONS, f"{where}: has {batch.num_rows} rows, expected exactly 1")
+            raise site.error(file, f"{where}: has {batch.num_rows} rows, expected exactly 1")
         if any(column.null_count for column in batch.columns):
-            raise site.error(ACTIVATIONS, f"{where}: has null values")
+            raise site.error(file, f"{where}: has null values")
         module = batch.column(0)[0].as_py()
         dtype_name = batch.column(1)[0].as_py()
-        shape = _shape(site, f"{where} ({module!r})", batch.column(2)[0].values)
+        shape = _shape(site, file, f"{where} ({module!r})", batch.column(2)[0].values)
         buffer = batch.column(3)[0].as_buffer()
     where = f"{where} ({module!r})"
     if expected is not None and module != expected:
-        raise site.error(ACTIVATIONS, f"{where}: manifest lists module {expected!r} at this position")
+        raise site.error(file, f"{where}: manifest lists module {expected!r} at this position")
     if dtype_name not in ALLOWED_DTYPES:
-        raise site.error(ACTIVATIONS, f"{where}: dtype {dtype_name!r} not in allowed {ALLOWED_DTYPES}")
+        raise site.error(file, f"{where}: dtype {dtype_name!r} not in allowed {ALLOWED_DTYPES}")
     dtype = np.dtype(dtype_name).newbyteorder("<")
-    return module, _view(site, where, buffer, dtype, shape)
+    return module, _view(site, file, where, buffer, dtype, shape)
 
 
-def _shape(site: Site, where: str, values: Any) -> tuple[int, ...]:
+def _shape(site: Site, file: str, where: str, values: Any) -> tuple[int, ...]:
     if len(values) > MAX_NDIM:
-        raise site.error(ACTIVATIONS, f"{where}: shape has {len(values)} dims, limit {MAX_NDIM}")
+        raise site.error(file, f"{where}: shape has {len(values)} dims, limit {MAX_NDIM}")
     if values.null_count:
-        raise site.error(ACTIVATIONS, f"{where}: shape has null dims")
+        raise site.error(file, f"{where}: shape has null dims")
     shape = tuple(int(v) for v in values.to_pylist())
     if any(dim < 0 for dim in shape):
-        raise site.error(ACTIVATIONS, f"{where}: shape {list(shape)} has a negative dimension")
+        raise site.error(file, f"{where}: shape {list(shape)} has a negative dimension")
     return shape
 
 
-def _view(site: Site, where: str, buffer: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
+def _view(site: Site, file: str, where: str, buffer: Any, dtype: np.dtype[Any], shape: tuple[int, ...]) -> Array:
     count = math.prod(shape)
     if count > MAX_ELEMENTS:
-        raise site.error(ACTIVATIONS, f"{where}: shape {list(shape)} has {count} elements, limit {MAX_ELEMENTS}")
+        raise site.error(file, f"{where}: shape {list(shape)} has {count} elements, limit {MAX_ELEMENTS}")
     have = 0 if buffer is None else int(buffer.size)
     if count * dtype.itemsize != have:
         raise site.error(

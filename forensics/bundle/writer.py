@@ -2,6 +2,8 @@
 
 The manifest is written atomically after everything else, so a directory with a
 ``manifest.json`` is a complete bundle; a failed write leaves the destination as it was.
+With ``encryption_key`` the Arrow stream is encrypted as it is written (``activations.arrow.enc``,
+AES-256-GCM, see ``forensics.bundle.crypto``): plaintext never touches the disk.
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ import pyarrow as pa
 
 from forensics.bundle._guard import Site
 from forensics.bundle.bundle import Bundle, load_bundle
+from forensics.bundle.crypto import (
+    ENCRYPTED_SUFFIX,
+    EncryptingSink,
+    associated_data,
+    check_key,
+    encryption_section,
+    environment_key,
+)
+from forensics.bundle.crypto import key_id as fingerprint
 from forensics.bundle.integrity import sha256_file
 from forensics.bundle.manifest import (
     ACTIVATIONS,
@@ -38,6 +49,8 @@ def write_bundle(
     *,
     compression: Literal["zstd"] | None = None,
     bundle_id: str | None = None,
+    encryption_key: bytes | None = None,
+    key_id: str | None = None,
 ) -> Bundle:
     """Write a bundle directory at ``dest`` (missing or empty) and return it loaded and verified.
 
@@ -46,6 +59,8 @@ def write_bundle(
         ['model.layers.0', 'model.layers.1']
 
     ``bundle_id`` defaults to the manifest's ``bundle_id``, else to ``dest``'s name.
+    ``encryption_key`` (32 bytes; default ``MODEL_FORENSICS_ENCRYPTION_KEY``) encrypts the data file; ``key_id``, if given, must be the key's
+    fingerprint (``crypto.key_id``), a guard against writing with another key than intended.
     """
     path = os.path.abspath(os.fspath(dest))
     chosen = bundle_id if bundle_id is not None else manifest.get("bundle_id")
@@ -54,17 +69,31 @@ def write_bundle(
     if not isinstance(chosen, str):
         raise site.error(MANIFEST, f"bundle_id must be a string, got {chosen!r}")
     check_bundle_id(site, chosen)
-    placeholder = {ACTIVATIONS: {"bytes": 0, "sha256": "0" * 64}}
+    encryption_key = encryption_key if encryption_key is not None else environment_key()
+    key = None if encryption_key is None else _checked_key(site, encryption_key, key_id)
+    data = ACTIVATIONS if key is None else ACTIVATIONS + ENCRYPTED_SUFFIX
+    placeholder = {data: {"bytes": 0, "sha256": "0" * 64}}
+    enc = None if key is None else encryption_section(key, [data])
     with site.guard(MANIFEST, "manifest is not strict JSON", _WRITE_ERRORS):
         encode_manifest(manifest)  # fail fast on values JSON cannot hold
-    validate_manifest(site, prepare_manifest(manifest, chosen, [], placeholder))
+    validate_manifest(site, prepare_manifest(manifest, chosen, [], placeholder, activations_file=data, encryption=enc))
     created = _claim(site, path)
     try:
-        _write(site, path, manifest, activations, compression, chosen)
+        _write(site, path, manifest, activations, compression, chosen, key)
     except BaseException:
         _release(path, created)
         raise
-    return load_bundle(path)
+    return load_bundle(path, encryption_key=key)
+
+
+def _checked_key(site: Site, key: bytes, expected_id: str | None) -> bytes:
+    key = check_key(site, ACTIVATIONS + ENCRYPTED_SUFFIX, key)
+    if expected_id is not None and expected_id != fingerprint(key):
+        raise site.error(
+            ACTIVATIONS + ENCRYPTED_SUFFIX,
+            f"key_id {expected_id!r} does not match the encryption key (its key id is {fingerprint(key)})",
+        )
+    return key
 
 
 def _write(
@@ -74,13 +103,23 @@ def _write(
     activations: Iterable[tuple[str, Array]],
     compression: Literal["zstd"] | None,
     bundle_id: str,
+    key: bytes | None,
 ) -> None:
-    target = os.path.join(path, ACTIVATIONS)
-    with site.guard(ACTIVATIONS, "cannot write", _WRITE_ERRORS):
-        modules = write_activations(site, target, activations, compression)
+    data = ACTIVATIONS if key is None else ACTIVATIONS + ENCRYPTED_SUFFIX
+    target = os.path.join(path, data)
+    with site.guard(data, "cannot write", _WRITE_ERRORS):
+        if key is None:
+            modules = write_activations(site, target, activations, compression)
+        else:
+            sink = pa.PythonFile(EncryptingSink(target, key, associated_data(bundle_id, data)), mode="w")
+            modules = write_activations(site, sink, activations, compression)
+        _fsync(target)
         size, digest = sha256_file(target)
-    files = {ACTIVATIONS: {"bytes": size, "sha256": digest}}
-    final = prepare_manifest(manifest, bundle_id, modules, files)
+    entry: dict[str, Any] = {"bytes": size, "sha256": digest}
+    if compression is not None:
+        entry["compression"] = compression
+    enc = None if key is None else encryption_section(key, [data])
+    final = prepare_manifest(manifest, bundle_id, modules, {data: entry}, activations_file=data, encryption=enc)
     validate_manifest(site, final)
     with site.guard(MANIFEST, "cannot write", _WRITE_ERRORS):
         write_atomic(os.path.join(path, MANIFEST), encode_manifest(final))
@@ -99,9 +138,18 @@ def _claim(site: Site, path: str) -> bool:
     return True
 
 
+def _fsync(target: str) -> None:
+    """Make the data durable before a manifest that pins its digest can be."""
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _release(path: str, created: bool) -> None:
     """Undo a failed write: remove what we wrote (and the directory if we made it)."""
-    for name in (ACTIVATIONS, MANIFEST):
+    for name in (ACTIVATIONS, ACTIVATIONS + ENCRYPTED_SUFFIX, MANIFEST):
         target = os.path.join(path, name)
         if os.path.lexists(target):
             os.unlink(target)
