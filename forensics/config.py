@@ -18,7 +18,10 @@ from typing import Any
 
 from forensics.errors import ConfigError
 
-__all__ = ["CCAConfig", "CFSection", "Config", "ModulesConfig", "ToggleConfig", "from_dict", "load_config", "to_dict"]
+__all__ = ["CONFIG_VERSION", "CCAConfig", "CFSection", "CacheConfig", "Config", "ModulesConfig", "ToggleConfig",
+           "from_dict", "load_config", "to_dict"]
+
+CONFIG_VERSION = "1.1"  # a file without ``version`` is v1.0 (the guide's format) and still loads
 
 COMPRESSION_METHODS = ("zlib", "gzip", "lzma", "arithmetic")
 STRATEGIES = ("greedy", "beam", "random")
@@ -96,7 +99,20 @@ class ModulesConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """Results cache (``forensics.ops.cache``); env ``MODEL_FORENSICS_CACHE_ENABLED`` / ``_CACHE_SIZE``."""
+
+    enabled: bool = False
+    max_bytes: int = 10 * 1000**3
+
+    def __post_init__(self) -> None:
+        _check("cache.max_bytes", isinstance(self.max_bytes, int) and self.max_bytes >= 1, self.max_bytes,
+               "an integer number of bytes >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
+    version: str = CONFIG_VERSION
     bundle_dir: str = "./bundles"
     output_dir: str = "./analysis_results"
     device: str = "auto"
@@ -105,14 +121,24 @@ class Config:
     modules: ModulesConfig = field(default_factory=ModulesConfig)
     log_level: str = "INFO"
     log_file: str | None = "model_forensics.log"
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    streaming_enabled: bool = False
+    max_memory: int | None = None  # bytes
+    audit_log: str | None = None
+    encryption_key_set: bool = False  # only whether MODEL_FORENSICS_ENCRYPTION_KEY is set; never the key
 
     def __post_init__(self) -> None:
+        _check("version", self.version == CONFIG_VERSION, self.version,
+               f"{CONFIG_VERSION!r} (or no version key for a v1.0 file; "
+               "`model-forensics migrate-config --from v1.0 --to v1.1 FILE` adds it)")
         _check("device", self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
                self.device, "auto, cpu, cuda, cuda:N or mps")
         _check("timeout_minutes", self.timeout_minutes >= 1, self.timeout_minutes, "an integer >= 1")
         _check("fidelity_tolerance", self.fidelity_tolerance > 0, self.fidelity_tolerance, "a number > 0")
         _check("log_level", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        _check("max_memory", self.max_memory is None or self.max_memory >= 1, self.max_memory,
+               "null or an integer number of bytes >= 1")
 
 
 def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:

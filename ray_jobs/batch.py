@@ -11,11 +11,12 @@ failed (``<name>.error.json``) and the batch goes on. Exit code 1 if any bundle 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from forensics.config import load_config
 from forensics.errors import ForensicsError
+from forensics.ops.env import config_from_env
 
 
 def list_bundles(location: str) -> list[str]:
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = config_from_env(args.config, os.environ)
         paths = list_bundles(args.bundles)
         tasks = plan_batch(paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config)
     except ForensicsError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from forensics.commands.common import add_config_arg, config_from_args, progress_bar
@@ -17,7 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", help="benign bundles directory, one bundle, or a build-baseline .json file")
     p.add_argument("--patch-source", action="append", help="counterfactual bundle to patch from (repeatable)")
     p.add_argument("--model", help="model reference to use instead of the bundle's")
-    p.add_argument("--output", required=True, help="JSON report path")
+    p.add_argument("--output", help="JSON report path (default: OUTPUT_DIR/<bundle>.json)")
     p.add_argument("--html", help="also write a self-contained HTML report here")
     p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
     p.add_argument("--allow-model-mismatch", action="store_true")
@@ -25,19 +27,25 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forensics.ops.cache import ResultCache, cached_analyze, default_results_dir
+    from forensics.ops.stats import index_result
     from forensics.rca.pipeline import RCAPipeline
 
     config = config_from_args(args)
+    output = Path(args.output or Path(config.output_dir) / f"{Path(str(args.bundle).rstrip('/')).name}.json")
+    cache = ResultCache(default_results_dir(os.environ), config.cache.max_bytes) if config.cache.enabled else None
     profiler = _start_profile() if args.profile else None
     with progress_bar("analysing", unit="sets") as advance:
         pipeline = RCAPipeline(config, progress=lambda phase, n, total: advance(n))
-        result = pipeline.analyze_incident(args.bundle, baseline=args.baseline, model=args.model,
-                                           patch_source=args.patch_source, output=args.output, html=args.html,
-                                           allow_model_mismatch=args.allow_model_mismatch)
-    print_summary(result.to_dict())
-    print(f"report: {args.output}" + (f"  html: {args.html}" if args.html else ""))
+        report = cached_analyze(pipeline, args.bundle, args.baseline, cache, model=args.model,
+                                patch_source=args.patch_source, output=output, html=args.html,
+                                allow_model_mismatch=args.allow_model_mismatch)
+    index_result(config.output_dir, report, output)  # `stats` reads this SQLite index
+    print_summary(report)
+    cached = " (from cache)" if cache is not None and cache.last_hit else ""
+    print(f"report: {output}" + (f"  html: {args.html}" if args.html else "") + cached)
     if profiler is not None:
-        _stop_profile(profiler, result.timings)
+        _stop_profile(profiler, report.get("timings", {}))
     return 0
 
 

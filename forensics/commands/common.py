@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from forensics.config import Config, load_config
+from forensics.config import Config
 
 __all__ = ["add_config_arg", "config_from_args", "print_json", "progress_bar"]
 
@@ -19,7 +19,12 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+    """``--config`` (else ``MODEL_FORENSICS_CONFIG``, else defaults) with ``MODEL_FORENSICS_*`` overrides."""
+    import os
+
+    from forensics.ops.env import config_from_env
+
+    return config_from_env(getattr(args, "config", None), os.environ)
 
 
 def print_json(data: Any) -> None:

@@ -98,6 +98,8 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
 def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str | Path,
               progress: Callable[[int], None] | None = None, metrics: Any = None) -> BatchSummary:
     """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed."""
+    from forensics.ops.stats import index_result
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary, t0 = BatchSummary(), time.perf_counter()
@@ -115,8 +117,10 @@ def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str
             if metrics is not None:
                 metrics.observe_error(kind)
             continue
+        report = json.loads(Path(task.report).read_text())
         if metrics is not None:
-            metrics.observe_report(json.loads(Path(task.report).read_text()))
+            metrics.observe_report(report)
+        index_result(out, report, task.report)  # `stats` reads this SQLite index
         error_path.unlink(missing_ok=True)
         summary.done.append(task.name)
         summary.fixed += bool(result.get("fixed"))

@@ -1,0 +1,200 @@
+"""Results cache: a repeated analysis of the same bundle, config and version is read, not replayed.
+
+    cache = ResultCache(default_results_dir(os.environ), config.cache.max_bytes)
+    report = cached_analyze(pipeline, "bundles/incident_7", "bundles/benign/", cache, output="r.json")
+
+Entries are report JSON files named by a key over (bundle sha256, config hash, package version,
+and the other inputs: baseline bundles, model, patch sources, mismatch flags). Each read or write
+stamps the file's times (explicitly, in ns, not via atime which mounts often switch off); when the
+directory grows past ``max_bytes`` the least recently used entries go first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from forensics.config import Config, to_dict
+from forensics.rca.result import write_json_atomic
+
+__all__ = ["OPS_ONLY_KEYS", "ResultCache", "cache_key", "cached_analyze", "config_hash", "default_results_dir"]
+
+log = logging.getLogger(__name__)
+# Config keys that cannot change an analysis' result; everything else is hashed (a new key counts
+# until listed here: a cache that misses too often beats one that answers stale).
+OPS_ONLY_KEYS = frozenset({"version", "bundle_dir", "output_dir", "timeout_minutes", "log_level", "log_file", "cache",
+                           "streaming_enabled", "max_memory", "audit_log", "encryption_key_set"})
+
+
+def default_results_dir(environ: Mapping[str, str]) -> Path:
+    """``<MODEL_FORENSICS_CACHE_DIR or ~/.cache/model-forensics>/results`` (call at the edge)."""
+    base = environ.get("MODEL_FORENSICS_CACHE_DIR", "").strip()
+    root = Path(base).expanduser() if base else Path.home() / ".cache" / "model-forensics"
+    return root / "results"
+
+
+def config_hash(config: Config) -> str:
+    data = {k: v for k, v in to_dict(config).items() if k not in OPS_ONLY_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def cache_key(bundle_sha256: str, config_digest: str, version: str, extra: Mapping[str, Any] | None = None) -> str:
+    material = {"bundle": bundle_sha256, "config": config_digest, "version": version, "extra": extra or {}}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ResultCache:
+    """Report JSON files in ``directory``, at most ``max_bytes`` in total, LRU eviction."""
+
+    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.hits = self.misses = 0
+        self.last_hit: bool | None = None
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        report = self._read(self.path(key))
+        self.last_hit = report is not None
+        if report is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return report
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+            _stamp(path)
+        except FileNotFoundError:  # never stored, or evicted (maybe by another process) meanwhile
+            return None
+        except (OSError, ValueError) as exc:  # a damaged entry is a miss, and goes
+            log.warning("results cache: dropping unreadable entry %s (%s)", path.name, exc)
+            path.unlink(missing_ok=True)
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put(self, key: str, report: Mapping[str, Any]) -> list[str]:
+        """Store a report; returns the keys evicted to get back under ``max_bytes``."""
+        path = self.path(key)
+        write_json_atomic(path, dict(report))
+        _stamp(path)
+        return self.evict(keep=key)
+
+    def entries(self) -> list[tuple[int, int, str]]:
+        """(last use in ns, bytes, key), least recently used first."""
+        out = []
+        for path in self.directory.glob("*.json"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+            out.append((st.st_mtime_ns, st.st_size, path.stem))
+        return sorted(out)
+
+    def size(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        evicted = []
+        for _, size, key in entries:
+            if total <= self.max_bytes:
+                break
+            if key == keep:
+                continue
+            self.path(key).unlink(missing_ok=True)
+            total -= size
+            evicted.append(key)
+        return evicted
+
+
+def _stamp(path: Path) -> None:
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
+def input_identity(bundle: Any, baseline: Any, model: Any, patch_source: Any,
+                   allow_model_mismatch: bool, allow_baseline_mismatch: bool) -> dict[str, Any]:
+    """What besides the bundle and config decides the result, as plain data."""
+    from forensics.models.registry import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        model_id: Any = {"sha256": model.info.sha256}
+    else:
+        model_id = None if model is None else str(model)
+    sources = patch_source if isinstance(patch_source, list | tuple) else [patch_source] if patch_source else []
+    return {"baseline": _baseline_identity(baseline), "model": model_id,
+            "patch_sources": [_bundle_sha(p) for p in sources],
+            "allow_model_mismatch": allow_model_mismatch, "allow_baseline_mismatch": allow_baseline_mismatch}
+
+
+def _bundle_sha(obj: Any, verify: bool = False) -> str:
+    from forensics.bundle import Bundle, load_bundle
+
+    bundle = obj if isinstance(obj, Bundle) else load_bundle(obj, verify=verify)
+    return bundle.file_sha256()
+
+
+def _baseline_identity(baseline: Any) -> Any:
+    from forensics.rca.baselines import list_bundle_paths
+
+    if baseline is None:
+        return None
+    if isinstance(baseline, list | tuple):
+        return sorted(_bundle_sha(b) for b in baseline)
+    path = Path(baseline)
+    if str(baseline).endswith(".json"):
+        return {"stats_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if (path / "manifest.json").is_file() or not path.is_dir():
+        return [_bundle_sha(path)]
+    return [_bundle_sha(p) for p in list_bundle_paths(path)]
+
+
+def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: ResultCache | None, *,
+                   model: Any = None, patch_source: Any = None, output: str | Path | None = None,
+                   html: str | Path | None = None, allow_model_mismatch: bool = False,
+                   allow_baseline_mismatch: bool = False) -> dict[str, Any]:
+    """``pipeline.analyze_incident(...).to_dict()``, answered from ``cache`` when the same inputs were
+    analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses."""
+    from forensics import __version__
+    from forensics.bundle import Bundle, load_bundle
+
+    incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)  # verified
+    key = None
+    if cache is not None:
+        extra = input_identity(incident, baseline, model, patch_source, allow_model_mismatch,
+                               allow_baseline_mismatch)
+        key = cache_key(incident.file_sha256(), config_hash(pipeline.config), __version__, extra)
+        hit = cache.get(key)
+        if hit is not None:
+            hit["bundle_path"] = incident.path  # same content, maybe another place
+            return _deliver(hit, output, html)
+    result = pipeline.analyze_incident(incident, baseline=baseline, model=model, patch_source=patch_source,
+                                       output=output, html=html, allow_model_mismatch=allow_model_mismatch,
+                                       allow_baseline_mismatch=allow_baseline_mismatch)
+    report: dict[str, Any] = result.to_dict()
+    if cache is not None and key is not None:
+        cache.put(key, report)
+    return report
+
+
+def _deliver(report: dict[str, Any], output: str | Path | None, html: str | Path | None) -> dict[str, Any]:
+    """A cached report written where this call asked for it."""
+    if output is not None:
+        report["export_path"] = str(Path(output))
+        write_json_atomic(output, report)
+    if html is not None:
+        from forensics.rca.report_html import write_html
+
+        write_html(report, html)
+    return report

@@ -1,0 +1,109 @@
+"""The environment edge: ``MODEL_FORENSICS_*`` variables -> a validated ``Config``.
+
+    config = config_from_env(args.config, os.environ)    # --config, else MODEL_FORENSICS_CONFIG
+    parse_size("10GB")                                    # 10_000_000_000
+
+Only the CLI and the Serve app call this with ``os.environ``; the library gets the ``Config``.
+Errors name the variable, the value it had and what is allowed (the encryption key is never shown).
+Empty variables count as unset.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from forensics.bundle.crypto import environment_key
+from forensics.config import Config, load_config
+from forensics.errors import ConfigError
+
+__all__ = ["ENV_VARS", "PREFIX", "config_from_env", "encryption_key_from_env", "env_overrides", "parse_bool",
+           "parse_size"]
+
+PREFIX = "MODEL_FORENSICS_"
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+SIZE_ALLOWED = "a size such as 512MB, 10GB, 16GiB or a number of bytes (KB/MB/GB/TB = 1000^n, KiB/MiB/GiB = 1024^n)"
+BOOL_ALLOWED = "true/false, 1/0, yes/no or on/off"
+
+
+def parse_size(text: str) -> int:
+    """``"10GB"`` -> 10_000_000_000, ``"16GiB"`` -> 17_179_869_184; ValueError when not a size > 0."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(text)
+    value = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE or low in _FALSE:
+        return low in _TRUE
+    raise ValueError(text)
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+# variable suffix -> (config key, parser, what is allowed)
+ENV_VARS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "DEVICE": ("device", _text, "auto, cpu, cuda, cuda:N or mps"),
+    "LOG_LEVEL": ("log_level", lambda v: v.strip().upper(), "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    "OUTPUT_DIR": ("output_dir", _text, "a directory path"),
+    "BUNDLE_DIR": ("bundle_dir", _text, "a directory path"),
+    "CACHE_ENABLED": ("cache.enabled", parse_bool, BOOL_ALLOWED),
+    "CACHE_SIZE": ("cache.max_bytes", parse_size, SIZE_ALLOWED),
+    "STREAMING_ENABLED": ("streaming_enabled", parse_bool, BOOL_ALLOWED),
+    "MAX_MEMORY": ("max_memory", parse_size, SIZE_ALLOWED),
+    "AUDIT_LOG": ("audit_log", _text, "a file path"),
+}
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Dotted config overrides from the environment, each parsed and checked on its own."""
+    overrides: dict[str, Any] = {}
+    for suffix, (key, parse, allowed) in ENV_VARS.items():
+        var = PREFIX + suffix
+        raw = environ.get(var, "")
+        if not raw.strip():
+            continue
+        try:
+            value = parse(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable {var}={raw!r} not allowed; expected {allowed}") from None
+        try:
+            load_config(overrides={key: value})
+        except ConfigError as exc:
+            raise ConfigError(f"environment variable {var}={raw!r}: {exc}") from None
+        overrides[key] = value
+    if encryption_key_from_env(environ) is not None:
+        overrides["encryption_key_set"] = True
+    return overrides
+
+
+def encryption_key_from_env(environ: Mapping[str, str]) -> bytes | None:
+    """The 32-byte key of ``MODEL_FORENSICS_ENCRYPTION_KEY`` (standard or URL-safe base64), or None.
+    The error never repeats the value: it is a secret."""
+    return environment_key(environ)
+
+
+def config_from_env(path: str | Path | None, environ: Mapping[str, str]) -> Config:
+    """Config from ``path`` (else ``MODEL_FORENSICS_CONFIG``, else defaults) with env overrides applied."""
+    source = "--config"
+    if path is None and environ.get(PREFIX + "CONFIG", "").strip():
+        path, source = environ[PREFIX + "CONFIG"].strip(), PREFIX + "CONFIG"
+    overrides = env_overrides(environ)
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        if source == PREFIX + "CONFIG":
+            raise ConfigError(f"environment variable {source}={str(path)!r}: {exc}") from None
+        raise

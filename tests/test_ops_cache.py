@@ -1,0 +1,122 @@
+"""Results cache: a repeated analysis is answered without a single forward pass; LRU; invalidation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from forensics.config import Config, load_config
+from forensics.models import LoadedModel
+from forensics.ops.cache import ResultCache, cached_analyze, config_hash, default_results_dir
+from forensics.rca import RCAPipeline
+from tests.helpers import record_tiny
+
+BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cache-lab")
+    record_tiny(tiny_llama, "The capital of Australia is", root / "incident", n=3)
+    for i, prompt in enumerate(BENIGN):
+        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+    record_tiny(tiny_llama, BENIGN[0], root / "benign2" / "b0", kind="benign", n=2)
+    record_tiny(tiny_llama, BENIGN[1], root / "benign2" / "b1", kind="benign", n=2)
+    return {"incident": root / "incident", "benign": root / "benign", "benign2": root / "benign2"}
+
+
+@contextmanager
+def forward_counter(model: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts the model's real forward calls (a hook owned by this block)."""
+    calls = [0]
+
+    def count(_m: torch.nn.Module, _args: Any) -> None:
+        calls[0] += 1
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _comparable(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in ("export_path", "bundle_path")}
+
+
+def test_repeat_is_a_hit_with_zero_forward_passes(lab: dict[str, Path], tiny_llama: LoadedModel,
+                                                  tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path / "cache", 10**8)
+    pipeline = RCAPipeline()
+    with forward_counter(tiny_llama.model) as calls:
+        first = cached_analyze(pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama,
+                               output=tmp_path / "a.json")
+        after_first = calls[0]
+        second = cached_analyze(pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama,
+                                output=tmp_path / "b.json")
+        assert calls[0] == after_first  # the hit ran no forward pass
+    assert after_first >= first["replays"]["forward_passes"] > 0
+    assert (cache.misses, cache.hits, cache.last_hit) == (1, 1, True)
+    assert _comparable(second) == _comparable(first)
+    assert json.loads((tmp_path / "b.json").read_text())["export_path"] == str(tmp_path / "b.json")
+    assert first["fix_set"]["validated"]
+
+
+def test_result_changing_inputs_miss_ops_settings_hit(lab: dict[str, Path], tiny_llama: LoadedModel,
+                                                      tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path / "cache", 10**8)
+    base = Config()
+    args = (str(lab["incident"]), str(lab["benign"]), cache)
+    cached_analyze(RCAPipeline(base), *args, model=tiny_llama)
+    cached_analyze(RCAPipeline(replace(base, output_dir="/elsewhere", log_level="DEBUG")), *args, model=tiny_llama)
+    assert cache.last_hit is True
+    changed = load_config(overrides={"modules.cca.max_fix_set_size": 2})
+    with forward_counter(tiny_llama.model) as calls:
+        cached_analyze(RCAPipeline(changed), *args, model=tiny_llama)
+        assert cache.last_hit is False and calls[0] > 0
+    cached_analyze(RCAPipeline(base), str(lab["incident"]), str(lab["benign2"]), cache, model=tiny_llama)
+    assert cache.last_hit is False  # another baseline population
+    assert (cache.hits, cache.misses) == (1, 3)
+    assert config_hash(base) != config_hash(changed)
+    assert config_hash(base) == config_hash(replace(base, bundle_dir="/x", cache=replace(base.cache, enabled=True)))
+
+
+def _report(n: int) -> dict[str, Any]:
+    return {"bundle_id": f"b{n}", "pad": "x" * 1000}
+
+
+def test_lru_eviction_by_last_use(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path, max_bytes=3500)
+    for key in ("a", "b", "c"):
+        assert cache.put(key, _report(0)) == []
+    assert cache.get("a") is not None  # a is now the most recently used
+    assert cache.put("d", _report(1)) == ["b"]  # over 3500 bytes: the least recently used goes
+    assert cache.get("b") is None and cache.last_hit is False
+    assert [key for _, _, key in cache.entries()] == ["c", "a", "d"]
+    assert cache.size() <= 3500
+    assert cache.put("e", _report(2)) == ["c"]
+
+
+def test_an_oversized_entry_is_kept_alone(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path, max_bytes=500)
+    cache.put("a", _report(0))
+    assert cache.put("b", _report(1)) == ["a"]
+    assert cache.get("b") is not None
+
+
+def test_damaged_entry_is_a_miss_and_removed(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path, max_bytes=10**6)
+    cache.path("k").write_text("{not json")
+    assert cache.get("k") is None and not cache.path("k").exists()
+
+
+def test_default_results_dir() -> None:
+    assert default_results_dir({"MODEL_FORENSICS_CACHE_DIR": "/var/cache/mf"}) == Path("/var/cache/mf/results")
+    assert default_results_dir({}) == Path.home() / ".cache" / "model-forensics" / "results"
