@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from forensics.errors import ForensicsError
 
@@ -36,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(message)s")
     _quiet_libraries(args.debug)
     try:
-        return int(args.run(args))
+        with _audited(args):
+            return int(args.run(args))
     except ForensicsError as exc:
         if args.debug:
             raise
@@ -47,10 +51,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# Commands that read a bundle or run an analysis, and the argument naming what they read.
+AUDITED = {"record": "out", "replay": "bundle", "analyze": "bundle", "triage": "directory", "batch": "directory",
+           "validate-fix": "report", "build-baseline": "directory", "compress-bundles": "directory"}
+
+
+@contextmanager
+def _audited(args: argparse.Namespace) -> Iterator[None]:
+    """One audit line per audited command (``MODEL_FORENSICS_AUDIT_LOG`` or config ``audit_log``): the
+    OS user as principal, role ``cli``, the command, the bundle or directory, ok/error."""
+    if args.command not in AUDITED:
+        yield
+        return
+    from forensics.ops.audit import AuditLog
+    from forensics.ops.env import config_from_env
+
+    path = os.environ.get("MODEL_FORENSICS_AUDIT_LOG", "").strip() or None
+    if path is None:
+        try:
+            path = config_from_env(getattr(args, "config", None), os.environ).audit_log
+        except ForensicsError:
+            path = None  # the command itself reports the bad config
+    target = getattr(args, AUDITED[args.command], None)
+    with AuditLog.from_path(path).action(getpass.getuser(), "cli", args.command, str(target) if target else None):
+        yield
+
+
 def _quiet_libraries(debug: bool) -> None:
     if debug:
         return
-    import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
