@@ -13,17 +13,23 @@ def register_all(sub: Any) -> None:
         analyze_cmd,
         baseline_cmd,
         batch_cmd,
+        compress_cmd,
         demo_cmd,
         eval_cmd,
+        info_cmd,
+        migrate_cmd,
         record_cmd,
         replay_cmd,
+        selftest_cmd,
+        serve_cmd,
+        stats_cmd,
         tokens_cmd,
         triage_cmd,
         validate_cmd,
     )
 
     modules = (record_cmd, replay_cmd, analyze_cmd, triage_cmd, batch_cmd, validate_cmd, baseline_cmd, demo_cmd,
-               eval_cmd, tokens_cmd)
+               eval_cmd, serve_cmd, tokens_cmd, info_cmd, stats_cmd, migrate_cmd, selftest_cmd, compress_cmd)
     for module in modules:
         parser: argparse.ArgumentParser = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.configure(parser)

@@ -1,0 +1,105 @@
+"""`serve`: the HTTP API as a Ray Serve app on a local Ray (or a cluster at --address); blocks until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from forensics.commands.common import add_config_arg
+from forensics.errors import ConfigError
+
+NAME = "serve"
+HELP = "serve the HTTP API (Ray Serve + FastAPI; OpenAPI docs at /docs)"
+APP_NAME = "model-forensics"
+DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator opens it up on purpose
+DEFAULT_PORT = 8000
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001); default: a local Ray")
+    p.add_argument("--bundle-dir", help="root of the bundle names clients send (default: config bundle_dir)")
+    p.add_argument("--output-dir", help="where <result id>.json reports go (default: config output_dir)")
+    p.add_argument("--baseline", help="default baseline: benign bundle dir under bundle_dir, or a .json")
+    p.add_argument("--app-args", help="YAML/JSON file of Serve app args (replicas, queue limits, autoscaling, ...)")
+    add_config_arg(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    app_args = app_args_from(args)
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    ray.init(address=args.address, ignore_reinit_error=True, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        print(f"model-forensics API starting on http://{args.host}:{args.port}/ (docs: /docs; Ctrl-C stops)", flush=True)
+        serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Builder args with every path absolute (replicas may not share our working directory).
+
+    Config errors surface here, before Ray starts, as one CLI line.
+    """
+    from forensics.ops.env import config_from_env
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected 1 to 65535")
+    values: dict[str, Any] = _load_app_args(args.app_args) if args.app_args else {}
+    config_path = args.config or values.get("config_path")
+    config = config_from_env(config_path, os.environ)
+    values["config_path"] = _abs(config_path)
+    values["bundle_dir"] = _abs(args.bundle_dir or values.get("bundle_dir") or config.bundle_dir)
+    values["output_dir"] = _abs(args.output_dir or values.get("output_dir") or config.output_dir)
+    baseline = args.baseline or values.get("baseline")
+    if baseline is not None:
+        values["baseline"] = str(baseline)
+    parsed = _validated(values)
+    for key in ("bundle_dir", "output_dir"):
+        try:
+            Path(parsed[key]).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{key} {parsed[key]!r}: cannot create the directory ({exc.strerror})") from None
+    return parsed
+
+
+def _load_app_args(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--app-args {path}: cannot be read as YAML/JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--app-args {path}: expected a mapping of Serve app args, got {type(data).__name__}")
+    return data
+
+
+def _validated(values: dict[str, Any]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from serve_app.settings import AppArgs
+
+    try:
+        parsed: dict[str, Any] = AppArgs.model_validate(values).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "args"
+        raise ConfigError(f"serve app arg {where!r}: {first['msg']} (got {first.get('input')!r})") from None
+    return parsed
+
+
+def _abs(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(path)

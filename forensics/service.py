@@ -1,0 +1,306 @@
+"""What the HTTP service does, as plain library functions: confine names, take uploads, analyse, store results.
+
+    path = resolve_bundle("bundles/", "incidents/incident_7")       # BundleError for ../, /abs, symlinks out
+    record = run_analysis(pipeline, bundle_dir="bundles/", output_dir="results/", bundle="incidents/incident_7")
+    read_result("results/", record["id"])                            # the full JSON report, stored atomically
+
+The Serve app (``serve_app/``) is a thin shell over this module; nothing here imports Ray or FastAPI.
+Errors keep the one tree of ``forensics.errors``; ``http_status`` maps them to status codes and
+``error_data`` turns them into plain data that can cross a Ray or HTTP boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from forensics.errors import (
+    AuthError,
+    BundleError,
+    ConfigError,
+    ForensicsError,
+    ModelError,
+    ReplayError,
+)
+
+if TYPE_CHECKING:
+    from forensics.config import Config
+    from forensics.rca.pipeline import RCAPipeline
+
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "RESULT_ID_PATTERN",
+    "UPLOADS_DIR",
+    "BundleNotFoundError",
+    "ResultNotFoundError",
+    "UploadTooLargeError",
+    "check_result_id",
+    "error_data",
+    "http_status",
+    "new_result_id",
+    "read_result",
+    "resolve_baseline",
+    "resolve_bundle",
+    "run_analysis",
+    "run_triage",
+    "save_upload",
+    "summarize",
+]
+
+log = logging.getLogger(__name__)
+
+RESULT_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+UPLOADS_DIR = "uploads"  # uploaded archives land in <bundle_dir>/uploads/<fresh id>.tar[.zst]
+UPLOAD_SUFFIXES = (".tar.zst", ".tar")
+DEFAULT_MAX_UPLOAD_BYTES = 1024**3
+EXTRACT_FACTOR = 4  # an upload may expand to at most this many times its size when extracted
+MAX_NAME_CHARS = 1024
+_CHUNK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+_SUMMARY_MODULES = 5
+
+
+class BundleNotFoundError(BundleError, LookupError):
+    """A bundle (or bundle directory) name that is safe but names nothing under ``bundle_dir``."""
+
+
+class UploadTooLargeError(BundleError):
+    """An uploaded archive is larger than the configured limit."""
+
+
+class ResultNotFoundError(ForensicsError, LookupError):
+    """No stored result has this id."""
+
+
+# -- names under bundle_dir ----------------------------------------------------------------------
+def resolve_bundle(bundle_dir: str | os.PathLike[str], name: str, *, allow_root: bool = False) -> Path:
+    """The real path of ``name`` inside ``bundle_dir``; refuses anything that could leave it.
+
+    Refused (``BundleError``): absolute paths, ``..`` parts, backslashes and control characters,
+    and names whose real path (after following every symlink) is not inside ``bundle_dir``.
+    A safe name that names nothing raises ``BundleNotFoundError``.
+
+    >>> import tempfile; root = tempfile.mkdtemp()
+    >>> resolve_bundle(root, "../etc")
+    Traceback (most recent call last):
+    forensics.errors.BundleError: bundle name '../etc': '..' is not allowed; name a bundle under bundle_dir
+    """
+    root = _root(bundle_dir)
+    _check_name(name, allow_root)
+    candidate = root / name
+    try:
+        real = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # symlink loop
+        raise BundleError(f"bundle name {name!r}: cannot be resolved ({exc.__class__.__name__})") from None
+    if real != root and not real.is_relative_to(root):
+        raise BundleError(f"bundle name {name!r}: resolves outside bundle_dir (symlink?); refused")
+    if real == root and not allow_root:
+        raise BundleError(f"bundle name {name!r}: names bundle_dir itself, expected a bundle inside it")
+    if not real.exists():
+        raise BundleNotFoundError(f"bundle name {name!r}: no such bundle under bundle_dir")
+    return real
+
+
+def resolve_baseline(bundle_dir: str | os.PathLike[str], baseline: str | None) -> Path | None:
+    """A baseline named by a caller: a benign bundle directory or a build-baseline ``.json`` under ``bundle_dir``."""
+    if baseline is None:
+        return None
+    path = resolve_bundle(bundle_dir, baseline)
+    if not (path.is_dir() or (path.is_file() and path.name.endswith(".json"))):
+        raise BundleError(f"baseline {baseline!r}: expected a directory of benign bundles or a .json file")
+    return path
+
+
+def _root(bundle_dir: str | os.PathLike[str]) -> Path:
+    root = Path(bundle_dir).resolve()
+    if not root.is_dir():
+        raise ConfigError(f"config key 'bundle_dir': {os.fspath(bundle_dir)!r} is not a directory")
+    return root
+
+
+def _check_name(name: Any, allow_root: bool) -> None:
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+        raise BundleError(f"bundle name {name!r}: expected a relative path of 1 to {MAX_NAME_CHARS} characters")
+    if _CONTROL.search(name):
+        raise BundleError(f"bundle name {name!r}: control characters and backslashes are not allowed")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise BundleError(f"bundle name {name!r}: absolute paths are not allowed; name a bundle under bundle_dir")
+    parts = name.split("/")
+    if ".." in parts:
+        raise BundleError(f"bundle name {name!r}: '..' is not allowed; name a bundle under bundle_dir")
+    if not allow_root and all(p in ("", ".") for p in parts):
+        raise BundleError(f"bundle name {name!r}: names bundle_dir itself, expected a bundle inside it")
+
+
+# -- uploads -------------------------------------------------------------------------------------
+def save_upload(bundle_dir: str | os.PathLike[str], source: IO[bytes], filename: str | None, *,
+                max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> str:
+    """Store an uploaded ``.tar``/``.tar.zst`` bundle under a fresh name; returns that name (relative).
+
+    The client's file name only chooses the suffix. The copy is bounded by ``max_bytes``
+    (``UploadTooLargeError``), then opened with ``load_bundle`` (safe extraction, every
+    checksum); a bad archive is deleted and its ``BundleError`` raised.
+    """
+    from forensics.bundle import load_bundle
+
+    suffix = next((s for s in UPLOAD_SUFFIXES if (filename or "").lower().endswith(s)), None)
+    if suffix is None:
+        raise BundleError(f"upload {filename!r}: expected a bundle archive ending in .tar or .tar.zst")
+    folder = _root(bundle_dir) / UPLOADS_DIR
+    folder.mkdir(mode=0o750, exist_ok=True)
+    name = f"{uuid.uuid4().hex}{suffix}"
+    target = folder / name
+    _copy_bounded(source, folder, target, max_bytes, filename)
+    try:
+        load_bundle(target, max_archive_bytes=EXTRACT_FACTOR * max_bytes)
+    except BundleError as exc:
+        target.unlink(missing_ok=True)
+        raise BundleError(f"upload {filename!r}: {exc}") from None
+    return f"{UPLOADS_DIR}/{name}"
+
+
+def _copy_bounded(source: IO[bytes], folder: Path, target: Path, max_bytes: int, filename: str | None) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            total = 0
+            while chunk := source.read(_CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise UploadTooLargeError(f"upload {filename!r}: larger than the limit of {max_bytes} bytes")
+                out.write(chunk)
+            if total == 0:
+                raise BundleError(f"upload {filename!r}: empty file")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- analyses and results ------------------------------------------------------------------------
+def new_result_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_result_id(result_id: str) -> str:
+    """``result_id`` if it is 32 lowercase hex digits; ``ResultNotFoundError`` otherwise (nothing else can exist)."""
+    if not isinstance(result_id, str) or not RESULT_ID_PATTERN.fullmatch(result_id):
+        raise ResultNotFoundError(f"result id {str(result_id)[:80]!r}: expected 32 lowercase hex digits")
+    return result_id
+
+
+def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+                 bundle: str, baseline: str | os.PathLike[str] | None = None, result_id: str | None = None,
+                 encryption_key: bytes | None = None, allowed_models: Collection[str] | None = None,
+                 ) -> dict[str, Any]:
+    """Analyse bundle ``bundle`` (a name under ``bundle_dir``); store the report as ``output_dir/<id>.json``.
+
+    ``baseline`` is a path the caller already confined (see ``resolve_baseline``) or configured.
+    ``allowed_models``: the model references a bundle may name (a bundle's manifest chooses which
+    model gets loaded; None allows any). Returns ``{"id", "bundle", "report"}``.
+    """
+    from forensics.bundle import load_bundle
+
+    result_id = check_result_id(result_id or new_result_id())
+    path = resolve_bundle(bundle_dir, bundle)
+    incident = load_bundle(path, encryption_key=encryption_key)
+    ref = str(incident.model.get("ref"))
+    if allowed_models is not None and ref not in allowed_models:
+        raise BundleError(f"bundle {bundle}: manifest.json names model {ref!r}, which this service does not allow "
+                          f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})")
+    result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
+    target = _results_root(output_dir) / f"{result_id}.json"
+    result.export(target)
+    return {"id": result_id, "bundle": bundle, "report": result.to_dict()}
+
+
+def read_result(output_dir: str | os.PathLike[str], result_id: str) -> dict[str, Any]:
+    """The stored report of ``result_id``; ``ResultNotFoundError`` when there is none."""
+    import json
+
+    path = _results_root(output_dir) / f"{check_result_id(result_id)}.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultNotFoundError(f"result {result_id}: not found") from None
+    return data
+
+
+def _results_root(output_dir: str | os.PathLike[str]) -> Path:
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def run_triage(bundle_dir: str | os.PathLike[str], directory: str, *, baseline: str | os.PathLike[str] | None,
+               config: Config) -> list[dict[str, Any]]:
+    """CF triage of the bundles in ``directory`` (a name under ``bundle_dir``), most anomalous first.
+
+    Each row's ``path`` is rewritten relative to ``bundle_dir`` so it can be sent back to ``/v1/analyze``.
+    """
+    from forensics.rca.triage import triage
+
+    root = _root(bundle_dir)
+    folder = resolve_bundle(root, directory, allow_root=True)
+    if not folder.is_dir():
+        raise BundleError(f"triage directory {directory!r}: not a directory")
+    rows = triage(folder, baseline=None if baseline is None else str(baseline), config=config)
+    for row in rows:
+        if "path" in row:
+            row["path"] = Path(row["path"]).resolve().relative_to(root).as_posix()
+    rows.sort(key=lambda r: ("error" in r, -float(r.get("max_score", 0.0))))
+    return rows
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The short answer of ``POST /v1/analyze``; the full report stays in ``GET /v1/results/{id}``."""
+    metrics: Sequence[dict[str, Any]] = report.get("compression_metrics") or []
+    anomalous = sorted((m for m in metrics if m.get("is_anomalous")), key=lambda m: -float(m.get("score", 0.0)))
+    fix = report.get("fix_set")
+    return {
+        "bundle_id": report.get("bundle_id"),
+        "confidence": report.get("confidence"),
+        "execution_time": report.get("execution_time"),
+        "fix_set": None if fix is None else {k: fix.get(k) for k in ("validated", "interventions", "recovery", "size")},
+        "anomalous_modules": [m.get("module") for m in anomalous[:_SUMMARY_MODULES]],
+        "faithful": (report.get("fidelity") or {}).get("faithful"),
+        "notes": report.get("notes") or [],
+    }
+
+
+# -- errors as plain data ------------------------------------------------------------------------
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (BundleNotFoundError, 404),
+    (ResultNotFoundError, 404),
+    (UploadTooLargeError, 413),
+    (BundleError, 400),
+    (ConfigError, 422),
+    (ModelError, 422),
+    (ReplayError, 422),
+    (AuthError, 403),
+)
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status of an error: 4xx for our errors (``AuthError.status`` wins when set), 500 for the rest."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, AuthError) and isinstance(status, int):
+        return status
+    return next((code for kind, code in _STATUS if isinstance(exc, kind)), 500)
+
+
+def error_data(exc: BaseException, request_id: str) -> dict[str, Any]:
+    """``{"type", "message", "status", "request_id"}``; unexpected errors get a generic message (log has the rest)."""
+    status = http_status(exc)
+    if status >= 500:
+        log.error("request %s failed", request_id, exc_info=exc)
+        return {"type": "InternalError", "message": f"internal error; quote request id {request_id}",
+                "status": status, "request_id": request_id}
+    return {"type": type(exc).__name__, "message": str(exc), "status": status, "request_id": request_id}
+

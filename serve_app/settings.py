@@ -1,0 +1,115 @@
+"""Typed builder arguments of the Serve app, and what a replica derives from them at start.
+
+    args = AppArgs(bundle_dir="/data/bundles", baseline="benign", max_queued_requests=8)
+    settings = Settings.load(args)        # config (file + MODEL_FORENSICS_* env), dirs, baseline, key
+
+``AppArgs`` is what ``serve_app.app:build_app`` takes (from Python, the Serve config's ``args:``, or
+``model-forensics serve --app-args FILE``); unknown keys and out-of-range values are errors naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from forensics.config import Config
+from forensics.errors import ConfigError
+
+__all__ = ["AppArgs", "Settings"]
+
+# Defaults, named: the k8s RayService config overrides these per deployment.
+ANALYZER_MAX_ONGOING_REQUESTS = 4     # analyses admitted per replica (they run one at a time, the rest wait)
+ANALYZER_MAX_QUEUED_REQUESTS = 16     # callers waiting for an analyzer beyond that get 503
+INGRESS_MAX_ONGOING_REQUESTS = 32
+INGRESS_MAX_QUEUED_REQUESTS = 64
+TARGET_ONGOING_REQUESTS = 2.0
+GPU_FRACTION = 0.5                    # two analyzer replicas share one GPU when there is one
+MAX_UPLOAD_BYTES = 1024**3
+
+
+class AppArgs(BaseModel):
+    """Builder arguments of the model-forensics Serve app (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config_path: str | None = Field(default=None, description="YAML config; default MODEL_FORENSICS_CONFIG, else built-ins")
+    bundle_dir: str | None = Field(default=None, description="root of every bundle name; default: config bundle_dir")
+    output_dir: str | None = Field(default=None, description="where <result id>.json reports go; default: config output_dir")
+    baseline: str | None = Field(default=None, description="default baseline: a benign bundle dir under bundle_dir, or a .json")
+    analyzer_replicas: int = Field(default=1, ge=1, le=1024)
+    max_ongoing_requests: int = Field(default=ANALYZER_MAX_ONGOING_REQUESTS, ge=1, le=10_000)
+    max_queued_requests: int = Field(default=ANALYZER_MAX_QUEUED_REQUESTS, ge=0, le=100_000)
+    autoscaling_min_replicas: int | None = Field(default=None, ge=0, le=1024)
+    autoscaling_max_replicas: int | None = Field(default=None, ge=1, le=1024)
+    target_ongoing_requests: float = Field(default=TARGET_ONGOING_REQUESTS, gt=0)
+    num_gpus: float | None = Field(default=None, ge=0, description="per analyzer replica; None: decided at run time")
+    analyzer_num_cpus: float = Field(default=1.0, ge=0)
+    ingress_num_cpus: float = Field(default=0.5, ge=0)
+    ingress_max_ongoing_requests: int = Field(default=INGRESS_MAX_ONGOING_REQUESTS, ge=1, le=10_000)
+    ingress_max_queued_requests: int = Field(default=INGRESS_MAX_QUEUED_REQUESTS, ge=0, le=100_000)
+    max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
+    allowed_models: tuple[str, ...] | None = Field(
+        default=None, description="model references a bundle may name (uploads choose the model!); None: any")
+
+    @model_validator(mode="after")
+    def _autoscaling_bounds(self) -> AppArgs:
+        lo, hi = self.autoscaling_min_replicas, self.autoscaling_max_replicas
+        if (lo is None) != (hi is None):
+            raise ValueError("autoscaling_min_replicas and autoscaling_max_replicas must be set together")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"autoscaling_min_replicas ({lo}) > autoscaling_max_replicas ({hi})")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.autoscaling_max_replicas is not None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one replica works with, resolved once at start (this is an edge: it reads the environment)."""
+
+    config: Config
+    bundle_dir: Path
+    output_dir: Path
+    baseline: Path | None
+    max_upload_bytes: int
+    encryption_key: bytes | None
+    allowed_models: frozenset[str] | None
+
+    @classmethod
+    def load(cls, args: AppArgs) -> Settings:
+        from forensics.ops.env import config_from_env, encryption_key_from_env
+
+        config = config_from_env(args.config_path, os.environ)
+        bundle_dir = Path(args.bundle_dir or config.bundle_dir).resolve()
+        output_dir = Path(args.output_dir or config.output_dir).resolve()
+        if not bundle_dir.is_dir():
+            raise ConfigError(f"bundle_dir {str(bundle_dir)!r}: not a directory")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return cls(config=config, bundle_dir=bundle_dir, output_dir=output_dir,
+                   baseline=_baseline(bundle_dir, args.baseline), max_upload_bytes=args.max_upload_bytes,
+                   encryption_key=encryption_key_from_env(os.environ),
+                   allowed_models=None if args.allowed_models is None else frozenset(args.allowed_models))
+
+    def problems(self) -> list[str]:
+        """Why this replica cannot serve (empty when healthy): directories gone or not writable."""
+        found = []
+        if not self.bundle_dir.is_dir():
+            found.append(f"bundle_dir {self.bundle_dir} is not a directory")
+        if not (self.output_dir.is_dir() and os.access(self.output_dir, os.W_OK)):
+            found.append(f"output_dir {self.output_dir} is not a writable directory")
+        return found
+
+
+def _baseline(bundle_dir: Path, baseline: str | None) -> Path | None:
+    """The operator's default baseline: absolute as given, relative under ``bundle_dir``; must exist."""
+    if baseline is None:
+        return None
+    path = Path(baseline) if os.path.isabs(baseline) else bundle_dir / baseline
+    if not path.exists():
+        raise ConfigError(f"baseline {baseline!r}: {path} does not exist")
+    return path
