@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: setup test lint typecheck pytest demo bench clean
 
@@ -31,8 +32,15 @@ test: lint typecheck pytest
 demo: setup
 	$(VENV)/bin/model-forensics demo --workdir demo_output
 
-bench: setup
+# The peers (TransformerLens, nnsight) live in the `bench` extra: installed only for benchmarks.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) bench/patch_sweep.py
 	$(PY) bench/analysis.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf demo_output .pytest_cache .mypy_cache .ruff_cache
