@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         report = cached_analyze(pipeline, args.bundle, args.baseline, cache, model=args.model,
                                 patch_source=args.patch_source, output=output, html=args.html,
                                 allow_model_mismatch=args.allow_model_mismatch)
-    index_result(config.output_dir, report, output)  # `stats` reads this SQLite index
+    index_result(output.parent, report, output)  # the SQLite index `stats` reads sits next to the reports
     print_summary(report)
     cached = " (from cache)" if cache is not None and cache.last_hit else ""
     print(f"report: {output}" + (f"  html: {args.html}" if args.html else "") + cached)
