@@ -54,8 +54,9 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"incident {report['bundle_id']}: observed {d['observed']!r}" +
           (f", expected {d['target']!r}" if d.get("target") else "") + f" at step {d['step']}")
     anomalous = [m["module"] for m in report["compression_metrics"] if m["is_anomalous"]]
-    top = ", ".join(f"layer {r['layer']} ({r['score']:.1f})" for r in report["localisation"][:3])
-    print(f"CF: {len(anomalous)} anomalous modules; top layers: {top or 'n/a'}")
+    top = ", ".join(f"layer {r['layer']} (score {r['score']:.1f}, onset +{r.get('onset', 0.0):.1f})"
+                    for r in report["localisation"][:3])
+    print(f"CF: {len(anomalous)} anomalous modules; layers by onset: {top or 'n/a'}")
     fix = report["fix_set"]
     if fix:
         ivs = "; ".join(f"{iv['kind']} {iv['module']} @{iv['positions']}" for iv in fix["interventions"])

@@ -66,7 +66,7 @@ class RCAPipeline:
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs,
                       allow_model_mismatch=allow_model_mismatch, allow_baseline_mismatch=allow_baseline_mismatch,
                       batch_size=self.config.modules.cca.batch_size,
-                      fidelity_tolerance=self.config.fidelity_tolerance)
+                      fidelity_tolerance=self.config.fidelity_tolerance, max_memory=self.config.max_memory)
         fidelity = rp.fidelity()
         notes: list[str] = [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
                             for name in ("isc", "dbc", "provenance")
@@ -162,6 +162,7 @@ class RCAPipeline:
             model=info.path if info.kind in ("hf_dir", "gguf") else info.ref, device=self.config.device,
             allow_model_mismatch=rp.allow_model_mismatch, allow_baseline_mismatch=rp.allow_baseline_mismatch,
             batch_size=batch_size, fidelity_tolerance=self.config.fidelity_tolerance,
+            max_memory=self.config.max_memory,
         )
 
     def _baseline_metric(self, rp: Replayer, cfs: Sequence[Any], m_inc: float) -> float:
