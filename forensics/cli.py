@@ -72,9 +72,22 @@ def _audited(args: argparse.Namespace) -> Iterator[None]:
             path = config_from_env(getattr(args, "config", None), os.environ).audit_log
         except ForensicsError:
             path = None  # the command itself reports the bad config
+    if path is not None:
+        _check_audit_log(path)  # before the action: an action that cannot be audited does not run
     target = getattr(args, AUDITED[args.command], None)
     with AuditLog.from_path(path).action(getpass.getuser(), "cli", args.command, str(target) if target else None):
         yield
+
+
+def _check_audit_log(path: str) -> None:
+    from forensics.errors import ConfigError
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise ConfigError(f"audit log {path}: cannot append ({exc.strerror}); fix MODEL_FORENSICS_AUDIT_LOG / "
+                          "audit_log or the directory's permissions") from None
 
 
 def _quiet_libraries(debug: bool) -> None:
