@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from forensics.errors import ConfigError
+from forensics.ops.auth import PERMISSIONS, ROLES
 
-__all__ = ["CONFIG_VERSION", "CCAConfig", "CFSection", "CacheConfig", "Config", "ModulesConfig", "ToggleConfig",
-           "from_dict", "load_config", "to_dict"]
+__all__ = ["AUTH_TYPES", "CONFIG_VERSION", "AuthenticationConfig", "CCAConfig", "CFSection", "CacheConfig", "Config",
+           "ModulesConfig", "RoleConfig", "RolesConfig", "ToggleConfig", "from_dict", "load_config", "to_dict"]
 
 CONFIG_VERSION = "1.1"  # a file without ``version`` is v1.0 (the guide's format) and still loads
 
@@ -27,6 +28,9 @@ COMPRESSION_METHODS = ("zlib", "gzip", "lzma", "arithmetic")
 STRATEGIES = ("greedy", "beam", "random")
 INTERVENTION_TYPES = ("zero", "mean", "patch", "scale")
 POSITIONS = ("last", "all")
+AUTH_TYPES = ("none", "tokens", "oauth2")
+AUTH_ALIASES = {"oidc": "oauth2"}
+ALL_PERMISSIONS = "all"  # the guide's shorthand for every permission (the admin role)
 
 
 def _check(key: str, ok: bool, value: Any, allowed: str) -> None:
@@ -111,6 +115,75 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class RoleConfig:
+    """One entry of the guide's ``roles:`` table: the permissions a role grants (``all``: every one)."""
+
+    permissions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RolesConfig:
+    """The guide's RBAC table. Roles are built in (token files and JWTs name them, ``forensics.ops.auth``
+    enforces them), so a config may restate a role but not change it: each role listed must grant exactly
+    its built-in permissions, and a role name other than viewer, analyst or admin is an unknown key."""
+
+    viewer: RoleConfig = field(default_factory=lambda: RoleConfig(("view_results",)))
+    analyst: RoleConfig = field(default_factory=lambda: RoleConfig(("read_bundles", "run_analysis", "view_results")))
+    admin: RoleConfig = field(default_factory=lambda: RoleConfig((ALL_PERMISSIONS,)))
+
+    def __post_init__(self) -> None:
+        known = (*PERMISSIONS, ALL_PERMISSIONS)
+        for name, builtin in ROLES.items():
+            granted = getattr(self, name).permissions
+            key = f"roles.{name}.permissions"
+            _check(key, all(p in known for p in granted), list(granted), f"permissions from {', '.join(known)}")
+            expanded = frozenset(PERMISSIONS) if ALL_PERMISSIONS in granted else frozenset(granted)
+            builtin_text = "[all]" if builtin == frozenset(PERMISSIONS) else f"[{', '.join(sorted(builtin))}]"
+            _check(key, expanded == builtin, list(granted),
+                   f"{builtin_text}, the built-in {name} role (roles are fixed; custom permissions are not supported)")
+
+
+@dataclass(frozen=True)
+class AuthenticationConfig:
+    """Who may call the HTTP API (``model-forensics serve``): the guide's ``authentication:`` section.
+
+    ``type``: ``tokens`` (API tokens of ``model-forensics tokens``), ``oauth2`` (alias ``oidc``; bearer
+    JWTs checked offline against ``jwks_file``, ``issuer``, ``audience`` and every one of ``scopes``, plus
+    API tokens when a tokens file is set) or ``none`` (no authentication, only when said explicitly).
+    Unset: ``tokens`` when a tokens file is known, else ``serve`` refuses to start.
+    """
+
+    type: str | None = None
+    provider: str | None = None          # informational: okta, auth0, keycloak, ...
+    scopes: tuple[str, ...] = ("model_forensics:analyze",)
+    tokens_file: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    role_claim: str = "role"
+    default_role: str | None = "analyst"  # role of a JWT without ``role_claim``; null: such JWTs are refused
+
+    def __post_init__(self) -> None:
+        if self.type in AUTH_ALIASES:
+            object.__setattr__(self, "type", AUTH_ALIASES[self.type])
+        _check("authentication.type", self.type is None or self.type in AUTH_TYPES, self.type,
+               "none, tokens or oauth2 (alias oidc), or null (tokens when a tokens file is configured)")
+        for key in ("provider", "tokens_file", "jwks_file", "issuer", "audience"):
+            value = getattr(self, key)
+            _check(f"authentication.{key}", value is None or bool(value.strip()), value, "null or a non-empty string")
+        _check("authentication.scopes", all(s and not any(c.isspace() for c in s) for s in self.scopes),
+               list(self.scopes), "a list of scope names without spaces, e.g. [model_forensics:analyze]")
+        _check("authentication.role_claim", bool(self.role_claim.strip()), self.role_claim, "a JWT claim name")
+        _check("authentication.default_role", self.default_role is None or self.default_role in ROLES,
+               self.default_role, f"null or one of {', '.join(ROLES)}")
+        if self.type == "oauth2":
+            for key in ("jwks_file", "issuer", "audience"):
+                _check(f"authentication.{key}", getattr(self, key) is not None, None,
+                       "a value when authentication.type is oauth2 (JWTs are checked offline against it)")
+            _check("authentication.scopes", bool(self.scopes), [], "at least one scope when authentication.type is oauth2")
+
+
+@dataclass(frozen=True)
 class Config:
     version: str = CONFIG_VERSION
     bundle_dir: str = "./bundles"
@@ -126,6 +199,8 @@ class Config:
     max_memory: int | None = None  # bytes
     audit_log: str | None = None
     encryption_key_set: bool = False  # only whether MODEL_FORENSICS_ENCRYPTION_KEY is set; never the key
+    roles: RolesConfig = field(default_factory=RolesConfig)
+    authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
     def __post_init__(self) -> None:
         _check("version", self.version == CONFIG_VERSION, self.version,

@@ -114,7 +114,20 @@ def resolve_baseline(bundle_dir: str | os.PathLike[str], baseline: str | None) -
     path = resolve_bundle(bundle_dir, baseline)
     if not (path.is_dir() or (path.is_file() and path.name.endswith(".json"))):
         raise BundleError(f"baseline {baseline!r}: expected a directory of benign bundles or a .json file")
+    if path.is_dir():
+        _check_entries(_root(bundle_dir), path, f"baseline {baseline!r}")
     return path
+
+
+def _check_entries(root: Path, folder: Path, what: str) -> None:
+    """Refuse a directory whose entries lead out of ``bundle_dir`` (symlinks): its bundles get loaded in bulk."""
+    for entry in sorted(folder.iterdir()):
+        try:
+            real = entry.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:  # symlink loop
+            raise BundleError(f"{what}: entry {entry.name!r} cannot be resolved ({exc.__class__.__name__})") from None
+        if not real.is_relative_to(root):
+            raise BundleError(f"{what}: entry {entry.name!r} resolves outside bundle_dir (symlink?); refused")
 
 
 def _root(bundle_dir: str | os.PathLike[str]) -> Path:
@@ -144,8 +157,9 @@ def save_upload(bundle_dir: str | os.PathLike[str], source: IO[bytes], filename:
     """Store an uploaded ``.tar``/``.tar.zst`` bundle under a fresh name; returns that name (relative).
 
     The client's file name only chooses the suffix. The copy is bounded by ``max_bytes``
-    (``UploadTooLargeError``), then opened with ``load_bundle`` (safe extraction, every
-    checksum); a bad archive is deleted and its ``BundleError`` raised.
+    (``UploadTooLargeError``), its tar headers must declare at most ``EXTRACT_FACTOR * max_bytes``
+    (a zstd bomb is refused before anything is extracted), then it is opened with ``load_bundle``
+    (safe extraction, every checksum); a bad archive is deleted and its ``BundleError`` raised.
     """
     from forensics.bundle import load_bundle
 
@@ -158,11 +172,39 @@ def save_upload(bundle_dir: str | os.PathLike[str], source: IO[bytes], filename:
     target = folder / name
     _copy_bounded(source, folder, target, max_bytes, filename)
     try:
+        _check_declared_size(target, EXTRACT_FACTOR * max_bytes)
         load_bundle(target, max_archive_bytes=EXTRACT_FACTOR * max_bytes)
     except BundleError as exc:
         target.unlink(missing_ok=True)
         raise BundleError(f"upload {filename!r}: {exc}") from None
     return f"{UPLOADS_DIR}/{name}"
+
+
+def _check_declared_size(archive: Path, limit: int) -> None:
+    """Refuse an archive whose members declare more than ``limit`` bytes, reading tar headers only.
+
+    Extraction checks its running total after writing each member, so one member declaring 1 TB
+    (a few KB of zstd) would reach the disk first; here it is refused at its header, having
+    decompressed at most ``limit`` bytes of the members before it.
+    """
+    import tarfile
+
+    import pyarrow as pa
+
+    total = 0
+    with open(archive, "rb") as raw:
+        stream = pa.CompressedInputStream(raw, "zstd") if archive.name.endswith(".zst") else raw
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    total += max(member.size, 0)
+                    if total > limit:
+                        break
+        except (tarfile.TarError, EOFError, OSError, ValueError):
+            return  # not a readable tar: load_bundle reports it with the file and the problem
+    if total > limit:
+        raise BundleError(f"archive members declare more than {limit} bytes once extracted "
+                          f"({EXTRACT_FACTOR} x the upload limit)")
 
 
 def _copy_bounded(source: IO[bytes], folder: Path, target: Path, max_bytes: int, filename: str | None) -> None:
@@ -243,6 +285,7 @@ def run_triage(bundle_dir: str | os.PathLike[str], directory: str, *, baseline: 
     """CF triage of the bundles in ``directory`` (a name under ``bundle_dir``), most anomalous first.
 
     Each row's ``path`` is rewritten relative to ``bundle_dir`` so it can be sent back to ``/v1/analyze``.
+    A directory with an entry leading out of ``bundle_dir`` (a symlink) is refused: triage would load it.
     """
     from forensics.rca.triage import triage
 
@@ -250,6 +293,7 @@ def run_triage(bundle_dir: str | os.PathLike[str], directory: str, *, baseline: 
     folder = resolve_bundle(root, directory, allow_root=True)
     if not folder.is_dir():
         raise BundleError(f"triage directory {directory!r}: not a directory")
+    _check_entries(root, folder, f"triage directory {directory!r}")
     rows = triage(folder, baseline=None if baseline is None else str(baseline), config=config)
     for row in rows:
         if "path" in row:

@@ -4,7 +4,7 @@
     serve run serve_app.app:app
 
 Modules: ``app`` (deployments and the typed builder), ``api`` (FastAPI routes), ``settings`` (builder
-args), ``security`` (auth and audit plug points). Nothing is imported here, so the package imports cheaply.
+args), ``security`` (bearer auth, permissions, audit). Nothing is imported here, so the package imports cheaply.
 """
 
 __all__: list[str] = []

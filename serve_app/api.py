@@ -1,11 +1,15 @@
 """The HTTP API (FastAPI), built per ingress replica around a backend that runs analyses.
 
     api = build_api(backend, settings, Metrics())      # backend: the Analyzer deployment's handle, wrapped
-    # POST /v1/analyze  POST /v1/triage  GET /v1/results/{id}  GET /healthz  GET /metrics  GET /docs
+    # POST /v1/analyze  POST /v1/triage  GET /v1/results/{id}  GET /metrics   (Authorization: Bearer ...)
+    # GET /healthz  GET /docs  GET /openapi.json                              (open: probes, API docs)
 
 Every answer carries ``X-Request-ID``; every error body is ``{"error": {"type", "message"}, "request_id"}``.
 Our errors map to 4xx (``forensics.service.http_status``), overload to 503, anything else to a generic
-500 whose traceback goes to the log only.
+500 whose traceback goes to the log only. Each endpoint but the open ones needs one permission
+(``serve_app.security.requires``): 401 with ``WWW-Authenticate: Bearer`` without valid credentials,
+403 when the role or scope does not allow it. Analyses, triage and result reads are audited (one
+line each, refusals included) when an audit log is configured.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import logging
 import re
 import time
 import uuid
-from typing import Annotated, Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,10 +32,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forensics import service
-from forensics.errors import ForensicsError
+from forensics.errors import AuthError, ForensicsError
+from forensics.ops.audit import AuditLog
 from forensics.ops.auth import Principal
 from forensics.ops.metrics import Metrics
-from serve_app.security import AnonymousAccess, Audit, NoAudit, requires
+from serve_app.security import Access, AccessUnavailable, Audit, record, requires
 from serve_app.settings import Settings
 
 __all__ = ["APIError", "AnalyzeRequest", "Backend", "TriageRequest", "build_api"]
@@ -39,6 +46,10 @@ log = logging.getLogger("serve_app")
 MAX_JSON_BYTES = 64 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024     # multipart boundaries and headers on top of the archive itself
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+REALM = "model-forensics"          # of the WWW-Authenticate challenge
+RETRY_AFTER_S = "5"
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class APIError(Exception):
@@ -62,7 +73,7 @@ class AnalyzeRequest(BaseModel):
 
 
 class TriageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # read by hand after auth (see _json_body), not by FastAPI
     directory: str = Field(default=".", min_length=1, max_length=service.MAX_NAME_CHARS,
                            description="directory of bundles under bundle_dir")
     baseline: str | None = Field(default=None, max_length=service.MAX_NAME_CHARS)
@@ -90,64 +101,74 @@ _ANALYZE_BODY = {
         },
     },
 }
+_TRIAGE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": TriageRequest.model_json_schema()}}}}
+_DESCRIPTION = """Root-cause analysis of model incidents: analyse bundles, triage, fetch reports.
+
+Send `Authorization: Bearer <token>` (an API token from `model-forensics tokens add`, or an OAuth2/OIDC JWT
+when configured). Permissions: analyze needs `run_analysis`, triage `read_bundles`, results and metrics
+`view_results`. `/healthz`, `/docs` and `/openapi.json` are open."""
 
 
-def build_api(backend: Backend, settings: Settings, metrics: Metrics, *, access: Any = None,
+def build_api(backend: Backend, settings: Settings, metrics: Metrics, *, access: Access | None = None,
               audit: Audit | None = None) -> FastAPI:
-    """The FastAPI app of one ingress replica; ``access``/``audit`` are the auth and audit plug points."""
-    api = FastAPI(title="model-forensics", version=_version(),
-                  description="Root-cause analysis of model incidents: analyse bundles, triage, fetch reports.")
-    api.state.access = access or AnonymousAccess()
-    api.state.audit = audit or NoAudit()
+    """The FastAPI app of one ingress replica; ``access``/``audit`` default to what ``settings`` configure."""
+    api = FastAPI(title="model-forensics", version=_version(), description=_DESCRIPTION)
+    api.state.access = access or settings.auth.access()
+    api.state.audit = audit or AuditLog.from_path(settings.audit_log)
     requests = Counter("model_forensics_http_requests", "HTTP requests by endpoint and status",
                        ["endpoint", "method", "status"], registry=metrics.registry)
     _install_errors(api)
     _install_middleware(api, requests)
 
     @api.post("/v1/analyze", openapi_extra=_ANALYZE_BODY, summary="Analyse a bundle (by name or uploaded archive)")
-    async def analyze(request: Request, principal: Annotated[Principal, requires("run_analysis")]) -> dict[str, Any]:
-        bundle, baseline = await _analyze_input(request, settings)
-        result_id = service.new_result_id()
-        rid = request.state.request_id
-        try:
-            record = await backend.analyze(bundle=bundle, baseline=baseline, result_id=result_id, request_id=rid)
-        except APIError as exc:
-            if exc.status != 503:  # overload is not a failed analysis
-                metrics.observe_error(exc.kind)
-            _audit(request, principal, "analyze", bundle, "error", error=exc.kind)
-            raise
-        metrics.observe_report(record["report"])
-        _audit(request, principal, "analyze", bundle, "ok", result=record["id"])
-        return {"id": record["id"], "status": "done", "bundle": bundle,
-                "result": service.summarize(record["report"]), "links": {"result": f"/v1/results/{record['id']}"}}
+    async def analyze(request: Request,
+                      principal: Annotated[Principal, requires("run_analysis", "analyze")]) -> dict[str, Any]:
+        async with _audited(request, principal, "analyze") as entry:
+            bundle, baseline = await _analyze_input(request, settings)
+            entry["bundle"] = bundle
+            rid = request.state.request_id
+            try:
+                done = await backend.analyze(bundle=bundle, baseline=baseline, result_id=service.new_result_id(),
+                                             request_id=rid)
+            except APIError as exc:
+                if exc.status != 503:  # overload is not a failed analysis
+                    metrics.observe_error(exc.kind)
+                raise
+            entry["result"] = done["id"]
+        metrics.observe_report(done["report"])
+        return {"id": done["id"], "status": "done", "bundle": bundle,
+                "result": service.summarize(done["report"]), "links": {"result": f"/v1/results/{done['id']}"}}
 
-    @api.post("/v1/triage", summary="Rank the bundles of a directory by CF anomaly (no replay)")
-    async def triage(body: TriageRequest, request: Request,
-                     principal: Annotated[Principal, requires("read_bundles")]) -> dict[str, Any]:
-        try:
+    @api.post("/v1/triage", openapi_extra=_TRIAGE_BODY,
+              summary="Rank the bundles of a directory by CF anomaly (no replay)")
+    async def triage(request: Request,
+                     principal: Annotated[Principal, requires("read_bundles", "triage")]) -> dict[str, Any]:
+        async with _audited(request, principal, "triage") as entry:
+            body = await _json_body(request, TriageRequest)
+            entry["bundle"] = body.directory
             rows = await backend.triage(directory=body.directory, baseline=body.baseline,
                                         request_id=request.state.request_id)
-        except APIError as exc:
-            _audit(request, principal, "triage", body.directory, "error", error=exc.kind)
-            raise
-        _audit(request, principal, "triage", body.directory, "ok", bundles=len(rows))
+            entry["bundles"] = len(rows)
         return {"directory": body.directory, "bundles": rows}
 
     @api.get("/v1/results/{result_id}", summary="The full JSON report of an analysis")
     async def result(result_id: str, request: Request,
-                     principal: Annotated[Principal, requires("view_results")]) -> dict[str, Any]:
-        report = await asyncio.to_thread(service.read_result, settings.output_dir, result_id)
-        _audit(request, principal, "view_result", report.get("bundle_id"), "ok", result=result_id)
+                     principal: Annotated[Principal, requires("view_results", "view_result")]) -> dict[str, Any]:
+        async with _audited(request, principal, "view_result", result=result_id[:80]) as entry:
+            report = await asyncio.to_thread(service.read_result, settings.output_dir, result_id)
+            entry["bundle"] = report.get("bundle_id")
         return {"id": result_id, "status": "done", "result": report}
 
-    @api.get("/healthz", summary="Liveness of this API replica")
+    @api.get("/healthz", summary="Liveness of this API replica (open: probes send no token)")
     async def healthz() -> JSONResponse:
         problems = settings.problems()
         return JSONResponse({"status": "fail" if problems else "ok", "problems": problems},
                             status_code=503 if problems else 200)
 
-    @api.get("/metrics", summary="Prometheus metrics of this API replica", response_class=Response)
-    async def prometheus() -> Response:
+    @api.get("/metrics", summary="Prometheus metrics of this API replica (needs view_results)",
+             response_class=Response)
+    async def prometheus(principal: Annotated[Principal, requires("view_results")]) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return api
@@ -161,13 +182,21 @@ async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str
         return await _upload(request, settings)
     if kind not in ("application/json", ""):
         raise APIError(415, "UnsupportedMediaType",
-                       f"content type {kind!r}: send application/json or multipart/form-data")
+                       f"content type {kind[:80]!r}: send application/json or multipart/form-data")
+    body = await _json_body(request, AnalyzeRequest)
+    return body.bundle, body.baseline
+
+
+async def _json_body(request: Request, model: type[Body]) -> Body:
+    """The bounded JSON body as ``model``; read here (after auth) rather than by FastAPI (before it)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("application/json", ""):
+        raise APIError(415, "UnsupportedMediaType", f"content type {kind[:80]!r}: send application/json")
     raw = await _read_bounded(request, MAX_JSON_BYTES)
     try:
-        body = AnalyzeRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         raise APIError(422, "ValidationError", _validation_message(exc.errors())) from None
-    return body.bundle, body.baseline
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:
@@ -224,6 +253,21 @@ def _install_errors(api: FastAPI) -> None:
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
         return _error(exc.status, exc.kind, exc.message, _rid(request), exc.headers)
 
+    @api.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        status = service.http_status(exc)
+        challenge = f'Bearer realm="{REALM}"'
+        if status == 403:
+            challenge += ', error="insufficient_scope"'
+        elif request.headers.get("authorization"):
+            challenge += ', error="invalid_token"'
+        kind = "Forbidden" if status == 403 else "Unauthorized"
+        return _error(status, kind, str(exc), _rid(request), {"WWW-Authenticate": challenge})
+
+    @api.exception_handler(AccessUnavailable)
+    async def access_unavailable(request: Request, exc: AccessUnavailable) -> JSONResponse:
+        return _error(503, "AuthUnavailable", str(exc), _rid(request), {"Retry-After": RETRY_AFTER_S})
+
     @api.exception_handler(ForensicsError)
     async def forensics_error(request: Request, exc: ForensicsError) -> JSONResponse:
         data = service.error_data(exc, _rid(request))
@@ -269,9 +313,35 @@ def _validation_message(errors: Any) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def _audit(request: Request, principal: Principal, action: str, bundle: str | None, outcome: str,
-           **extra: Any) -> None:
-    request.app.state.audit.record(principal, action, bundle, outcome, request_id=request.state.request_id, **extra)
+@asynccontextmanager
+async def _audited(request: Request, principal: Principal, action: str, **fields: Any) -> AsyncIterator[dict[str, Any]]:
+    """One audit line when the block ends: ``ok``, or ``error`` with the error's type (then re-raised).
+
+    The block fills the yielded dict: ``bundle`` (the bundle or directory it touched) and more fields.
+    """
+    entry: dict[str, Any] = {"bundle": None, **fields}
+    try:
+        yield entry
+    except Exception as exc:
+        kind = exc.kind if isinstance(exc, APIError) else type(exc).__name__
+        await _audit(request, principal, action, "error", entry, error=kind, status=_status_of(exc))
+        raise
+    await _audit(request, principal, action, "ok", entry)
+
+
+async def _audit(request: Request, principal: Principal, action: str, outcome: str, entry: dict[str, Any],
+                 **more: Any) -> None:
+    extra = {k: v for k, v in entry.items() if k != "bundle"}
+    await asyncio.to_thread(record, request, principal.name, principal.role, action, entry["bundle"], outcome,
+                            via=principal.via, **extra, **more)
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code
+    return service.http_status(exc)
 
 
 def _version() -> str:

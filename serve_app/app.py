@@ -7,7 +7,8 @@
 ``ForensicsAPI`` (ingress) answers HTTP (``serve_app.api``); ``Analyzer`` holds one ``RCAPipeline``
 per replica (its model stays loaded) and runs ``forensics.service`` functions. Errors cross from
 Analyzer to ingress as plain data. Backpressure: past ``max_ongoing_requests`` + ``max_queued_requests``
-callers get 503 at once instead of waiting without bound.
+callers get 503 at once instead of waiting without bound. Replicas refuse to start without an auth
+source (API tokens, OAuth2 JWTs, or an explicit ``authentication.type: none``; see docs/config.md).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from forensics import service
 from forensics.ops.metrics import Metrics
-from serve_app.api import APIError, build_api
+from serve_app.api import RETRY_AFTER_S, APIError, build_api
 from serve_app.settings import (
     ANALYZER_MAX_ONGOING_REQUESTS,
     ANALYZER_MAX_QUEUED_REQUESTS,
@@ -40,7 +41,6 @@ __all__ = ["Analyzer", "AppArgs", "ForensicsAPI", "app", "build_app"]
 HEALTH_CHECK_PERIOD_S = 10
 HEALTH_CHECK_TIMEOUT_S = 30           # analyses run off the event loop, so health checks answer during one
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 60      # let a running analysis finish on scale-down
-RETRY_AFTER_S = "5"
 
 
 @serve.deployment(name="Analyzer", max_ongoing_requests=ANALYZER_MAX_ONGOING_REQUESTS,

@@ -1,7 +1,7 @@
 """Typed builder arguments of the Serve app, and what a replica derives from them at start.
 
     args = AppArgs(bundle_dir="/data/bundles", baseline="benign", max_queued_requests=8)
-    settings = Settings.load(args)        # config (file + MODEL_FORENSICS_* env), dirs, baseline, key
+    settings = Settings.load(args)        # config (file + MODEL_FORENSICS_* env), dirs, baseline, key, auth, audit
 
 ``AppArgs`` is what ``serve_app.app:build_app`` takes (from Python, the Serve config's ``args:``, or
 ``model-forensics serve --app-args FILE``); unknown keys and out-of-range values are errors naming the field.
@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forensics.config import Config
 from forensics.errors import ConfigError
+from forensics.ops.auth import DEFAULT_TOKENS_FILE
+from serve_app.security import NONE_WARNING, AuthSetup
 
-__all__ = ["AppArgs", "Settings"]
+__all__ = ["AppArgs", "Settings", "audit_log_path"]
+
+log = logging.getLogger("serve_app")
 
 # Defaults, named: the k8s RayService config overrides these per deployment.
 ANALYZER_MAX_ONGOING_REQUESTS = 4     # analyses admitted per replica (they run one at a time, the rest wait)
@@ -53,6 +58,11 @@ class AppArgs(BaseModel):
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     allowed_models: tuple[str, ...] | None = Field(
         default=None, description="model references a bundle may name (uploads choose the model!); None: any")
+    tokens_file: str | None = Field(
+        default=None, description="API tokens file; default: config authentication.tokens_file, "
+        "MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json")
+    audit_log: str | None = Field(default=None, description="audit log (JSON lines); default: config audit_log "
+                                  "or MODEL_FORENSICS_AUDIT_LOG; None: no audit log")
 
     @model_validator(mode="after")
     def _autoscaling_bounds(self) -> AppArgs:
@@ -79,6 +89,8 @@ class Settings:
     max_upload_bytes: int
     encryption_key: bytes | None
     allowed_models: frozenset[str] | None
+    auth: AuthSetup
+    audit_log: Path | None
 
     @classmethod
     def load(cls, args: AppArgs) -> Settings:
@@ -90,10 +102,15 @@ class Settings:
         if not bundle_dir.is_dir():
             raise ConfigError(f"bundle_dir {str(bundle_dir)!r}: not a directory")
         output_dir.mkdir(parents=True, exist_ok=True)
+        auth = AuthSetup.resolve(config.authentication, tokens_file=args.tokens_file,
+                                 default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser())
+        if auth.kind == "none":
+            log.warning(NONE_WARNING)
         return cls(config=config, bundle_dir=bundle_dir, output_dir=output_dir,
                    baseline=_baseline(bundle_dir, args.baseline), max_upload_bytes=args.max_upload_bytes,
                    encryption_key=encryption_key_from_env(os.environ),
-                   allowed_models=None if args.allowed_models is None else frozenset(args.allowed_models))
+                   allowed_models=None if args.allowed_models is None else frozenset(args.allowed_models),
+                   auth=auth, audit_log=audit_log_path(args.audit_log or config.audit_log))
 
     def problems(self) -> list[str]:
         """Why this replica cannot serve (empty when healthy): directories gone or not writable."""
@@ -102,7 +119,33 @@ class Settings:
             found.append(f"bundle_dir {self.bundle_dir} is not a directory")
         if not (self.output_dir.is_dir() and os.access(self.output_dir, os.W_OK)):
             found.append(f"output_dir {self.output_dir} is not a writable directory")
+        if self.audit_log is not None and _audit_problem(self.audit_log):
+            found.append(f"audit_log {self.audit_log}: {_audit_problem(self.audit_log)}")
         return found
+
+
+def audit_log_path(path: str | None) -> Path | None:
+    """The configured audit log, absolute, its directory created (0700, like the CLI's); ``ConfigError``
+    when it cannot be appended to."""
+    if not path:
+        return None
+    resolved = Path(path).expanduser().absolute()
+    try:
+        resolved.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"audit_log {path!r}: cannot create its directory ({exc.strerror})") from None
+    problem = _audit_problem(resolved)
+    if problem:
+        raise ConfigError(f"audit_log {path!r}: {problem}")
+    return resolved
+
+
+def _audit_problem(path: Path) -> str | None:
+    if path.exists():
+        return None if path.is_file() and os.access(path, os.W_OK) else "exists but is not a writable file"
+    if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+        return f"its directory {path.parent} is not a writable directory"
+    return None
 
 
 def _baseline(bundle_dir: Path, baseline: str | None) -> Path | None:

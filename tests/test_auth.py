@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from forensics.cli import main
 from forensics.errors import AuthError, ConfigError
-from forensics.ops.auth import ROLES, Authenticator, OIDCConfig, TokenStore
+from forensics.ops.auth import ROLES, Authenticator, AuthFailure, OIDCConfig, TokenStore
 
 jwt = pytest.importorskip("jwt")
 
@@ -72,6 +73,7 @@ def _token(oidc: dict[str, Any], **overrides: Any) -> str:
     claims = {"sub": "alice", "iss": "https://idp.example", "aud": "model-forensics",
               "scope": "openid model_forensics:analyze", "exp": int(time.time()) + 60, "role": "analyst"}
     claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}  # None: leave the claim out
     return str(jwt.encode(claims, oidc["key"], algorithm="RS256", headers={"kid": "k1"}))
 
 
@@ -99,3 +101,60 @@ def test_tokens_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "ops" in capsys.readouterr().out
     assert main(["tokens", "revoke", "ops", "--tokens-file", f]) == 0
     assert main(["tokens", "revoke", "ops", "--tokens-file", f]) == 1
+
+
+def _config(oidc: dict[str, Any], **changes: Any) -> OIDCConfig:
+    return dataclasses.replace(oidc["config"], **changes)
+
+
+@pytest.mark.parametrize("claims", [
+    {"scope": None, "scp": ["openid", "model_forensics:analyze"]},   # Okta access tokens: a list in scp
+    {"scope": "model_forensics:analyze"},
+    {"scope": ["model_forensics:analyze"]},
+])
+def test_scope_claim_forms(oidc: dict[str, Any], claims: dict[str, Any]) -> None:
+    assert Authenticator(oidc=oidc["config"]).authenticate("Bearer " + _token(oidc, **claims)).role == "analyst"
+
+
+def test_every_configured_scope_is_required(oidc: dict[str, Any]) -> None:
+    auth = Authenticator(oidc=_config(oidc, scopes=("model_forensics:analyze", "model_forensics:admin")))
+    with pytest.raises(AuthFailure) as err:
+        auth.authenticate("Bearer " + _token(oidc))
+    assert (err.value.status, err.value.principal) == (403, "alice") and "model_forensics:admin" in str(err.value)
+
+
+def test_role_claim_defaults(oidc: dict[str, Any]) -> None:
+    no_role = "Bearer " + _token(oidc, role=None)
+    assert Authenticator(oidc=oidc["config"]).authenticate(no_role).role == "analyst"  # the scope implies analyze
+    with pytest.raises(AuthFailure, match="no 'role' claim") as err:
+        Authenticator(oidc=_config(oidc, default_role=None)).authenticate(no_role)
+    assert err.value.status == 403
+    groups = "Bearer " + _token(oidc, role=None, groups="viewer")
+    assert Authenticator(oidc=_config(oidc, role_claim="groups")).authenticate(groups).role == "viewer"
+
+
+@pytest.mark.parametrize("credential", [
+    "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "e30.e30.e30", "W10.W10.W10", "eyJraWQiOlsxXX0.e30.AAAA",
+])
+def test_garbage_jwts_are_401_not_crashes(oidc: dict[str, Any], credential: str) -> None:
+    with pytest.raises(AuthFailure) as err:
+        Authenticator(oidc=oidc["config"]).authenticate("Bearer " + credential)
+    assert err.value.status == 401
+
+
+def test_odd_claims_are_refused_cleanly(oidc: dict[str, Any]) -> None:
+    auth = Authenticator(oidc=oidc["config"])
+    with pytest.raises(AuthFailure) as err:  # a JWT must expire
+        auth.authenticate("Bearer " + _token(oidc, exp=None))
+    assert err.value.status == 401
+    with pytest.raises(AuthFailure) as err:  # an unhashable role claim is an unknown role, not a TypeError
+        auth.authenticate("Bearer " + _token(oidc, role=["admin"]))
+    assert err.value.status == 403
+
+
+def test_a_refusal_names_who_was_refused(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "t.json")
+    principal = Authenticator(store).authenticate("Bearer " + store.add("vic", "viewer"))
+    with pytest.raises(AuthFailure) as err:
+        principal.require("run_analysis")
+    assert (err.value.status, err.value.principal, err.value.role) == (403, "vic", "viewer")

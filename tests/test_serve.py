@@ -1,4 +1,8 @@
-"""The Serve app over real HTTP on 127.0.0.1: one app per module on the session's Ray cluster, tiny real bundles."""
+"""The Serve app over real HTTP on 127.0.0.1: one app per module on the session's Ray cluster, tiny real bundles.
+
+Callers send an analyst's API token (the app refuses to start without an auth source); the permission
+matrix and the audit log are in test_serve_auth.py, hostile requests in test_http_fuzz.py.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from forensics.models import LoadedModel
+from forensics.ops.auth import TokenStore
 from tests.helpers import record_tiny
 
 pytestmark = pytest.mark.ray
@@ -48,7 +55,15 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
     archive.parent.mkdir()
     with tarfile.open(archive, "w") as tar:
         tar.add(root / "incidents" / "inc0", arcname="inc0")
-    return {"top": top, "root": root, "results": top / "results", "archive": archive}
+    return {"top": top, "root": root, "results": top / "results", "archive": archive, "tokens": top / "tokens.json"}
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running app: its base URL and the API token calls send (``call(..., auth=False)`` sends none)."""
+
+    base: str
+    token: str | None = None
 
 
 def _free_port() -> int:
@@ -58,7 +73,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster: Any, lab: dict[str, Path]) -> Iterator[str]:
+def server(ray_cluster: Any, lab: dict[str, Path]) -> Iterator[Server]:
+    token = TokenStore(lab["tokens"]).add("serve-tests", "analyst")
+    args = {"bundle_dir": str(lab["root"]), "output_dir": str(lab["results"]), "baseline": "benign",
+            "max_ongoing_requests": 1, "max_queued_requests": 1, "num_gpus": 0,
+            "analyzer_num_cpus": 0.5, "ingress_num_cpus": 0.25, "tokens_file": str(lab["tokens"])}
+    with running_app(args, APP_NAME) as base:
+        yield Server(base, token)
+
+
+@contextmanager
+def running_app(args: dict[str, Any], name: str) -> Iterator[str]:
+    """``build_app(args)`` served on a free loopback port of the session's Ray cluster; yields its base URL."""
     from ray import serve
 
     from serve_app.app import build_app
@@ -66,37 +92,36 @@ def server(ray_cluster: Any, lab: dict[str, Path]) -> Iterator[str]:
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        args = {"bundle_dir": str(lab["root"]), "output_dir": str(lab["results"]), "baseline": "benign",
-                "max_ongoing_requests": 1, "max_queued_requests": 1, "num_gpus": 0,
-                "analyzer_num_cpus": 0.5, "ingress_num_cpus": 0.25}
-        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
         base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base)
+        _wait_healthy(Server(base))
         yield base
     finally:
-        serve.delete(APP_NAME)
+        serve.delete(name)
         serve.shutdown()
 
 
-def _wait_healthy(base: str) -> None:
+def _wait_healthy(server: Server) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
-            if call(base, "GET", "/healthz", timeout=5)[0] == 200:
+            if call(server, "GET", "/healthz", timeout=5)[0] == 200:
                 return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"serve app not healthy at {base} after {START_TIMEOUT_S}s")
+            raise TimeoutError(f"serve app not healthy at {server.base} after {START_TIMEOUT_S}s")
         time.sleep(0.5)
 
 
-def call(base: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+def call(server: Server, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
          content_type: str | None = None, timeout: float = 60, headers: dict[str, str] | None = None,
-         ) -> tuple[int, Any, bytes]:
+         auth: bool = True) -> tuple[int, Any, bytes]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    headers = {**({"Content-Type": content_type or "application/json"} if data is not None else {}), **(headers or {})}
-    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    bearer = {"Authorization": f"Bearer {server.token}"} if auth and server.token else {}
+    headers = {**({"Content-Type": content_type or "application/json"} if data is not None else {}), **bearer,
+               **(headers or {})}
+    req = urllib.request.Request(server.base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.headers, resp.read()  # headers: case-insensitive
@@ -105,8 +130,8 @@ def call(base: str, method: str, path: str, body: Any = None, *, raw: bytes | No
             return err.code, err.headers, err.read()
 
 
-def call_json(base: str, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, dict[str, Any]]:
-    status, headers, data = call(base, method, path, body, **kw)
+def call_json(server: Server, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, dict[str, Any]]:
+    status, headers, data = call(server, method, path, body, **kw)
     payload = json.loads(data)
     if status >= 400:
         assert payload["request_id"] == headers["X-Request-ID"], payload
@@ -125,23 +150,24 @@ def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[by
 
 
 # -- tests ---------------------------------------------------------------------------------------
-def test_healthz_docs_and_openapi(server: str) -> None:
-    status, headers, body = call(server, "GET", "/healthz")
+def test_healthz_docs_and_openapi(server: Server) -> None:
+    """Open without a token: probes send none, and the API docs say how to get one."""
+    status, headers, body = call(server, "GET", "/healthz", auth=False)
     assert status == 200 and json.loads(body)["status"] == "ok" and headers.get_all("X-Request-ID") == [headers["X-Request-ID"]]
-    status, _, body = call(server, "GET", "/openapi.json")
+    status, _, body = call(server, "GET", "/openapi.json", auth=False)
     paths = json.loads(body)["paths"]
     assert status == 200 and {"/v1/analyze", "/v1/triage", "/v1/results/{result_id}", "/healthz", "/metrics"} <= set(paths)
     assert "multipart/form-data" in paths["/v1/analyze"]["post"]["requestBody"]["content"]
-    status, _, body = call(server, "GET", "/docs")
+    status, _, body = call(server, "GET", "/docs", auth=False)
     assert status == 200 and b"swagger" in body.lower()
 
 
-def test_errors_carry_the_callers_request_id(server: str) -> None:
+def test_errors_carry_the_callers_request_id(server: Server) -> None:
     status, reply = call_json(server, "GET", f"/v1/results/{uuid.uuid4().hex}", headers={"X-Request-ID": "trace-42"})
     assert status == 404 and reply["request_id"] == "trace-42"
 
 
-def test_analyze_by_name_then_fetch_the_stored_report(server: str, lab: dict[str, Path]) -> None:
+def test_analyze_by_name_then_fetch_the_stored_report(server: Server, lab: dict[str, Path]) -> None:
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "incidents/inc0"})
     assert status == 200, reply
     assert reply["status"] == "done" and re.fullmatch(r"[0-9a-f]{32}", reply["id"])
@@ -159,14 +185,14 @@ def test_analyze_by_name_then_fetch_the_stored_report(server: str, lab: dict[str
 
 
 @pytest.mark.parametrize("result_id", [uuid.uuid4().hex, "not-an-id", "A" * 32, "..%2F..%2Fetc%2Fpasswd"])
-def test_unknown_or_malformed_result_id_is_404(server: str, result_id: str) -> None:
+def test_unknown_or_malformed_result_id_is_404(server: Server, result_id: str) -> None:
     status, reply = call_json(server, "GET", f"/v1/results/{result_id}")
     assert status == 404 and reply["error"]["type"] in ("ResultNotFoundError", "HTTPError")  # the last: no route
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "escape", "incidents/../../outside/secret",
                                   "incidents/..", "C:/Windows", "a\\..\\b", "inc\x00"])
-def test_names_that_leave_bundle_dir_are_refused(server: str, lab: dict[str, Path], name: str) -> None:
+def test_names_that_leave_bundle_dir_are_refused(server: Server, lab: dict[str, Path], name: str) -> None:
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": name})
     assert status == 400, reply
     assert reply["error"]["type"] == "BundleError" and "bundle name" in reply["error"]["message"]
@@ -174,12 +200,12 @@ def test_names_that_leave_bundle_dir_are_refused(server: str, lab: dict[str, Pat
                                                           for p in lab["results"].glob("*.json"))
 
 
-def test_baseline_names_are_confined_too(server: str) -> None:
+def test_baseline_names_are_confined_too(server: Server) -> None:
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "incidents/inc0", "baseline": "../outside"})
     assert status == 400 and "'..' is not allowed" in reply["error"]["message"]
 
 
-def test_missing_bundle_is_404_and_corrupt_bundle_is_400_naming_the_file(server: str) -> None:
+def test_missing_bundle_is_404_and_corrupt_bundle_is_400_naming_the_file(server: Server) -> None:
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "incidents/nope"})
     assert status == 404 and "incidents/nope" in reply["error"]["message"]
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "bad/broken"})
@@ -187,7 +213,7 @@ def test_missing_bundle_is_404_and_corrupt_bundle_is_400_naming_the_file(server:
     assert "activations.arrow" in reply["error"]["message"] and "broken" in reply["error"]["message"]
 
 
-def test_bad_requests_get_clear_4xx(server: str) -> None:
+def test_bad_requests_get_clear_4xx(server: Server) -> None:
     status, reply = call_json(server, "POST", "/v1/analyze", raw=b"{not json")
     assert status == 422 and reply["error"]["type"] == "ValidationError"
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "incidents/inc0", "extra": 1})
@@ -198,7 +224,22 @@ def test_bad_requests_get_clear_4xx(server: str) -> None:
     assert status == 400
 
 
-def test_triage_ranks_a_directory(server: str) -> None:
+def test_directories_with_a_symlink_out_are_refused(server: Server, lab: dict[str, Path]) -> None:
+    """bundle_dir holds ``escape`` (a symlink to a bundle outside): triage of it, or a baseline directory
+    holding such a link, would load the bundle behind it, so both are refused."""
+    status, reply = call_json(server, "POST", "/v1/triage", {"directory": "."})
+    assert status == 400 and "'escape' resolves outside bundle_dir" in reply["error"]["message"], reply
+    mixed = lab["root"] / "mixed"
+    mixed.mkdir()
+    try:
+        (mixed / "b0").symlink_to(lab["top"] / "outside" / "secret", target_is_directory=True)
+        status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "incidents/inc0", "baseline": "mixed"})
+        assert status == 400 and "'b0' resolves outside bundle_dir" in reply["error"]["message"], reply
+    finally:
+        shutil.rmtree(mixed)
+
+
+def test_triage_ranks_a_directory(server: Server) -> None:
     status, reply = call_json(server, "POST", "/v1/triage", {"directory": "incidents"})
     assert status == 200, reply
     rows = reply["bundles"]
@@ -207,7 +248,7 @@ def test_triage_ranks_a_directory(server: str) -> None:
     assert scores == sorted(scores, reverse=True) and all(r["top_module"] for r in rows)
 
 
-def test_upload_a_tar_archive_and_analyse_it(server: str, lab: dict[str, Path]) -> None:
+def test_upload_a_tar_archive_and_analyse_it(server: Server, lab: dict[str, Path]) -> None:
     body, kind = multipart({"baseline": "benign"}, "inc0.tar", lab["archive"].read_bytes())
     status, reply = call_json(server, "POST", "/v1/analyze", raw=body, content_type=kind)
     assert status == 200, reply
@@ -221,7 +262,7 @@ def test_upload_a_tar_archive_and_analyse_it(server: str, lab: dict[str, Path]) 
     ("junk.tar", b"\x00" * 2048, 400, "manifest.json"),
     ("junk.tar", b"this is not a tar archive at all" * 40, 400, "junk.tar"),
 ])
-def test_bad_uploads_are_refused_and_not_kept(server: str, lab: dict[str, Path], filename: str, content: bytes,
+def test_bad_uploads_are_refused_and_not_kept(server: Server, lab: dict[str, Path], filename: str, content: bytes,
                                               status: int, needle: str) -> None:
     before = set((lab["root"] / "uploads").glob("*")) if (lab["root"] / "uploads").exists() else set()
     body, kind = multipart({}, filename, content)
@@ -231,7 +272,7 @@ def test_bad_uploads_are_refused_and_not_kept(server: str, lab: dict[str, Path],
     assert after == before
 
 
-def test_overload_answers_503_at_once_and_the_server_stays_up(server: str) -> None:
+def test_overload_answers_503_at_once_and_the_server_stays_up(server: Server) -> None:
     """max_ongoing_requests=1 + max_queued_requests=1 on the Analyzer: of 8 concurrent analyses some get 503."""
     statuses: list[int] = []
     bodies: list[dict[str, Any]] = []
@@ -258,7 +299,7 @@ def test_overload_answers_503_at_once_and_the_server_stays_up(server: str) -> No
     assert call(server, "GET", "/healthz")[0] == 200
 
 
-def test_metrics_text_names_the_metrics(server: str) -> None:
+def test_metrics_text_names_the_metrics(server: Server) -> None:
     call(server, "GET", "/healthz")
     status, headers, body = call(server, "GET", "/metrics")
     text = body.decode()
@@ -299,6 +340,25 @@ def test_save_upload_is_size_bounded_and_leaves_nothing_behind(lab: dict[str, Pa
     assert re.fullmatch(r"uploads/[0-9a-f]{32}\.tar", name) and (root / name).is_file()
 
 
+def test_a_zstd_bomb_is_refused_on_its_headers(tmp_path: Path) -> None:
+    """A few KB that declare 20 MB: refused before extraction (which checks its total only after each member)."""
+    import pyarrow as pa
+
+    from forensics.errors import BundleError
+    from forensics.service import save_upload
+
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out, tarfile.open(fileobj=out, mode="w|") as tar:
+        info = tarfile.TarInfo("inc0/activations.arrow")
+        info.size = 20_000_000
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    bomb = sink.getvalue().to_pybytes()
+    assert len(bomb) < 64 * 1024
+    with pytest.raises(BundleError, match=r"declare more than 262144 bytes once extracted"):
+        save_upload(tmp_path, io.BytesIO(bomb), "inc0.tar.zst", max_bytes=64 * 1024)
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
 def test_cli_args_become_absolute_validated_app_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
@@ -306,10 +366,13 @@ def test_cli_args_become_absolute_validated_app_args(tmp_path: Path, monkeypatch
     from forensics.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODEL_FORENSICS_TOKENS_FILE", "t.json")
+    TokenStore(tmp_path / "t.json").add("ops", "admin")
     parser = argparse.ArgumentParser()
     serve_cmd.configure(parser)
     args = serve_cmd.app_args_from(parser.parse_args(["--bundle-dir", "b", "--output-dir", "r"]))
     assert args["bundle_dir"] == str(tmp_path / "b") and (tmp_path / "b").is_dir() and (tmp_path / "r").is_dir()
+    assert args["tokens_file"] == str(tmp_path / "t.json")
     assert parser.parse_args([]).host == "127.0.0.1"
     (tmp_path / "app.yaml").write_text("max_queued_requests: -1\n")
     with pytest.raises(ConfigError, match="max_queued_requests"):

@@ -1,13 +1,19 @@
-"""`serve`: the HTTP API as a Ray Serve app on a local Ray (or a cluster at --address); blocks until Ctrl-C."""
+"""`serve`: the HTTP API as a Ray Serve app on a local Ray (or a cluster at --address); blocks until Ctrl-C.
+
+Refuses to start without an authentication source (API tokens or OAuth2 JWTs, see docs/config.md)
+unless the config says ``authentication.type: none``, which it then warns about on every start.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from forensics.commands.common import add_config_arg
+from forensics.config import Config
 from forensics.errors import ConfigError
 
 NAME = "serve"
@@ -25,6 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where <result id>.json reports go (default: config output_dir)")
     p.add_argument("--baseline", help="default baseline: benign bundle dir under bundle_dir, or a .json")
     p.add_argument("--app-args", help="YAML/JSON file of Serve app args (replicas, queue limits, autoscaling, ...)")
+    p.add_argument("--tokens-file", help="API tokens file (default: config authentication.tokens_file, "
+                   "$MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json if it exists)")
     add_config_arg(p)
 
 
@@ -39,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         print(f"model-forensics API starting on http://{args.host}:{args.port}/ (docs: /docs; Ctrl-C stops)", flush=True)
+        print(_describe_security(app_args), flush=True)
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
     except KeyboardInterrupt:
         pass
@@ -51,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
     """Builder args with every path absolute (replicas may not share our working directory).
 
-    Config errors surface here, before Ray starts, as one CLI line.
+    Config errors surface here, before Ray starts, as one CLI line, and so does a missing auth source.
     """
     from forensics.ops.env import config_from_env
 
@@ -66,6 +75,7 @@ def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
     baseline = args.baseline or values.get("baseline")
     if baseline is not None:
         values["baseline"] = str(baseline)
+    _resolve_security(values, config, args.tokens_file)
     parsed = _validated(values)
     for key in ("bundle_dir", "output_dir"):
         try:
@@ -73,6 +83,36 @@ def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:
             raise ConfigError(f"{key} {parsed[key]!r}: cannot create the directory ({exc.strerror})") from None
     return parsed
+
+
+def _resolve_security(values: dict[str, Any], config: Config, tokens_file: str | None) -> None:
+    """Set ``tokens_file`` and ``audit_log`` to the absolute paths the replicas will use (the CLI's HOME
+    and environment decide, not theirs); ConfigError when there is no auth source or no writable log."""
+    from serve_app.settings import audit_log_path
+
+    audit_log = audit_log_path(values.get("audit_log") or config.audit_log)
+    values["audit_log"] = None if audit_log is None else str(audit_log)
+    setup = _auth_setup(config, tokens_file or values.get("tokens_file"))
+    values["tokens_file"] = None if setup.tokens_file is None else str(setup.tokens_file)
+    if setup.kind == "none":
+        from serve_app.security import NONE_WARNING
+
+        print(f"WARNING: {NONE_WARNING}", file=sys.stderr, flush=True)
+
+
+def _describe_security(app_args: dict[str, Any]) -> str:
+    from forensics.ops.env import config_from_env
+
+    setup = _auth_setup(config_from_env(app_args["config_path"], os.environ), app_args["tokens_file"])
+    return f"authentication: {setup.describe()}; audit log: {app_args['audit_log'] or 'off'}"
+
+
+def _auth_setup(config: Config, tokens_file: str | None) -> Any:  # serve_app.security.AuthSetup
+    from forensics.ops.auth import DEFAULT_TOKENS_FILE
+    from serve_app.security import AuthSetup
+
+    return AuthSetup.resolve(config.authentication, tokens_file=_abs(tokens_file),
+                             default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser())
 
 
 def _load_app_args(path: str) -> dict[str, Any]:

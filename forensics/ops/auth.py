@@ -6,7 +6,8 @@
     principal.require("run_analysis")               # AuthError(status=403) when the role lacks it
 
 Roles follow the deployment guide: viewer -> view_results; analyst -> read_bundles, run_analysis,
-view_results; admin -> all. No credentials -> status 401; wrong role -> status 403.
+view_results; admin -> all. No or bad credentials -> status 401; wrong role or missing scope -> 403.
+A token file is read on every lookup, so ``tokens revoke`` takes effect at once, without a restart.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 from forensics.errors import AuthError, ConfigError
 
-__all__ = ["PERMISSIONS", "ROLES", "Authenticator", "OIDCConfig", "Principal", "TokenStore", "hash_token"]
+__all__ = ["DEFAULT_TOKENS_FILE", "PERMISSIONS", "ROLES", "AuthFailure", "Authenticator", "OIDCConfig", "Principal",
+           "TokenStore", "hash_token", "read_jwks"]
 
 PERMISSIONS = ("read_bundles", "run_analysis", "view_results", "admin")
 ROLES: dict[str, frozenset[str]] = {
@@ -34,14 +36,18 @@ ROLES: dict[str, frozenset[str]] = {
     "admin": frozenset(PERMISSIONS),
 }
 TOKEN_SCHEMA = "model-forensics/tokens@1"
+DEFAULT_TOKENS_FILE = "~/.config/model-forensics/tokens.json"  # `tokens add` writes here unless told otherwise
 
 
 class AuthFailure(AuthError):
-    """An AuthError carrying the HTTP status it maps to (401 unauthenticated, 403 forbidden)."""
+    """An AuthError carrying the HTTP status it maps to (401 unauthenticated, 403 forbidden).
 
-    def __init__(self, message: str, status: int) -> None:
+    ``principal``/``role``: who was refused, when known (a 403), for the audit log.
+    """
+
+    def __init__(self, message: str, status: int, *, principal: str | None = None, role: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.principal, self.role = status, principal, role
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,8 @@ class Principal:
 
     def require(self, permission: str) -> None:
         if permission not in self.permissions and "admin" not in self.permissions:
-            raise AuthFailure(f"principal {self.name!r} (role {self.role}) lacks permission {permission!r}", 403)
+            raise AuthFailure(f"principal {self.name!r} (role {self.role}) lacks permission {permission!r}", 403,
+                              principal=self.name, role=self.role)
 
 
 def hash_token(token: str) -> str:
@@ -91,7 +98,7 @@ class TokenStore:
         os.replace(tmp, self.path)
 
     def add(self, name: str, role: str) -> str:
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise ConfigError(f"role {role!r} not allowed; use one of {', '.join(ROLES)}")
         tokens = self._load()
         if any(t["name"] == name for t in tokens):
@@ -121,15 +128,40 @@ class TokenStore:
 
 @dataclass(frozen=True)
 class OIDCConfig:
-    """Bearer JWTs signed by a key in a local JWKS file (no network): issuer, audience, scope."""
+    """Bearer JWTs signed by a key in a local JWKS file (no network): issuer, audience, every scope in ``scopes``.
+
+    ``default_role``: the role of a JWT without ``role_claim`` (None: such a JWT is refused with 403).
+    """
 
     jwks_path: str
     issuer: str
     audience: str
-    scope: str = "model_forensics:analyze"
+    scopes: tuple[str, ...] = ("model_forensics:analyze",)
     role_claim: str = "role"
-    default_role: str = "analyst"
+    default_role: str | None = "analyst"
     algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+
+def read_jwks(path: str) -> Any:
+    """The ``jwt.PyJWKSet`` in JWKS file ``path``; ``ConfigError`` naming the file when it is unusable."""
+    import jwt
+
+    try:
+        return jwt.PyJWKSet.from_json(Path(path).read_text())
+    except (OSError, ValueError, jwt.PyJWTError) as exc:
+        raise ConfigError(f"JWKS file {path}: unusable ({exc})") from None
+
+
+def _scopes(claims: Mapping[str, Any]) -> set[str]:
+    """Granted scopes: OAuth2 ``scope`` (space-separated) and Okta's ``scp`` (a list), either form."""
+    granted: set[str] = set()
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            granted.update(value.split())
+        elif isinstance(value, list):
+            granted.update(v for v in value if isinstance(v, str))
+    return granted
 
 
 @dataclass
@@ -161,27 +193,31 @@ class Authenticator:
         try:
             key = self._signing_key(credential, oidc)
             claims: Mapping[str, Any] = jwt.decode(credential, key=key, algorithms=list(oidc.algorithms),
-                                                   audience=oidc.audience, issuer=oidc.issuer)
-        except jwt.PyJWTError as exc:
-            raise AuthFailure(f"invalid bearer JWT: {exc}", 401) from exc
-        scopes = str(claims.get("scope", "")).split()
-        if oidc.scope not in scopes:
-            raise AuthFailure(f"bearer JWT lacks scope {oidc.scope!r}", 403)
-        role = str(claims.get(oidc.role_claim, oidc.default_role))
-        if role not in ROLES:
-            raise AuthFailure(f"bearer JWT names unknown role {role!r}", 403)
-        return Principal(str(claims.get("sub", "unknown")), role, "oidc")
+                                                   audience=oidc.audience, issuer=oidc.issuer,
+                                                   options={"require": ["exp"]})
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:  # a hostile token may trip the parsers anywhere
+            raise AuthFailure(f"invalid bearer JWT: {exc}", 401) from None
+        subject = str(claims.get("sub", "unknown"))
+        missing = [s for s in oidc.scopes if s not in _scopes(claims)]
+        if missing:
+            raise AuthFailure(f"bearer JWT lacks scope {' '.join(missing)!r}", 403, principal=subject)
+        role = claims.get(oidc.role_claim, oidc.default_role)
+        if role is None:
+            raise AuthFailure(f"bearer JWT has no {oidc.role_claim!r} claim", 403, principal=subject)
+        if not isinstance(role, str) or role not in ROLES:
+            raise AuthFailure(f"bearer JWT names unknown role {str(role)[:40]!r}", 403, principal=subject)
+        return Principal(subject, str(role), "oidc")
 
     def _signing_key(self, credential: str, oidc: OIDCConfig) -> Any:
         import jwt
 
         if self._jwks is None:
             try:
-                self._jwks = jwt.PyJWKSet.from_json(Path(oidc.jwks_path).read_text())
-            except (OSError, jwt.PyJWTError) as exc:
-                raise AuthFailure(f"JWKS file {oidc.jwks_path} unusable: {exc}", 401) from exc
+                self._jwks = read_jwks(oidc.jwks_path)
+            except ConfigError as exc:
+                raise AuthFailure(str(exc), 401) from None
         kid = jwt.get_unverified_header(credential).get("kid")
         for key in self._jwks.keys:
             if kid is None or key.key_id == kid:
                 return key.key
-        raise AuthFailure(f"no JWKS key with kid {kid!r}", 401)
+        raise AuthFailure(f"no JWKS key with kid {str(kid)[:40]!r}", 401)

@@ -64,6 +64,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "STREAMING_ENABLED": ("streaming_enabled", parse_bool, BOOL_ALLOWED),
     "MAX_MEMORY": ("max_memory", parse_size, SIZE_ALLOWED),
     "AUDIT_LOG": ("audit_log", _text, "a file path"),
+    "TOKENS_FILE": ("authentication.tokens_file", _text, "a file path"),  # also where `tokens add` writes
 }
 
 
