@@ -1,6 +1,9 @@
 # model-forensics server image (deployment guide, "Docker Deployment").
 #   docker build -t model-forensics .
+#   docker run --rm -v /host/data:/data model-forensics model-forensics tokens add ops --role analyst
 #   docker run -v /host/data:/data -p 8000:8000 model-forensics
+# The server refuses to start without authentication: the tokens file lives on the /data volume
+# (MODEL_FORENSICS_TOKENS_FILE), or mount a config with an `authentication` section.
 FROM python:3.11-slim
 
 WORKDIR /app
@@ -19,6 +22,7 @@ RUN mkdir -p /data/bundles /data/results /data/cache \
 ENV MODEL_FORENSICS_BUNDLE_DIR="/data/bundles" \
     MODEL_FORENSICS_OUTPUT_DIR="/data/results" \
     MODEL_FORENSICS_CACHE_DIR="/data/cache" \
+    MODEL_FORENSICS_TOKENS_FILE="/data/tokens.json" \
     HF_HUB_OFFLINE=1
 
 USER modelforensics
