@@ -8,6 +8,7 @@ import json
 import pickle
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -462,3 +463,17 @@ def test_archive_without_manifest(tmp_path: Path) -> None:
     (tmp_path / "empty.tar").write_bytes(buffer.getvalue())
     with pytest.raises(BundleError, match="bundle empty: manifest.json: missing"):
         load_bundle(tmp_path / "empty.tar")
+
+
+def test_zstd_bomb_is_refused_before_it_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few KB of zstd declaring a 64 MB member: refused on its tar header, nothing extracted."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    archive = hostile_tar(tmp_path, lambda t: add_bytes(t, "pad", b"\0" * (64 << 20)), zstd=True)
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(BundleError, match=r"evil.tar.zst: .*size limit of 1000000 bytes \(member .*pad"):
+        load_bundle(archive, max_archive_bytes=1_000_000)
+    written = sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file())
+    assert written < 1_000_000

@@ -60,9 +60,10 @@ def extract_archive(site: Site, raw: Any, archive: str, dest: str, max_bytes: in
             for count, member in enumerate(tar, start=1):
                 if count > MAX_MEMBERS:
                     raise site.error(file, f"more than {MAX_MEMBERS} members")
+                if total + max(0, int(member.size)) > max_bytes:  # from the header, before a byte is written
+                    raise site.error(file, f"members exceed the size limit of {max_bytes} bytes"
+                                           f" (member {member.name!r} declares {member.size} bytes)")
                 total += _extract_member(site, file, tar, member, dest)
-                if total > max_bytes:
-                    raise site.error(file, f"members exceed the size limit of {max_bytes} bytes")
 
 
 def _extract_member(site: Site, file: str, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> int:
