@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import tempfile
+import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ from forensics.errors import (
     ModelError,
     ReplayError,
 )
+from forensics.ops.stats import index_result
 
 if TYPE_CHECKING:
     from forensics.config import Config
@@ -37,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",
     "RESULT_ID_PATTERN",
     "UPLOADS_DIR",
+    "AnalysisTimeoutError",
     "BundleNotFoundError",
     "ResultNotFoundError",
     "UploadTooLargeError",
@@ -72,6 +76,10 @@ class BundleNotFoundError(BundleError, LookupError):
 
 class UploadTooLargeError(BundleError):
     """An uploaded archive is larger than the configured limit."""
+
+
+class AnalysisTimeoutError(ForensicsError, TimeoutError):
+    """An analysis ran past ``timeout_minutes``."""
 
 
 class ResultNotFoundError(ForensicsError, LookupError):
@@ -240,12 +248,14 @@ def check_result_id(result_id: str) -> str:
 def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
                  bundle: str, baseline: str | os.PathLike[str] | None = None, result_id: str | None = None,
                  encryption_key: bytes | None = None, allowed_models: Collection[str] | None = None,
-                 ) -> dict[str, Any]:
+                 timeout_s: float | None = None) -> dict[str, Any]:
     """Analyse bundle ``bundle`` (a name under ``bundle_dir``); store the report as ``output_dir/<id>.json``.
 
     ``baseline`` is a path the caller already confined (see ``resolve_baseline``) or configured.
     ``allowed_models``: the model references a bundle may name (a bundle's manifest chooses which
-    model gets loaded; None allows any). Returns ``{"id", "bundle", "report"}``.
+    model gets loaded; None allows any). ``timeout_s`` (config ``timeout_minutes``) stops the search
+    between candidate batches once exceeded (``AnalysisTimeoutError``, 504). The report is indexed for
+    ``stats`` in ``output_dir``. Returns ``{"id", "bundle", "report"}``.
     """
     from forensics.bundle import load_bundle
 
@@ -256,10 +266,35 @@ def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], o
     if allowed_models is not None and ref not in allowed_models:
         raise BundleError(f"bundle {bundle}: manifest.json names model {ref!r}, which this service does not allow "
                           f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})")
-    result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
+    with _deadline(pipeline, timeout_s, bundle):
+        result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
     target = _results_root(output_dir) / f"{result_id}.json"
     result.export(target)
-    return {"id": result_id, "bundle": bundle, "report": result.to_dict()}
+    report = result.to_dict()
+    index_result(_results_root(output_dir), report, target)
+    return {"id": result_id, "bundle": bundle, "report": report}
+
+
+@contextmanager
+def _deadline(pipeline: RCAPipeline, timeout_s: float | None, bundle: str) -> Iterator[None]:
+    """Make the pipeline's progress callback raise once ``timeout_s`` has passed (restored after)."""
+    if timeout_s is None:
+        yield
+        return
+    end, before = time.monotonic() + timeout_s, pipeline.progress
+
+    def check(phase: str, n: int, total: int | None) -> None:
+        if before is not None:
+            before(phase, n, total)
+        if time.monotonic() > end:
+            raise AnalysisTimeoutError(f"analysis of {bundle!r} exceeded the time limit of {timeout_s:g} s "
+                                       "(config timeout_minutes)")
+
+    pipeline.progress = check
+    try:
+        yield
+    finally:
+        pipeline.progress = before
 
 
 def read_result(output_dir: str | os.PathLike[str], result_id: str) -> dict[str, Any]:
@@ -323,6 +358,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (BundleNotFoundError, 404),
     (ResultNotFoundError, 404),
     (UploadTooLargeError, 413),
+    (AnalysisTimeoutError, 504),
     (BundleError, 400),
     (ConfigError, 422),
     (ModelError, 422),

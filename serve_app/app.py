@@ -72,7 +72,8 @@ class Analyzer:
         s = self.settings
         return service.run_analysis(self.pipeline, bundle_dir=s.bundle_dir, output_dir=s.output_dir, bundle=bundle,
                                     baseline=self._baseline(baseline), result_id=result_id,
-                                    encryption_key=s.encryption_key, allowed_models=s.allowed_models)
+                                    encryption_key=s.encryption_key, allowed_models=s.allowed_models,
+                                    timeout_s=s.config.timeout_minutes * 60.0)
 
     def _triage(self, directory: str, baseline: str | None) -> list[dict[str, Any]]:
         s = self.settings

@@ -40,6 +40,7 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    log_file: str | None = Field(default=None, description="service log file; default: config log_file; relative paths are under output_dir")
     config_path: str | None = Field(default=None, description="YAML config; default MODEL_FORENSICS_CONFIG, else built-ins")
     bundle_dir: str | None = Field(default=None, description="root of every bundle name; default: config bundle_dir")
     output_dir: str | None = Field(default=None, description="where <result id>.json reports go; default: config output_dir")
@@ -95,10 +96,13 @@ class Settings:
     @classmethod
     def load(cls, args: AppArgs) -> Settings:
         from forensics.ops.env import config_from_env, encryption_key_from_env
+        from forensics.ops.logs import configure_logging
 
         config = config_from_env(args.config_path, os.environ)
         bundle_dir = Path(args.bundle_dir or config.bundle_dir).resolve()
         output_dir = Path(args.output_dir or config.output_dir).resolve()
+        log_file = args.log_file or config.log_file
+        configure_logging(config.log_level, None if log_file is None else output_dir / log_file)  # absolute stays
         if not bundle_dir.is_dir():
             raise ConfigError(f"bundle_dir {str(bundle_dir)!r}: not a directory")
         output_dir.mkdir(parents=True, exist_ok=True)

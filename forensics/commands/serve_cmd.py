@@ -72,6 +72,8 @@ def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
     values["config_path"] = _abs(config_path)
     values["bundle_dir"] = _abs(args.bundle_dir or values.get("bundle_dir") or config.bundle_dir)
     values["output_dir"] = _abs(args.output_dir or values.get("output_dir") or config.output_dir)
+    log_file = values.get("log_file") or config.log_file
+    values["log_file"] = None if log_file is None else _abs(log_file)  # replicas run in Ray's directories
     baseline = args.baseline or values.get("baseline")
     if baseline is not None:
         values["baseline"] = str(baseline)
