@@ -11,7 +11,9 @@ HELP = "manage API tokens (add prints the token once; only its hash is stored)"
 
 
 def default_tokens_file() -> str:
-    return os.environ.get("MODEL_FORENSICS_TOKENS_FILE", os.path.expanduser("~/.config/model-forensics/tokens.json"))
+    from forensics.ops.auth import DEFAULT_TOKENS_FILE
+
+    return os.environ.get("MODEL_FORENSICS_TOKENS_FILE", "").strip() or os.path.expanduser(DEFAULT_TOKENS_FILE)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
