@@ -8,7 +8,10 @@ clean run ("Canberra is the capital of Australia. The capital of Australia is") 
 ("The capital of Australia is" -> " Sydney"); metric = logit(" Canberra") - logit(" Sydney") at the
 decision step. 30 layers x 2 = 60 patched forward passes' worth of work, done three ways:
 
-- ours: ``Replayer.logits(sets)`` on recorded bundles (batched, prefix reuse); recording is untimed.
+- ours: ``Replayer.logits(sets)`` on recorded bundles; recording is untimed. Batched; each row starts
+  at its patched layer from the recorded residual (prefix reuse); the "last" patches run only the last
+  position against the incident's own keys and values for the earlier ones (suffix reuse). Ablations
+  switch these off one by one, down to one plain forward per patch as the peers do.
 - TransformerLens 4.x as its users do it: ``TransformerBridge.boot_transformers`` (4.0 removed
   ``HookedTransformer``; the bridge's default mode keeps raw HF weights, as ``no_processing`` did),
   ``run_with_cache`` on the clean prompt, then one ``run_with_hooks`` per patch on
@@ -108,13 +111,14 @@ def our_sets(lab: Lab) -> list[tuple[Any, ...]]:
             for layer in range(lab.layers) for pos in POSITIONS]
 
 
-def ours(lab: Lab, *, prefix_reuse: bool = True, batch_size: int = 32) -> Engine:
-    """One Replayer, kept across rounds (the warm-up round also lets it learn the layer output type)."""
+def ours(lab: Lab, *, prefix_reuse: bool = True, suffix_reuse: bool = True, batch_size: int = 32) -> Engine:
+    """One Replayer, kept across rounds (the warm-up round lets it learn the layer output type and the
+    incident's keys and values; ``ours_first_call`` times that too)."""
     from forensics.replay.replayer import Replayer
 
     sets = our_sets(lab)
     rp = Replayer(lab.incident, loaded=lab.loaded, counterfactuals=[lab.clean],
-                  prefix_reuse=prefix_reuse, batch_size=batch_size)
+                  prefix_reuse=prefix_reuse, suffix_reuse=suffix_reuse, batch_size=batch_size)
     return Engine(lambda: lab.metric(rp.logits(sets)))
 
 
@@ -244,9 +248,10 @@ def main() -> None:
               f"{lab.inc_ids.shape[1]} tokens, clean {lab.clean_ids.shape[1]} tokens; metric = "
               f"logit({TARGET!r}) - logit({OBSERVED!r})")
         peers = {"TransformerLens": tl_sweep(lab), "nnsight": nnsight_sweep(lab)}
-        ablations = {"ours, no prefix reuse": ours(lab, prefix_reuse=False),
-                     "ours, batch_size=1": ours(lab, batch_size=1),
-                     "ours, no prefix reuse, batch_size=1": ours(lab, prefix_reuse=False, batch_size=1),
+        ablations = {"ours, no suffix reuse": ours(lab, suffix_reuse=False),
+                     "ours, no prefix/suffix reuse": ours(lab, prefix_reuse=False, suffix_reuse=False),
+                     "ours, no reuse, batch_size=1": ours(lab, prefix_reuse=False, suffix_reuse=False,
+                                                          batch_size=1),
                      "ours, fresh Replayer, 1st call": ours_first_call(lab)}
         engines = {"ours": ours(lab), **ablations, **peers}
         times, metrics = timed_rounds(engines, max(3, args.repeats))
@@ -268,7 +273,8 @@ def report(lab: Lab, times: dict[str, list[float]], metrics: dict[str, torch.Ten
         print(f"{name:38s} {med:9.3f} {min(times[name]):7.3f} {med / medians['ours']:7.2f}x   {runs}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     bad = {name: diff for name, diff in worst.items() if diff > TOLERANCE}
-    assert not bad, f"engines disagree beyond {TOLERANCE}: {bad}"
+    if bad:
+        raise SystemExit(f"engines disagree beyond {TOLERANCE}: {bad}")
     speedup = medians[fastest_peer] / medians["ours"]
     verdict = "PASS" if speedup >= GOAL else ("MISS (goal 10x; above the 5x floor)" if speedup >= FLOOR
                                                else "MISS (below the 5x floor: issue 4 not done)")

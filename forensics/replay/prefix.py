@@ -9,12 +9,17 @@ Layers below l get a stub ``forward`` (an instance attribute, removed in ``final
 recorded output of layer l-1, expanded to the batch. Everything else — embeddings, masks, rotary
 tables — is computed by the model itself, so this works for any family whose decoder layers form a
 ``ModuleList`` called in order. Where that is not known, it falls back to a full forward and says why.
+
+``growing`` goes further for a batch whose rows start at different layers: the model is fed ONE row
+(so masks and rotary tables have batch 1 and broadcast), and each row joins the batch at its own first
+layer, appended after the output of the layer before. Every row then runs exactly the layers it needs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from forensics.errors import ModelError
-from forensics.hooks import HookSet
+from forensics.errors import ModelError, ReplayError
+from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for
 from forensics.replay.interventions import InterventionSet
 
@@ -56,6 +61,17 @@ class PrefixReuse:
                 return idx
         return 0
 
+    def inside(self, module: str) -> bool:
+        """Whether ``module`` is a decoder layer or part of one."""
+        parts = module.split(".")
+        return any(".".join(parts[:cut]) in self.index for cut in range(len(parts), 0, -1))
+
+    def can_grow(self, sets: Sequence[InterventionSet]) -> bool:
+        """Whether ``growing`` applies: reuse is on and every module is inside a decoder layer (a hook on
+        the embeddings or the final norm would see a batch of a different size than its plan)."""
+        return (not self.reason and self.tuple_output is not None
+                and all(self.inside(iv.module) for ivs in sets for iv in ivs))
+
     def start(self, ivs: InterventionSet) -> int:
         """First layer that must run for ``ivs`` (the last layer + 1 for the empty set)."""
         if self.reason or self.tuple_output is None:
@@ -66,7 +82,9 @@ class PrefixReuse:
         return start
 
     @contextmanager
-    def skipping(self, layer: int, rows: int, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    def skipping(self, layer: int, rows: int, device: torch.device, dtype: torch.dtype,
+                 offset: int = 0) -> Iterator[None]:
+        """Layers below ``layer`` return the recorded residual (positions ``offset``.., ``rows`` rows)."""
         if self.tuple_output is None and self.layers and not self.reason:
             with HookSet(self.model) as hooks:
                 hooks.forward(self.layers[0], self._detect)
@@ -75,7 +93,7 @@ class PrefixReuse:
         if layer <= 0 or self.reason:
             yield
             return
-        value = self._recorded(layer - 1, device, dtype).expand(rows, -1, -1)
+        value = self._recorded(layer - 1, device, dtype)[:, offset:].expand(rows, -1, -1)
         out: Any = (value,) if self.tuple_output else value
         stubbed = [self.model.get_submodule(name) for name in self.layers[:layer]]
         try:
@@ -85,6 +103,25 @@ class PrefixReuse:
         finally:
             for module in stubbed:
                 module.__dict__.pop("forward", None)
+
+    @contextmanager
+    def growing(self, starts: Sequence[int], device: torch.device, dtype: torch.dtype,
+                offset: int = 0) -> Iterator[None]:
+        """Row k joins the batch at layer ``starts[k]`` (ascending; feed the model one row). Rows starting
+        at the first start come from the stubs (or the embeddings, expanded before layer 0); later rows
+        are appended to the output of the layer before theirs, with that layer's recorded output."""
+        if list(starts) != sorted(starts) or not starts:
+            raise ReplayError(f"growing needs rows sorted by start layer, got {list(starts)}")
+        joins = Counter(starts)
+        first = starts[0]
+        with HookSet(self.model) as hooks, self.skipping(first, joins[first], device, dtype, offset):
+            if first == 0:
+                hooks.forward_pre(self.model.get_submodule(self.layers[0]), _expander(joins[0]))
+            for layer, rows in sorted(joins.items()):
+                if layer > first:
+                    value = self._recorded(layer - 1, device, dtype)[:, offset:].expand(rows, -1, -1)
+                    hooks.forward(self.layers[layer - 1], _appender(value))
+            yield
 
     def detect(self, input_ids: torch.Tensor) -> None:
         """Learn whether decoder layers return a tuple: run the embeddings and layer 0 on one token and
@@ -120,6 +157,26 @@ def _stub(value: Any) -> Any:
         return value
 
     return forward
+
+
+def _expander(rows: int) -> Any:
+    """Pre-hook on layer 0: the one-row embeddings, expanded to the rows that start there."""
+
+    def hook(module: nn.Module, args: Any, kwargs: Any) -> Any:
+        if args:
+            return (args[0].expand(rows, -1, -1), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].expand(rows, -1, -1)}
+
+    return hook
+
+
+def _appender(value: torch.Tensor) -> Any:
+    """Forward hook on layer l-1: the rows that start at layer l join, with their recorded input."""
+
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        return with_primary(output, torch.cat([primary(output), value]))
+
+    return hook
 
 
 class _Detected(Exception):

@@ -2,11 +2,16 @@
 
     rp = Replayer(load_bundle("bundles/australia"))
     rp.fidelity().faithful                              # replay matches the recording?
-    rp.evaluate([(Intervention("model.layers.10", "zero"),), ()])   # K sets, ONE forward pass
+    rp.evaluate([(Intervention("model.layers.10", "zero"),), ()])   # K sets, one batched forward pass
 
 One forward pass over prompt + generated[:step] gives the logits at the decision step. Every
 intervention counts how often its hook fired; a requested intervention that never fired is an
 error, not a result.
+
+A batched pass does only the work its sets need: each row joins at the first decoder layer it changes
+(prefix reuse, ``prefix.py``), and positions before the first one a chunk changes are not recomputed
+(suffix reuse, ``suffix.py``). Sets that change only late positions get their own pass where the saved
+work outweighs the cost of one more pass (``pass_cost``); on small models that never happens.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from forensics.replay.interventions import InterventionSet
 from forensics.replay.plan import Plan, compile_plan
 from forensics.replay.prefix import PrefixReuse
 from forensics.replay.sources import SourceBank
+from forensics.replay.suffix import SuffixReuse
 
 __all__ = ["Outcome", "Replayer"]
 
@@ -72,6 +78,7 @@ class Replayer:
         batch_size: int = 32,
         fidelity_tolerance: float = 1e-4,
         prefix_reuse: bool = True,
+        suffix_reuse: bool = True,
         max_memory: int | None = None,
     ) -> None:
         self.bundle = bundle
@@ -94,8 +101,11 @@ class Replayer:
         self.input_ids = torch.tensor([list(bundle.inputs["input_ids"]) + generated[: self.step]], device=self.device)
         self.forward_passes = 0
         self.layers_run = 0  # decoder layer x batch row executions (what prefix reuse saves)
+        self.positions_run = 0  # ... x positions (what suffix reuse saves as well)
         self.prefix = PrefixReuse(self.model, bundle, length=self.length, enabled=prefix_reuse)
         self.prefix.detect(self.input_ids)
+        self.suffix = SuffixReuse(self.model, self.input_ids, enabled=suffix_reuse)
+        self.pass_cost = pass_cost(self.model, self.prefix.layers)
         self.max_memory = max_memory
         self._widths: dict[str, int | None] = {}
         self._keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
@@ -108,9 +118,10 @@ class Replayer:
         return self.evaluate([tuple(interventions)])[0]
 
     def evaluate(self, sets: Sequence[InterventionSet]) -> list[Outcome]:
-        """Outcomes of K intervention sets, in order. Sets are grouped by the first decoder layer they
-        need (prefix reuse) and each group is cut into chunks that fit the batch size and the memory
-        budget; each chunk is ONE forward pass."""
+        """Outcomes of K intervention sets, in order. Sets are grouped by the first position they change
+        where that saves more than a pass costs (suffix reuse), ordered by the first decoder layer they
+        need (prefix reuse), and cut into chunks that fit the batch size and the memory budget; each
+        chunk is ONE forward pass."""
         outcomes: list[Outcome | None] = [None] * len(sets)
         for indices in self._chunks(sets):
             for i, outcome in zip(indices, self._evaluate_chunk([tuple(sets[i]) for i in indices]), strict=True):
@@ -137,14 +148,35 @@ class Replayer:
         return torch.stack([t for t in out if t is not None])
 
     def _chunks(self, sets: Sequence[InterventionSet]) -> Iterator[list[int]]:
-        """Indices ordered by first decoder layer, cut into full chunks: a chunk resumes at the earliest
-        layer among its rows, so neighbouring layers share one pass instead of one small pass each."""
-        starts = [self.prefix.start(tuple(s)) for s in sets]
+        """Indices grouped by the first position they change (suffix reuse), ordered by first decoder
+        layer (prefix reuse) and cut into full chunks; rows within a chunk ascend by first layer."""
+        keys = [(self.suffix.position(tuple(s)), self.prefix.start(tuple(s))) for s in sets]
         size = budget_batch_size(self.max_memory, self.batch_size, self.length, self.model)
-        order = sorted(range(len(sets)), key=lambda i: (-starts[i], i))
-        chunks = [order[begin : begin + size] for begin in range(0, len(order), size)]
-        for chunk in reversed(chunks):
-            yield sorted(chunk, key=lambda i: (starts[i], i))
+        groups = self._position_groups(keys)
+        for order in groups.values():  # latest layers first: the last, partial chunk starts earliest
+            order.sort(key=lambda i: (-keys[i][1], i))
+            chunks = [order[begin : begin + size] for begin in range(0, len(order), size)]
+            for chunk in reversed(chunks):
+                yield sorted(chunk, key=lambda i: (keys[i][1], i))
+
+    def _position_groups(self, keys: list[tuple[int, int]]) -> dict[int, list[int]]:
+        """Indices by first changed position; a group joins the next earlier one unless its own pass
+        saves more row x layer x position work than a pass costs (``pass_cost``)."""
+        groups: dict[int, list[int]] = {}
+        for i, (position, _) in enumerate(keys):
+            groups.setdefault(position, []).append(i)
+        layers = len(self.prefix.layers)
+        merged: dict[int, list[int]] = {}
+        positions = sorted(groups, reverse=True)
+        carry: list[int] = []
+        for here, below in zip(positions, [*positions[1:], None], strict=True):
+            rows = carry + groups[here]
+            saved = 0 if below is None else sum(layers - keys[i][1] for i in rows) * (here - below)
+            if below is not None and saved < self.pass_cost:
+                carry = rows
+            else:
+                merged[here], carry = rows, []
+        return merged
 
     # -- internals -----------------------------------------------------------------------------
     def _evaluate_chunk(self, chunk: list[InterventionSet]) -> list[Outcome]:
@@ -162,12 +194,32 @@ class Replayer:
         ]
 
     def _run_plan(self, chunk: list[InterventionSet]) -> tuple[torch.Tensor, Plan]:
+        """One forward pass for ``chunk``: rows join at their first layer (prefix reuse) and the pass
+        covers only positions from the first one the chunk changes (suffix reuse)."""
         plan = compile_plan(chunk, length=self.length, width=self._width, bank=self.bank, step=self.step,
                             device=self.device)
-        start = min(self.prefix.start(ivs) for ivs in chunk)
-        with self._installed(plan), self.prefix.skipping(start, len(chunk), self.device, self._dtype):
-            logits = self._forward(self.input_ids.expand(len(chunk), -1))
-        self.layers_run += len(chunk) * (len(self.prefix.layers) - start)
+        starts = [self.prefix.start(ivs) for ivs in chunk]
+        grow = self.prefix.can_grow(chunk) and starts == sorted(starts)
+        if not grow:  # every row runs from the chunk's earliest layer
+            starts = [min(starts)] * len(chunk)
+        rows = [max(1, sum(s <= layer for s in starts)) for layer in range(len(self.prefix.layers))]
+        first = min(self.suffix.position(ivs) for ivs in chunk)
+        learned = self.suffix.forward_passes
+        extra = self.suffix.kwargs(first, rows if grow else len(chunk))  # the first call learns the cache
+        self.forward_passes += self.suffix.forward_passes - learned
+        first = first if extra else 0
+        for mp in plan.modules.values():
+            mp.scale, mp.add = mp.scale[:, first:], mp.add[:, first:]
+        ids = self.input_ids[:, first:]
+        with self._installed(plan):
+            if grow:
+                with self.prefix.growing(starts, self.device, self._dtype, first):
+                    logits = self._forward(ids, extra)
+            else:
+                with self.prefix.skipping(starts[0], len(chunk), self.device, self._dtype, first):
+                    logits = self._forward(ids.expand(len(chunk), -1), extra)
+        self.layers_run += sum(len(self.prefix.layers) - start for start in starts)
+        self.positions_run += sum(len(self.prefix.layers) - start for start in starts) * (self.length - first)
         unfired = [name for name, mp in plan.modules.items() if mp.fires == 0]
         if unfired:
             raise ReplayError(f"interventions on {', '.join(unfired)} never fired; nothing was changed there")
@@ -185,8 +237,8 @@ class Replayer:
             yield
 
     @torch.inference_mode()
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"use_cache": False}
+    def _forward(self, ids: torch.Tensor, extra: dict[str, Any] | None = None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"use_cache": False, **(extra or {})}
         if self._keep_logits:
             kwargs["logits_to_keep"] = 1
         out = self.model(input_ids=ids, **kwargs)
@@ -204,25 +256,47 @@ class Replayer:
         return self._widths[module]
 
 
+# What one more forward pass costs beyond its rows' work, per decoder layer: it streams every weight
+# from memory once, about as long as pushing ~32 more positions through (measured on smollm2-135m, fp32,
+# 2 CPU cores: a 1-token pass takes ~75 ms, a layer x position of work ~0.07 ms), plus Python dispatch
+# per module (~0.1 ms per layer, i.e. ~2.5M multiply-adds at ~50 GFLOP/s).
+PASS_WEIGHT_POSITIONS = 32
+PASS_DISPATCH_MACS = 2.5e6
+
+
+def pass_cost(model: torch.nn.Module, layers: Sequence[str]) -> float:
+    """A pass's overhead in rows x layers x positions of work: splitting a pass in two pays off only
+    above this. ~1000 for a 30-layer 135M model; for tiny test models dispatch dominates (never split)."""
+    if not layers:
+        return float("inf")
+    macs = sum(p.numel() for p in model.get_submodule(layers[0]).parameters())  # per position
+    return len(layers) * (PASS_WEIGHT_POSITIONS + PASS_DISPATCH_MACS / max(1, macs))
+
+
 def budget_batch_size(max_memory: int | None, batch_size: int, length: int, model: torch.nn.Module) -> int:
     """Rows per forward pass: ``batch_size``, lowered so one pass stays within half of ``max_memory``
-    bytes (per row: ~12 d_model-wide float32 tensors per position plus the attention scores)."""
+    bytes (per row: ~12 d_model-wide float32 tensors per position, the attention scores, and the keys
+    and values of every layer that a suffix-reuse pass copies per row)."""
     if not max_memory:
         return batch_size
     config: Any = getattr(model, "config", None)
     d = int(getattr(config, "hidden_size", getattr(config, "n_embd", 1024)))
     heads = int(getattr(config, "num_attention_heads", getattr(config, "n_head", 16)))
-    per_row = 4 * length * (12 * d + length * heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    layers = int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 24)))
+    kv = 2 * layers * kv_heads * (d // max(1, heads))
+    per_row = 4 * length * (12 * d + length * heads + kv)
     return max(1, min(batch_size, (max_memory // 2) // max(1, per_row)))
 
 
 def _patcher(mp: Any) -> Any:
     def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
-        out = primary(output)
-        if out.shape[:2] != mp.add.shape[:2]:
+        out = primary(output)  # [rows, T, d]; rows < K while later-starting rows have not joined yet
+        rows = out.shape[0]
+        if out.shape[1] != mp.add.shape[1] or rows > mp.add.shape[0]:
             raise ReplayError(f"intervention expected [{mp.add.shape[0]}, {mp.add.shape[1]}, …], got {tuple(out.shape)}")
         mp.fires += 1
-        return with_primary(output, out * mp.scale.to(out.dtype) + mp.add.to(out.dtype))
+        return with_primary(output, out * mp.scale[:rows].to(out.dtype) + mp.add[:rows].to(out.dtype))
 
     return hook
 
