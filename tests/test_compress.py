@@ -225,7 +225,8 @@ def test_leftovers_of_an_interrupted_run_are_removed(store: tuple[Path, Any]) ->
     root, originals = store
     (root / "old_a" / ".compress-0123abcd.arrow.tmp").write_bytes(b"half a file")
     (root / "old_a" / COMPRESSED_NAME).write_bytes(b"garbage from before the switch")
-    (root / "old_a" / ".manifest-xyz.tmp").write_bytes(b"{")
+    (root / "old_a" / ".manifest-xyz.tmp").write_bytes(b"{")  # temp names of write_atomic, old and new
+    (root / "old_a" / ".manifest.json.k2x9.tmp").write_bytes(b"{")
     (root / "old_a" / "user_notes.md").write_text("not ours: kept")
     compress_bundles(root, AGE, now=NOW)
     assert {p.name for p in (root / "old_a").iterdir()} == {"manifest.json", COMPRESSED_NAME, "user_notes.md"}

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from forensics.bundle._guard import Site
 from forensics.bundle.crypto import validate_encryption
+from forensics.durable import write_atomic
 
 __all__ = [
     "ACTIVATIONS",
@@ -186,22 +185,6 @@ def encode_manifest(manifest: Mapping[str, Any]) -> bytes:
     """Strict JSON (no NaN/Infinity), sorted keys, so equal manifests have equal bytes."""
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
     return (text + "\n").encode("utf-8")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace`` it into place."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def example_manifest() -> dict[str, Any]:

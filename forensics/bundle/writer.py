@@ -33,9 +33,9 @@ from forensics.bundle.manifest import (
     encode_manifest,
     prepare_manifest,
     validate_manifest,
-    write_atomic,
 )
 from forensics.bundle.store import Array, write_activations
+from forensics.durable import fsync_path, write_atomic
 
 __all__ = ["write_bundle"]
 
@@ -113,7 +113,7 @@ def _write(
         else:
             sink = pa.PythonFile(EncryptingSink(target, key, associated_data(bundle_id, data)), mode="w")
             modules = write_activations(site, sink, activations, compression)
-        _fsync(target)
+        fsync_path(target)
         size, digest = sha256_file(target)
     entry: dict[str, Any] = {"bytes": size, "sha256": digest}
     if compression is not None:
@@ -136,15 +136,6 @@ def _claim(site: Site, path: str) -> bool:
     with site.guard(path, "cannot create bundle directory", _WRITE_ERRORS):
         os.makedirs(path)
     return True
-
-
-def _fsync(target: str) -> None:
-    """Make the data durable before a manifest that pins its digest can be."""
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _release(path: str, created: bool) -> None:

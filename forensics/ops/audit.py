@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from forensics.durable import fsync_path
 from forensics.errors import ConfigError
 
 __all__ = ["CORE_FIELDS", "AuditLog"]
@@ -121,7 +122,7 @@ def _append_line(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(os.path.dirname(path))
+            fsync_path(os.path.dirname(path))  # the new entry too: a crash cannot lose the log
     except OSError as exc:
         raise ConfigError(f"audit log {path}: cannot append ({exc.strerror or exc})") from exc
 
@@ -132,12 +133,3 @@ def _write_rest(fd: int, rest: memoryview) -> None:
         if written <= 0:
             raise OSError(f"write made no progress with {len(rest)} bytes left")
         rest = rest[written:]
-
-
-def _fsync_dir(directory: str) -> None:
-    """Persist the new file's directory entry, so a crash cannot lose the whole log."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

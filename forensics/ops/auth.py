@@ -15,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forensics.durable import write_atomic
 from forensics.errors import AuthError, ConfigError
 
 __all__ = ["DEFAULT_TOKENS_FILE", "PERMISSIONS", "ROLES", "AuthFailure", "Authenticator", "OIDCConfig", "Principal",
@@ -89,13 +88,8 @@ class TokenStore:
 
     def _save(self, tokens: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tokens.", dir=self.path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"schema": TOKEN_SCHEMA, "tokens": tokens}, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        text = json.dumps({"schema": TOKEN_SCHEMA, "tokens": tokens}, indent=2)
+        write_atomic(self.path, text.encode("utf-8"), mode=0o600)
 
     def add(self, name: str, role: str) -> str:
         if not isinstance(role, str) or role not in ROLES:

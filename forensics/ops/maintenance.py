@@ -33,16 +33,16 @@ from forensics.bundle.manifest import (
     encode_manifest,
     parse_manifest,
     validate_manifest,
-    write_atomic,
 )
 from forensics.bundle.store import decode_batch, open_reader, write_activations
+from forensics.durable import fsync_path, write_atomic
 from forensics.errors import BundleError, ConfigError
 
 __all__ = ["COMPRESSED_NAME", "BundleResult", "CompressReport", "compress_bundle", "compress_bundles", "parse_age"]
 
 COMPRESSED_NAME = "activations.zstd.arrow"
 Status = Literal["compressed", "would-compress", "skipped", "error"]
-_TEMP = re.compile(r"^\.(compress-[0-9a-f]+\.arrow|manifest-.*)\.tmp$")
+_TEMP = re.compile(r"^\.(compress-[0-9a-f]+\.arrow|manifest-.*|manifest\.json\..*)\.tmp$")  # write_atomic temp names, old and new
 _DATA_NAMES = (ACTIVATIONS, COMPRESSED_NAME)
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -210,21 +210,21 @@ def _rewrite(
     try:
         with site.guard(new, "cannot write compressed copy", (OSError, pa.ArrowException)):
             write_activations(site, temp, bundle.iter_activations(), "zstd")
-            _fsync_file(temp)
+            fsync_path(temp)
         size, digest = sha256_file(temp)
         _check_same_content(site, bundle, temp, new)
         if size >= manifest["files"][old]["bytes"]:
             return BundleResult(name, "skipped", f"zstd would not shrink it ({size} bytes vs"
                                 f" {manifest['files'][old]['bytes']})", before)
         os.replace(temp, new_path)
-        _fsync_dir(path)
+        fsync_path(path)
         if sha256_file(new_path) != (size, digest):
             raise site.error(new, "changed on disk after it was verified; not switching to it")
         updated = _new_manifest(site, manifest, old, new, size, digest)
         old_manifest = _read_unchanged(site, path, bundle)
         write_atomic(os.path.join(path, MANIFEST), encode_manifest(updated))
         switched = True
-        _fsync_dir(path)
+        fsync_path(path)
         try:
             load_bundle(path, verify=True)
         except BundleError:  # cannot happen short of disk corruption: switch back, old data is still there
@@ -232,7 +232,7 @@ def _rewrite(
             switched = False
             raise
         os.unlink(os.path.join(path, old))
-        _fsync_dir(path)
+        fsync_path(path)
     finally:
         _discard(temp)
         if not switched:
@@ -298,19 +298,6 @@ def _discard(path: str) -> None:
     """Best-effort removal of a file of ours; a file already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    """Make renames and unlinks in ``path`` durable."""
-    _fsync_file(path)
 
 
 def _size(n: int) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from forensics.durable import write_atomic
 from forensics.rca.report_svg import cf_bar_chart, esc, fmt, recovery_heatmap
 
 __all__ = ["DEFAULT_THRESHOLD", "render_html", "threshold_of", "verdict", "write_html"]
@@ -58,17 +58,7 @@ def write_html(result_or_dict: _HasToDict | Mapping[str, Any], path: str | os.Pa
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     page = render_html(report, threshold=threshold)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(page)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be opened and shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, page.encode("utf-8"), mode=0o644)  # a report is meant to be opened and shared
     return str(target)
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forensics.durable import write_atomic
 from forensics.rca.cca import FixSet
 
 __all__ = ["REPORT_SCHEMA", "RCAResult", "write_json_atomic"]
@@ -84,14 +84,5 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """tmp file in the same directory + fsync + rename: readers never see half a file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=2, allow_nan=False, default=str)
+    write_atomic(target, text.encode("utf-8"), mode=0o644)  # results are meant to be read by others
