@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from forensics.config import Config, load_config
 from forensics.errors import ConfigError
 
 __all__ = ["ENV_VARS", "PREFIX", "config_from_env", "encryption_key_from_env", "env_overrides", "parse_bool",
+           "parse_duration",
            "parse_size"]
 
 PREFIX = "MODEL_FORENSICS_"
@@ -40,6 +42,23 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, option: str, example: str) -> timedelta:
+    """``"90m"``, ``"24h"``, ``"7d"``, ``"2w"`` -> timedelta; ``ConfigError`` naming ``option`` and the value.
+
+    >>> parse_duration("90d", "--older-than", "90d").days
+    90
+    """
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{option} {text!r} not allowed; expected a number > 0 followed by s, m, h, d or w"
+                          f" (e.g. {example})")
+    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
 
 
 def parse_bool(text: str) -> bool:

@@ -37,6 +37,7 @@ from forensics.bundle.manifest import (
 from forensics.bundle.store import decode_batch, open_reader, write_activations
 from forensics.durable import fsync_path, write_atomic
 from forensics.errors import BundleError, ConfigError
+from forensics.ops.env import parse_duration
 
 __all__ = ["COMPRESSED_NAME", "BundleResult", "CompressReport", "compress_bundle", "compress_bundles", "parse_age"]
 
@@ -44,8 +45,6 @@ COMPRESSED_NAME = "activations.zstd.arrow"
 Status = Literal["compressed", "would-compress", "skipped", "error"]
 _TEMP = re.compile(r"^\.(compress-[0-9a-f]+\.arrow|manifest-.*|manifest\.json\..*)\.tmp$")  # write_atomic temp names, old and new
 _DATA_NAMES = (ACTIVATIONS, COMPRESSED_NAME)
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -101,11 +100,7 @@ def parse_age(text: str) -> timedelta:
     >>> parse_age("90d").days
     90
     """
-    match = _AGE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"--older-than {text!r} not allowed; expected a number > 0 followed by s, m, h, d or w"
-                          " (e.g. 90d)")
-    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+    return parse_duration(text, "--older-than", "90d")
 
 
 def compress_bundles(

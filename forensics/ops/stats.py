@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from forensics.errors import ConfigError
+from forensics.ops.env import parse_duration
 
 __all__ = ["INDEX_NAME", "index_result", "parse_since", "percentile", "query_stats", "rebuild_index"]
 
@@ -44,17 +44,11 @@ CREATE TABLE IF NOT EXISTS analyses (
 );
 CREATE INDEX IF NOT EXISTS analyses_created ON analyses (created);
 """
-_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_since(text: str) -> timedelta:
     """``"90m"``, ``"24h"``, ``"7d"`` -> timedelta; ConfigError naming the value otherwise."""
-    match = _SINCE.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"--since {text!r} not allowed; expected a number > 0 followed by s, m, h, d or w "
-                          "(e.g. 90m, 24h, 7d)")
-    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+    return parse_duration(text, "--since", "90m, 24h, 7d")
 
 
 @contextmanager
