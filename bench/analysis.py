@@ -132,12 +132,12 @@ def recording_overhead(loaded: Any, work: Path, repeats: int) -> Path:
 
 # -- (c) bundle throughput --------------------------------------------------------------------------
 def bundle_throughput(loaded: Any, small: Path, work: Path, repeats: int) -> None:
-    from forensics.commands.record_cmd import record_prompt
     from forensics.failure import FailureSpec
+    from forensics.record import record_greedy
 
     text = " ".join(["The capital of Australia is Canberra, and the capital of France is Paris."] * 30)
-    big, _, _ = record_prompt(loaded, text + " " + PROMPT, FailureSpec.expected(" Canberra", loaded.tokenizer),
-                              work / "long", kind="benign", max_new_tokens=2)
+    big = record_greedy(loaded, text + " " + PROMPT, work / "long",
+                        FailureSpec.expected(" Canberra", loaded.tokenizer), kind="benign", max_new_tokens=2).bundle
     print(f"(c) bundle throughput (no goal in issue 4; warm page cache), median of {repeats}")
     for label, path in (("demo-sized", small), ("long prompt", Path(big.path))):
         io_rates(label, path, work, repeats)

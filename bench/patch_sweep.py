@@ -74,17 +74,17 @@ class Lab:
     """The model, the two recorded bundles and the token ids every engine is fed."""
 
     def __init__(self, work: Path) -> None:
-        from forensics.commands.record_cmd import record_prompt
         from forensics.failure import FailureSpec
         from forensics.models import resolve_model
+        from forensics.record import record_greedy
 
         self.loaded = resolve_model("smollm2-135m", device="cpu")
         tok = self.loaded.tokenizer
         spec = FailureSpec.expected(TARGET, tok)
-        self.incident, text, failed = record_prompt(self.loaded, INCIDENT, spec, work / "incident",
-                                                    kind="incident", max_new_tokens=2)
-        self.clean, clean_text, _ = record_prompt(self.loaded, CLEAN, spec, work / "clean",
-                                                  kind="benign", max_new_tokens=2)
+        incident = record_greedy(self.loaded, INCIDENT, work / "incident", spec, kind="incident", max_new_tokens=2)
+        clean = record_greedy(self.loaded, CLEAN, work / "clean", spec, kind="benign", max_new_tokens=2)
+        self.incident, text, failed = incident.bundle, incident.text, incident.failed
+        self.clean, clean_text = clean.bundle, clean.text
         if not failed or not clean_text.startswith(TARGET):
             raise SystemExit(f"unexpected model behaviour: incident {text!r}, clean {clean_text!r}")
         self.layers = self.loaded.info.num_layers

@@ -34,24 +34,24 @@ PROMPTS = [
 
 
 def record_lab(work: Path, n: int) -> tuple[Path, Path]:
-    from forensics.commands.record_cmd import record_prompt
     from forensics.demo import record_demo_bundles
     from forensics.failure import FailureSpec
     from forensics.models import resolve_model
+    from forensics.record import record_greedy
 
     loaded = resolve_model("smollm2-135m", device="cpu")
     _, benign = record_demo_bundles(loaded, work, say=lambda s: None)
     incidents = work / "incidents"
     for i, (prompt, expected) in enumerate((PROMPTS * 4)[:n]):
         spec = FailureSpec.expected(expected, loaded.tokenizer)
-        record_prompt(loaded, prompt, spec, incidents / f"inc{i:02d}", kind="incident", max_new_tokens=3)
+        record_greedy(loaded, prompt, incidents / f"inc{i:02d}", spec, kind="incident", max_new_tokens=3)
     return incidents, benign
 
 
 def batch_rate(incidents: Path, benign: Path, actors: int) -> tuple[float, float]:
+    from forensics.batch import plan_batch, run_batch
     from forensics.exec.ray_executor import RayExecutor
-    from forensics.rca.baselines import list_bundle_paths
-    from forensics.rca.batch import plan_batch, run_batch
+    from forensics.rca.population import list_bundle_paths
 
     out = Path(tempfile.mkdtemp(prefix="scale-"))
     paths = list_bundle_paths(incidents)

@@ -24,8 +24,7 @@ from forensics.models import LoadedModel, ModelInfo, resolve_model
 from forensics.rca import RCAPipeline, RCAResult
 from forensics.record import Recorder, record
 from forensics.replay import Fidelity, Intervention, Outcome, Replayer
-
-__version__ = "0.1.0"
+from forensics.version import __version__ as __version__
 
 __all__ = [
     "AuthError",

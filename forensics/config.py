@@ -17,17 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from forensics.errors import ConfigError
-from forensics.ops.auth import PERMISSIONS, ROLES
+from forensics.vocab import (
+    COMPRESSION_METHODS,
+    INTERVENTION_KINDS,
+    PERMISSIONS,
+    POSITION_NAMES,
+    ROLES,
+    STRATEGIES,
+    CompressionMethod,
+    InterventionKind,
+    PositionName,
+    SearchStrategy,
+)
 
-__all__ = ["AUTH_TYPES", "CONFIG_VERSION", "AuthenticationConfig", "CCAConfig", "CFSection", "CacheConfig", "Config",
+__all__ = ["AUTH_TYPES", "CONFIG_VERSION", "AuthenticationConfig", "CCAConfig", "CFConfig", "CacheConfig", "Config",
            "ModulesConfig", "RoleConfig", "RolesConfig", "ToggleConfig", "from_dict", "load_config", "to_dict"]
 
 CONFIG_VERSION = "1.1"  # a file without ``version`` is v1.0 (the guide's format) and still loads
-
-COMPRESSION_METHODS = ("zlib", "gzip", "lzma", "arithmetic")
-STRATEGIES = ("greedy", "beam", "random")
-INTERVENTION_TYPES = ("zero", "mean", "patch", "scale")
-POSITIONS = ("last", "all")
 AUTH_TYPES = ("none", "tokens", "oauth2")
 AUTH_ALIASES = {"oidc": "oauth2"}
 ALL_PERMISSIONS = "all"  # the guide's shorthand for every permission (the admin role)
@@ -39,31 +45,46 @@ def _check(key: str, ok: bool, value: Any, allowed: str) -> None:
 
 
 @dataclass(frozen=True)
-class CFSection:
+class CFConfig:
+    """Compression Forensics settings (``modules.cf``), used as they are by ``forensics.rca.cf``."""
+
     enabled: bool = True
     anomaly_threshold: float = 2.0
-    compression_methods: tuple[str, ...] = ("zlib", "gzip", "arithmetic")
-    entropy_window: int = 256
-    baseline_samples: int = 50
+    compression_methods: tuple[CompressionMethod, ...] = ("zlib", "gzip", "arithmetic")
+    entropy_window: int = 256  # values per compressed window
+    baseline_samples: int = 50  # at most this many benign bundles feed the statistics
 
     def __post_init__(self) -> None:
-        _check("modules.cf.anomaly_threshold", self.anomaly_threshold > 0, self.anomaly_threshold, "a number > 0")
-        bad = [m for m in self.compression_methods if m not in COMPRESSION_METHODS]
-        _check("modules.cf.compression_methods", bool(self.compression_methods) and not bad,
-               list(self.compression_methods), f"a non-empty list of {', '.join(COMPRESSION_METHODS)}")
-        _check("modules.cf.entropy_window", 8 <= self.entropy_window <= 1 << 20, self.entropy_window,
-               "an integer from 8 to 1048576")
-        _check("modules.cf.baseline_samples", self.baseline_samples >= 2, self.baseline_samples, "an integer >= 2")
+        methods = self.compression_methods
+        _check("modules.cf.compression_methods",
+               not isinstance(methods, str) and bool(methods) and all(m in COMPRESSION_METHODS for m in methods),
+               methods, f"a non-empty list of {', '.join(COMPRESSION_METHODS)}")
+        _check("modules.cf.compression_methods", len(set(methods)) == len(methods), methods,
+               "each method at most once")
+        _check("modules.cf.anomaly_threshold", _is_number(self.anomaly_threshold) and self.anomaly_threshold > 0,
+               self.anomaly_threshold, "a number > 0")
+        _check("modules.cf.entropy_window", _is_int(self.entropy_window) and 8 <= self.entropy_window <= 1 << 20,
+               self.entropy_window, "an integer from 8 to 1048576")
+        _check("modules.cf.baseline_samples", _is_int(self.baseline_samples) and self.baseline_samples >= 2,
+               self.baseline_samples, "an integer >= 2")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class CCAConfig:
     enabled: bool = True
-    search_strategy: str = "greedy"
+    search_strategy: SearchStrategy = "greedy"
     max_fix_set_size: int = 5
     early_stop_threshold: float = 0.8
-    intervention_types: tuple[str, ...] = ("zero", "mean", "patch")
-    positions: tuple[str, ...] = ("last", "all")
+    intervention_types: tuple[InterventionKind, ...] = ("zero", "mean", "patch")
+    positions: tuple[PositionName, ...] = ("last", "all")
     beam_width: int = 3
     random_samples: int = 256
     seed: int = 0
@@ -78,11 +99,11 @@ class CCAConfig:
                "an integer from 1 to 32")
         _check("modules.cca.early_stop_threshold", 0 < self.early_stop_threshold <= 1, self.early_stop_threshold,
                "a number in (0, 1]")
-        bad = [t for t in self.intervention_types if t not in INTERVENTION_TYPES]
+        bad = [t for t in self.intervention_types if t not in INTERVENTION_KINDS]
         _check("modules.cca.intervention_types", bool(self.intervention_types) and not bad,
-               list(self.intervention_types), f"a non-empty list of {', '.join(INTERVENTION_TYPES)}")
-        _check("modules.cca.positions", bool(self.positions) and set(self.positions) <= set(POSITIONS),
-               list(self.positions), "a non-empty list of last, all")
+               list(self.intervention_types), f"a non-empty list of {', '.join(INTERVENTION_KINDS)}")
+        _check("modules.cca.positions", bool(self.positions) and set(self.positions) <= set(POSITION_NAMES),
+               list(self.positions), f"a non-empty list of {', '.join(POSITION_NAMES)}")
         for key in ("beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
             value = getattr(self, key)
             _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
@@ -95,7 +116,7 @@ class ToggleConfig:
 
 @dataclass(frozen=True)
 class ModulesConfig:
-    cf: CFSection = field(default_factory=CFSection)
+    cf: CFConfig = field(default_factory=CFConfig)
     cca: CCAConfig = field(default_factory=CCAConfig)
     isc: ToggleConfig = field(default_factory=ToggleConfig)
     dbc: ToggleConfig = field(default_factory=ToggleConfig)
@@ -239,6 +260,10 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
             return None
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        _check(key.removesuffix("[]"), isinstance(value, str) and value in allowed, value, f"one of {', '.join(map(str, allowed))}")
+        return value
     if origin is tuple:
         _check(key, isinstance(value, list | tuple), value, "a list")
         return tuple(_coerce(f"{key}[]", typing.get_args(hint)[0], v) for v in value)

@@ -16,6 +16,7 @@ from typing import Any
 
 from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel, resolve_model
+from forensics.vocab import BundleKind
 
 __all__ = ["BENIGN", "INCIDENT", "record_demo_bundles", "run_demo"]
 
@@ -35,15 +36,15 @@ BENIGN = [
 ]
 
 
-def _record(loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Path, kind: str) -> Any:
+def _record(loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Path,
+            kind: BundleKind) -> Any:
     from forensics.bundle import load_bundle
-    from forensics.commands.record_cmd import record_prompt
+    from forensics.record import record_greedy
 
     if (dest / "manifest.json").is_file():
         return load_bundle(dest)
     spec = FailureSpec.expected(expected, loaded.tokenizer)
-    bundle, _text, _failed = record_prompt(loaded, prompt, spec, dest, kind=kind, max_new_tokens=4)
-    return bundle
+    return record_greedy(loaded, prompt, dest, spec, kind=kind, max_new_tokens=4).bundle
 
 
 def record_demo_bundles(loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print) -> tuple[Any, Path]:

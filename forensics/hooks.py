@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from forensics.errors import UnknownModuleError
+from forensics.models.arch import get_module
 
-__all__ = ["HookSet", "find_module", "primary", "with_primary"]
+__all__ = ["HookSet", "primary", "with_primary"]
 
 ForwardHook = Callable[[nn.Module, Any, Any], Any]
 
@@ -42,16 +42,6 @@ def with_primary(output: Any, new: torch.Tensor) -> Any:
     return (new, *output[1:])
 
 
-def find_module(model: nn.Module, name: str) -> nn.Module:
-    """The submodule ``name``; an ``UnknownModuleError`` naming close matches otherwise."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        names = [n for n, _ in model.named_modules() if n]
-        close = [n for n in names if n.split(".")[-1] == name.split(".")[-1]][:5] or names[:5]
-        raise UnknownModuleError(f"module {name!r} not in {type(model).__name__}; e.g. {', '.join(close)}") from None
-
-
 class HookSet:
     """Owns a list of hook handles; removes them newest first, idempotently."""
 
@@ -60,7 +50,7 @@ class HookSet:
         self._handles: list[RemovableHandle] = []
 
     def forward(self, name: str, fn: ForwardHook) -> None:
-        self._handles.append(find_module(self.model, name).register_forward_hook(fn))
+        self._handles.append(get_module(self.model, name).register_forward_hook(fn))
 
     def forward_on(self, module: nn.Module, fn: ForwardHook) -> None:
         self._handles.append(module.register_forward_hook(fn))

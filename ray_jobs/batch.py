@@ -22,7 +22,7 @@ from forensics.ops.env import config_from_env
 def list_bundles(location: str) -> list[str]:
     """Bundle directories/archives directly under a local path or a pyarrow.fs URI."""
     if "://" not in location:
-        from forensics.rca.baselines import list_bundle_paths
+        from forensics.rca.population import list_bundle_paths
 
         return [str(p) for p in list_bundle_paths(location)]
     from pyarrow import fs
@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from forensics.batch import plan_batch, run_batch
     from forensics.exec.ray_executor import RayExecutor
-    from forensics.rca.batch import plan_batch, run_batch
 
     args = parse_args(argv)
     try:

@@ -345,6 +345,6 @@ def _status_of(exc: Exception) -> int:
 
 
 def _version() -> str:
-    from forensics import __version__
+    from forensics.version import __version__
 
     return str(__version__)

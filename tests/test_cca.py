@@ -10,8 +10,8 @@ from forensics.config import CCAConfig
 from forensics.models import LoadedModel
 from forensics.rca.cca import build_candidates, find_fix_set, prune
 from forensics.rca.search import Scorer
+from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
-from tests.helpers import record_tiny
 
 PROMPT = "The capital of Australia is"
 
@@ -19,8 +19,8 @@ PROMPT = "The capital of Australia is"
 @pytest.fixture(scope="module")
 def case(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cca")
-    incident = record_tiny(tiny_llama, PROMPT, root / "incident", n=3)
-    benign = [record_tiny(tiny_llama, p, root / f"b{i}", kind="benign", n=2)
+    incident = record_greedy(tiny_llama, PROMPT, root / "incident", kind="incident", max_new_tokens=3).bundle
+    benign = [record_greedy(tiny_llama, p, root / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
               for i, p in enumerate(["The capital of France is", "One plus one is", "The answer is"])]
     rp = Replayer(incident, loaded=tiny_llama, baselines=benign)
     return {"incident": incident, "benign": benign, "rp": rp}

@@ -16,7 +16,7 @@ from forensics.config import Config, load_config
 from forensics.models import LoadedModel
 from forensics.ops.cache import ResultCache, cached_analyze, config_hash, default_results_dir
 from forensics.rca import RCAPipeline
-from tests.helpers import record_tiny
+from forensics.record import record_greedy
 
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
 
@@ -24,11 +24,11 @@ BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berli
 @pytest.fixture(scope="module")
 def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cache-lab")
-    record_tiny(tiny_llama, "The capital of Australia is", root / "incident", n=3)
+    record_greedy(tiny_llama, "The capital of Australia is", root / "incident", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(BENIGN):
-        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
-    record_tiny(tiny_llama, BENIGN[0], root / "benign2" / "b0", kind="benign", n=2)
-    record_tiny(tiny_llama, BENIGN[1], root / "benign2" / "b1", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
+    record_greedy(tiny_llama, BENIGN[0], root / "benign2" / "b0", "as-generated", kind="benign", max_new_tokens=2)
+    record_greedy(tiny_llama, BENIGN[1], root / "benign2" / "b1", "as-generated", kind="benign", max_new_tokens=2)
     return {"incident": root / "incident", "benign": root / "benign", "benign2": root / "benign2"}
 
 

@@ -18,7 +18,7 @@ from forensics.errors import ConfigError
 from forensics.models import LoadedModel
 from forensics.ops.stats import INDEX_NAME, index_result, parse_since, percentile, query_stats, rebuild_index
 from forensics.rca import RCAPipeline
-from tests.helpers import record_tiny
+from forensics.record import record_greedy
 
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
 INCIDENTS = ["The capital of Australia is", "Two plus two is", "The model answers"]
@@ -29,12 +29,12 @@ def analysed(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) 
     """Three real analyses written to an output dir and indexed as the CLI would."""
     root = tmp_path_factory.mktemp("stats")
     for i, prompt in enumerate(BENIGN):
-        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     out = root / "results"
     pipeline = RCAPipeline()
     reports = []
     for i, prompt in enumerate(INCIDENTS):
-        bundle = record_tiny(tiny_llama, prompt, root / "incidents" / f"inc{i}", n=3)
+        bundle = record_greedy(tiny_llama, prompt, root / "incidents" / f"inc{i}", kind="incident", max_new_tokens=3).bundle
         path = out / f"inc{i}.json"
         report = pipeline.analyze_incident(bundle, baseline=str(root / "benign"), model=tiny_llama,
                                            output=path).to_dict()

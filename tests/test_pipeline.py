@@ -13,7 +13,7 @@ from forensics.cli import main
 from forensics.config import load_config
 from forensics.models import LoadedModel, resolve_model
 from forensics.rca import RCAPipeline
-from tests.helpers import record_tiny
+from forensics.record import record_greedy
 
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of",
           "A retriever returns", "The model answers"]
@@ -24,9 +24,9 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
     root = tmp_path_factory.mktemp("lab")
     incidents = root / "incidents"
     for i, prompt in enumerate(["The capital of Australia is", "Two plus two is"]):
-        record_tiny(tiny_llama, prompt, incidents / f"inc{i}", n=3)
+        record_greedy(tiny_llama, prompt, incidents / f"inc{i}", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(BENIGN):
-        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     return {"root": root, "incidents": incidents, "benign": root / "benign"}
 
 

@@ -10,8 +10,8 @@ import torch
 
 from forensics.models import LoadedModel, resolve_model
 from forensics.models.arch import arch_for
+from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
-from tests.helpers import record_tiny
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi"]
 
@@ -31,7 +31,7 @@ def _sets(rp: Replayer) -> list[tuple[Intervention, ...]]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
-    bundle = record_tiny(loaded, "The capital of Australia is", tmp_path / "b", n=3)
+    bundle = record_greedy(loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3).bundle
     fast = Replayer(bundle, loaded=loaded, batch_size=4)  # small chunks: sets of late layers share none
     full = Replayer(bundle, loaded=loaded, prefix_reuse=False, suffix_reuse=False, batch_size=4)
     assert fast.fidelity().faithful
@@ -45,7 +45,7 @@ def test_prefix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str
 
 
 def test_empty_set_skips_every_layer(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    bundle = record_tiny(tiny_llama, "One plus one is", tmp_path / "b", n=2)
+    bundle = record_greedy(tiny_llama, "One plus one is", tmp_path / "b", kind="incident", max_new_tokens=2).bundle
     rp = Replayer(bundle, loaded=tiny_llama)
     rp.fidelity()
     before = rp.layers_run
@@ -54,7 +54,7 @@ def test_empty_set_skips_every_layer(tiny_llama: LoadedModel, tmp_path: Path) ->
 
 
 def test_stubs_removed_when_the_forward_raises(tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    bundle = record_tiny(tiny_llama, "One plus one is", tmp_path / "b", n=2)
+    bundle = record_greedy(tiny_llama, "One plus one is", tmp_path / "b", kind="incident", max_new_tokens=2).bundle
     rp = Replayer(bundle, loaded=tiny_llama)
     rp.fidelity()
     with pytest.raises(Exception, match="position 99 outside"):
@@ -80,7 +80,7 @@ def _suffix_sets(rp: Replayer) -> list[tuple[Intervention, ...]]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_suffix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
-    bundle = record_tiny(loaded, "The capital of Australia is", tmp_path / "b", n=3)
+    bundle = record_greedy(loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3).bundle
     fast = Replayer(bundle, loaded=loaded, batch_size=3)
     full = Replayer(bundle, loaded=loaded, prefix_reuse=False, suffix_reuse=False, batch_size=3)
     fast.pass_cost = 0.0  # a tiny model never pays for an extra pass; force the split to test it
@@ -94,7 +94,7 @@ def test_suffix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str
 
 def test_small_savings_keep_one_pass(tiny_llama: LoadedModel, tmp_path: Path) -> None:
     """Splitting sets by first changed position costs passes: on a tiny model it never pays off."""
-    bundle = record_tiny(tiny_llama, "One plus one is", tmp_path / "b", n=2)
+    bundle = record_greedy(tiny_llama, "One plus one is", tmp_path / "b", kind="incident", max_new_tokens=2).bundle
     rp = Replayer(bundle, loaded=tiny_llama)
     rp.fidelity()
     before = rp.forward_passes
@@ -108,7 +108,7 @@ def test_small_savings_keep_one_pass(tiny_llama: LoadedModel, tmp_path: Path) ->
 @pytest.mark.slow
 def test_suffix_reuse_on_smollm_splits_and_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
     """On a 135M model a group of last-position sets saves more than a pass costs: it gets its own pass."""
-    bundle = record_tiny(smol, "The capital of Australia is", tmp_path / "a", n=2)
+    bundle = record_greedy(smol, "The capital of Australia is", tmp_path / "a", kind="incident", max_new_tokens=2).bundle
     fast = Replayer(bundle, loaded=smol, batch_size=64)
     full = Replayer(bundle, loaded=smol, prefix_reuse=False, suffix_reuse=False, batch_size=64)
     sets = [(Intervention(f"model.layers.{i}", "zero", pos),) for i in range(30) for pos in ("last", "all")]

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
+from forensics.batch import plan_batch, run_batch
 from forensics.cli import main
 from forensics.exec import LocalExecutor
 from forensics.models import LoadedModel
 from forensics.rca import RCAPipeline
-from forensics.rca.baselines import list_bundle_paths
-from forensics.rca.batch import plan_batch, run_batch
-from tests.helpers import record_tiny
+from forensics.rca.population import list_bundle_paths
+from forensics.record import record_greedy
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +32,9 @@ INCIDENTS = ["The capital of Australia is", "Two plus two is", "A retriever retu
 def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("raylab")
     for i, prompt in enumerate(INCIDENTS):
-        record_tiny(tiny_llama, prompt, root / "incidents" / f"inc{i}", n=3)
+        record_greedy(tiny_llama, prompt, root / "incidents" / f"inc{i}", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(BENIGN):
-        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     return {"root": root, "incidents": root / "incidents", "benign": root / "benign"}
 
 

@@ -10,9 +10,9 @@ import torch
 
 from forensics.errors import ReplayError
 from forensics.models import LoadedModel, build_tiny_model, resolve_model
-from forensics.record import record
+from forensics.record import record, record_greedy
 from tests.conftest import our_hooks
-from tests.helpers import greedy_ids, record_tiny
+from tests.helpers import greedy_ids
 
 PROMPT = "The capital of Australia is"
 
@@ -20,7 +20,7 @@ PROMPT = "The capital of Australia is"
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi"])
 def test_records_every_layer_attention_and_mlp(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
-    bundle = record_tiny(loaded, PROMPT, tmp_path / "b", n=4)
+    bundle = record_greedy(loaded, PROMPT, tmp_path / "b", kind="incident", max_new_tokens=4).bundle
     prompt_len = len(bundle.inputs["input_ids"])
     assert bundle.outputs["generated_ids"] == greedy_ids(loaded, PROMPT, 4)
     assert len(bundle.modules) == 6 and {*bundle.manifest["recorded"]["sites"].values()} == {
@@ -36,7 +36,7 @@ def test_records_every_layer_attention_and_mlp(tiny_dirs: dict[str, Path], famil
 def test_recorded_activations_equal_a_full_forward(tiny_llama: LoadedModel, tmp_path: Path) -> None:
     """Stitched KV-cache steps equal one teacher-forced pass over prompt + generated[:-1]."""
     model, _tok, _ = tiny_llama
-    bundle = record_tiny(tiny_llama, PROMPT, tmp_path / "b", n=5)
+    bundle = record_greedy(tiny_llama, PROMPT, tmp_path / "b", kind="incident", max_new_tokens=5).bundle
     ids = bundle.inputs["input_ids"] + bundle.outputs["generated_ids"][:-1]
     with torch.inference_mode():
         hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states

@@ -8,8 +8,8 @@ import torch
 
 from forensics.errors import ConfigError, ReplayError, UnknownModuleError
 from forensics.models import LoadedModel, resolve_model
+from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
-from tests.helpers import record_tiny
 
 PROMPT = "The capital of Australia is"
 
@@ -18,8 +18,8 @@ PROMPT = "The capital of Australia is"
 def llama_case(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("llama-case")
     return {
-        "incident": record_tiny(tiny_llama, PROMPT, root / "incident", n=4),
-        "benign": [record_tiny(tiny_llama, p, root / f"benign{i}", kind="benign", n=3)
+        "incident": record_greedy(tiny_llama, PROMPT, root / "incident", kind="incident", max_new_tokens=4).bundle,
+        "benign": [record_greedy(tiny_llama, p, root / f"benign{i}", "as-generated", kind="benign", max_new_tokens=3).bundle
                    for i, p in enumerate(["The capital of France is", "Ankara is the capital of Turkey."])],
     }
 
@@ -32,7 +32,7 @@ def rp(llama_case: dict[str, Any], tiny_llama: LoadedModel) -> Replayer:
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi"])
 def test_fidelity_within_1e4_for_every_family(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
-    bundle = record_tiny(loaded, PROMPT, tmp_path / "b", n=3)
+    bundle = record_greedy(loaded, PROMPT, tmp_path / "b", kind="incident", max_new_tokens=3).bundle
     fid = Replayer(bundle).fidelity()  # loads the model through the registry from the bundle's reference
     assert fid.faithful, fid.to_dict()
     assert fid.max_logit_diff <= 1e-4 and fid.max_activation_diff <= 1e-4

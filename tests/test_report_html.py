@@ -294,11 +294,11 @@ def test_schema_lists_every_field_rcaresult_writes() -> None:
 # -- end to end -----------------------------------------------------------------------------------
 def test_pipeline_report_validates_and_renders(tiny_llama: LoadedModel, tmp_path: Path) -> None:
     """A real analysis on a tiny model: its JSON report matches the schema and its page has both plots."""
-    from tests.helpers import record_tiny
+    from forensics.record import record_greedy
 
-    incident = record_tiny(tiny_llama, "The capital of Australia is", tmp_path / "inc", n=3)
+    incident = record_greedy(tiny_llama, "The capital of Australia is", tmp_path / "inc", kind="incident", max_new_tokens=3).bundle
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
-        record_tiny(tiny_llama, prompt, tmp_path / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     result = RCAPipeline().analyze_incident(incident.path, baseline=str(tmp_path / "benign"), model=tiny_llama,
                                             output=tmp_path / "r.json", html=tmp_path / "r.html")
     report = json.loads((tmp_path / "r.json").read_text())

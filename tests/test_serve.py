@@ -27,7 +27,7 @@ import pytest
 
 from forensics.models import LoadedModel
 from forensics.ops.auth import TokenStore
-from tests.helpers import record_tiny
+from forensics.record import record_greedy
 
 pytestmark = pytest.mark.ray
 
@@ -44,9 +44,9 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
     top = tmp_path_factory.mktemp("serve-lab")
     root = top / "bundles"
     for i, prompt in enumerate(["The capital of Australia is", "Two plus two is"]):
-        record_tiny(tiny_llama, prompt, root / "incidents" / f"inc{i}", n=3)
+        record_greedy(tiny_llama, prompt, root / "incidents" / f"inc{i}", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(BENIGN):
-        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     shutil.copytree(root / "incidents" / "inc1", root / "bad" / "broken")
     (root / "bad" / "broken" / "activations.arrow").write_bytes(b"not arrow at all")
     shutil.copytree(root / "incidents" / "inc0", top / "outside" / "secret")

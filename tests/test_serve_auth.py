@@ -26,7 +26,7 @@ from forensics.config import AuthenticationConfig, Config, load_config
 from forensics.errors import ConfigError
 from forensics.models import LoadedModel
 from forensics.ops.auth import TokenStore
-from tests.helpers import record_tiny
+from forensics.record import record_greedy
 from tests.test_serve import Server, _free_port, call, running_app
 
 jwt = pytest.importorskip("jwt")
@@ -92,9 +92,9 @@ def secured(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
     """Bundles, a JWKS file, a tokens file (one revoked), a stored result, and the guide-style config."""
     top = tmp_path_factory.mktemp("serve-auth")
     root = top / "bundles"
-    record_tiny(tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", n=3)
+    record_greedy(tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
-        record_tiny(tiny_llama, prompt, root / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     key = _rsa_key()
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})

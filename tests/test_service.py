@@ -12,15 +12,15 @@ from forensics.config import Config
 from forensics.models.registry import LoadedModel
 from forensics.ops.stats import query_stats, rebuild_index
 from forensics.rca.pipeline import RCAPipeline
-from tests.helpers import record_tiny
+from forensics.record import record_greedy
 
 
 @pytest.fixture(scope="module")
 def served(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("served")
-    record_tiny(tiny_llama, "The capital of Australia is", root / "bundles" / "incident", n=3)
+    record_greedy(tiny_llama, "The capital of Australia is", root / "bundles" / "incident", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(("One plus one is", "The sky is", "Paris is in")):
-        record_tiny(tiny_llama, prompt, root / "bundles" / "benign" / f"b{i}", kind="benign", n=2)
+        record_greedy(tiny_llama, prompt, root / "bundles" / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     return root
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from forensics.commands.record_cmd import record_prompt
 from forensics.failure import FailureSpec
 from forensics.models import LoadedModel
+from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
 
 pytestmark = pytest.mark.slow
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_path: Path) -> None:
     spec = FailureSpec.expected(" Canberra", smol.tokenizer)
-    bundle, text, failed = record_prompt(smol, "The capital of Australia is", spec, str(tmp_path / "australia"),
-                                         kind=None, max_new_tokens=4, seed=0)
+    run = record_greedy(smol, "The capital of Australia is", tmp_path / "australia", spec, max_new_tokens=4, seed=0)
+    bundle, text, failed = run.bundle, run.text, run.failed
     assert failed and text.startswith(" Sydney")
     assert bundle.kind == "incident" and bundle.outputs["decision_step"] == 0
     assert len(bundle.modules) == 90 and bundle.model["sha256"] == smol.info.sha256
@@ -34,7 +34,7 @@ def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_
 
 def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
     spec = FailureSpec.expected(" Canberra", smol.tokenizer)
-    bundle, _, _ = record_prompt(smol, "The capital of Australia is", spec, str(tmp_path / "a"), max_new_tokens=2)
+    bundle = record_greedy(smol, "The capital of Australia is", tmp_path / "a", spec, max_new_tokens=2).bundle
     fast = Replayer(bundle, loaded=smol, suffix_reuse=False, batch_size=2)  # prefix reuse alone; chunks of 2
     full = Replayer(bundle, loaded=smol, prefix_reuse=False, suffix_reuse=False, batch_size=2)
     fast.fidelity()

@@ -26,9 +26,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forensics.batch import plan_batch, run_batch
     from forensics.exec import Executor, LocalExecutor
-    from forensics.rca.baselines import list_bundle_paths
-    from forensics.rca.batch import plan_batch, run_batch
+    from forensics.rca.population import list_bundle_paths
 
     config = config_from_args(args)
     paths = [p for p in list_bundle_paths(args.directory) if not _is_benign(p)]

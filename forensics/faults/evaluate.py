@@ -23,6 +23,7 @@ from forensics.failure import FailureSpec
 from forensics.faults.plant import Fault, plant_fault
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.rca.localise import layer_of
+from forensics.record import record_greedy
 
 __all__ = ["PROMPTS", "EvalReport", "FaultCase", "default_faults", "evaluate_faults"]
 
@@ -107,7 +108,6 @@ def _greedy_first(loaded: LoadedModel, prompt: str) -> int:
 
 def evaluate_faults(model_ref: str, faults: Sequence[Fault], prompts: Sequence[str], *, workdir: str | Path,
                     config: Config | None = None, progress: Callable[[int], None] | None = None) -> EvalReport:
-    from forensics.commands.record_cmd import record_prompt
     from forensics.rca.pipeline import RCAPipeline
 
     work = Path(workdir)
@@ -118,18 +118,18 @@ def evaluate_faults(model_ref: str, faults: Sequence[Fault], prompts: Sequence[s
         answers[prompt] = _greedy_first(clean, prompt)
         spec = FailureSpec("expected", "", (answers[prompt],))
         if not (clean_dir / f"p{i:02d}" / "manifest.json").is_file():
-            record_prompt(clean, prompt, spec, clean_dir / f"p{i:02d}", kind="benign", max_new_tokens=2)
+            record_greedy(clean, prompt, clean_dir / f"p{i:02d}", spec, kind="benign", max_new_tokens=2)
     pipeline = RCAPipeline(config)
     cases = []
     for i, fault in enumerate(faults):
-        cases.append(_one_case(i, fault, clean, prompts, answers, work, clean_dir, pipeline, record_prompt))
+        cases.append(_one_case(i, fault, clean, prompts, answers, work, clean_dir, pipeline))
         if progress:
             progress(1)
     return EvalReport(cases)
 
 
 def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], answers: dict[str, int],
-              work: Path, clean_dir: Path, pipeline: Any, record_prompt: Any) -> FaultCase:
+              work: Path, clean_dir: Path, pipeline: Any) -> FaultCase:
     case = FaultCase(fault)
     faulty_dir = work / "faulty" / f"f{i:02d}"
     broken: Any = plant_fault(clean.model, fault)
@@ -142,8 +142,8 @@ def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], 
         return case
     case.prompt = prompt
     spec = FailureSpec("expected", "", (answers[prompt],))
-    incident, _text, _failed = record_prompt(faulty, prompt, spec, work / "incidents" / f"f{i:02d}",
-                                            kind="incident", max_new_tokens=2)
+    incident = record_greedy(faulty, prompt, work / "incidents" / f"f{i:02d}", spec,
+                             kind="incident", max_new_tokens=2).bundle
     result = pipeline.analyze_incident(incident, baseline=clean_dir, model=faulty, allow_baseline_mismatch=True)
     case.top_layers = [row["layer"] for row in result.localisation]
     if result.fix_set is not None:

@@ -14,9 +14,9 @@ from typing import Literal
 
 from torch import nn
 
-from forensics.errors import ModelError
+from forensics.errors import ModelError, UnknownModuleError
 
-__all__ = ["FAMILIES", "ArchSpec", "Site", "arch_for", "get_module"]
+__all__ = ["FAMILIES", "ArchSpec", "Site", "arch_for", "get_module", "layer_of"]
 
 Site = Literal["resid", "attn_out", "mlp_out"]
 
@@ -35,10 +35,19 @@ class ArchSpec:
     mlp_out_proj: str | None = None  # output projection inside the MLP block
 
     def layer_names(self, model: nn.Module) -> list[str]:
-        blocks = get_module(model, self.layers)
+        try:
+            blocks = get_module(model, self.layers)
+        except UnknownModuleError as exc:
+            raise ModelError(f"{self.family}: {exc}") from None
         if not isinstance(blocks, nn.ModuleList):
             raise ModelError(f"{self.family}: {self.layers} is {type(blocks).__name__}, expected ModuleList")
         return [f"{self.layers}.{i}" for i in range(len(blocks))]
+
+    def layer_of(self, module: str) -> int | None:
+        """Decoder layer of ``module`` (``model.layers.7.mlp`` -> 7); None outside the decoder layers."""
+        head = self.layers + "."
+        index = module[len(head):].split(".", 1)[0] if module.startswith(head) else ""
+        return int(index) if index.isdigit() else None
 
     def sites(self, model: nn.Module) -> dict[str, Site]:
         """Every recordable module, in forward order, mapped to what it carries."""
@@ -58,9 +67,7 @@ def _llama_like(family: str) -> ArchSpec:
 
 
 FAMILIES: dict[str, ArchSpec] = {
-    **{f: _llama_like(f) for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")},
-    "phi3": ArchSpec("phi3", "model.layers", "self_attn", "mlp", "model.norm", "model.embed_tokens",
-                     "o_proj", "down_proj"),
+    **{f: _llama_like(f) for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
     "phi": ArchSpec("phi", "model.layers", "self_attn", "mlp", "model.final_layernorm", "model.embed_tokens",
                     "dense", "fc2"),
     "gpt2": ArchSpec("gpt2", "transformer.h", "attn", "mlp", "transformer.ln_f", "transformer.wte",
@@ -70,12 +77,21 @@ FAMILIES: dict[str, ArchSpec] = {
 }
 
 
+def layer_of(module: str, family: str | None = None) -> int | None:
+    """Decoder layer of a module path by the family tables (``family``'s alone when given and known);
+    works on names alone (reports, bundles), no model needed. None outside every decoder layer list."""
+    specs = [FAMILIES[family]] if family in FAMILIES else FAMILIES.values()
+    return next((layer for spec in specs if (layer := spec.layer_of(module)) is not None), None)
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at dotted ``path``; a clear error when it does not exist."""
+    """The submodule at dotted ``path``; an ``UnknownModuleError`` naming close matches otherwise."""
     try:
         return model.get_submodule(path)
-    except AttributeError as exc:
-        raise ModelError(f"module {path!r} not found in {type(model).__name__}") from exc
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = [n for n in names if n.split(".")[-1] == path.split(".")[-1]][:5] or names[:5]
+        raise UnknownModuleError(f"module {path!r} not in {type(model).__name__}; e.g. {', '.join(close)}") from None
 
 
 def arch_for(model: nn.Module) -> ArchSpec:

@@ -24,16 +24,11 @@ from typing import Any
 
 from forensics.durable import write_atomic
 from forensics.errors import AuthError, ConfigError
+from forensics.vocab import PERMISSIONS, ROLES
 
 __all__ = ["DEFAULT_TOKENS_FILE", "PERMISSIONS", "ROLES", "AuthFailure", "Authenticator", "OIDCConfig", "Principal",
            "TokenStore", "hash_token", "read_jwks"]
 
-PERMISSIONS = ("read_bundles", "run_analysis", "view_results", "admin")
-ROLES: dict[str, frozenset[str]] = {
-    "viewer": frozenset({"view_results"}),
-    "analyst": frozenset({"read_bundles", "run_analysis", "view_results"}),
-    "admin": frozenset(PERMISSIONS),
-}
 TOKEN_SCHEMA = "model-forensics/tokens@1"
 DEFAULT_TOKENS_FILE = "~/.config/model-forensics/tokens.json"  # `tokens add` writes here unless told otherwise
 

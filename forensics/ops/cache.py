@@ -146,7 +146,7 @@ def _bundle_sha(obj: Any, verify: bool = False) -> str:
 
 
 def _baseline_identity(baseline: Any) -> Any:
-    from forensics.rca.baselines import list_bundle_paths
+    from forensics.rca.population import list_bundle_paths
 
     if baseline is None:
         return None
@@ -166,8 +166,8 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
                    allow_baseline_mismatch: bool = False) -> dict[str, Any]:
     """``pipeline.analyze_incident(...).to_dict()``, answered from ``cache`` when the same inputs were
     analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses."""
-    from forensics import __version__
     from forensics.bundle import Bundle, load_bundle
+    from forensics.version import __version__
 
     incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)  # verified
     key = None

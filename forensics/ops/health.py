@@ -86,7 +86,7 @@ def check_health(config: Config, results_dir: Path) -> dict[str, Any]:
 
 
 def system_info(config: Config, *, results_dir: Path, config_source: str | None = None) -> dict[str, Any]:
-    from forensics import __version__
+    from forensics.version import __version__
 
     return {
         "version": __version__,

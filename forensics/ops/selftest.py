@@ -35,20 +35,12 @@ class Step:
 
 
 def _record(loaded: Any, prompt: str, dest: Path, *, incident: bool, n: int) -> Any:
-    """Greedy generation under the recorder; an incident expects the runner-up first token (so the
-    model fails its spec), a benign bundle expects what the model says."""
-    import torch
+    """An incident expects the runner-up first token (so the model fails its spec); a benign bundle
+    expects what the model says."""
+    from forensics.record import record_greedy
 
-    from forensics.commands.record_cmd import record_prompt
-    from forensics.failure import FailureSpec
-
-    enc = loaded.tokenizer(prompt, return_tensors="pt").to(next(loaded.model.parameters()).device)
-    with torch.inference_mode():
-        top2 = loaded.model(**enc).logits[0, -1].topk(2).indices.tolist()
-    spec = FailureSpec("expected", "", (int(top2[1] if incident else top2[0]),))
-    bundle, _text, _failed = record_prompt(loaded, prompt, spec, dest, kind="incident" if incident else "benign",
-                                           max_new_tokens=n)
-    return bundle
+    return record_greedy(loaded, prompt, dest, "runner-up" if incident else "as-generated",
+                         kind="incident" if incident else "benign", max_new_tokens=n).bundle
 
 
 def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:

@@ -59,7 +59,7 @@ def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: S
             for source in sources:
                 for pos in config.positions:
                     factor = 0.0 if kind == "scale" else None
-                    out.append(Intervention(module, kind, pos, source, factor))  # type: ignore[arg-type]
+                    out.append(Intervention(module, kind, pos, source, factor))
     return out
 
 

@@ -15,17 +15,18 @@ times (or dilute it when one coder is blind to a change); the max keeps the scor
 the threshold is written in. |z| because both directions matter: noise and blow-ups compress worse,
 dead or saturated modules compress better.
 
-This module is the public face of CF: config and baselines live in ``forensics.rca.baseline``,
+This module is the public face of CF: config and baselines live in ``forensics.rca.cf_stats``,
 symbols and coders in ``forensics.rca.coding``; the names below are re-exported from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from forensics.errors import BundleError, ConfigError
-from forensics.rca.baseline import (
+from forensics.rca.cf_stats import (
     BASELINE_SCHEMA,
     BaselineStats,
     BundleLike,
@@ -34,6 +35,7 @@ from forensics.rca.baseline import (
     build_baseline,
 )
 from forensics.rca.coding import compression_ratios
+from forensics.vocab import CompressionMethod
 
 __all__ = [
     "BASELINE_SCHEMA",
@@ -66,7 +68,7 @@ class CompressionMetric:
                 "is_anomalous": self.is_anomalous}
 
 
-def _methods(baseline: BaselineStats, config: CFConfig) -> list[str]:
+def _methods(baseline: BaselineStats, config: CFConfig) -> list[CompressionMethod]:
     """The config's methods the baseline has statistics for, in config order."""
     methods = [m for m in config.compression_methods if m in baseline.methods]
     if not methods:
@@ -75,10 +77,10 @@ def _methods(baseline: BaselineStats, config: CFConfig) -> list[str]:
     return methods
 
 
-def _metric(module: str, act: Any, base: ModuleBaseline, methods: list[str], window: int,
+def _metric(module: str, act: Any, base: ModuleBaseline, methods: Sequence[CompressionMethod], window: int,
             threshold: float) -> CompressionMetric:
     ratios = compression_ratios(act, base.step, methods, window)
-    z = {k: (ratios[k] - base.mean[k]) / base.std[k] for k in methods}
+    z: dict[str, float] = {k: (ratios[k] - base.mean[k]) / base.std[k] for k in methods}
     score = max(abs(v) for v in z.values())
     return CompressionMetric(module, ratios, {k: base.mean[k] for k in methods},
                              {k: base.std[k] for k in methods}, z, score, score > threshold)

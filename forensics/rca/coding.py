@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from forensics.errors import BundleError
+from forensics.vocab import COMPRESSION_METHODS, CompressionMethod
 
 __all__ = [
     "ALPHABET",
@@ -53,12 +54,12 @@ COMPRESSION_LEVEL = 9
 # window) and ~25x faster to set up than the default preset.
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 4096}]
 
-_COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+_COMPRESSORS: dict[CompressionMethod, Callable[[bytes], bytes]] = {
     "zlib": lambda b: zlib.compress(b, COMPRESSION_LEVEL),
     "gzip": lambda b: gzip.compress(b, COMPRESSION_LEVEL, mtime=0),  # mtime=0: deterministic bytes
     "lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS),
 }
-METHODS: tuple[str, ...] = (*_COMPRESSORS, "arithmetic")
+METHODS = COMPRESSION_METHODS  # the byte compressors above plus "arithmetic" (a code length, no bytes)
 
 U8 = npt.NDArray[np.uint8]
 
@@ -104,7 +105,7 @@ def adaptive_code_bits(rows: U8) -> npt.NDArray[np.float64]:
     return bits  # type: ignore[no-any-return]
 
 
-def code_lengths(rows: U8, method: str, *, planes: int = 1) -> npt.NDArray[np.float64]:
+def code_lengths(rows: U8, method: CompressionMethod, *, planes: int = 1) -> npt.NDArray[np.float64]:
     """Compressed size in bytes of each row of ``rows`` [W, planes * n] (uint8).
 
     For ``arithmetic`` each of the ``planes`` consecutive segments of a row has its own count table
@@ -117,7 +118,7 @@ def code_lengths(rows: U8, method: str, *, planes: int = 1) -> npt.NDArray[np.fl
     return np.array([len(compress(row.tobytes())) for row in rows], dtype=np.float64)
 
 
-def compression_ratios(values: npt.ArrayLike, step: float, methods: Sequence[str], window: int) -> dict[str, float]:
+def compression_ratios(values: npt.ArrayLike, step: float, methods: Sequence[CompressionMethod], window: int) -> dict[str, float]:
     """Mean over windows of (raw bytes / compressed bytes) per method; raw = 2 bytes per value (int16).
 
     Deterministic: the same values, step and window always give the same ratios."""

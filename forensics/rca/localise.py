@@ -5,19 +5,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
+from forensics.models.arch import layer_of
+
 __all__ = ["layer_of", "rank_layers"]
-
-_LAYER = re.compile(r"\.(\d+)(?:\.|$)")
-
-
-def layer_of(module: str) -> int | None:
-    """Decoder layer index in a module path (``model.layers.7.mlp`` -> 7), or None."""
-    match = _LAYER.search(module)
-    return int(match.group(1)) if match else None
 
 
 def rank_layers(metrics: Sequence[Any]) -> list[dict[str, Any]]:

@@ -20,25 +20,17 @@ from forensics.errors import ConfigError
 from forensics.exec.base import Executor, ReplayJob
 from forensics.exec.local import LocalExecutor
 from forensics.models.registry import LoadedModel, resolve_model
-from forensics.rca.baselines import load_population, pick_counterfactuals
 from forensics.rca.cca import CCAResult, find_fix_set
 from forensics.rca.localise import rank_layers
+from forensics.rca.population import load_population, pick_counterfactuals
 from forensics.rca.result import RCAResult
 from forensics.replay.interventions import Intervention
 from forensics.replay.replayer import Replayer
 
-__all__ = ["RCAPipeline", "cf_config"]
+__all__ = ["RCAPipeline"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
-
-
-def cf_config(config: Config) -> Any:
-    from forensics.rca.cf import CFConfig
-
-    s = config.modules.cf
-    return CFConfig(anomaly_threshold=s.anomaly_threshold, compression_methods=tuple(s.compression_methods),
-                    entropy_window=s.entropy_window, baseline_samples=s.baseline_samples)
 
 
 class RCAPipeline:
@@ -113,7 +105,7 @@ class RCAPipeline:
             return population, None
         from forensics.rca.cf import build_baseline
 
-        return population, build_baseline(population, cf_config(self.config))
+        return population, build_baseline(population, self.config.modules.cf)
 
     def _counterfactuals(self, incident: Any, population: Sequence[Any], patch_source: Any) -> list[Any]:
         if patch_source is not None:
@@ -131,7 +123,7 @@ class RCAPipeline:
         from forensics.rca.cf import analyze_cf
 
         t = time.perf_counter()
-        metrics = list(analyze_cf(incident, stats, cf_config(self.config)))
+        metrics = list(analyze_cf(incident, stats, self.config.modules.cf))
         timings["cf"] = time.perf_counter() - t
         return metrics
 

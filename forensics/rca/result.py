@@ -47,7 +47,7 @@ class RCAResult:
         return [m.module for m in self.compression_metrics if m.is_anomalous]
 
     def to_dict(self) -> dict[str, Any]:
-        from forensics import __version__
+        from forensics.version import __version__
 
         return {
             "schema": REPORT_SCHEMA,

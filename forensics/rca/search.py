@@ -17,7 +17,7 @@ from typing import Any
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome
 
-__all__ = ["STRATEGIES", "Scored", "Scorer", "beam", "greedy", "random_search"]
+__all__ = ["Scored", "Scorer", "beam", "greedy", "random_search"]
 
 
 @dataclass(frozen=True)
@@ -132,5 +132,3 @@ def random_search(scorer: Scorer, candidates: Sequence[Intervention], singles: l
     best = scorer.best(pool or [*singles, *scored])
     return best, [{"size": "random", "evaluated": len(scored), "best_recovery": best.recovery if best else None}]
 
-
-STRATEGIES = ("greedy", "beam", "random")

@@ -11,8 +11,7 @@ from typing import Any
 
 from forensics.config import Config
 from forensics.errors import BundleError, ConfigError
-from forensics.rca.baselines import list_bundle_paths, load_population
-from forensics.rca.batch import bundle_name
+from forensics.rca.population import bundle_name, list_bundle_paths, load_population
 
 __all__ = ["load_stats", "triage"]
 
@@ -20,7 +19,6 @@ __all__ = ["load_stats", "triage"]
 def load_stats(baseline: str | Path | None, directory: str | Path, config: Config) -> Any:
     """CF statistics from a .json file, a benign bundle directory, or the benign bundles of ``directory``."""
     from forensics.rca.cf import BaselineStats, build_baseline
-    from forensics.rca.pipeline import cf_config
 
     if baseline is not None and str(baseline).endswith(".json"):
         return BaselineStats.from_json(baseline)
@@ -29,21 +27,20 @@ def load_stats(baseline: str | Path | None, directory: str | Path, config: Confi
     if len(population) < 2:
         raise ConfigError(f"CF needs ≥ 2 benign baseline bundles; found {len(population)} in "
                           f"{baseline or directory} (record some with --kind benign, or pass --baseline)")
-    return build_baseline(population, cf_config(config))
+    return build_baseline(population, config.modules.cf)
 
 
 def triage(directory: str | Path, *, baseline: str | Path | None, config: Config,
            progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     from forensics.bundle import load_bundle
     from forensics.rca.cf import analyze_cf
-    from forensics.rca.pipeline import cf_config
 
     stats = load_stats(baseline, directory, config)
     rows: list[dict[str, Any]] = []
     for path in list_bundle_paths(directory):
         try:
             bundle = load_bundle(path)
-            metrics = analyze_cf(bundle, stats, cf_config(config))
+            metrics = analyze_cf(bundle, stats, config.modules.cf)
         except BundleError as exc:
             rows.append({"bundle": bundle_name(path), "error": str(exc)})
             continue

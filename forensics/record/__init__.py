@@ -5,6 +5,7 @@
     rec.save("bundles/incident", failure=FailureSpec.expected(" Canberra", tokenizer))
 """
 
+from forensics.record.greedy import GreedyRun, record_greedy
 from forensics.record.recorder import Recorder, record
 
-__all__ = ["Recorder", "record"]
+__all__ = ["GreedyRun", "Recorder", "record", "record_greedy"]

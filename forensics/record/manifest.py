@@ -92,7 +92,7 @@ def build_manifest(
             "target_id": failure.target_id(step) if (failure is not None and step is not None) else None,
         },
         "failure": failure.to_dict() if failure is not None else None,
-        "recorded": {"sites": dict(rec.sites), "positions": len(rec._fed), "dtype": "float32"},
+        "recorded": {"sites": dict(rec.sites), "positions": len(rec.fed_ids), "dtype": "float32"},
         "external_calls": rec.external_calls,
         "environment": env,
     }

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from forensics.bundle import Bundle, write_bundle
 from forensics.errors import ForensicsError, ReplayError
 from forensics.failure import FailureSpec
 from forensics.hooks import HookSet, primary
 from forensics.models.arch import Site, arch_for
 from forensics.record.manifest import build_manifest, external_call
+from forensics.vocab import BUNDLE_KINDS, BundleKind
 
 __all__ = ["Recorder", "record"]
 
@@ -129,6 +131,11 @@ class Recorder:
         return self._fed[: self._prompt_len]
 
     @property
+    def fed_ids(self) -> list[int]:
+        """Every token fed to the model so far (prompt + generated prefix), a copy."""
+        return list(self._fed)
+
+    @property
     def generated_ids(self) -> list[int]:
         """Tokens fed back after the prompt, plus the greedy choice of the last step."""
         if not self._steps:
@@ -147,15 +154,13 @@ class Recorder:
         path: str | os.PathLike[str],
         *,
         failure: FailureSpec | None = None,
-        kind: Literal["incident", "benign"] = "incident",
+        kind: BundleKind = "incident",
         prompt: str | None = None,
         generation: dict[str, Any] | None = None,
         bundle_id: str | None = None,
-    ) -> Any:
+    ) -> Bundle:
         """Write the bundle (``forensics.bundle`` v1) and return it loaded."""
-        from forensics.bundle import write_bundle
-
-        if kind not in ("incident", "benign"):
+        if kind not in BUNDLE_KINDS:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
         manifest = build_manifest(self, failure=failure, kind=kind, prompt=prompt, generation=generation)
         return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from forensics.errors import ConfigError
+from forensics.vocab import INTERVENTION_KINDS, InterventionKind, PositionName
 
-__all__ = ["KINDS", "Intervention", "InterventionSet", "Positions"]
+__all__ = ["Intervention", "InterventionSet", "Positions"]
 
-KINDS = ("zero", "mean", "patch", "scale")
-Positions = Literal["last", "all"] | tuple[int, ...]
+Positions = PositionName | tuple[int, ...]
 
 
 @dataclass(frozen=True, order=True)
@@ -31,14 +31,14 @@ class Intervention:
     """
 
     module: str
-    kind: str
+    kind: InterventionKind
     positions: Positions = "last"
     source: str | None = None
     factor: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"intervention kind {self.kind!r} not allowed; use one of {', '.join(KINDS)}")
+        if self.kind not in INTERVENTION_KINDS:
+            raise ConfigError(f"intervention kind {self.kind!r} not allowed; use one of {', '.join(INTERVENTION_KINDS)}")
         if not isinstance(self.module, str) or not self.module:
             raise ConfigError(f"intervention module must be a non-empty string, got {self.module!r}")
         if isinstance(self.positions, list):

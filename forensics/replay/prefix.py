@@ -29,7 +29,7 @@ from torch import nn
 
 from forensics.errors import ModelError, ReplayError
 from forensics.hooks import HookSet, primary, with_primary
-from forensics.models.arch import arch_for
+from forensics.models.arch import ArchSpec, arch_for
 from forensics.replay.interventions import InterventionSet
 
 __all__ = ["PrefixReuse"]
@@ -42,11 +42,12 @@ class PrefixReuse:
         self.model, self.bundle, self.length = model, bundle, length
         self.reason: str | None = None if enabled else "disabled by configuration"
         self.layers: list[str] = []
+        self.spec: ArchSpec | None = None
         try:
-            self.layers = arch_for(model).layer_names(model)
+            self.spec = arch_for(model)
+            self.layers = self.spec.layer_names(model)
         except ModelError as exc:
             self.reason = f"no family table ({exc}); full forward passes"
-        self.index = {name: i for i, name in enumerate(self.layers)}
         self.tuple_output: bool | None = None
         self._resid: dict[int, torch.Tensor] = {}
         if self.reason:
@@ -54,17 +55,13 @@ class PrefixReuse:
 
     def layer_of(self, module: str) -> int:
         """Decoder layer that computes ``module`` (0 for anything outside the decoder layers)."""
-        parts = module.split(".")
-        for cut in range(len(parts), 0, -1):
-            idx = self.index.get(".".join(parts[:cut]))
-            if idx is not None:
-                return idx
-        return 0
+        layer = self.spec.layer_of(module) if self.spec is not None else None
+        return layer if layer is not None and layer < len(self.layers) else 0
 
     def inside(self, module: str) -> bool:
         """Whether ``module`` is a decoder layer or part of one."""
-        parts = module.split(".")
-        return any(".".join(parts[:cut]) in self.index for cut in range(len(parts), 0, -1))
+        layer = self.spec.layer_of(module) if self.spec is not None else None
+        return layer is not None and layer < len(self.layers)
 
     def can_grow(self, sets: Sequence[InterventionSet]) -> bool:
         """Whether ``growing`` applies: reuse is on and every module is inside a decoder layer (a hook on

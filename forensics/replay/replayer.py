@@ -27,7 +27,8 @@ import torch
 
 from forensics.errors import ReplayError
 from forensics.failure import FailureSpec
-from forensics.hooks import HookSet, find_module, primary, with_primary
+from forensics.hooks import HookSet, primary, with_primary
+from forensics.models.arch import get_module
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
 from forensics.replay.interventions import InterventionSet
@@ -251,7 +252,7 @@ class Replayer:
             if module in self.bundle.modules:
                 self._widths[module] = int(self.bundle.activation(module).shape[-1])
             else:
-                find_module(self.model, module)  # raises UnknownModuleError with suggestions
+                get_module(self.model, module)  # raises UnknownModuleError with suggestions
                 self._widths[module] = None
         return self._widths[module]
 

@@ -14,9 +14,17 @@ from typing import Any
 
 from forensics.errors import BundleError, ConfigError
 
-__all__ = ["coverage", "list_bundle_paths", "load_population", "pick_counterfactuals", "token_overlap"]
+__all__ = ["bundle_name", "coverage", "list_bundle_paths", "load_population", "pick_counterfactuals", "token_overlap"]
 
 log = logging.getLogger(__name__)
+
+
+def bundle_name(path: str | Path) -> str:
+    """A bundle's name: its directory or archive name without ``.tar`` / ``.tar.zst``."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in (".tar.zst", ".tar"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def list_bundle_paths(directory: str | Path) -> list[Path]:

@@ -20,9 +20,11 @@ from typing import Any
 
 from forensics.config import Config, from_dict, to_dict
 from forensics.exec.base import Executor
+from forensics.ops.stats import index_result
+from forensics.rca.population import bundle_name
 from forensics.rca.result import write_json_atomic
 
-__all__ = ["BatchSummary", "BatchTask", "analyze_task", "bundle_name", "plan_batch", "run_batch"]
+__all__ = ["BatchSummary", "BatchTask", "analyze_task", "plan_batch", "run_batch"]
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,6 @@ class BatchSummary:
         return {"done": sorted(self.done), "skipped": sorted(self.skipped),
                 "failed": [{"bundle": n, "error": e} for n, e in sorted(self.failed)],
                 "fixed": self.fixed, "fix_rate": self.fixed / total if total else None, "seconds": self.seconds}
-
-
-def bundle_name(path: str | Path) -> str:
-    name = Path(str(path).rstrip("/")).name
-    for suffix in (".tar.zst", ".tar"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _model_key(path: str) -> str:
@@ -98,8 +93,6 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
 def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str | Path,
               progress: Callable[[int], None] | None = None, metrics: Any = None) -> BatchSummary:
     """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed."""
-    from forensics.ops.stats import index_result
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary, t0 = BatchSummary(), time.perf_counter()

@@ -29,8 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from forensics.config import CFConfig
 from forensics.errors import BundleError, ConfigError
-from forensics.rca.coding import METHODS, compression_ratios
+from forensics.rca.coding import compression_ratios
 
 __all__ = [
     "BASELINE_SCHEMA",
@@ -60,37 +61,6 @@ class BundleLike(Protocol):
     @property
     def modules(self) -> list[str]: ...
     def iter_activations(self, modules: Sequence[str] | None = None) -> Iterator[tuple[str, Any]]: ...
-
-
-def _bad(key: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"config key 'modules.cf.{key}': {value!r} not allowed; expected {allowed}")
-
-
-@dataclass(frozen=True)
-class CFConfig:
-    """Compression Forensics settings (``modules.cf`` in the config file)."""
-
-    anomaly_threshold: float = 2.0
-    compression_methods: tuple[str, ...] = ("zlib", "gzip", "arithmetic")
-    entropy_window: int = 256  # values per compressed window
-    baseline_samples: int = 50  # at most this many benign bundles feed the statistics
-
-    def __post_init__(self) -> None:
-        methods = self.compression_methods
-        if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
-            raise _bad("compression_methods", methods, f"a non-empty list of {', '.join(METHODS)}")
-        if len(set(methods)) != len(methods):
-            raise _bad("compression_methods", methods, "each method at most once")
-        if not (isinstance(self.anomaly_threshold, int | float) and self.anomaly_threshold > 0):
-            raise _bad("anomaly_threshold", self.anomaly_threshold, "a number > 0")
-        if not (_is_int(self.entropy_window) and 8 <= self.entropy_window <= 1 << 20):
-            raise _bad("entropy_window", self.entropy_window, "an integer in [8, 1048576]")
-        if not (_is_int(self.baseline_samples) and self.baseline_samples >= 2):
-            raise _bad("baseline_samples", self.baseline_samples, "an integer >= 2")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -138,7 +108,7 @@ def _stats_from_dict(data: Any) -> BaselineStats:
         raise ValueError(f"ratios measured as {data.get('symbols')!r}, this version measures {SYMBOLS!r}; "
                          "rebuild it (model-forensics build-baseline)")
     modules = {k: _module_from_dict(v) for k, v in data["modules"].items()}
-    methods = tuple(str(m) for m in data["methods"])
+    methods = tuple(data["methods"])
     CFConfig(compression_methods=methods, entropy_window=data["entropy_window"])  # same checks as config
     return BaselineStats(modules, int(data["n_bundles"]), [str(b) for b in data["bundle_ids"]], methods,
                          int(data["entropy_window"]))

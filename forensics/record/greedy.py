@@ -1,0 +1,76 @@
+"""Greedy recording of one prompt: generate under the recorder, locate the decision step, save.
+
+    run = record_greedy(loaded, "The capital of Australia is", "bundles/australia",
+                        FailureSpec.expected(" Canberra", loaded.tokenizer))
+    run.failed, run.text, run.bundle.outputs["decision_step"]
+
+The CLI's ``record``, the demo, the self-test, fault evaluation, the benches and the tests all record
+through this one function. Besides a ``FailureSpec``, ``spec`` may name a spec made from the run itself:
+``"runner-up"`` expects the second most likely first token (the model fails it: an incident of any
+model), ``"as-generated"`` expects what the model said (a benign run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from forensics.bundle import Bundle
+from forensics.failure import FailureSpec
+from forensics.models.registry import LoadedModel
+from forensics.record.recorder import record
+from forensics.vocab import BundleKind
+
+__all__ = ["GreedyRun", "SpecChoice", "record_greedy"]
+
+SpecChoice = FailureSpec | Literal["runner-up", "as-generated"]
+
+
+@dataclass(frozen=True)
+class GreedyRun:
+    """What one greedy recording produced: the saved bundle, its generated text, whether it failed."""
+
+    bundle: Bundle
+    text: str
+    failed: bool
+
+
+def record_greedy(
+    loaded: LoadedModel,
+    prompt: str,
+    out: str | Path,
+    spec: SpecChoice = "runner-up",
+    *,
+    kind: BundleKind | None = None,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+) -> GreedyRun:
+    """Generate greedily from ``prompt`` under the recorder and save the bundle at ``out``.
+
+    ``kind`` defaults to ``incident`` when the spec is violated, else ``benign``.
+    """
+    model: Any = loaded.model
+    tok, info = loaded.tokenizer, loaded.info
+    enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    torch.manual_seed(seed)
+    ref = info.ref if info.kind in ("embedded", "hf_cache") else str(Path(info.path).resolve())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with record(model, tok, model_ref=ref, model_sha256=info.sha256) as rec, torch.inference_mode():
+        model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    chosen_spec = _spec_for(spec, rec.generated_ids, rec.steps)
+    step = chosen_spec.decision_step(rec.generated_ids, tok)
+    chosen_kind = kind or ("incident" if step is not None else "benign")
+    generation = {"greedy": True, "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
+    bundle = rec.save(out, failure=chosen_spec, kind=chosen_kind, prompt=prompt, generation=generation)
+    return GreedyRun(bundle, tok.decode(rec.generated_ids), step is not None)
+
+
+def _spec_for(spec: SpecChoice, generated: list[int], steps: list[tuple[list[int], list[float]]]) -> FailureSpec:
+    if isinstance(spec, FailureSpec):
+        return spec
+    if spec == "as-generated":
+        return FailureSpec("expected", "", (generated[0],))
+    return FailureSpec("expected", "", (steps[0][0][1],))  # top-k ids of the first step, runner-up

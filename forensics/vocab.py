@@ -1,0 +1,51 @@
+"""The shared vocabulary: the allowed values of every small choice, each written once as a ``Literal``.
+
+    >>> STRATEGIES
+    ('greedy', 'beam', 'random')
+    >>> sorted(ROLES["analyst"])
+    ['read_bundles', 'run_analysis', 'view_results']
+
+Config validation, the interventions, the search, the coders and auth all take their allowed values
+from here, so mypy checks every use and a new value is added in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "BUNDLE_KINDS",
+    "COMPRESSION_METHODS",
+    "INTERVENTION_KINDS",
+    "PERMISSIONS",
+    "POSITION_NAMES",
+    "ROLES",
+    "STRATEGIES",
+    "BundleKind",
+    "CompressionMethod",
+    "InterventionKind",
+    "Permission",
+    "PositionName",
+    "Role",
+    "SearchStrategy",
+]
+
+BundleKind = Literal["incident", "benign"]
+CompressionMethod = Literal["zlib", "gzip", "lzma", "arithmetic"]
+SearchStrategy = Literal["greedy", "beam", "random"]
+InterventionKind = Literal["zero", "mean", "patch", "scale"]
+PositionName = Literal["last", "all"]
+Permission = Literal["read_bundles", "run_analysis", "view_results", "admin"]
+Role = Literal["viewer", "analyst", "admin"]
+
+BUNDLE_KINDS: tuple[BundleKind, ...] = get_args(BundleKind)
+COMPRESSION_METHODS: tuple[CompressionMethod, ...] = get_args(CompressionMethod)
+STRATEGIES: tuple[SearchStrategy, ...] = get_args(SearchStrategy)
+INTERVENTION_KINDS: tuple[InterventionKind, ...] = get_args(InterventionKind)
+POSITION_NAMES: tuple[PositionName, ...] = get_args(PositionName)
+PERMISSIONS: tuple[Permission, ...] = get_args(Permission)
+ROLES: dict[str, frozenset[Permission]] = {  # the deployment guide's roles (keys: every Role)
+    "viewer": frozenset({"view_results"}),
+    "analyst": frozenset({"read_bundles", "run_analysis", "view_results"}),
+    "admin": frozenset(PERMISSIONS),
+}
