@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,21 @@ def test_smollm2_canberra_without_space(smol: LoadedModel) -> None:
     assert tokenization_warnings(FailureSpec.expected(" Canberra", tok, warn=False), tok) == []
     (cjk,) = tokenization_warnings(FailureSpec.expected("日本", tok, warn=False), tok)
     assert "the character '日' (UTF-8 E6 97 A5)" in cjk  # no "add a space" advice where words have none
+
+
+def test_record_cli_prints_the_warning_and_records_what_was_asked(
+        tiny_dirs: dict[str, Path], tiny_llama: LoadedModel, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from forensics.bundle import load_bundle
+    from forensics.cli import main
+
+    model, prompt = str(tiny_dirs["llama"]), "The capital of Australia is"
+    assert main(["record", "--model", model, "--prompt", prompt, "--expected", "Canberra",
+                 "--out", str(tmp_path / "bare"), "--max-new-tokens", "2"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
+    assert "expected text 'Canberra' has no leading space" in line and "Likely intended: ' Canberra'" in line
+    failure = load_bundle(tmp_path / "bare").failure
+    assert failure is not None and failure["token_ids"] == ids(tiny_llama.tokenizer, "Canberra")
+    assert main(["record", "--model", model, "--prompt", prompt, "--expected", " Canberra",
+                 "--out", str(tmp_path / "spaced"), "--max-new-tokens", "2"]) == 0
+    assert "warning:" not in capsys.readouterr().err

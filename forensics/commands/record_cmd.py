@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from forensics.failure import FailureSpec
+from forensics.failure import FailureSpec, tokenization_warnings
 from forensics.models.registry import resolve_model
 from forensics.record import record_greedy
 
@@ -29,9 +30,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:
+    """The spec of --expected / --forbidden; its tokenisation traps go to stderr, one ``warning:`` line each."""
     if args.expected is not None:
-        return FailureSpec.expected(args.expected, tokenizer)
-    return FailureSpec.forbidden(args.forbidden, regex=args.regex)
+        spec = FailureSpec.expected(args.expected, tokenizer, warn=False)
+    else:
+        spec = FailureSpec.forbidden(args.forbidden, regex=args.regex)
+    for message in tokenization_warnings(spec, tokenizer, prompt=args.prompt):
+        print(f"warning: {message}", file=sys.stderr)
+    return spec
 
 
 def run(args: argparse.Namespace) -> int:
