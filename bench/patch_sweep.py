@@ -114,11 +114,11 @@ def our_sets(lab: Lab) -> list[tuple[Any, ...]]:
 def ours(lab: Lab, *, prefix_reuse: bool = True, suffix_reuse: bool = True, batch_size: int = 32) -> Engine:
     """One Replayer, kept across rounds (the warm-up round lets it learn the layer output type and the
     incident's keys and values; ``ours_first_call`` times that too)."""
-    from forensics.replay.replayer import Replayer
+    from forensics.replay import Replayer, ReplayOptions
 
     sets = our_sets(lab)
-    rp = Replayer(lab.incident, loaded=lab.loaded, counterfactuals=[lab.clean],
-                  prefix_reuse=prefix_reuse, suffix_reuse=suffix_reuse, batch_size=batch_size)
+    options = ReplayOptions(prefix_reuse=prefix_reuse, suffix_reuse=suffix_reuse, batch_size=batch_size)
+    rp = Replayer(lab.incident, loaded=lab.loaded, counterfactuals=[lab.clean], options=options)
     return Engine(lambda: lab.metric(rp.logits(sets)))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class BatchTask:
     config: dict[str, Any] = field(default_factory=dict, hash=False)
     html: bool = False
     model_key: str = ""
+    encryption_key: bytes | None = field(default=None, repr=False)  # ``config`` holds no secrets
 
     @property
     def name(self) -> str:
@@ -71,17 +72,18 @@ def plan_batch(paths: Sequence[str | Path], *, output_dir: str | Path, baseline:
                model: str | None = None, config: Config | None = None, html: bool = False) -> list[BatchTask]:
     out = Path(output_dir)
     cfg = to_dict(config or Config())
+    key = config.encryption_key if config is not None else None
     return [BatchTask(str(p), str(out / f"{bundle_name(p)}.json"), baseline, model, cfg, html,
-                      model or _model_key(str(p))) for p in paths]
+                      model or _model_key(str(p)), key) for p in paths]
 
 
 def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
     """Worker side: analyse one bundle with the worker's warm pipeline; write its report atomically."""
     from forensics.rca.pipeline import RCAPipeline
 
-    key = ("pipeline", json.dumps(task.config, sort_keys=True))
+    key = ("pipeline", json.dumps(task.config, sort_keys=True), task.encryption_key)
     if key not in state:
-        state[key] = RCAPipeline(from_dict(Config, task.config))
+        state[key] = RCAPipeline(replace(from_dict(Config, task.config), encryption_key=task.encryption_key))
     report = Path(task.report)
     html = report.with_suffix(".html") if task.html else None
     result = state[key].analyze_incident(task.bundle, baseline=task.baseline, model=task.model, output=report,

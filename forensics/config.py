@@ -220,6 +220,10 @@ class Config:
     max_memory: int | None = None  # bytes
     audit_log: str | None = None
     encryption_key_set: bool = False  # only whether MODEL_FORENSICS_ENCRYPTION_KEY is set; never the key
+    cache_dir: str | None = None  # converted models (and the results cache); None: ~/.cache/model-forensics
+    # The bundle key itself: set only by the edge (``forensics.ops.env.config_from_env`` from
+    # MODEL_FORENSICS_ENCRYPTION_KEY), never read from a file, never in ``to_dict``, ``repr`` or a report.
+    encryption_key: bytes | None = field(default=None, repr=False, metadata={"secret": True})
     roles: RolesConfig = field(default_factory=RolesConfig)
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
@@ -243,7 +247,7 @@ def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:
         where = prefix.rstrip(".") or "<root>"
         raise ConfigError(f"config key {where!r}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("secret")}
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; allowed here: {', '.join(sorted(fields))}")
@@ -275,9 +279,9 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-data form of a config (tuples become lists), for reports and ``info``."""
+    """Plain-data form of a config (tuples become lists), for reports and ``info``; secrets are left out."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("secret")}
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]
     return obj

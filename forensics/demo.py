@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from forensics.config import Config
 from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.vocab import BundleKind
@@ -37,44 +38,46 @@ BENIGN = [
 
 
 def _record(loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Path,
-            kind: BundleKind) -> Any:
+            kind: BundleKind, key: bytes | None) -> Any:
     from forensics.bundle import load_bundle
     from forensics.record import record_greedy
 
     if (dest / "manifest.json").is_file():
-        return load_bundle(dest)
+        return load_bundle(dest, encryption_key=key)
     spec = FailureSpec.expected(expected, loaded.tokenizer)
-    return record_greedy(loaded, prompt, dest, spec, kind=kind, max_new_tokens=4).bundle
+    return record_greedy(loaded, prompt, dest, spec, kind=kind, max_new_tokens=4, encryption_key=key).bundle
 
 
-def record_demo_bundles(loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print) -> tuple[Any, Path]:
+def record_demo_bundles(loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print, *,
+                        key: bytes | None = None) -> tuple[Any, Path]:
     """Record (or reuse) the incident and the benign bundles; returns (incident, benign dir)."""
     bundles, benign_dir = workdir / "bundles", workdir / "bundles" / "benign"
     name, prompt, expected = INCIDENT
-    incident = _record(loaded, name, prompt, expected, bundles / name, "incident")
+    incident = _record(loaded, name, prompt, expected, bundles / name, "incident", key)
     say(f"incident: {prompt!r} -> {loaded.tokenizer.decode(incident.outputs['generated_ids'])!r} "
         f"(expected {expected!r}; failure: {incident.outputs['is_failure']})")
     for bname, bprompt, bexpected in BENIGN:
-        bundle = _record(loaded, bname, bprompt, bexpected, benign_dir / bname, "benign")
+        bundle = _record(loaded, bname, bprompt, bexpected, benign_dir / bname, "benign", key)
         if bundle.outputs["is_failure"]:
             say(f"  note: benign prompt {bname!r} failed too; it is kept out of the population")
     say(f"benign:   {len(BENIGN)} bundles in {benign_dir}")
     return incident, benign_dir
 
 
-def run_demo(workdir: str | Path, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(workdir: str | Path, *, say: Callable[[str], None] = print, config: Config | None = None) -> dict[str, Any]:
     from forensics.commands.analyze_cmd import print_summary
     from forensics.rca.pipeline import RCAPipeline
 
     t0 = time.perf_counter()
     work = Path(workdir)
     say("loading smollm2-135m (the first run converts the embedded GGUF once, ~15-40 s)...")
-    loaded = resolve_model("smollm2-135m")
+    config = config or Config()
+    loaded = resolve_model("smollm2-135m", device=config.device, cache_dir=config.cache_dir)
     t_model = time.perf_counter()
-    incident, benign_dir = record_demo_bundles(loaded, work, say)
+    incident, benign_dir = record_demo_bundles(loaded, work, say, key=config.encryption_key)
     t_rec = time.perf_counter()
     reports = work / "reports"
-    result = RCAPipeline().analyze_incident(incident, baseline=benign_dir, model=loaded,
+    result = RCAPipeline(config).analyze_incident(incident, baseline=benign_dir, model=loaded,
                                             output=reports / "australia.json", html=reports / "australia.html")
     report = result.to_dict()
     print_summary(report)

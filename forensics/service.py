@@ -161,7 +161,7 @@ def _check_name(name: Any, allow_root: bool) -> None:
 
 # -- uploads -------------------------------------------------------------------------------------
 def save_upload(bundle_dir: str | os.PathLike[str], source: IO[bytes], filename: str | None, *,
-                max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> str:
+                max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, encryption_key: bytes | None = None) -> str:
     """Store an uploaded ``.tar``/``.tar.zst`` bundle under a fresh name; returns that name (relative).
 
     The client's file name only chooses the suffix. The copy is bounded by ``max_bytes``
@@ -181,7 +181,7 @@ def save_upload(bundle_dir: str | os.PathLike[str], source: IO[bytes], filename:
     _copy_bounded(source, folder, target, max_bytes, filename)
     try:
         _check_declared_size(target, EXTRACT_FACTOR * max_bytes)
-        load_bundle(target, max_archive_bytes=EXTRACT_FACTOR * max_bytes)
+        load_bundle(target, max_archive_bytes=EXTRACT_FACTOR * max_bytes, encryption_key=encryption_key)
     except BundleError as exc:
         target.unlink(missing_ok=True)
         raise BundleError(f"upload {filename!r}: {exc}") from None

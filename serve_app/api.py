@@ -232,7 +232,7 @@ async def _upload(request: Request, settings: Settings) -> tuple[str, str | None
         if baseline is not None and not isinstance(baseline, str):
             raise APIError(422, "ValidationError", "multipart upload: 'baseline' must be a text field")
         name = await asyncio.to_thread(service.save_upload, settings.bundle_dir, file.file, file.filename,
-                                       max_bytes=settings.max_upload_bytes)
+                                       max_bytes=settings.max_upload_bytes, encryption_key=settings.encryption_key)
     finally:
         await form.close()
     return name, baseline or None

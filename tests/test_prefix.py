@@ -11,7 +11,7 @@ import torch
 from forensics.models import LoadedModel, resolve_model
 from forensics.models.arch import arch_for
 from forensics.record import record_greedy
-from forensics.replay import Intervention, Replayer
+from forensics.replay import Intervention, Replayer, ReplayOptions
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi"]
 
@@ -32,8 +32,8 @@ def _sets(rp: Replayer) -> list[tuple[Intervention, ...]]:
 def test_prefix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
     bundle = record_greedy(loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3).bundle
-    fast = Replayer(bundle, loaded=loaded, batch_size=4)  # small chunks: sets of late layers share none
-    full = Replayer(bundle, loaded=loaded, prefix_reuse=False, suffix_reuse=False, batch_size=4)
+    fast = Replayer(bundle, loaded=loaded, options=ReplayOptions(batch_size=4))  # small chunks: sets of late layers share none
+    full = Replayer(bundle, loaded=loaded, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=4))
     assert fast.fidelity().faithful
     sets = _sets(fast)
     a, b = fast.logits(sets), full.logits(sets)
@@ -81,8 +81,8 @@ def _suffix_sets(rp: Replayer) -> list[tuple[Intervention, ...]]:
 def test_suffix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
     bundle = record_greedy(loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3).bundle
-    fast = Replayer(bundle, loaded=loaded, batch_size=3)
-    full = Replayer(bundle, loaded=loaded, prefix_reuse=False, suffix_reuse=False, batch_size=3)
+    fast = Replayer(bundle, loaded=loaded, options=ReplayOptions(batch_size=3))
+    full = Replayer(bundle, loaded=loaded, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=3))
     fast.pass_cost = 0.0  # a tiny model never pays for an extra pass; force the split to test it
     sets = _suffix_sets(fast)
     a, b = fast.logits(sets), full.logits(sets)
@@ -109,8 +109,8 @@ def test_small_savings_keep_one_pass(tiny_llama: LoadedModel, tmp_path: Path) ->
 def test_suffix_reuse_on_smollm_splits_and_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
     """On a 135M model a group of last-position sets saves more than a pass costs: it gets its own pass."""
     bundle = record_greedy(smol, "The capital of Australia is", tmp_path / "a", kind="incident", max_new_tokens=2).bundle
-    fast = Replayer(bundle, loaded=smol, batch_size=64)
-    full = Replayer(bundle, loaded=smol, prefix_reuse=False, suffix_reuse=False, batch_size=64)
+    fast = Replayer(bundle, loaded=smol, options=ReplayOptions(batch_size=64))
+    full = Replayer(bundle, loaded=smol, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=64))
     sets = [(Intervention(f"model.layers.{i}", "zero", pos),) for i in range(30) for pos in ("last", "all")]
     # fp32 BLAS results depend on the matrix shapes: a one-position pass (gemv) and a batched one both
     # differ from the plain pass by ~3e-5 relative (up to ~5e-4 on logits of ~20), as batching does

@@ -9,7 +9,7 @@ import torch
 from forensics.errors import ConfigError, ReplayError, UnknownModuleError
 from forensics.models import LoadedModel, resolve_model
 from forensics.record import record_greedy
-from forensics.replay import Intervention, Replayer
+from forensics.replay import Intervention, Replayer, ReplayOptions
 
 PROMPT = "The capital of Australia is"
 
@@ -118,9 +118,9 @@ def test_model_mismatch_is_refused_unless_allowed(llama_case: dict[str, Any], ti
     other = resolve_model(str(tiny_dirs["mistral"]), device="cpu")
     other.model.model.layers[0].mlp.down_proj.weight.data.mul_(2.0)
     other = other._replace(info=other.info.__class__(**{**other.info.to_dict(), "sha256": "f" * 64}))
-    with pytest.raises(ReplayError, match="allow-model-mismatch"):
+    with pytest.raises(ReplayError, match="allow_model_mismatch"):
         Replayer(llama_case["incident"], loaded=other)
-    assert Replayer(llama_case["incident"], loaded=other, allow_model_mismatch=True).run(()).argmax_id >= 0
+    assert Replayer(llama_case["incident"], loaded=other, options=ReplayOptions(allow_model_mismatch=True)).run(()).argmax_id >= 0
 
 
 def test_intervention_json_round_trip_and_validation() -> None:

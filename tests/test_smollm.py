@@ -10,7 +10,7 @@ import torch
 from forensics.failure import FailureSpec
 from forensics.models import LoadedModel
 from forensics.record import record_greedy
-from forensics.replay import Intervention, Replayer
+from forensics.replay import Intervention, Replayer, ReplayOptions
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +35,8 @@ def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_
 def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
     spec = FailureSpec.expected(" Canberra", smol.tokenizer)
     bundle = record_greedy(smol, "The capital of Australia is", tmp_path / "a", spec, max_new_tokens=2).bundle
-    fast = Replayer(bundle, loaded=smol, suffix_reuse=False, batch_size=2)  # prefix reuse alone; chunks of 2
-    full = Replayer(bundle, loaded=smol, prefix_reuse=False, suffix_reuse=False, batch_size=2)
+    fast = Replayer(bundle, loaded=smol, options=ReplayOptions(suffix_reuse=False, batch_size=2))  # prefix reuse alone; chunks of 2
+    full = Replayer(bundle, loaded=smol, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=2))
     fast.fidelity()
     sets = [(), *[(Intervention(f"model.layers.{i}", "zero", "last"),) for i in (0, 10, 20, 29)],
             (Intervention("model.layers.25.mlp", "scale", "all", factor=0.0),)]

@@ -19,12 +19,17 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """``--config`` (else ``MODEL_FORENSICS_CONFIG``, else defaults) with ``MODEL_FORENSICS_*`` overrides."""
+    """``--config`` (else ``MODEL_FORENSICS_CONFIG``, else defaults) with ``MODEL_FORENSICS_*`` overrides;
+    a ``device`` this machine lacks is a one-line ``ConfigError`` naming the setting."""
     import os
 
     from forensics.ops.env import config_from_env
+    from forensics.ops.health import require_device
 
-    return config_from_env(getattr(args, "config", None), os.environ)
+    path = getattr(args, "config", None)
+    config = config_from_env(path, os.environ)
+    require_device(config, path, os.environ)
+    return config
 
 
 def print_json(data: Any) -> None:

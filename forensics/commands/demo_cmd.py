@@ -13,7 +13,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forensics.commands.common import config_from_args
     from forensics.demo import run_demo
 
-    report = run_demo(args.workdir)
+    report = run_demo(args.workdir, config=config_from_args(args))
     return 0 if report["fix_set"] and report["fix_set"]["validated"] else 1

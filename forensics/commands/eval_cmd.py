@@ -27,10 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from forensics.models.registry import resolve_model
     from forensics.rca.result import write_json_atomic
 
-    layers = resolve_model(args.model, device="cpu").info.num_layers
+    config = config_from_args(args)
+    layers = resolve_model(args.model, device="cpu", cache_dir=config.cache_dir).info.num_layers
     faults = default_faults(layers, n=args.faults, seed=args.seed, magnitude=args.magnitude)
     with progress_bar("faults", total=len(faults), unit="fault") as advance:
-        report = evaluate_faults(args.model, faults, PROMPTS, workdir=args.workdir, config=config_from_args(args),
+        report = evaluate_faults(args.model, faults, PROMPTS, workdir=args.workdir, config=config,
                                  progress=advance)
     data = report.to_dict()
     write_json_atomic(Path(args.workdir) / "eval.json", data)

@@ -1,4 +1,4 @@
-"""`info`: version, devices, the resolved config (no secrets) and health checks.
+"""`info`: version, devices, the resolved config (no secrets) and health checks; exit 1 unless health is ok.
 
     model-forensics info --format json | jq '.health'
 """
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(info)
     else:
         print_table(info)
-    return 0
+    return 0 if info["health"]["status"] == "ok" else 1
 
 
 def print_table(info: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from forensics.commands.common import config_from_args
 from forensics.failure import FailureSpec, tokenization_warnings
 from forensics.models.registry import resolve_model
 from forensics.record import record_greedy
@@ -41,10 +42,11 @@ def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = resolve_model(args.model, device=args.device)
+    config = config_from_args(args)
+    loaded = resolve_model(args.model, device=args.device, cache_dir=config.cache_dir)
     spec = spec_from_args(args, loaded.tokenizer)
     run_ = record_greedy(loaded, args.prompt, args.out, spec, kind=args.kind,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed)
+                         max_new_tokens=args.max_new_tokens, seed=args.seed, encryption_key=config.encryption_key)
     bundle, text, failed = run_.bundle, run_.text, run_.failed
     outputs = bundle.outputs
     print(f"prompt:    {args.prompt!r}")

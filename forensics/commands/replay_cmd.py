@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from forensics.replay import Fidelity, Intervention, Outcome, Replayer
+from forensics.commands.common import config_from_args
+from forensics.replay import Fidelity, Intervention, Outcome, Replayer, ReplayOptions
 
 NAME = "replay"
 HELP = "replay a bundle deterministically, optionally with interventions"
@@ -28,13 +29,16 @@ def run(args: argparse.Namespace) -> int:
     from forensics.bundle import load_bundle
     from forensics.models.registry import resolve_model
 
-    bundle = load_bundle(args.bundle)
-    baselines = [load_bundle(b) for b in args.baseline]
+    config = config_from_args(args)
+    key = config.encryption_key
+    bundle = load_bundle(args.bundle, encryption_key=key)
+    baselines = [load_bundle(b, encryption_key=key) for b in args.baseline]
     dtype = args.dtype or bundle.model.get("dtype", "float32")
-    loaded = resolve_model(args.model or bundle.model["ref"], device=args.device, dtype=dtype) \
-        if (args.model or args.dtype) else None
-    rp = Replayer(bundle, loaded=loaded, device=args.device, baselines=baselines,
-                  allow_model_mismatch=args.allow_model_mismatch or dtype != bundle.model.get("dtype", "float32"))
+    loaded = resolve_model(args.model or bundle.model["ref"], device=args.device, dtype=dtype,
+                           cache_dir=config.cache_dir) if (args.model or args.dtype) else None
+    options = ReplayOptions(device=args.device, cache_dir=config.cache_dir, fidelity_tolerance=config.fidelity_tolerance,
+                            allow_model_mismatch=args.allow_model_mismatch or dtype != bundle.model.get("dtype", "float32"))
+    rp = Replayer(bundle, loaded=loaded, baselines=baselines, options=options)
     fid = rp.fidelity()
     base = rp.run(())
     ivs = Intervention.parse_sets(args.intervene) if args.intervene else ()

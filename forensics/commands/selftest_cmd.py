@@ -23,9 +23,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from forensics.ops.env import config_from_env
+    from forensics.ops.health import require_device
     from forensics.ops.selftest import Step, run_selftest
 
     config = config_from_env(args.config, os.environ)
+    require_device(config, args.config, os.environ)
     print(f"self-test with {args.config or os.environ.get('MODEL_FORENSICS_CONFIG') or 'built-in defaults'} "
           f"(device {config.device})")
 

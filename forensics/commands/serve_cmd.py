@@ -63,12 +63,14 @@ def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
     Config errors surface here, before Ray starts, as one CLI line, and so does a missing auth source.
     """
     from forensics.ops.env import config_from_env
+    from forensics.ops.health import require_device
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 1 to 65535")
     values: dict[str, Any] = _load_app_args(args.app_args) if args.app_args else {}
     config_path = args.config or values.get("config_path")
     config = config_from_env(config_path, os.environ)
+    require_device(config, config_path, os.environ)
     values["config_path"] = _abs(config_path)
     values["bundle_dir"] = _abs(args.bundle_dir or values.get("bundle_dir") or config.bundle_dir)
     values["output_dir"] = _abs(args.output_dir or values.get("output_dir") or config.output_dir)

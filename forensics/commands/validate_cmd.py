@@ -24,23 +24,27 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from forensics.bundle import load_bundle
+    from forensics.commands.common import config_from_args
     from forensics.models.registry import resolve_model
-    from forensics.replay import Intervention, Replayer
+    from forensics.replay import Intervention, Replayer, ReplayOptions
 
     report = _read(args.report)
     fix = report.get("fix_set")
     if not fix:
         print(f"report {args.report}: no fix set to validate")
         return 1
-    bundle = load_bundle(args.bundle or report["bundle_path"])
+    config = config_from_args(args)
+    key = config.encryption_key
+    bundle = load_bundle(args.bundle or report["bundle_path"], encryption_key=key)
     info = report.get("baselines", {})
     paths = info.get("paths", {})
-    baselines = [load_bundle(paths[i]) for i in info.get("population", []) if i in paths]
-    counterfactuals = [load_bundle(paths[i]) for i in info.get("patch_sources", []) if i in paths]
-    loaded = resolve_model(args.model, device=args.device, dtype=bundle.model.get("dtype", "float32")) \
-        if args.model else None
-    rp = Replayer(bundle, loaded=loaded, device=args.device, baselines=baselines, counterfactuals=counterfactuals,
-                  allow_model_mismatch=args.allow_model_mismatch)
+    baselines = [load_bundle(paths[i], encryption_key=key) for i in info.get("population", []) if i in paths]
+    counterfactuals = [load_bundle(paths[i], encryption_key=key) for i in info.get("patch_sources", []) if i in paths]
+    loaded = resolve_model(args.model, device=args.device, dtype=bundle.model.get("dtype", "float32"),
+                           cache_dir=config.cache_dir) if args.model else None
+    options = ReplayOptions(device=args.device, cache_dir=config.cache_dir,
+                            allow_model_mismatch=args.allow_model_mismatch)
+    rp = Replayer(bundle, loaded=loaded, baselines=baselines, counterfactuals=counterfactuals, options=options)
     ivs = tuple(Intervention.from_dict(iv) for iv in fix["interventions"])
     out = rp.run(ivs)
     verdict = "STILL FIXES" if out.fixed else "DOES NOT FIX"

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from forensics.replay.interventions import InterventionSet
+from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
 from forensics.replay.replayer import Outcome
 
 __all__ = ["Evaluator", "Executor", "ReplayJob", "TaskError", "Work"]
@@ -35,12 +36,16 @@ class ReplayJob:
     baselines: tuple[str, ...] = ()
     counterfactuals: tuple[str, ...] = ()
     model: str | None = None
-    device: str = "auto"
-    allow_model_mismatch: bool = False
-    allow_baseline_mismatch: bool = False
-    batch_size: int = 32
-    fidelity_tolerance: float = 1e-4
-    max_memory: int | None = None
+    options: ReplayOptions = DEFAULT_OPTIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": self.bundle, "baselines": list(self.baselines), "counterfactuals": list(self.counterfactuals),
+                "model": self.model, "options": self.options.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplayJob:
+        return cls(str(data["bundle"]), tuple(data["baselines"]), tuple(data["counterfactuals"]), data["model"],
+                   ReplayOptions.from_dict(data["options"]))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from forensics.errors import ForensicsError
 from forensics.exec.base import Evaluator, Executor, ReplayJob, TaskError, Work
+from forensics.models.registry import LoadedModel
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.replayer import Outcome, Replayer
 
@@ -22,26 +23,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def build_replayer(job: ReplayJob, loaded: Any = None) -> Replayer:
+def build_replayer(job: ReplayJob, loaded: LoadedModel | None = None) -> Replayer:
     """Load the job's bundle, baselines and model (through the registry) into a Replayer."""
     from forensics.bundle import load_bundle
     from forensics.models.registry import resolve_model
 
-    bundle = load_bundle(job.bundle)
+    opts = job.options
+    key = opts.encryption_key
+    bundle = load_bundle(job.bundle, encryption_key=key)
     if loaded is None and job.model is not None:
-        loaded = resolve_model(job.model, device=job.device, dtype=bundle.model.get("dtype", "float32"))
-    return Replayer(
-        bundle,
-        loaded=loaded,
-        device=job.device,
-        baselines=[load_bundle(b) for b in job.baselines],
-        counterfactuals=[load_bundle(b) for b in job.counterfactuals],
-        allow_model_mismatch=job.allow_model_mismatch,
-        allow_baseline_mismatch=job.allow_baseline_mismatch,
-        batch_size=job.batch_size,
-        fidelity_tolerance=job.fidelity_tolerance,
-        max_memory=job.max_memory,
-    )
+        loaded = resolve_model(job.model, device=opts.device, dtype=bundle.model.get("dtype", "float32"),
+                               cache_dir=opts.cache_dir)
+    return Replayer(bundle, loaded=loaded, baselines=[load_bundle(b, encryption_key=key) for b in job.baselines],
+                    counterfactuals=[load_bundle(b, encryption_key=key) for b in job.counterfactuals], options=opts)
 
 
 def run_task(fn: Work[T, R], item: T, state: dict[Any, Any]) -> tuple[R | None, TaskError | None]:

@@ -15,7 +15,6 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import asdict
 from typing import Any, TypeVar
 
 from forensics.exec.base import Evaluator, Executor, ReplayJob, TaskError, Work
@@ -45,7 +44,7 @@ class ReplayWorker:
     def evaluate(self, job: dict[str, Any], sets: list[list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], int]:
         from forensics.exec.local import build_replayer
 
-        key = ReplayJob(**{**job, "baselines": tuple(job["baselines"]), "counterfactuals": tuple(job["counterfactuals"])})
+        key = ReplayJob.from_dict(job)
         if key not in self.sessions:
             self.sessions = {key: build_replayer(key, self._loaded(key))}  # one live session per actor
         rp = self.sessions[key]
@@ -62,10 +61,10 @@ class ReplayWorker:
         from forensics.bundle import load_bundle
         from forensics.models.registry import resolve_model
 
-        ref = job.model or load_bundle(job.bundle, verify=False).model["ref"]
+        ref = job.model or load_bundle(job.bundle, verify=False, encryption_key=job.options.encryption_key).model["ref"]
         cache = self.state.setdefault("models", {})
         if ref not in cache:
-            cache[ref] = resolve_model(ref, device=job.device)
+            cache[ref] = resolve_model(ref, device=job.options.device, cache_dir=job.options.cache_dir)
         return cache[ref]
 
 
@@ -78,7 +77,7 @@ class RayEvaluator:
     """Splits each batch of candidate sets across the actors; results come back in order."""
 
     def __init__(self, executor: RayExecutor, job: ReplayJob) -> None:
-        self.executor, self.job = executor, asdict(job)
+        self.executor, self.job = executor, job.to_dict()
         self._passes = 0
 
     def __call__(self, sets: Sequence[InterventionSet]) -> list[Outcome]:

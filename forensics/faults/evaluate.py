@@ -111,7 +111,8 @@ def evaluate_faults(model_ref: str, faults: Sequence[Fault], prompts: Sequence[s
     from forensics.rca.pipeline import RCAPipeline
 
     work = Path(workdir)
-    clean = resolve_model(model_ref, device="cpu")
+    config = config or Config()
+    clean = resolve_model(model_ref, device="cpu", cache_dir=config.cache_dir)
     clean_dir = work / "clean"
     answers = {}
     for i, prompt in enumerate(prompts):
@@ -135,7 +136,7 @@ def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], 
     broken: Any = plant_fault(clean.model, fault)
     broken.save_pretrained(faulty_dir)
     clean.tokenizer.save_pretrained(faulty_dir)
-    faulty = resolve_model(str(faulty_dir), device="cpu")
+    faulty = resolve_model(str(faulty_dir), device="cpu", cache_dir=pipeline.config.cache_dir)
     prompt = next((p for p in prompts if _greedy_first(faulty, p) != answers[p]), None)
     if prompt is None:
         case.note = "the fault changed no prompt's answer"

@@ -70,9 +70,9 @@ class LoadedModel(NamedTuple):
 
 
 def default_cache_dir() -> Path:
-    """``MODEL_FORENSICS_CACHE_DIR`` or ``~/.cache/model-forensics`` (read at the edge only)."""
-    env = os.environ.get("MODEL_FORENSICS_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "model-forensics"
+    """``~/.cache/model-forensics``: where converted models go unless the caller names ``cache_dir``
+    (the CLI and the Serve app pass ``Config.cache_dir``, i.e. ``MODEL_FORENSICS_CACHE_DIR``)."""
+    return Path.home() / ".cache" / "model-forensics"
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -124,7 +124,8 @@ def _stamp(path: Path) -> None:
 
 
 def input_identity(bundle: Any, baseline: Any, model: Any, patch_source: Any,
-                   allow_model_mismatch: bool, allow_baseline_mismatch: bool) -> dict[str, Any]:
+                   allow_model_mismatch: bool, allow_baseline_mismatch: bool,
+                   key: bytes | None = None) -> dict[str, Any]:
     """What besides the bundle and config decides the result, as plain data."""
     from forensics.models.registry import LoadedModel
 
@@ -133,31 +134,31 @@ def input_identity(bundle: Any, baseline: Any, model: Any, patch_source: Any,
     else:
         model_id = None if model is None else str(model)
     sources = patch_source if isinstance(patch_source, list | tuple) else [patch_source] if patch_source else []
-    return {"baseline": _baseline_identity(baseline), "model": model_id,
-            "patch_sources": [_bundle_sha(p) for p in sources],
+    return {"baseline": _baseline_identity(baseline, key), "model": model_id,
+            "patch_sources": [_bundle_sha(p, key) for p in sources],
             "allow_model_mismatch": allow_model_mismatch, "allow_baseline_mismatch": allow_baseline_mismatch}
 
 
-def _bundle_sha(obj: Any, verify: bool = False) -> str:
+def _bundle_sha(obj: Any, key: bytes | None) -> str:
     from forensics.bundle import Bundle, load_bundle
 
-    bundle = obj if isinstance(obj, Bundle) else load_bundle(obj, verify=verify)
+    bundle = obj if isinstance(obj, Bundle) else load_bundle(obj, verify=False, encryption_key=key)
     return bundle.file_sha256()
 
 
-def _baseline_identity(baseline: Any) -> Any:
+def _baseline_identity(baseline: Any, key: bytes | None) -> Any:
     from forensics.rca.population import list_bundle_paths
 
     if baseline is None:
         return None
     if isinstance(baseline, list | tuple):
-        return sorted(_bundle_sha(b) for b in baseline)
+        return sorted(_bundle_sha(b, key) for b in baseline)
     path = Path(baseline)
     if str(baseline).endswith(".json"):
         return {"stats_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     if (path / "manifest.json").is_file() or not path.is_dir():
-        return [_bundle_sha(path)]
-    return [_bundle_sha(p) for p in list_bundle_paths(path)]
+        return [_bundle_sha(path, key)]
+    return [_bundle_sha(p, key) for p in list_bundle_paths(path)]
 
 
 def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: ResultCache | None, *,
@@ -169,11 +170,12 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
     from forensics.bundle import Bundle, load_bundle
     from forensics.version import __version__
 
-    incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)  # verified
+    key_bytes = pipeline.config.encryption_key
+    incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path, encryption_key=key_bytes)
     key = None
     if cache is not None:
         extra = input_identity(incident, baseline, model, patch_source, allow_model_mismatch,
-                               allow_baseline_mismatch)
+                               allow_baseline_mismatch, key_bytes)
         key = cache_key(incident.file_sha256(), config_hash(pipeline.config), __version__, extra)
         hit = cache.get(key)
         if hit is not None:

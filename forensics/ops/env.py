@@ -10,6 +10,7 @@ Empty variables count as unset.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -84,6 +85,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "MAX_MEMORY": ("max_memory", parse_size, SIZE_ALLOWED),
     "AUDIT_LOG": ("audit_log", _text, "a file path"),
     "TOKENS_FILE": ("authentication.tokens_file", _text, "a file path"),  # also where `tokens add` writes
+    "CACHE_DIR": ("cache_dir", _text, "a directory path"),  # converted models; results cache in CACHE_DIR/results
 }
 
 
@@ -122,8 +124,10 @@ def config_from_env(path: str | Path | None, environ: Mapping[str, str]) -> Conf
         path, source = environ[PREFIX + "CONFIG"].strip(), PREFIX + "CONFIG"
     overrides = env_overrides(environ)
     try:
-        return load_config(path, overrides)
+        config = load_config(path, overrides)
     except ConfigError as exc:
         if source == PREFIX + "CONFIG":
             raise ConfigError(f"environment variable {source}={str(path)!r}: {exc}") from None
         raise
+    key = encryption_key_from_env(environ)
+    return config if key is None else dataclasses.replace(config, encryption_key=key)

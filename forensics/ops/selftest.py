@@ -34,19 +34,19 @@ class Step:
         return {True: "PASS", False: "FAIL", None: "SKIP"}[self.ok]
 
 
-def _record(loaded: Any, prompt: str, dest: Path, *, incident: bool, n: int) -> Any:
+def _record(loaded: Any, prompt: str, dest: Path, *, incident: bool, n: int, key: bytes | None) -> Any:
     """An incident expects the runner-up first token (so the model fails its spec); a benign bundle
     expects what the model says."""
     from forensics.record import record_greedy
 
     return record_greedy(loaded, prompt, dest, "runner-up" if incident else "as-generated",
-                         kind="incident" if incident else "benign", max_new_tokens=n).bundle
+                         kind="incident" if incident else "benign", max_new_tokens=n, encryption_key=key).bundle
 
 
 def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:
     from forensics.bundle import load_bundle
     from forensics.models import build_tiny_model, resolve_model
-    from forensics.rca.pipeline import RCAPipeline
+    from forensics.rca.pipeline import RCAPipeline, replay_options
     from forensics.replay import Replayer
 
     def build() -> str:
@@ -54,24 +54,26 @@ def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, 
         return str(state["model_dir"])
 
     def load() -> str:
-        state["loaded"] = resolve_model(str(state["model_dir"]), device=config.device)
+        state["loaded"] = resolve_model(str(state["model_dir"]), device=config.device, cache_dir=config.cache_dir)
         return f"device {state['loaded'].info.device}"
 
     def incident() -> str:
-        state["incident"] = _record(state["loaded"], INCIDENT_PROMPT, work / "bundles" / "incident", incident=True, n=3)
+        state["incident"] = _record(state["loaded"], INCIDENT_PROMPT, work / "bundles" / "incident", incident=True, n=3,
+                                    key=config.encryption_key)
         return f"{state['incident'].nbytes} bytes, failure: {state['incident'].outputs['is_failure']}"
 
     def benign() -> str:
         for i, prompt in enumerate(BENIGN_PROMPTS):
-            _record(state["loaded"], prompt, work / "bundles" / "benign" / f"b{i}", incident=False, n=2)
+            _record(state["loaded"], prompt, work / "bundles" / "benign" / f"b{i}", incident=False, n=2,
+                    key=config.encryption_key)
         return f"{len(BENIGN_PROMPTS)} bundles"
 
     def integrity() -> str:
         paths = [work / "bundles" / "incident", *sorted((work / "bundles" / "benign").iterdir())]
-        return ", ".join(load_bundle(p).file_sha256()[:12] for p in paths)
+        return ", ".join(load_bundle(p, encryption_key=config.encryption_key).file_sha256()[:12] for p in paths)
 
     def fidelity() -> str:
-        fid = Replayer(state["incident"], loaded=state["loaded"], fidelity_tolerance=config.fidelity_tolerance).fidelity()
+        fid = Replayer(state["incident"], loaded=state["loaded"], options=replay_options(config)).fidelity()
         _require(fid.faithful, f"replay not faithful (first divergent: {fid.first_divergent})")
         return f"faithful within {config.fidelity_tolerance:g}"
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from forensics.bundle import Bundle, load_bundle
 from forensics.config import Config
 from forensics.errors import ConfigError
 from forensics.exec.base import Executor, ReplayJob
@@ -25,9 +26,10 @@ from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
 from forensics.rca.result import RCAResult
 from forensics.replay.interventions import Intervention
+from forensics.replay.options import ReplayOptions
 from forensics.replay.replayer import Replayer
 
-__all__ = ["RCAPipeline"]
+__all__ = ["RCAPipeline", "cf_prior", "replay_options"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
@@ -50,15 +52,14 @@ class RCAPipeline:
                          allow_baseline_mismatch: bool = False) -> RCAResult:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        incident = _as_bundle(bundle)
+        incident = self._bundle(bundle)
         population, stats = self._baselines(baseline)
         loaded = self._model(incident, model)
         timings["load"] = time.perf_counter() - t0
         cfs = self._counterfactuals(incident, population, patch_source)
-        rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs,
-                      allow_model_mismatch=allow_model_mismatch, allow_baseline_mismatch=allow_baseline_mismatch,
-                      batch_size=self.config.modules.cca.batch_size,
-                      fidelity_tolerance=self.config.fidelity_tolerance, max_memory=self.config.max_memory)
+        options = replay_options(self.config, allow_model_mismatch=allow_model_mismatch,
+                                 allow_baseline_mismatch=allow_baseline_mismatch)
+        rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
         fidelity = rp.fidelity()
         notes: list[str] = [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
                             for name in ("isc", "dbc", "provenance")
@@ -82,13 +83,17 @@ class RCAPipeline:
         return result
 
     # -- steps ---------------------------------------------------------------------------------
-    def _model(self, incident: Any, model: Any) -> LoadedModel:
+    def _bundle(self, obj: Bundle | str | Path) -> Bundle:
+        return obj if isinstance(obj, Bundle) else load_bundle(obj, encryption_key=self.config.encryption_key)
+
+    def _model(self, incident: Bundle, model: Any) -> LoadedModel:
         if isinstance(model, LoadedModel):
             return model
         ref = model if isinstance(model, str) else incident.model["ref"]
         key = (ref, incident.model.get("dtype", "float32"))
         if key not in self._models:
-            self._models[key] = resolve_model(ref, device=self.config.device, dtype=key[1])
+            self._models[key] = resolve_model(ref, device=self.config.device, dtype=key[1],
+                                              cache_dir=self.config.cache_dir)
         return self._models[key]
 
     def _baselines(self, baseline: Any) -> tuple[list[Any], Any]:
@@ -100,7 +105,7 @@ class RCAPipeline:
             from forensics.rca.cf import BaselineStats
 
             return [], BaselineStats.from_json(baseline)
-        population = load_population(baseline, limit=limit)
+        population = load_population(baseline, limit=limit, encryption_key=self.config.encryption_key)
         if len(population) < 2 or not self.config.modules.cf.enabled:
             return population, None
         from forensics.rca.cf import build_baseline
@@ -109,7 +114,7 @@ class RCAPipeline:
 
     def _counterfactuals(self, incident: Any, population: Sequence[Any], patch_source: Any) -> list[Any]:
         if patch_source is not None:
-            return [_as_bundle(p) for p in (patch_source if isinstance(patch_source, list) else [patch_source])]
+            return [self._bundle(p) for p in (patch_source if isinstance(patch_source, list) else [patch_source])]
         return pick_counterfactuals(incident, population, k=self.config.modules.cca.patch_sources)
 
     def _cf(self, incident: Any, population: Sequence[Any], stats: Any, notes: list[str],
@@ -137,7 +142,7 @@ class RCAPipeline:
         if not types:
             raise ConfigError("no usable intervention types: 'mean'/'patch' need baseline bundles")
         cfg = type(cca_cfg)(**{**cca_cfg.__dict__, "intervention_types": tuple(types)})
-        evaluate = self.executor.evaluator(self._job(rp, incident, cfs, cfg.batch_size), local=rp)
+        evaluate = self.executor.evaluator(self._job(rp, incident, cfs), local=rp)
         m_inc = rp.run(()).metric
         m_base = self._baseline_metric(rp, cfs, m_inc)
         prior = cf_prior(metrics)
@@ -145,16 +150,13 @@ class RCAPipeline:
                            patch_sources=[b.id for b in cfs], prior=prior, progress=self._tick("cca"))
         return cca, m_inc, m_base
 
-    def _job(self, rp: Replayer, incident: Any, cfs: Sequence[Any], batch_size: int) -> ReplayJob:
+    def _job(self, rp: Replayer, incident: Bundle, cfs: Sequence[Bundle]) -> ReplayJob:
         """The replay session as plain data, so a remote worker can rebuild it."""
         info = rp.loaded.info
         return ReplayJob(
             bundle=incident.path, baselines=tuple(b.path for b in rp.bank.population.values()),
             counterfactuals=tuple(b.path for b in cfs),
-            model=info.path if info.kind in ("hf_dir", "gguf") else info.ref, device=self.config.device,
-            allow_model_mismatch=rp.allow_model_mismatch, allow_baseline_mismatch=rp.allow_baseline_mismatch,
-            batch_size=batch_size, fidelity_tolerance=self.config.fidelity_tolerance,
-            max_memory=self.config.max_memory,
+            model=info.path if info.kind in ("hf_dir", "gguf") else info.ref, options=rp.options,
         )
 
     def _baseline_metric(self, rp: Replayer, cfs: Sequence[Any], m_inc: float) -> float:
@@ -199,6 +201,15 @@ class RCAPipeline:
         )
 
 
+def replay_options(config: Config, *, allow_model_mismatch: bool = False,
+                   allow_baseline_mismatch: bool = False) -> ReplayOptions:
+    """The replay settings a config implies (device, cache, batch size, tolerance, memory, key)."""
+    return ReplayOptions(device=config.device, cache_dir=config.cache_dir, allow_model_mismatch=allow_model_mismatch,
+                         allow_baseline_mismatch=allow_baseline_mismatch, batch_size=config.modules.cca.batch_size,
+                         fidelity_tolerance=config.fidelity_tolerance, max_memory=config.max_memory,
+                         encryption_key=config.encryption_key)
+
+
 def cf_prior(metrics: Sequence[Any]) -> dict[str, float]:
     """Search order from CF: the onset score of a module's layer (where an anomaly starts, see
     ``rank_layers``), then the module's own score as a tie-breaker."""
@@ -218,12 +229,3 @@ def _confidence(fix: Any, layers: list[dict[str, Any]]) -> float:
     top3 = {row["layer"] for row in layers[:3] if row["anomalous"]}
     agree = any(layer_of(iv.module) in top3 for iv in fix.interventions)
     return round(0.7 * min(1.0, max(0.0, float(fix.recovery))) + (0.3 if agree else 0.0), 4)
-
-
-def _as_bundle(obj: Any) -> Any:
-    from forensics.bundle import Bundle, load_bundle
-
-    return obj if isinstance(obj, Bundle) else load_bundle(obj)
-
-
-

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from forensics.bundle import Bundle, load_bundle
 from forensics.errors import BundleError, ConfigError
 
 __all__ = ["bundle_name", "coverage", "list_bundle_paths", "load_population", "pick_counterfactuals", "token_overlap"]
@@ -37,21 +38,21 @@ def list_bundle_paths(directory: str | Path) -> list[Path]:
     return found
 
 
-def load_population(source: str | Path | Sequence[Any], *, limit: int | None = None) -> list[Any]:
+def load_population(source: str | Path | Sequence[Any], *, limit: int | None = None,
+                    encryption_key: bytes | None = None) -> list[Bundle]:
     """Benign bundles from a directory, a single bundle path, or a list of bundles/paths.
 
     Bundles that fail to load are skipped with a warning naming them; incidents are left out."""
-    from forensics.bundle import Bundle, load_bundle
 
     if isinstance(source, str | Path):
         path = Path(source)
         items: list[Any] = [path] if (path / "manifest.json").is_file() else list_bundle_paths(path)
     else:
         items = list(source)
-    out = []
+    out: list[Bundle] = []
     for item in items:
         try:
-            bundle = item if isinstance(item, Bundle) else load_bundle(item)
+            bundle = item if isinstance(item, Bundle) else load_bundle(item, encryption_key=encryption_key)
         except BundleError as exc:
             log.warning("skipping baseline: %s", exc)
             continue

@@ -23,7 +23,7 @@ def load_stats(baseline: str | Path | None, directory: str | Path, config: Confi
     if baseline is not None and str(baseline).endswith(".json"):
         return BaselineStats.from_json(baseline)
     population = load_population(baseline if baseline is not None else directory,
-                                 limit=config.modules.cf.baseline_samples)
+                                 limit=config.modules.cf.baseline_samples, encryption_key=config.encryption_key)
     if len(population) < 2:
         raise ConfigError(f"CF needs ≥ 2 benign baseline bundles; found {len(population)} in "
                           f"{baseline or directory} (record some with --kind benign, or pass --baseline)")
@@ -39,7 +39,7 @@ def triage(directory: str | Path, *, baseline: str | Path | None, config: Config
     rows: list[dict[str, Any]] = []
     for path in list_bundle_paths(directory):
         try:
-            bundle = load_bundle(path)
+            bundle = load_bundle(path, encryption_key=config.encryption_key)
             metrics = analyze_cf(bundle, stats, config.modules.cf)
         except BundleError as exc:
             rows.append({"bundle": bundle_name(path), "error": str(exc)})

@@ -47,10 +47,12 @@ def record_greedy(
     kind: BundleKind | None = None,
     max_new_tokens: int = 8,
     seed: int = 0,
+    encryption_key: bytes | None = None,
 ) -> GreedyRun:
     """Generate greedily from ``prompt`` under the recorder and save the bundle at ``out``.
 
-    ``kind`` defaults to ``incident`` when the spec is violated, else ``benign``.
+    ``kind`` defaults to ``incident`` when the spec is violated, else ``benign``; ``encryption_key``
+    (32 bytes) encrypts the bundle's activations.
     """
     model: Any = loaded.model
     tok, info = loaded.tokenizer, loaded.info
@@ -64,7 +66,8 @@ def record_greedy(
     step = chosen_spec.decision_step(rec.generated_ids, tok)
     chosen_kind = kind or ("incident" if step is not None else "benign")
     generation = {"greedy": True, "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
-    bundle = rec.save(out, failure=chosen_spec, kind=chosen_kind, prompt=prompt, generation=generation)
+    bundle = rec.save(out, failure=chosen_spec, kind=chosen_kind, prompt=prompt, generation=generation,
+                      encryption_key=encryption_key)
     return GreedyRun(bundle, tok.decode(rec.generated_ids), step is not None)
 
 

@@ -158,12 +158,14 @@ class Recorder:
         prompt: str | None = None,
         generation: dict[str, Any] | None = None,
         bundle_id: str | None = None,
+        encryption_key: bytes | None = None,
     ) -> Bundle:
-        """Write the bundle (``forensics.bundle`` v1) and return it loaded."""
+        """Write the bundle (``forensics.bundle`` v1, encrypted with ``encryption_key`` if given) and return
+        it loaded."""
         if kind not in BUNDLE_KINDS:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
         manifest = build_manifest(self, failure=failure, kind=kind, prompt=prompt, generation=generation)
-        return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id)
+        return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id, encryption_key=encryption_key)
 
 
 def record(

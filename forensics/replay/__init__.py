@@ -6,7 +6,8 @@
 
 from forensics.replay.fidelity import Fidelity
 from forensics.replay.interventions import Intervention, InterventionSet
+from forensics.replay.options import ReplayOptions
 from forensics.replay.replayer import Outcome, Replayer
 from forensics.replay.sources import SourceBank
 
-__all__ = ["Fidelity", "Intervention", "InterventionSet", "Outcome", "Replayer", "SourceBank"]
+__all__ = ["Fidelity", "Intervention", "InterventionSet", "Outcome", "ReplayOptions", "Replayer", "SourceBank"]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from forensics.bundle import Bundle
 from forensics.errors import ReplayError
 from forensics.failure import FailureSpec
 from forensics.hooks import HookSet, primary, with_primary
@@ -32,8 +33,10 @@ from forensics.models.arch import get_module
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
 from forensics.replay.interventions import InterventionSet
+from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
 from forensics.replay.plan import Plan, compile_plan
 from forensics.replay.prefix import PrefixReuse
+from forensics.replay.schedule import budget_batch_size, chunk_indices, pass_cost
 from forensics.replay.sources import SourceBank
 from forensics.replay.suffix import SuffixReuse
 
@@ -67,31 +70,21 @@ class Replayer:
 
     def __init__(
         self,
-        bundle: Any,
+        bundle: Bundle,
         *,
         loaded: LoadedModel | None = None,
-        device: str = "auto",
-        cache_dir: str | None = None,
-        allow_model_mismatch: bool = False,
-        allow_baseline_mismatch: bool = False,
-        baselines: Sequence[Any] = (),
-        counterfactuals: Sequence[Any] = (),
-        batch_size: int = 32,
-        fidelity_tolerance: float = 1e-4,
-        prefix_reuse: bool = True,
-        suffix_reuse: bool = True,
-        max_memory: int | None = None,
+        baselines: Sequence[Bundle] = (),
+        counterfactuals: Sequence[Bundle] = (),
+        options: ReplayOptions = DEFAULT_OPTIONS,
     ) -> None:
-        self.bundle = bundle
-        self.loaded = loaded or resolve_model(
-            bundle.model["ref"], device=device, dtype=bundle.model.get("dtype", "float32"), cache_dir=cache_dir
-        )
+        self.bundle, self.options = bundle, options
+        self.loaded = loaded or resolve_model(bundle.model["ref"], device=options.device,
+                                              dtype=bundle.model.get("dtype", "float32"), cache_dir=options.cache_dir)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
-        self.allow_model_mismatch, self.allow_baseline_mismatch = allow_model_mismatch, allow_baseline_mismatch
-        _check_identity(bundle, self.loaded, [] if allow_baseline_mismatch else [*baselines, *counterfactuals],
-                        allow_model_mismatch)
+        _check_identity(bundle, self.loaded, [] if options.allow_baseline_mismatch else [*baselines, *counterfactuals],
+                        options.allow_model_mismatch)
         self.bank = SourceBank(baselines, counterfactuals)
-        self.batch_size, self.tolerance = max(1, batch_size), fidelity_tolerance
+        self.batch_size, self.tolerance = options.batch_size, options.fidelity_tolerance
         self.device = next(self.model.parameters()).device
         self.spec = FailureSpec.from_dict(bundle.failure) if bundle.failure else None
         outputs = bundle.outputs
@@ -103,11 +96,11 @@ class Replayer:
         self.forward_passes = 0
         self.layers_run = 0  # decoder layer x batch row executions (what prefix reuse saves)
         self.positions_run = 0  # ... x positions (what suffix reuse saves as well)
-        self.prefix = PrefixReuse(self.model, bundle, length=self.length, enabled=prefix_reuse)
+        self.prefix = PrefixReuse(self.model, bundle, length=self.length, enabled=options.prefix_reuse)
         self.prefix.detect(self.input_ids)
-        self.suffix = SuffixReuse(self.model, self.input_ids, enabled=suffix_reuse)
+        self.suffix = SuffixReuse(self.model, self.input_ids, enabled=options.suffix_reuse)
         self.pass_cost = pass_cost(self.model, self.prefix.layers)
-        self.max_memory = max_memory
+        self.max_memory = options.max_memory
         self._widths: dict[str, int | None] = {}
         self._keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
@@ -148,36 +141,10 @@ class Replayer:
                 out[i] = logits[row]
         return torch.stack([t for t in out if t is not None])
 
-    def _chunks(self, sets: Sequence[InterventionSet]) -> Iterator[list[int]]:
-        """Indices grouped by the first position they change (suffix reuse), ordered by first decoder
-        layer (prefix reuse) and cut into full chunks; rows within a chunk ascend by first layer."""
+    def _chunks(self, sets: Sequence[InterventionSet]) -> list[list[int]]:
         keys = [(self.suffix.position(tuple(s)), self.prefix.start(tuple(s))) for s in sets]
         size = budget_batch_size(self.max_memory, self.batch_size, self.length, self.model)
-        groups = self._position_groups(keys)
-        for order in groups.values():  # latest layers first: the last, partial chunk starts earliest
-            order.sort(key=lambda i: (-keys[i][1], i))
-            chunks = [order[begin : begin + size] for begin in range(0, len(order), size)]
-            for chunk in reversed(chunks):
-                yield sorted(chunk, key=lambda i: (keys[i][1], i))
-
-    def _position_groups(self, keys: list[tuple[int, int]]) -> dict[int, list[int]]:
-        """Indices by first changed position; a group joins the next earlier one unless its own pass
-        saves more row x layer x position work than a pass costs (``pass_cost``)."""
-        groups: dict[int, list[int]] = {}
-        for i, (position, _) in enumerate(keys):
-            groups.setdefault(position, []).append(i)
-        layers = len(self.prefix.layers)
-        merged: dict[int, list[int]] = {}
-        positions = sorted(groups, reverse=True)
-        carry: list[int] = []
-        for here, below in zip(positions, [*positions[1:], None], strict=True):
-            rows = carry + groups[here]
-            saved = 0 if below is None else sum(layers - keys[i][1] for i in rows) * (here - below)
-            if below is not None and saved < self.pass_cost:
-                carry = rows
-            else:
-                merged[here], carry = rows, []
-        return merged
+        return chunk_indices(keys, size, layers=len(self.prefix.layers), pass_cost=self.pass_cost)
 
     # -- internals -----------------------------------------------------------------------------
     def _evaluate_chunk(self, chunk: list[InterventionSet]) -> list[Outcome]:
@@ -257,39 +224,6 @@ class Replayer:
         return self._widths[module]
 
 
-# What one more forward pass costs beyond its rows' work, per decoder layer: it streams every weight
-# from memory once, about as long as pushing ~32 more positions through (measured on smollm2-135m, fp32,
-# 2 CPU cores: a 1-token pass takes ~75 ms, a layer x position of work ~0.07 ms), plus Python dispatch
-# per module (~0.1 ms per layer, i.e. ~2.5M multiply-adds at ~50 GFLOP/s).
-PASS_WEIGHT_POSITIONS = 32
-PASS_DISPATCH_MACS = 2.5e6
-
-
-def pass_cost(model: torch.nn.Module, layers: Sequence[str]) -> float:
-    """A pass's overhead in rows x layers x positions of work: splitting a pass in two pays off only
-    above this. ~1000 for a 30-layer 135M model; for tiny test models dispatch dominates (never split)."""
-    if not layers:
-        return float("inf")
-    macs = sum(p.numel() for p in model.get_submodule(layers[0]).parameters())  # per position
-    return len(layers) * (PASS_WEIGHT_POSITIONS + PASS_DISPATCH_MACS / max(1, macs))
-
-
-def budget_batch_size(max_memory: int | None, batch_size: int, length: int, model: torch.nn.Module) -> int:
-    """Rows per forward pass: ``batch_size``, lowered so one pass stays within half of ``max_memory``
-    bytes (per row: ~12 d_model-wide float32 tensors per position, the attention scores, and the keys
-    and values of every layer that a suffix-reuse pass copies per row)."""
-    if not max_memory:
-        return batch_size
-    config: Any = getattr(model, "config", None)
-    d = int(getattr(config, "hidden_size", getattr(config, "n_embd", 1024)))
-    heads = int(getattr(config, "num_attention_heads", getattr(config, "n_head", 16)))
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    layers = int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 24)))
-    kv = 2 * layers * kv_heads * (d // max(1, heads))
-    per_row = 4 * length * (12 * d + length * heads + kv)
-    return max(1, min(batch_size, (max_memory // 2) // max(1, per_row)))
-
-
 def _patcher(mp: Any) -> Any:
     def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
         out = primary(output)  # [rows, T, d]; rows < K while later-starting rows have not joined yet
@@ -317,6 +251,6 @@ def _check_identity(bundle: Any, loaded: LoadedModel, baselines: Sequence[Any], 
         if want != loaded.info.sha256:
             raise ReplayError(
                 f"bundle {b.id}: recorded with weights sha256 {str(want)[:12]}…, model {loaded.info.ref!r} has "
-                f"{loaded.info.sha256[:12]}…; pass --allow-model-mismatch to replay anyway (or, for baselines "
-                f"from a known-good reference model, --allow-baseline-mismatch)"
+                f"{loaded.info.sha256[:12]}…; set allow_model_mismatch to replay anyway (or, for baselines "
+                f"from a known-good reference model, allow_baseline_mismatch)"
             )
