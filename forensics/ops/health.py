@@ -2,6 +2,7 @@
 
     report = system_info(config, results_dir=Path("~/.cache/model-forensics/results"))
     report["health"]["status"]       # "ok" or "degraded"
+    require_device(config, "configs/high_performance.yaml", os.environ)   # ConfigError: cuda wanted, none here
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from forensics.config import Config, to_dict
+from forensics.errors import ConfigError
 
-__all__ = ["check_health", "devices", "system_info"]
+__all__ = ["available_devices", "check_device", "check_health", "devices", "require_device", "system_info"]
 
 
 def _version(dist: str) -> str | None:
@@ -34,12 +37,60 @@ def devices(device: str) -> dict[str, Any]:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
-        resolved: str | None = str(resolve_device(device))
+        resolved: str | None = str(resolve_device(device)) if check_device(device)[0] else None
     except ModelError:
         resolved = None
     return {"cuda_available": torch.cuda.is_available(), "cuda_count": count,
             "cuda_names": [torch.cuda.get_device_name(i) for i in range(count)],
             "configured": device, "resolved": resolved}
+
+
+def available_devices() -> list[str]:
+    """The device settings this machine can honour: ``cpu``, then ``cuda``/``cuda:N``, ``mps`` when present."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(device: str) -> tuple[bool, str]:
+    """Whether the configured ``device`` can be used here; the detail says why not and what is available."""
+    import torch
+
+    available = available_devices()
+    if device == "auto" or device in available:
+        return True, f"{device}: available (this machine has {', '.join(available)})"
+    if device.startswith("cuda") and torch.version.cuda is None:
+        why = f"torch {torch.__version__} is built without CUDA"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        why = "no CUDA device is visible"
+    elif device.startswith("cuda"):
+        why = f"{torch.cuda.device_count()} CUDA device(s)"
+    else:
+        why = f"{device} is not available"
+    return False, f"device {device!r} is not available on this machine ({why}); available: {', '.join(available)} or auto"
+
+
+def require_device(config: Config, path: str | Path | None, environ: Mapping[str, str]) -> None:
+    """At the edge, before any model loads: a ``ConfigError`` naming the setting that asked for a device this
+    machine lacks (``MODEL_FORENSICS_DEVICE``, else the config file's ``device`` key)."""
+    ok, detail = check_device(config.device)
+    if ok:
+        return
+    raw = environ.get("MODEL_FORENSICS_DEVICE", "")
+    if raw.strip():
+        setting = f"environment variable MODEL_FORENSICS_DEVICE={raw!r}"
+    elif path is not None or environ.get("MODEL_FORENSICS_CONFIG", "").strip():
+        via = "" if path is not None else " (MODEL_FORENSICS_CONFIG)"
+        setting = f"config file {path or environ['MODEL_FORENSICS_CONFIG'].strip()}{via}, key 'device'"
+    else:
+        setting = "config key 'device'"
+    raise ConfigError(f"{setting}: {detail}")
 
 
 def _writable(path: Path) -> tuple[bool, str]:
@@ -80,6 +131,7 @@ def check_health(config: Config, results_dir: Path) -> dict[str, Any]:
         ("cache_dir_writable", _writable(results_dir)),
         ("output_dir_writable", _writable(Path(config.output_dir))),
         ("bundle_dir_exists", _exists(Path(config.bundle_dir))),
+        ("device_available", check_device(config.device)),
     ):
         checks.append({"name": name, "ok": ok, "detail": detail})
     return {"status": "ok" if all(c["ok"] for c in checks) else "degraded", "checks": checks}
