@@ -39,7 +39,8 @@ def test_info_json_has_health(capsys: pytest.CaptureFixture[str], monkeypatch: p
     info = json.loads(capsys.readouterr().out)
     assert info["health"]["status"] == "ok"
     names = {c["name"] for c in info["health"]["checks"]}
-    assert names == {"embedded_model_package", "cache_dir_writable", "output_dir_writable", "bundle_dir_exists"}
+    assert names == {"embedded_model_package", "cache_dir_writable", "output_dir_writable", "bundle_dir_exists",
+                     "device_available"}
     assert info["config"]["bundle_dir"] == str(tmp_path / "bundles") and info["config"]["encryption_key_set"]
     assert "A" * 43 not in json.dumps(info)
     assert {"cuda_available", "cuda_count", "cuda_names"} <= set(info["devices"])
@@ -49,11 +50,11 @@ def test_info_json_has_health(capsys: pytest.CaptureFixture[str], monkeypatch: p
 def test_info_degraded_and_table(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                                  tmp_path: Path) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_BUNDLE_DIR", str(tmp_path / "missing"))
-    assert run(info_cmd, ["--format", "json"]) == 0
+    assert run(info_cmd, ["--format", "json"]) == 1  # health not ok: non-zero, for scripts and probes
     health = json.loads(capsys.readouterr().out)["health"]
     assert health["status"] == "degraded"
     assert [c["name"] for c in health["checks"] if not c["ok"]] == ["bundle_dir_exists"]
-    assert run(info_cmd, []) == 0
+    assert run(info_cmd, []) == 1
     out = capsys.readouterr().out
     assert "health" in out and "DEGRADED" in out and "bundle_dir_exists" in out
 
