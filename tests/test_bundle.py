@@ -32,7 +32,7 @@ def make_manifest(**overrides: Any) -> dict[str, Any]:
         "inputs": {"prompt": "2+2=", "input_ids": [1, 17, 5]},
         "generation": {"greedy": True, "max_new_tokens": 4, "seed": 0},
         "outputs": {"generated_ids": [9], "text": "5"},
-        "failure": {"type": "expected", "text": "4"},
+        "failure": {"type": "expected", "text": "4", "token_ids": [4]},
         "recorded": {"positions": "all"},
         "external_calls": [],
         "environment": {"python": "3.11"},
@@ -164,7 +164,7 @@ def test_manifest_fields(tmp_path: Path) -> None:
     assert on_disk["environment"] == {"python": "3.11"}  # unknown keys pass through
     assert (bundle.kind, bundle.failure, bundle.inputs["input_ids"]) == (
         "incident",
-        {"type": "expected", "text": "4"},
+        {"type": "expected", "text": "4", "token_ids": [4]},
         [1, 17, 5],
     )
     assert bundle.model["ref"] == "tiny-llama" and bundle.outputs["text"] == "5"

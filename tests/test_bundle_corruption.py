@@ -29,7 +29,7 @@ def make_manifest() -> dict[str, Any]:
         "kind": "incident",
         "model": {"ref": "tiny", "sha256": "cd" * 32},
         "inputs": {"input_ids": [1, 2, 3]},
-        "outputs": {"text": "no"},
+        "outputs": {"generated_ids": [7], "text": "no"},
         "failure": {"type": "forbidden", "text": "no"},
         "recorded": {},
     }
@@ -197,37 +197,37 @@ CASES = [
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m.update(kind="weird")),
         "manifest.json",
-        "kind must be one of",
+        "kind: expected one of 'incident', 'benign', got string 'weird'",
         id="bad-kind",
     ),
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m.update(model=[1])),
         "manifest.json",
-        "key 'model' must be an object, got array",
+        "model: expected an object, got array",
         id="model-not-object",
     ),
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m["model"].pop("sha256")),
         "manifest.json",
-        "model.sha256 must be a string",
+        "model: missing required key 'sha256'",
         id="model-no-sha",
     ),
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m["inputs"].update(input_ids=[1, True])),
         "manifest.json",
-        "input_ids must be a list of integers",
+        r"inputs.input_ids\[1\]: expected a token id .*, got boolean true",
         id="input-ids-bool",
     ),
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m.update(created_at="yesterday")),
         "manifest.json",
-        "not an ISO-8601",
+        "created_at: expected an ISO-8601 timestamp, got string 'yesterday'",
         id="bad-created-at",
     ),
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m.update(bundle_id="../etc")),
         "manifest.json",
-        "bundle_id '../etc'",
+        "bundle_id: expected a non-empty name without separators .*, got string '../etc'",
         id="bundle-id-separator",
     ),
     pytest.param(
@@ -239,7 +239,7 @@ CASES = [
     pytest.param(
         lambda b: edit_manifest(b, lambda m: m["files"].update({"../../etc/passwd": {"bytes": 1, "sha256": "0" * 64}})),
         "manifest.json",
-        "not a plain file",
+        "files: expected a plain file name of the bundle .*, got string '../../etc/passwd'",
         id="files-table-escape",
     ),
     pytest.param(

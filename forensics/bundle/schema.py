@@ -1,0 +1,350 @@
+"""The one declarative schema of ``manifest.json`` (JSON Schema 2020-12, checked with ``jsonschema``).
+
+``MANIFEST_SCHEMA`` gives every field the replayer, fidelity check, failure metric and RCA read its
+type and range; ``CROSS_CHECKS`` adds the few rules JSON Schema cannot say (the decision step lies
+within the generated ids, token ids within the recorded vocabulary, ...). ``check_manifest`` runs both
+and raises one ``BundleError`` naming the field's JSON path, what was expected and what arrived.
+
+    >>> from forensics.bundle.manifest import example_manifest
+    >>> check_manifest(Site("b"), example_manifest())
+    >>> check_manifest(Site("b"), {**example_manifest(), "outputs": {"decision_step": "abc"}})
+    Traceback (most recent call last):
+    forensics.errors.BundleError: bundle b: manifest.json: outputs.decision_step: expected a decision step (an integer from 0 to 2147483647, or null), got string 'abc'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from forensics.bundle._guard import Site
+from forensics.bundle.strictjson import json_path
+
+__all__ = ["CROSS_CHECKS", "MANIFEST_SCHEMA", "check_manifest", "describe"]
+
+_MANIFEST = "manifest.json"
+_INT32 = 2**31 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MAX_TOKENS = 1 << 24
+_MAX_MODULES = 100_000
+_CONTROL = "\\x00-\\x1f\\x7f"
+_PLAIN_NAME = f"^[^./\\\\{_CONTROL}][^/\\\\{_CONTROL}]*$"
+
+
+def _str(title: str, max_length: int = 4096, **more: Any) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, "title": title, **more}
+
+
+def _int(title: str, low: int = 0, high: int = _INT32) -> dict[str, Any]:
+    return {"type": "integer", "minimum": low, "maximum": high, "title": title}
+
+
+def _nullable(schema: dict[str, Any], title: str) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"], "title": title}
+
+
+TOKEN = _int("a token id (an integer from 0 to 2147483647)")
+TOKENS = {"type": "array", "items": TOKEN, "maxItems": _MAX_TOKENS, "title": "a list of token ids"}
+NUMBER = {"type": "number", "title": "a finite number"}
+PLAIN_NAME = _str("a plain file name of the bundle (no separators, no leading dot, not manifest.json)", 255,
+                  pattern=_PLAIN_NAME, minLength=1, **{"not": {"const": _MANIFEST}})
+SHA256 = _str("64 lowercase hex digits", 64, pattern="^[0-9a-f]{64}$")
+MODULE = _str("a non-empty module name of at most 1024 characters", 1024, minLength=1)
+
+_FILE_ENTRY = {
+    "type": "object",
+    "title": 'a files-table entry {"bytes": int, "sha256": hex}',
+    "required": ["bytes", "sha256"],
+    "properties": {
+        "bytes": _int("a byte size (an integer from 0 to 2**53)", 0, 2**53),
+        "sha256": SHA256,
+        "compression": {"enum": ["zstd"], "title": 'the compression "zstd"'},
+    },
+}
+
+_TOP_K_STEP = {
+    "type": "object",
+    "title": 'a top-k entry {"ids": [token ids], "logits": [numbers]}',
+    "required": ["ids", "logits"],
+    "properties": {
+        "ids": {**TOKENS, "maxItems": 1 << 16},
+        "logits": {"type": "array", "items": NUMBER, "maxItems": 1 << 16, "title": "a list of finite numbers"},
+    },
+}
+
+
+def _requires(field: str, when: str, kind: str) -> dict[str, Any]:
+    """``field`` must be present once ``when`` holds a value of JSON type ``kind``."""
+    return {
+        "if": {"properties": {when: {"type": kind}}, "required": [when]},
+        "then": {"required": [field], "reason": f"{when} is set"},
+    }
+
+
+_OUTPUTS = {
+    "type": "object",
+    "title": "an object",
+    "properties": {
+        "generated_ids": {**TOKENS, "minItems": 1, "title": "a non-empty list of token ids"},
+        "text": _nullable(_str("a string", 1 << 24), "a string or null"),
+        "top_k": {"type": "array", "items": _TOP_K_STEP, "maxItems": _MAX_TOKENS,
+                  "title": "a list of top-k entries, one per generated token"},
+        "decision_step": _nullable(_int("an integer"), "a decision step (an integer from 0 to 2147483647, or null)"),
+        "is_failure": {"type": "boolean", "title": "a boolean"},
+        "observed_id": _nullable(TOKEN, "a token id or null"),
+        "target_id": _nullable(TOKEN, "a token id or null"),
+    },
+    "allOf": [
+        _requires("generated_ids", "decision_step", "integer"),
+        _requires("generated_ids", "observed_id", "integer"),
+    ],
+}
+
+
+def _failure_kind(kind: str, then: dict[str, Any]) -> dict[str, Any]:
+    return {"if": {"properties": {"type": {"const": kind}}, "required": ["type"]}, "then": then}
+
+
+_FAILURE = {
+    "type": ["object", "null"],
+    "title": "a failure spec object or null",
+    "required": ["type"],
+    "properties": {
+        "type": {"enum": ["expected", "forbidden", "label"], "title": "one of 'expected', 'forbidden', 'label'"},
+        "text": _str("a string", 1 << 20),
+        "token_ids": {**TOKENS, "maxItems": 1 << 20},
+        "regex": {"type": "boolean", "title": "a boolean"},
+    },
+    "allOf": [
+        _failure_kind("expected", {"required": ["token_ids"], "reason": "the spec is of type 'expected'",
+                                   "properties": {"token_ids": {"minItems": 1, "title": "a non-empty list of token ids"}}}),
+        _failure_kind("label", {"required": ["token_ids"], "reason": "the spec is of type 'label'",
+                                "properties": {"token_ids": {"minItems": 1, "maxItems": 1,
+                                                             "title": "exactly one label token id"}}}),
+        _failure_kind("forbidden", {"required": ["text"], "reason": "the spec is of type 'forbidden'",
+                                    "properties": {"text": {"minLength": 1, "title": "a non-empty text or regex"}}}),
+    ],
+}
+
+_RECORDED = {
+    "type": "object",
+    "title": "an object",
+    "required": ["modules"],
+    "properties": {
+        "modules": {"type": "array", "items": MODULE, "uniqueItems": True, "maxItems": _MAX_MODULES,
+                    "title": "a list of unique module names (batch order)"},
+        "sites": {"type": "object", "maxProperties": _MAX_MODULES,
+                  "additionalProperties": _str("a site name (a string)", 64),
+                  "propertyNames": {"maxLength": 1024},
+                  "title": "an object mapping module names to site names"},
+        "positions": {"type": ["integer", "string"], "minimum": 0, "maximum": _INT32, "maxLength": 64,
+                      "title": "a position count (an integer >= 0) or a name"},
+        "dtype": _str("a dtype name", 32),
+    },
+}
+
+_EXTERNAL_CALL = {
+    "type": "object",
+    "title": "an external call object",
+    "required": ["name"],
+    "properties": {
+        "name": _str("a call name", 1024),
+        "args": {"type": "array", "title": "a list"},
+        "kwargs": {"type": "object", "title": "an object"},
+        "error": _nullable(_str("a string", 1 << 20), "a string or null"),
+        "started_at": NUMBER,
+        "duration_s": {**NUMBER, "minimum": 0, "title": "a non-negative number"},
+    },
+}
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "model-forensics/bundle@1",
+    "type": "object",
+    "title": "a JSON object",
+    "required": ["schema", "bundle_id", "created_at", "kind", "model", "inputs", "outputs", "failure",
+                 "recorded", "files"],
+    "properties": {
+        "schema": {"const": "model-forensics/bundle@1", "title": "'model-forensics/bundle@1'"},
+        "bundle_id": _str("a non-empty name without separators or control characters", 255, minLength=1,
+                          pattern=f"^[^/\\\\{_CONTROL}]+$", **{"not": {"enum": [".", ".."]}}),
+        "created_at": _str("an ISO-8601 timestamp", 64),
+        "kind": {"enum": ["incident", "benign"], "title": "one of 'incident', 'benign'"},
+        "model": {
+            "type": "object",
+            "title": "an object",
+            "required": ["ref", "sha256"],
+            "properties": {
+                "ref": _str("a model reference (a string)"),
+                "sha256": _str("a weights digest (a string)", 128),
+                "family": _str("an architecture family name", 64),
+                "dtype": {"enum": ["float32", "float16", "bfloat16"], "title": "one of 'float32', 'float16', 'bfloat16'"},
+                "vocab_size": _int("a vocabulary size (an integer from 1 to 2147483647)", 1),
+            },
+        },
+        "tokenizer": {"type": "object", "title": "an object", "properties": {"ref": _str("a tokenizer reference")}},
+        "inputs": {
+            "type": "object",
+            "title": "an object",
+            "required": ["input_ids"],
+            "properties": {
+                "input_ids": {**TOKENS, "minItems": 1, "title": "a non-empty list of token ids"},
+                "prompt": _nullable(_str("a string", 1 << 24), "a string or null"),
+            },
+        },
+        "generation": {
+            "type": "object",
+            "title": "an object",
+            "properties": {
+                "greedy": {"type": "boolean", "title": "a boolean"},
+                "max_new_tokens": _int("an integer from 0 to 2147483647"),
+                "seed": _nullable(_int("an int64", _INT64_MIN, _INT64_MAX), "an int64 or null"),
+            },
+        },
+        "outputs": _OUTPUTS,
+        "failure": _FAILURE,
+        "recorded": _RECORDED,
+        "external_calls": {"type": "array", "items": _EXTERNAL_CALL, "title": "a list of external calls"},
+        "environment": {"type": "object", "title": "an object"},
+        "files": {"type": "object", "title": "an object mapping file names to entries", "minProperties": 1,
+                  "maxProperties": 64, "propertyNames": PLAIN_NAME, "additionalProperties": _FILE_ENTRY},
+        "activations_file": PLAIN_NAME,
+        "encryption": {
+            "type": "object",
+            "title": "an encryption object",
+            "required": ["algorithm", "key_id", "files"],
+            "properties": {
+                "algorithm": {"const": "AES-256-GCM", "title": "'AES-256-GCM'"},
+                "key_id": _str("16 lowercase hex digits", 16, pattern="^[0-9a-f]{16}$"),
+                "files": {"type": "array", "items": PLAIN_NAME, "uniqueItems": True, "maxItems": 64,
+                          "title": "a list of file names from the files table"},
+            },
+        },
+    },
+    "allOf": [
+        {
+            "if": {"properties": {"failure": {"type": "object"}}, "required": ["failure"]},
+            "then": {"properties": {"outputs": {"required": ["generated_ids"],
+                                                "reason": "the bundle has a failure spec"}}},
+        }
+    ],
+}
+
+#: A cross-field rule: yields (JSON path, what was expected, what arrived) for each violation.
+CrossCheck = Callable[[Mapping[str, Any]], Iterator[tuple[tuple[str | int, ...], str, str]]]
+
+
+def _decision_step(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    outputs = m["outputs"]
+    step = outputs.get("decision_step")
+    if step is None:
+        return
+    generated = outputs["generated_ids"]
+    if step >= len(generated):
+        yield ("outputs", "decision_step"), f"a step within outputs.generated_ids (< {len(generated)})", str(step)
+    elif "top_k" in outputs and step >= len(outputs["top_k"]):
+        yield ("outputs", "decision_step"), f"a step within outputs.top_k (< {len(outputs['top_k'])})", str(step)
+    elif outputs.get("observed_id") is not None and outputs["observed_id"] != generated[step]:
+        yield (("outputs", "observed_id"), f"generated_ids[{step}] = {generated[step]} (the token at decision_step)",
+               str(outputs["observed_id"]))
+
+
+def _top_k_lengths(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    for index, entry in enumerate(m["outputs"].get("top_k", ())):
+        if len(entry["ids"]) != len(entry["logits"]):
+            yield (("outputs", "top_k", index, "logits"), f"{len(entry['ids'])} logits (one per id)",
+                   f"{len(entry['logits'])}")
+
+
+def _token_ids(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], list[Any]]]:
+    outputs, failure = m["outputs"], m["failure"]
+    yield ("inputs", "input_ids"), m["inputs"]["input_ids"]
+    yield ("outputs", "generated_ids"), outputs.get("generated_ids", [])
+    for index, entry in enumerate(outputs.get("top_k", ())):
+        yield ("outputs", "top_k", index, "ids"), entry["ids"]
+    for key in ("observed_id", "target_id"):
+        if outputs.get(key) is not None:
+            yield ("outputs", key), [outputs[key]]
+    if failure is not None:
+        yield ("failure", "token_ids"), failure.get("token_ids", [])
+
+
+def _vocabulary(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    vocab = m["model"].get("vocab_size")
+    if vocab is None:
+        return
+    for path, ids in _token_ids(m):
+        bad = next((i for i, token in enumerate(ids) if token >= vocab), None)
+        if bad is not None:
+            where = path if len(ids) == 1 and path[-1] in ("observed_id", "target_id") else (*path, bad)
+            yield where, f"a token id below model.vocab_size {vocab}", str(ids[bad])
+
+
+def _created_at(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    try:
+        datetime.fromisoformat(m["created_at"])
+    except ValueError:
+        yield ("created_at",), "an ISO-8601 timestamp", describe(m["created_at"])
+
+
+def _encrypted_files(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    for index, name in enumerate(m.get("encryption", {}).get("files", ())):
+        if name not in m["files"]:
+            yield ("encryption", "files", index), "a name from the files table", describe(name)
+
+
+CROSS_CHECKS: tuple[CrossCheck, ...] = (_created_at, _decision_step, _top_k_lengths, _vocabulary, _encrypted_files)
+
+
+def check_manifest(site: Site, manifest: Mapping[str, Any]) -> None:
+    """Validate against ``MANIFEST_SCHEMA`` then ``CROSS_CHECKS``; the first problem is a ``BundleError``."""
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(manifest))
+    if error is not None:
+        raise site.error(_MANIFEST, _message(error))
+    for rule in CROSS_CHECKS:
+        for path, expected, got in rule(manifest):
+            raise site.error(_MANIFEST, f"{json_path(path)}: expected {expected}, got {got}")
+
+
+@cache
+def _validator() -> Any:
+    """Draft 2020-12, except that an "integer" is a JSON integer literal: never 1.0, never true."""
+    from jsonschema import Draft202012Validator, validators
+
+    strict = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    Draft202012Validator.check_schema(MANIFEST_SCHEMA)
+    return validators.extend(Draft202012Validator, type_checker=strict)(MANIFEST_SCHEMA)
+
+
+def _message(error: Any) -> str:
+    path = json_path(list(error.absolute_path))
+    title = error.schema.get("title") if isinstance(error.schema, dict) else None
+    if error.validator == "required":
+        missing = next((k for k in error.validator_value if k not in error.instance), error.validator_value[0])
+        where = "" if path == "(top level)" else f"{path}: "
+        reason = error.schema.get("reason")
+        return f"{where}missing required key {missing!r}" + (f" (required because {reason})" if reason else "")
+    if error.validator == "uniqueItems":
+        return f"{path}: expected {title or 'unique items'}, got an item listed twice"
+    return f"{path}: expected {title or error.message}, got {describe(error.instance)}"
+
+
+def describe(value: object, limit: int = 60) -> str:
+    """A value as a message shows it: its JSON type and a short rendering."""
+    names = {bool: "boolean", dict: "object", list: "array", str: "string", type(None): "null"}
+    kind = next((word for t, word in names.items() if isinstance(value, t)), None)
+    if kind is None:
+        kind = "number" if isinstance(value, int | float) else type(value).__name__
+    if isinstance(value, dict | list):
+        return f"{kind} of {len(value)} {'keys' if isinstance(value, dict) else 'items'}"
+    if value is None:
+        return "null"
+    text = repr(value) if isinstance(value, str) else json.dumps(value)
+    return f"{kind} {text if len(text) <= limit else text[: limit - 1] + '…'}"
