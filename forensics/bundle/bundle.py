@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow as pa
 
 from forensics.bundle._guard import Site
-from forensics.bundle.archive import MAX_ARCHIVE_BYTES
 from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, decrypt_stream, environment_key, key_id
 from forensics.bundle.integrity import check_files
 from forensics.bundle.location import Location, resolve
@@ -35,7 +34,7 @@ def load_bundle(
     *,
     verify: bool = True,
     filesystem: Any = None,
-    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_archive_bytes: int | None = None,
     encryption_key: bytes | None = None,
 ) -> Bundle:
     """Open and check a bundle: a directory, a ``.tar``/``.tar.zst``, or a ``pyarrow.fs`` URI.
@@ -43,6 +42,8 @@ def load_bundle(
     ``filesystem`` (a ``pyarrow.fs.FileSystem``) makes ``path_or_uri`` a path on it.
     ``verify=False`` skips the sha256 pass and the scan of every batch (sizes, schema and
     batch count are still checked; each batch is still checked when read).
+    ``max_archive_bytes`` caps what a ``.tar``/``.tar.zst`` may extract to (default: 16 times the
+    archive's size, at least 16 MiB, see ``archive.extract_limit``).
     ``encryption_key`` (32 bytes; default ``MODEL_FORENSICS_ENCRYPTION_KEY``) reads encrypted
     bundles; plaintext bundles ignore it.
     Every failure is a ``BundleError`` naming the bundle, the file and the problem.

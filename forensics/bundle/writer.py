@@ -39,7 +39,7 @@ from forensics.durable import fsync_path, write_atomic
 
 __all__ = ["write_bundle"]
 
-_WRITE_ERRORS = (OSError, pa.ArrowException, TypeError, ValueError)
+_WRITE_ERRORS = (OSError, pa.ArrowException, TypeError, ValueError, RecursionError)
 
 
 def write_bundle(
