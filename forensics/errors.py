@@ -2,11 +2,15 @@
 
     ForensicsError
      +-- BundleError        a bundle is missing, corrupt, hostile or of another version (ValueError)
+     |    +-- BundleNotFoundError  a safe bundle name that names nothing under bundle_dir (LookupError)
+     |    +-- UploadTooLargeError  an uploaded archive over the configured limit
      +-- ConfigError        a config key, type or value is not allowed (ValueError)
      +-- ModelError         a model reference cannot be resolved or loaded (LookupError)
      +-- ReplayError        a replay cannot be done or proved (RuntimeError)
      |    +-- UnknownModuleError   a named module is not in the model or bundle (LookupError)
      +-- AuthError          a caller lacks a valid token or the role for an action (PermissionError)
+     +-- AnalysisTimeoutError  an analysis ran past timeout_minutes (TimeoutError)
+     +-- ResultNotFoundError   no stored result has this id (LookupError)
 
 Messages name the thing, what was expected and what arrived, e.g.
 ``bundle incident_7: activations.arrow sha256 mismatch (manifest 3fa2…, file 91c0…)``.
@@ -15,13 +19,17 @@ Messages name the thing, what was expected and what arrived, e.g.
 from __future__ import annotations
 
 __all__ = [
+    "AnalysisTimeoutError",
     "AuthError",
     "BundleError",
+    "BundleNotFoundError",
     "ConfigError",
     "ForensicsError",
     "ModelError",
     "ReplayError",
+    "ResultNotFoundError",
     "UnknownModuleError",
+    "UploadTooLargeError",
 ]
 
 
@@ -51,3 +59,19 @@ class UnknownModuleError(ReplayError, LookupError):
 
 class AuthError(ForensicsError, PermissionError):
     """A caller has no valid credentials, or lacks the role for an action."""
+
+
+class BundleNotFoundError(BundleError, LookupError):
+    """A bundle (or bundle directory) name that is safe but names nothing under ``bundle_dir``."""
+
+
+class UploadTooLargeError(BundleError):
+    """An uploaded archive is larger than the configured limit."""
+
+
+class AnalysisTimeoutError(ForensicsError, TimeoutError):
+    """An analysis ran past ``timeout_minutes``."""
+
+
+class ResultNotFoundError(ForensicsError, LookupError):
+    """No stored result has this id."""

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from forensics.errors import (
+    AnalysisTimeoutError,
     AuthError,
     BundleError,
+    BundleNotFoundError,
     ConfigError,
-    ForensicsError,
     ModelError,
     ReplayError,
+    ResultNotFoundError,
+    UploadTooLargeError,
 )
 from forensics.ops.stats import index_result
 
@@ -68,22 +71,6 @@ MAX_NAME_CHARS = 1024
 _CHUNK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 _SUMMARY_MODULES = 5
-
-
-class BundleNotFoundError(BundleError, LookupError):
-    """A bundle (or bundle directory) name that is safe but names nothing under ``bundle_dir``."""
-
-
-class UploadTooLargeError(BundleError):
-    """An uploaded archive is larger than the configured limit."""
-
-
-class AnalysisTimeoutError(ForensicsError, TimeoutError):
-    """An analysis ran past ``timeout_minutes``."""
-
-
-class ResultNotFoundError(ForensicsError, LookupError):
-    """No stored result has this id."""
 
 
 # -- names under bundle_dir ----------------------------------------------------------------------

@@ -103,3 +103,10 @@ def test_baseline_json_round_trip_with_real_bundles(tmp_path: Path) -> None:
 def test_cf_config_validation(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         CFConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_every_compression_method_of_the_vocabulary_has_a_coder() -> None:
+    from forensics.rca.coding import _COMPRESSORS
+    from forensics.vocab import COMPRESSION_METHODS
+
+    assert set(COMPRESSION_METHODS) == {*_COMPRESSORS, "arithmetic"}

@@ -220,3 +220,21 @@ def test_plaintext_is_freed_with_the_bundle(encrypted: Path) -> None:
     gc.collect()
     assert buffer() is None
     assert set(os.listdir(encrypted)) == before == {"manifest.json", ENC}
+
+
+def test_the_library_never_reads_the_key_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge passes the key; ``write_bundle``/``load_bundle`` without one write and read plaintext even
+    when MODEL_FORENSICS_ENCRYPTION_KEY is set, and the edge's config carries it (never shown)."""
+    from forensics.config import to_dict
+    from forensics.ops.env import config_from_env
+
+    monkeypatch.setenv("MODEL_FORENSICS_ENCRYPTION_KEY", base64.b64encode(KEY).decode())
+    plain = write_bundle(tmp_path / "plain", make_manifest(), sample_activations())
+    assert not plain.encrypted and (tmp_path / "plain" / "activations.arrow").is_file()
+    config = config_from_env(None, os.environ)
+    assert config.encryption_key == KEY and config.encryption_key_set
+    assert "encryption_key" not in to_dict(config) and repr(KEY) not in repr(config)
+    sealed = write_bundle(tmp_path / "sealed", make_manifest(), sample_activations(), encryption_key=config.encryption_key)
+    assert sealed.encrypted
+    with pytest.raises(BundleError, match="no\\s+key was given"):
+        load_bundle(tmp_path / "sealed")

@@ -62,3 +62,30 @@ def test_bad_device_and_dtype(tiny_dirs: dict[str, Path]) -> None:
         resolve_model(str(tiny_dirs["gpt2"]), dtype="int3")
     with pytest.raises(ModelError, match="device"):
         resolve_model(str(tiny_dirs["gpt2"]), device="quantum")
+
+
+def test_a_pickled_checkpoint_is_refused_never_unpickled(tmp_path: Path) -> None:
+    """A user's ``pytorch_model.bin`` would go through ``torch.load``; the registry refuses it by name."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    src = build_tiny_model("llama", tmp_path / "src", seed=0, layers=2)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(src, pickled)
+    for st in pickled.glob("*.safetensors"):
+        torch.save(load_file(st), pickled / "pytorch_model.bin")  # writing a pickle here is the test's setup
+        st.unlink()
+    with pytest.raises(ModelError, match=r"pytorch_model\.bin.*only safetensors"):
+        resolve_model(str(pickled))
+    assert resolve_model(str(src)).info.kind == "hf_dir"  # the safetensors original still loads
+
+
+def test_layer_of_comes_from_the_family_tables() -> None:
+    from forensics.models.arch import layer_of
+
+    assert layer_of("model.layers.7.mlp") == 7
+    assert layer_of("transformer.h.3.attn", "gpt2") == 3
+    assert layer_of("gpt_neox.layers.11") == 11
+    assert layer_of("model.layers.7.mlp", "gpt2") is None  # not a gpt2 path
+    assert layer_of("model.norm") is None and layer_of("model.layers.x") is None

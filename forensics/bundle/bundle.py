@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from forensics.bundle._guard import Site
-from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, decrypt_stream, environment_key, key_id
+from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, decrypt_stream, key_id
 from forensics.bundle.integrity import check_files
 from forensics.bundle.location import Location, resolve
 from forensics.bundle.manifest import MANIFEST, MAX_MANIFEST_BYTES, data_file, parse_manifest
@@ -44,11 +44,12 @@ def load_bundle(
     batch count are still checked; each batch is still checked when read).
     ``max_archive_bytes`` caps what a ``.tar``/``.tar.zst`` may extract to (default: 16 times the
     archive's size, at least 16 MiB, see ``archive.extract_limit``).
-    ``encryption_key`` (32 bytes; default ``MODEL_FORENSICS_ENCRYPTION_KEY``) reads encrypted
-    bundles; plaintext bundles ignore it.
+    ``encryption_key`` (32 bytes; None: none, the library never reads the environment) reads
+    encrypted bundles; plaintext bundles ignore it. The CLI and the Serve app pass the key of
+    ``MODEL_FORENSICS_ENCRYPTION_KEY``.
     Every failure is a ``BundleError`` naming the bundle, the file and the problem.
     """
-    key = encryption_key if encryption_key is not None else environment_key()
+    key = encryption_key
     location = resolve(path_or_uri, filesystem, max_archive_bytes)
     try:
         return _load(location, verify, key)

@@ -3,8 +3,9 @@
 An encrypted file is ``MAGIC`` (8 bytes) + nonce (12) + ciphertext + GCM tag (16); the
 associated data binds it to its bundle id and file name, so it cannot be moved to another
 bundle or renamed unnoticed. Keys are never printed. ``load_bundle`` and ``write_bundle`` take an
-explicit key; without one they use ``environment_key()`` (``MODEL_FORENSICS_ENCRYPTION_KEY``), so the
-CLI, the Serve app and Ray workers all read and write encrypted bundles transparently.
+explicit key and never read the environment: the CLI and the Serve app read
+``MODEL_FORENSICS_ENCRYPTION_KEY`` at the edge (``environment_key(os.environ)``) and pass it down,
+Ray workers get it with their task.
 
     >>> key = bytes(range(32)); kid = key_id(key)
     >>> parse_key(base64.b64encode(key).decode()) == key, len(kid)
@@ -77,10 +78,10 @@ def parse_key(text: str) -> bytes:
 ENV_VAR = "MODEL_FORENSICS_ENCRYPTION_KEY"
 
 
-def environment_key(environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The key in ``MODEL_FORENSICS_ENCRYPTION_KEY`` of ``environ`` (default ``os.environ``); None when
-    unset or empty; a bad value is a ``ConfigError`` naming the variable, never showing its value."""
-    raw = (os.environ if environ is None else environ).get(ENV_VAR, "").strip()
+def environment_key(environ: Mapping[str, str]) -> bytes | None:
+    """The key in ``MODEL_FORENSICS_ENCRYPTION_KEY`` of ``environ`` (the edge passes ``os.environ``); None
+    when unset or empty; a bad value is a ``ConfigError`` naming the variable, never showing its value."""
+    raw = environ.get(ENV_VAR, "").strip()
     if not raw:
         return None
     try:
@@ -134,7 +135,6 @@ class EncryptingSink:
     """
 
     def __init__(self, path: str, key: bytes, aad: bytes) -> None:
-        import os
 
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 

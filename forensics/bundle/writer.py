@@ -22,7 +22,6 @@ from forensics.bundle.crypto import (
     associated_data,
     check_key,
     encryption_section,
-    environment_key,
 )
 from forensics.bundle.crypto import key_id as fingerprint
 from forensics.bundle.integrity import sha256_file
@@ -59,7 +58,7 @@ def write_bundle(
         ['model.layers.0', 'model.layers.1']
 
     ``bundle_id`` defaults to the manifest's ``bundle_id``, else to ``dest``'s name.
-    ``encryption_key`` (32 bytes; default ``MODEL_FORENSICS_ENCRYPTION_KEY``) encrypts the data file; ``key_id``, if given, must be the key's
+    ``encryption_key`` (32 bytes; None: plaintext) encrypts the data file; ``key_id``, if given, must be the key's
     fingerprint (``crypto.key_id``), a guard against writing with another key than intended.
     """
     path = os.path.abspath(os.fspath(dest))
@@ -69,7 +68,6 @@ def write_bundle(
     if not isinstance(chosen, str):
         raise site.error(MANIFEST, f"bundle_id must be a string, got {chosen!r}")
     check_bundle_id(site, chosen)
-    encryption_key = encryption_key if encryption_key is not None else environment_key()
     key = None if encryption_key is None else _checked_key(site, encryption_key, key_id)
     data = ACTIVATIONS if key is None else ACTIVATIONS + ENCRYPTED_SUFFIX
     placeholder = {data: {"bytes": 0, "sha256": "0" * 64}}

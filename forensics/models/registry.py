@@ -146,12 +146,32 @@ def _load(kind: str, path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
     kwargs: dict[str, Any] = {"dtype": dtype}
     src, extra = (str(path.parent), {"gguf_file": path.name}) if kind == "gguf" else (str(path), {})
+    if kind != "gguf":
+        _require_safetensors(path)
+        extra = {"use_safetensors": True}  # never torch.load a pickled checkpoint
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, **extra)
         model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, **kwargs, **extra)
     except Exception as exc:  # a user's files can fail in transformers/hub in many ways; all mean "unloadable"
         raise ModelError(f"model at {path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     return model, tokenizer
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _require_safetensors(path: Path) -> None:
+    """Weights must be safetensors: a pickled checkpoint (``pytorch_model.bin`` and the like) is refused,
+    naming the file and the one-line conversion, never loaded through ``torch.load``."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+    if pickled:
+        raise ModelError(
+            f"model at {path}: weights are a pickled checkpoint ({', '.join(pickled)}); model-forensics loads only "
+            "safetensors, since unpickling can run code. If you trust the file, convert it once: "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
 
 
 def _ensure_converted(name: str, cache: Path) -> Path:

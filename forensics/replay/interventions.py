@@ -10,7 +10,6 @@ candidate sets is one fused tensor op per hooked module — no Python loop over 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +87,3 @@ InterventionSet = tuple[Intervention, ...]
 
 def _int_tuple(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, int) for v in value)
-
-
-def as_set(interventions: Sequence[Intervention]) -> InterventionSet:
-    return tuple(interventions)

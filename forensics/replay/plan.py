@@ -30,7 +30,6 @@ class ModulePlan:
 
 @dataclass
 class Plan:
-    rows: int
     modules: dict[str, ModulePlan] = field(default_factory=dict)
 
 
@@ -58,7 +57,7 @@ def compile_plan(
     step: int,
     device: torch.device,
 ) -> Plan:
-    plan = Plan(rows=len(sets))
+    plan = Plan()
     for row, ivs in enumerate(sets):
         for iv in ivs:
             mp = plan.modules.get(iv.module)
