@@ -148,7 +148,7 @@ def _load(kind: str, path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     src, extra = (str(path.parent), {"gguf_file": path.name}) if kind == "gguf" else (str(path), {})
     if kind != "gguf":
         _require_safetensors(path)
-        extra = {"use_safetensors": True}  # never torch.load a pickled checkpoint
+        kwargs["use_safetensors"] = True  # never torch.load a pickled checkpoint
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True, **extra)
         model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, **kwargs, **extra)
