@@ -15,9 +15,10 @@ from typing import Any
 from forensics.durable import write_atomic
 from forensics.rca.cca import FixSet
 
-__all__ = ["REPORT_SCHEMA", "RCAResult", "write_json_atomic"]
+__all__ = ["REPORT_SCHEMA", "REPORT_SCHEMAS", "RCAResult", "write_json_atomic"]
 
 REPORT_SCHEMA = "model-forensics/rca@1"
+REPORT_SCHEMAS = ("model-forensics/rca@1", "model-forensics/rca@2")  # what readers accept (validate-fix, stats, HTML)
 
 
 @dataclass
