@@ -1,4 +1,4 @@
-"""The operations commands through their own parsers: info, migrate-config, test, stats."""
+"""The operations commands through their own parsers: info, migrate-config, test, stats, validate-fix."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import json
 import os
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from forensics.commands import info_cmd, migrate_cmd, selftest_cmd, stats_cmd
+from forensics.commands import info_cmd, migrate_cmd, selftest_cmd, stats_cmd, validate_cmd
 from forensics.errors import ConfigError
+from forensics.models import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden" / "report_rca2.json"
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +107,62 @@ def test_stats_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     assert "fix rate 1.00" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="--since '24x' not allowed"):
         run(stats_cmd, ["--since", "24x", "--output-dir", str(tmp_path)])
+
+
+def test_stats_command_reads_rca2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    report = json.loads(GOLDEN.read_text())
+    report["fix_set"]["recovery"] = None  # recovery unavailable: allowed in rca@2
+    (tmp_path / "australia.json").write_text(json.dumps(report))
+    assert run(stats_cmd, ["--format", "json", "--output-dir", str(tmp_path), "--rebuild"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["count"] == 1 and stats["fix_rate"] == 1.0 and stats["confidence_mean"] == report["confidence"]
+    assert stats["anomalous_layers"] == {"14": 1, "15": 1}
+
+
+@pytest.mark.parametrize("schema", [None, "model-forensics/rca@0", "model-forensics/bundle@1"])
+def test_validate_fix_refuses_unknown_schemas(tmp_path: Path, schema: str | None) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"schema": schema, "fix_set": None}))
+    with pytest.raises(ConfigError, match=r"is not one this version reads \(expected one of "
+                                          r"model-forensics/rca@1, model-forensics/rca@2\)"):
+        run(validate_cmd, [str(path)])
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="schema None is not one"):
+        run(validate_cmd, [str(path)])
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real analysis on the tiny model that finds a validated fix set."""
+    from forensics.rca import RCAPipeline
+    from forensics.record import record_greedy
+
+    root = tmp_path_factory.mktemp("validate")
+    incident = record_greedy(tiny_llama, "The capital of Australia is", root / "inc", kind="incident",
+                             max_new_tokens=3).bundle
+    for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is",
+                                "Berlin is the capital of", "A retriever returns", "The model answers"]):
+        record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
+    report = RCAPipeline().analyze_incident(incident.path, baseline=str(root / "benign"), model=tiny_llama).to_dict()
+    assert report["fix_set"] and report["fix_set"]["validated"]
+    return report
+
+
+def _rca1(report: dict[str, Any]) -> dict[str, Any]:
+    """The same analysis as an rca@1 report: rca@1's fields only."""
+    keys = set(json.loads((ROOT / "docs" / "report-rca1.schema.json").read_text())["properties"])
+    old = {k: v for k, v in report.items() if k in keys}
+    old["schema"] = "model-forensics/rca@1"
+    old["fix_set"] = {k: v for k, v in report["fix_set"].items()
+                      if k in ("interventions", "validated", "recovery", "metric", "fixed", "argmax_token", "size")}
+    return old
+
+
+def test_validate_fix_reads_rca1_and_rca2(analysed: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    rca2 = {**analysed, "schema": "model-forensics/rca@2"}
+    rca2["fix_set"] = {**analysed["fix_set"], "recovery": None}  # unavailable recovery does not matter here
+    for name, report in (("rca2.json", rca2), ("rca1.json", _rca1(analysed))):
+        (tmp_path / name).write_text(json.dumps(report))
+        assert run(validate_cmd, [str(tmp_path / name)]) == 0, name
+        assert "STILL FIXES" in capsys.readouterr().out

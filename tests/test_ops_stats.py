@@ -43,11 +43,17 @@ def analysed(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) 
     return {"out": out, "reports": reports}
 
 
+def _corrects(report: dict[str, Any]) -> bool:
+    """What the index counts as fixed: a validated fix set that is not a suppression."""
+    fix = report["fix_set"]
+    return bool(fix and fix["validated"] and fix.get("verdict", "correction") == "correction")
+
+
 def test_index_counts_percentiles_fix_rate(analysed: dict[str, Any]) -> None:
     reports = analysed["reports"]
     stats = query_stats(analysed["out"], timedelta(hours=24))
     durations = [r["execution_time"] for r in reports]
-    fixed = sum(bool(r["fix_set"] and r["fix_set"]["validated"]) for r in reports)
+    fixed = sum(_corrects(r) for r in reports)
     assert stats["count"] == 3 and stats["fixed"] == fixed and stats["fix_rate"] == pytest.approx(fixed / 3)
     assert stats["duration_seconds"]["p50"] == pytest.approx(np.percentile(durations, 50))
     assert stats["duration_seconds"]["p95"] == pytest.approx(np.percentile(durations, 95))
@@ -133,3 +139,39 @@ def test_percentile_matches_numpy() -> None:
     for q in (0.0, 0.5, 0.95, 1.0):
         assert percentile(values, q) == pytest.approx(np.percentile(values, q * 100))
     assert percentile([], 0.5) is None
+
+
+# -- rca@1 and rca@2 reports side by side ---------------------------------------------------------
+GOLDEN = Path(__file__).resolve().parent / "golden" / "report_rca2.json"
+
+
+def _rca2(**fix: Any) -> dict[str, Any]:
+    report = json.loads(GOLDEN.read_text())
+    report["bundle_path"] = None  # the golden's bundle is not on this machine
+    report["fix_set"].update(fix)
+    return dict(report)
+
+
+def test_rca1_and_rca2_reports_are_indexed(analysed: dict[str, Any], tmp_path: Path) -> None:
+    """A results dir holding reports of both schemas: rebuild and query read both; recovery may be null."""
+    rca1 = analysed["reports"][0]
+    assert rca1["schema"] in ("model-forensics/rca@1", "model-forensics/rca@2")
+    (tmp_path / "old.json").write_text(json.dumps({**rca1, "schema": "model-forensics/rca@1"}))
+    (tmp_path / "new.json").write_text(json.dumps(_rca2(recovery=None)))
+    (tmp_path / "future.json").write_text(json.dumps({**_rca2(), "schema": "model-forensics/rca@9"}))  # unknown id
+    assert rebuild_index(tmp_path) == 2
+    stats = query_stats(tmp_path, timedelta(hours=1))
+    golden = _rca2()
+    fixed = int(_corrects(rca1)) + 1
+    assert stats["count"] == 2 and stats["fixed"] == fixed
+    assert stats["confidence_mean"] == pytest.approx((rca1["confidence"] + golden["confidence"]) / 2)
+    assert stats["anomalous_layers"]["14"] >= 1 and stats["anomalous_layers"]["15"] >= 1  # the golden's CF layers
+
+
+def test_a_suppression_is_not_counted_as_fixed(tmp_path: Path) -> None:
+    """rca@2: a validated set whose verdict is suppression does not count towards the fix rate."""
+    index_result(tmp_path, _rca2(verdict="suppression", recovery=None), tmp_path / "s.json")
+    index_result(tmp_path, _rca2(), tmp_path / "c.json")
+    index_result(tmp_path, {**_rca2(), "fix_set": None, "fix_sets": [], "confidence": 0.0}, tmp_path / "n.json")
+    stats = query_stats(tmp_path, timedelta(hours=1))
+    assert stats["count"] == 3 and stats["fixed"] == 1 and stats["fix_rate"] == pytest.approx(1 / 3)

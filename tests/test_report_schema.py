@@ -70,8 +70,7 @@ def test_golden_is_consistent_with_the_documented_formulas() -> None:
     assert report["confidence"] == confidence_of(terms)
     assert report["incident"]["generated_tokens"][report["incident"]["decision_step"]] == report["incident"]["observed"]
     assert d["near_tie"]["evaluated_singles"] == len(report["single_effects"])
-    flips = sum(e["argmax_token"] != d["observed"] for e in report["single_effects"])
-    assert d["near_tie"]["flipping_singles"] == flips
+    assert d["near_tie"]["flipping_singles"] == sum(e["fixed"] for e in report["single_effects"])
 
 
 @pytest.mark.parametrize("terms, expected", [
@@ -92,7 +91,7 @@ def test_confidence_formula_examples(terms: dict[str, Any], expected: float) -> 
     {"schema": "model-forensics/rca@1"}, {"confidence": 1.5}, {"fix_set": {"interventions": []}},
     {"compression_metrics": [{"module": "m"}]}, {"input_level": [{"source": "b"}]},
     {"not_evaluated": [{"what": "layers 0-3"}]}, {"commands": {"reproduce": "model-forensics analyze b"}},
-    {"confidence_terms": {"faithful": True}},
+    {"confidence_terms": {"faithful": True}}, {"confidence_terms": {**golden()["confidence_terms"], "size": 0}},
 ])
 def test_rca2_schema_rejects(broken: dict[str, Any]) -> None:
     assert not validator_for("model-forensics/rca@2").is_valid({**golden(), **broken})
@@ -113,6 +112,7 @@ def test_rca2_schema_requires_and_allows_nulls() -> None:
     unavailable["incident"]["prompt"] = None
     unavailable["fix_set"]["interventions"][0]["head"] = 3
     validator.validate(unavailable)
+    validator.validate({**report, "fix_set": None, "fix_sets": [], "confidence": 0.0, "confidence_terms": None})
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({**report, "fix_set": {**report["fix_set"], "verdict": "fixed"}})
 

@@ -54,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> dict[str, Any]:
+    """The report as a dict, any schema in REPORT_SCHEMAS (rca@1 and rca@2 share fix_set.interventions)."""
+    from forensics.rca.result import REPORT_SCHEMAS
+
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"report {path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != "model-forensics/rca@1":
-        raise ConfigError(f"report {path}: not a model-forensics/rca@1 report")
+    if not isinstance(data, dict) or data.get("schema") not in REPORT_SCHEMAS:
+        schema = data.get("schema") if isinstance(data, dict) else None
+        raise ConfigError(f"report {path}: schema {schema!r} is not one this version reads "
+                          f"(expected one of {', '.join(REPORT_SCHEMAS)})")
     return data

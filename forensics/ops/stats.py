@@ -2,7 +2,7 @@
 
     index_result("results/", report, "results/incident_7.json")    # after each analysis
     query_stats("results/", timedelta(hours=24))["duration_seconds"]["p95"]
-    rebuild_index("results/")       # from the *.json reports alone (schema model-forensics/rca@1)
+    rebuild_index("results/")       # from the *.json reports alone (rca@1 and rca@2, REPORT_SCHEMAS)
 
 The report files are the truth; the index is derived from them and keyed by report path, so
 indexing the same file twice (a re-run) replaces its row and a rebuild yields the same rows.
@@ -24,10 +24,9 @@ from typing import Any
 from forensics.errors import ConfigError
 from forensics.ops.env import parse_duration
 
-__all__ = ["INDEX_NAME", "index_result", "parse_since", "percentile", "query_stats", "rebuild_index"]
+__all__ = ["INDEX_NAME", "index_result", "is_fixed", "parse_since", "percentile", "query_stats", "rebuild_index"]
 
 INDEX_NAME = "index.sqlite"
-REPORT_SCHEMA = "model-forensics/rca@1"
 BUSY_TIMEOUT_S = 30.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (
@@ -37,7 +36,7 @@ CREATE TABLE IF NOT EXISTS analyses (
     created REAL NOT NULL,           -- unix time the report was written
     duration REAL NOT NULL,          -- execution_time, seconds
     confidence REAL NOT NULL,
-    fixed INTEGER NOT NULL,          -- 1 when a validated fix set was found
+    fixed INTEGER NOT NULL,          -- 1 when a validated fix set corrects the failure (not a suppression)
     anomalous_count INTEGER NOT NULL,
     anomalous_layers TEXT NOT NULL,  -- JSON list: layer indices as text (module name if none)
     anomalous_modules TEXT NOT NULL  -- JSON list of module names
@@ -81,10 +80,16 @@ def _row(report: dict[str, Any], report_path: str, created: float) -> tuple[Any,
     modules = [str(m["module"]) for m in report.get("compression_metrics") or [] if m.get("is_anomalous")]
     # a decoder layer index as text, or the module name for modules outside the layer stack
     layers = sorted({str(layer) if (layer := layer_of(m)) is not None else m for m in modules}, key=_layer_order)
-    fix = report.get("fix_set") or {}
     return (report_path, str(report["bundle_id"]), _bundle_sha(report), created,
             float(report.get("execution_time") or 0.0), float(report.get("confidence") or 0.0),
-            int(bool(fix.get("validated"))), len(modules), json.dumps(layers), json.dumps(modules))
+            int(is_fixed(report)), len(modules), json.dumps(layers), json.dumps(modules))
+
+
+def is_fixed(report: dict[str, Any]) -> bool:
+    """A validated fix set that corrects the failure. An rca@2 ``suppression`` (the forbidden token is
+    gone but the model now says punctuation or nothing) is not a fix; rca@1 reports have no verdict."""
+    fix = report.get("fix_set") or {}
+    return bool(fix.get("validated")) and fix.get("verdict", "correction") != "suppression"
 
 
 def _layer_order(key: str) -> tuple[bool, int, str]:
@@ -104,6 +109,8 @@ def index_result(output_dir: str | Path, report: dict[str, Any], report_path: st
 
 
 def _reports(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    from forensics.rca.result import REPORT_SCHEMAS  # lazily: forensics.rca pulls in torch
+
     for path in sorted(root.rglob("*.json")):
         if path.name.startswith("."):  # write_json_atomic's temporary files
             continue
@@ -111,7 +118,7 @@ def _reports(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and data.get("schema") == REPORT_SCHEMA and "bundle_id" in data:
+        if isinstance(data, dict) and data.get("schema") in REPORT_SCHEMAS and "bundle_id" in data:
             yield path, data
 
 
