@@ -8,7 +8,7 @@ follow (``tarfile`` alone silently stops at a malformed header), and the decompr
 whole is bounded too (pax headers are read into memory).
 
     >>> archive_stem("incident_7.tar.zst"), is_archive("incident_7/"), extract_limit(34_500) // 2**20
-    ('incident_7', False, 16)
+    ('incident_7', False, 4)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = [
 ARCHIVE_SUFFIXES = (".tar.zst", ".tar")
 MAX_ARCHIVE_BYTES = 64 * 1024**3  # the most any archive may extract to, whatever its size
 EXPANSION = 16  # default cap: this many times the archive's size (recorded float tensors barely compress)
-MIN_EXTRACT_BYTES = 16 * 1024**2  # ... but never below this, so small bundles always fit
+MIN_EXTRACT_BYTES = 4 * 1024**2  # ... but never below this, so small bundles always fit
 MAX_MEMBERS = 10_000
 MAX_PADDING = 1024 * 1024  # zero bytes allowed after the end-of-archive marker
 _HEADER_SLACK = 16 * 1024**2  # headers, pax records and padding on top of the members' data

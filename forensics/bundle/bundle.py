@@ -43,7 +43,7 @@ def load_bundle(
     ``verify=False`` skips the sha256 pass and the scan of every batch (sizes, schema and
     batch count are still checked; each batch is still checked when read).
     ``max_archive_bytes`` caps what a ``.tar``/``.tar.zst`` may extract to (default: 16 times the
-    archive's size, at least 16 MiB, see ``archive.extract_limit``).
+    archive's size, at least 4 MiB, see ``archive.extract_limit``).
     ``encryption_key`` (32 bytes; None: none, the library never reads the environment) reads
     encrypted bundles; plaintext bundles ignore it. The CLI and the Serve app pass the key of
     ``MODEL_FORENSICS_ENCRYPTION_KEY``.
