@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from forensics.ops.health import available_devices, check_device
+from forensics.errors import ModelError
+from forensics.models.registry import available_devices, resolve_device
+from forensics.ops.health import check_device
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
@@ -52,6 +54,19 @@ def test_check_device_names_what_is_there() -> None:
     ok, detail = check_device("cuda:999")
     assert not ok and detail.startswith("device 'cuda:999' is not available on this machine")
     assert check_device("cuda")[0] is (not NO_CUDA)
+
+
+def test_library_refuses_a_missing_device_by_name() -> None:
+    with pytest.raises(ModelError, match=r"device 'cuda:999' is not available on this machine .*available: cpu"):
+        resolve_device("cuda:999")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_record_device_flag(env: dict[str, str], tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    proc = cli(["record", "--model", str(tiny_dirs["llama"]), "--prompt", "Paris is", "--expected", " big",
+                "--out", str(tmp_path / "b"), "--device", "cuda:999"], env, tmp_path)
+    assert_one_line(proc, "device 'cuda:999' is not available on this machine")
+    assert not (tmp_path / "b").exists()
 
 
 def test_environment_variable_is_named(env: dict[str, str], tmp_path: Path) -> None:

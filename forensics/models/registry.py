@@ -31,7 +31,9 @@ __all__ = [
     "ACCEPTED_REFERENCES",
     "LoadedModel",
     "ModelInfo",
+    "available_devices",
     "default_cache_dir",
+    "device_problem",
     "resolve_device",
     "resolve_model",
     "weights_sha256",
@@ -75,14 +77,46 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "model-forensics"
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can use: ``cpu``, then ``cuda`` and ``cuda:N``, ``mps`` when present."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine (naming what can), or None when it can."""
+    available = available_devices()
+    if device == "auto" or device in available:
+        return None
+    if device.startswith("cuda") and torch.version.cuda is None:
+        why = f"torch {torch.__version__} is built without CUDA"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        why = "no CUDA device is visible"
+    elif device.startswith("cuda"):
+        why = f"{torch.cuda.device_count()} CUDA device(s)"
+    else:
+        why = f"{device} is not available"
+    return f"device {device!r} is not available on this machine ({why}); available: {', '.join(available)} or auto"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` picks CUDA when present, else CPU; anything else is passed to ``torch.device`` and must
+    exist here (a ``ModelError`` naming what is available, never torch's "not compiled with CUDA")."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as exc:
         raise ModelError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N") from exc
+    problem = device_problem(device)
+    if problem is not None:
+        raise ModelError(problem)
+    return resolved
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from forensics.config import Config, to_dict
 from forensics.errors import ConfigError
 
-__all__ = ["available_devices", "check_device", "check_health", "devices", "require_device", "system_info"]
+__all__ = ["check_device", "check_health", "devices", "require_device", "system_info"]
 
 
 def _version(dist: str) -> str | None:
@@ -37,7 +37,7 @@ def devices(device: str) -> dict[str, Any]:
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     try:
-        resolved: str | None = str(resolve_device(device)) if check_device(device)[0] else None
+        resolved: str | None = str(resolve_device(device))
     except ModelError:
         resolved = None
     return {"cuda_available": torch.cuda.is_available(), "cuda_count": count,
@@ -45,35 +45,14 @@ def devices(device: str) -> dict[str, Any]:
             "configured": device, "resolved": resolved}
 
 
-def available_devices() -> list[str]:
-    """The device settings this machine can honour: ``cpu``, then ``cuda``/``cuda:N``, ``mps`` when present."""
-    import torch
-
-    found = ["cpu"]
-    if torch.cuda.is_available():
-        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps")
-    return found
-
-
 def check_device(device: str) -> tuple[bool, str]:
     """Whether the configured ``device`` can be used here; the detail says why not and what is available."""
-    import torch
+    from forensics.models.registry import available_devices, device_problem
 
-    available = available_devices()
-    if device == "auto" or device in available:
-        return True, f"{device}: available (this machine has {', '.join(available)})"
-    if device.startswith("cuda") and torch.version.cuda is None:
-        why = f"torch {torch.__version__} is built without CUDA"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        why = "no CUDA device is visible"
-    elif device.startswith("cuda"):
-        why = f"{torch.cuda.device_count()} CUDA device(s)"
-    else:
-        why = f"{device} is not available"
-    return False, f"device {device!r} is not available on this machine ({why}); available: {', '.join(available)} or auto"
+    problem = device_problem(device)
+    if problem is None:
+        return True, f"{device}: available (this machine has {', '.join(available_devices())})"
+    return False, problem
 
 
 def require_device(config: Config, path: str | Path | None, environ: Mapping[str, str]) -> None:
