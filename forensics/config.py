@@ -211,7 +211,8 @@ class Config:
     output_dir: str = "./analysis_results"
     device: str = "auto"
     timeout_minutes: int = 120
-    fidelity_tolerance: float = 1e-4
+    fidelity_tolerance: float = 1e-4  # absolute part of the fidelity tolerance (logits and activations)
+    fidelity_rtol: float = 1e-4  # relative part: |replayed - recorded| <= atol + rtol * max|recorded|, per module
     modules: ModulesConfig = field(default_factory=ModulesConfig)
     log_level: str = "INFO"
     log_file: str | None = "model_forensics.log"
@@ -235,6 +236,7 @@ class Config:
                self.device, "auto, cpu, cuda, cuda:N or mps")
         _check("timeout_minutes", self.timeout_minutes >= 1, self.timeout_minutes, "an integer >= 1")
         _check("fidelity_tolerance", self.fidelity_tolerance > 0, self.fidelity_tolerance, "a number > 0")
+        _check("fidelity_rtol", 0 <= self.fidelity_rtol < 1, self.fidelity_rtol, "a number in [0, 1)")
         _check("log_level", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
         _check("max_memory", self.max_memory is None or self.max_memory >= 1, self.max_memory,

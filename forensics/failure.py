@@ -108,16 +108,17 @@ class FailureSpec:
         return self.token_ids[step] if step < len(self.token_ids) else None
 
     def metric(self, logits: torch.Tensor, *, observed_id: int, target_id: int | None) -> torch.Tensor:
-        """Logit difference per row of ``logits`` [K, vocab]: target - observed; > 0 means fixed.
+        """The decision margin per row of ``logits`` [K, vocab]; > 0 exactly when the failure is fixed.
 
-        For forbidden specs: best other token - forbidden (observed) token.
+        ``expected``/``label``: logit(target) - the best other logit (the observed token on the incident,
+        but whichever token leads once an intervention moves the argmax elsewhere). ``forbidden``: the
+        best other logit - logit(forbidden).
         """
-        observed = logits[:, observed_id]
-        if target_id is not None:
-            return logits[:, target_id] - observed
+        keep = target_id if target_id is not None else observed_id
         others = logits.clone()
-        others[:, observed_id] = float("-inf")
-        return others.max(dim=-1).values - observed
+        others[:, keep] = float("-inf")
+        best_other = others.max(dim=-1).values
+        return logits[:, keep] - best_other if target_id is not None else best_other - logits[:, keep]
 
     def fixed(self, logits: torch.Tensor, *, observed_id: int, target_id: int | None) -> torch.Tensor:
         """Per row: is the failure gone at the decision step (argmax criterion)?"""

@@ -30,15 +30,18 @@ def _run(case: dict[str, Any], **cfg: Any) -> Any:
     rp: Replayer = case["rp"]
     m_inc = rp.run(()).metric
     config = CCAConfig(intervention_types=("zero", "mean", "scale"), **cfg)
-    return find_fix_set(rp.evaluate, case["incident"].modules, config, m_incident=m_inc, m_baseline=-m_inc)
+    return find_fix_set(rp.evaluate, case["incident"].modules, config, m_incident=m_inc, m_baseline=None)
 
 
 def test_candidates_are_modules_x_types_x_positions() -> None:
     cands = build_candidates(["a.0", "a.1"], CCAConfig(intervention_types=("zero", "patch")), ["s1", "s2"],
                              prior={"a.1": 5.0})
-    assert len(cands) == 2 * (1 + 2) * 2
+    # zero at last/all, patch from each source at the last position only: a patch of every position
+    # from another prompt replaces the input and is never a candidate (input-level evidence instead)
+    assert len(cands) == 2 * (2 + 2)
     assert cands[0].module == "a.1"  # CF prior orders the search
     assert {c.source for c in cands if c.kind == "patch"} == {"s1", "s2"}
+    assert not [c for c in cands if c.kind == "patch" and c.positions == "all"]
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "random"])

@@ -31,6 +31,9 @@ def test_metric_and_fixed() -> None:
     spec = FailureSpec("expected", "", (2,))
     assert spec.metric(logits, observed_id=1, target_id=2).tolist() == [-2.0, 3.0]
     assert spec.fixed(logits, observed_id=1, target_id=2).tolist() == [False, True]
+    # the margin is over the best OTHER token: once a third token leads, target - observed would lie
+    third = torch.tensor([[5.0, 1.0, 2.0]])
+    assert spec.metric(third, observed_id=1, target_id=2).tolist() == [-3.0]
     forb = FailureSpec.forbidden("x")
     assert forb.metric(logits, observed_id=1, target_id=None).tolist() == [-2.0, 3.0]
     assert forb.fixed(logits, observed_id=1, target_id=None).tolist() == [False, True]

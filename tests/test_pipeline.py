@@ -43,7 +43,7 @@ def test_analyze_incident_result_fields(lab: dict[str, Any], tiny_llama: LoadedM
     report = json.loads((tmp_path / "r.json").read_text())
     for key in ("confidence", "execution_time", "compression_metrics", "fix_set", "replays", "export_path"):
         assert key in report
-    assert report["schema"] == "model-forensics/rca@1"
+    assert report["schema"] == "model-forensics/rca@2"
     assert report["fix_set"]["interventions"][0]["module"].startswith("model.layers.")
 
 

@@ -179,7 +179,7 @@ def test_analyze_by_name_then_fetch_the_stored_report(server: Server, lab: dict[
 
     status, fetched = call_json(server, "GET", reply["links"]["result"])
     assert status == 200 and fetched["id"] == reply["id"]
-    assert fetched["result"]["schema"] == "model-forensics/rca@1"
+    assert fetched["result"]["schema"] == "model-forensics/rca@2"
     assert fetched["result"]["fix_set"]["interventions"] == fix["interventions"]
     assert fetched["result"]["compression_metrics"], "CF ran against the app's benign baseline"
 

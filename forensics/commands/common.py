@@ -38,14 +38,24 @@ def print_json(data: Any) -> None:
 
 
 @contextmanager
-def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[[int], None]]:
-    """A tqdm bar on stderr (hidden when stderr is not a terminal); yields ``advance(n)``."""
+def progress_bar(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Callable[..., None]]:
+    """A tqdm bar on stderr (hidden when stderr is not a terminal); yields ``advance(n, total=None)``.
+
+    ``advance(0, total=k)`` announces k more items of work (the bar's total and ETA grow with it); off a
+    terminal each announcement is one line on stderr instead, so logs show every phase."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
-               dynamic_ncols=True, leave=False)
-    def advance(n: int) -> None:
-        bar.update(n)
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not tty, dynamic_ncols=True, leave=False)
+
+    def advance(n: int, total: int | None = None) -> None:
+        if total is not None:
+            bar.total = bar.n + total
+            bar.refresh()
+            if not tty:
+                print(f"{desc}: {total} {unit} to go ({bar.n} done)", file=sys.stderr, flush=True)
+        if n:
+            bar.update(n)
 
     try:
         yield advance

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model or bundle.model["ref"], device=args.device, dtype=dtype,
                            cache_dir=config.cache_dir) if (args.model or args.dtype) else None
     options = ReplayOptions(device=args.device, cache_dir=config.cache_dir, fidelity_tolerance=config.fidelity_tolerance,
+                            fidelity_rtol=config.fidelity_rtol,
                             allow_model_mismatch=args.allow_model_mismatch or dtype != bundle.model.get("dtype", "float32"))
     rp = Replayer(bundle, loaded=loaded, baselines=baselines, options=options)
     fid = rp.fidelity()
@@ -56,8 +57,10 @@ def _print_text(rp: Replayer, fid: Fidelity, base: Outcome, result: Outcome | No
     tok = rp.tokenizer
     print(f"bundle {rp.bundle.id}: decision step {rp.step}, {rp.length} tokens replayed")
     verdict = "faithful" if fid.faithful else f"NOT faithful (first divergent: {fid.first_divergent})"
-    print(f"fidelity: {verdict}; max |logit diff| {fid.max_logit_diff:.2e}, "
-          f"max |activation diff| {fid.max_activation_diff:.2e} (tolerance {fid.tolerance:g})")
+    print(f"fidelity: {verdict}; max |logit diff| {fid.max_logit_diff:.2e} (tolerance {fid.logit_tolerance:.1e}), "
+          f"max |activation diff| {fid.max_activation_diff:.2e} (tolerance atol {fid.atol:g} + rtol {fid.rtol:g} x scale)")
+    if not fid.faithful:
+        print(f"next:     {fid.advice()}")
     target = tok.decode([rp.target_id]) if rp.target_id is not None else None
     print(f"observed {tok.decode([rp.observed_id])!r}" + (f", expected {target!r}" if target else ""))
     for label, out in (("replay", base), ("intervened", result)):

@@ -1,45 +1,62 @@
 """Causal minimal fix sets (CCA): the smallest set of interventions that makes the failure go away.
 
     result = find_fix_set(evaluate, modules, config, m_incident=-2.0, m_baseline=1.5, prior=cf_scores)
-    result.fix_set.interventions, result.fix_set.validated
+    result.fix_sets[0].interventions, result.fix_sets[0].validated
 
 Candidates are recorded modules x intervention types x positions (patch once per counterfactual
-source), ordered by the CF prior. A found set is pruned until every member is necessary, then
-validated by a fresh replay before it is reported.
+source), ordered by the CF prior. An intervention that overwrites every position with another
+prompt's activations (``patch`` or ``mean`` at ``all``) replaces the input and names no cause: it is
+never a candidate (see ``input_level``). The best few fixed sets the search saw are each pruned until
+every member is necessary, then validated by a fresh replay; the pipeline then judges them further
+(regenerated answer, side effects on benign prompts) before one is reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from forensics.config import CCAConfig
 from forensics.rca.search import Scored, Scorer, beam, greedy, random_search
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome
 
-__all__ = ["CCAResult", "FixSet", "build_candidates", "find_fix_set", "prune"]
+__all__ = ["CCAResult", "FixSet", "build_candidates", "find_fix_set", "is_input_substitution", "prune",
+           "validate"]
+
+Verdict = Literal["correction", "suppression"]
+ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
 
 
 @dataclass(frozen=True)
 class FixSet:
     interventions: tuple[Intervention, ...]
     validated: bool
-    recovery: float
+    recovery: float | None  # None: no baseline produces the target (see decision.recovery_note)
     metric: float
     fixed: bool
     argmax_token: str
+    verdict: Verdict = "correction"
+    regenerated: dict[str, Any] | None = None
+    side_effects: dict[str, Any] | None = None
+
+    @property
+    def positions(self) -> int:
+        """Positions the members touch (``last`` counts 1, ``all`` counts as many as it can)."""
+        return sum(1 if iv.positions == "last" else 1_000 if iv.positions == "all" else len(iv.positions)
+                   for iv in self.interventions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"interventions": [iv.to_dict() for iv in self.interventions], "validated": self.validated,
                 "recovery": self.recovery, "metric": self.metric, "fixed": self.fixed,
-                "argmax_token": self.argmax_token, "size": len(self.interventions)}
+                "argmax_token": self.argmax_token, "size": len(self.interventions), "positions": self.positions,
+                "verdict": self.verdict, "regenerated": self.regenerated, "side_effects": self.side_effects}
 
 
 @dataclass
 class CCAResult:
-    fix_set: FixSet | None
+    fix_sets: list[FixSet]  # validated-by-replay minimal sets, best first by the search's ranking
     best_partial: Scored | None
     singles: list[Scored]
     strategy: str
@@ -47,38 +64,58 @@ class CCAResult:
     candidates: int = 0
     evaluated: int = 0
     budget_exhausted: bool = False
+    timed_out: bool = False
+
+    @property
+    def fix_set(self) -> FixSet | None:
+        return self.fix_sets[0] if self.fix_sets else None
+
+
+def is_input_substitution(iv: Intervention) -> bool:
+    """Whether ``iv`` replaces every position with another prompt's (or the population's) activations."""
+    return iv.kind in ("patch", "mean") and iv.positions == "all"
 
 
 def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: Sequence[str],
                      prior: dict[str, float]) -> list[Intervention]:
-    """Every single intervention, the most CF-anomalous modules first."""
+    """Every single intervention that can name a cause, the most CF-anomalous modules first."""
     out: list[Intervention] = []
     for module in sorted(modules, key=lambda m: -prior.get(m, 0.0)):
         for kind in config.intervention_types:
             sources: Sequence[str | None] = patch_sources if kind == "patch" else [None]
             for source in sources:
                 for pos in config.positions:
-                    factor = 0.0 if kind == "scale" else None
-                    out.append(Intervention(module, kind, pos, source, factor))
+                    iv = Intervention(module, kind, pos, source, 0.0 if kind == "scale" else None)
+                    if not is_input_substitution(iv):
+                        out.append(iv)
     return out
 
 
 def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], modules: Sequence[str],
-                 config: CCAConfig, *, m_incident: float, m_baseline: float, patch_sources: Sequence[str] = (),
-                 prior: dict[str, float] | None = None, progress: Callable[[int], None] | None = None) -> CCAResult:
+                 config: CCAConfig, *, m_incident: float, m_baseline: float | None,
+                 patch_sources: Sequence[str] = (), prior: dict[str, float] | None = None,
+                 progress: Callable[[int, int | None], None] | None = None,
+                 deadline: float | None = None) -> CCAResult:
+    """``m_baseline`` None: no baseline produces the target, so recovery is reported as unavailable
+    (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search."""
     prior = prior or {}
     candidates = build_candidates(modules, config, patch_sources, prior)
     scorer = Scorer(evaluate, m_incident=m_incident, m_baseline=m_baseline, budget=config.max_replays,
                     batch_size=config.batch_size, prior={c: prior.get(c.module, 0.0) for c in candidates},
-                    progress=progress, saturate=config.early_stop_threshold)
+                    progress=progress, saturate=config.early_stop_threshold, deadline=deadline)
     singles = scorer.score([(c,) for c in candidates], stop_at=config.early_stop_threshold)
     best, steps = _search(scorer, candidates, singles, config)
-    result = CCAResult(None, best, singles, config.search_strategy, steps, len(candidates))
-    if best is not None and best.fixed:
-        minimal = prune(scorer, best)
-        result.fix_set = validate(evaluate, scorer, minimal)
+    result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
+    pool = sorted({s.interventions: s for s in scorer.fixed_seen}.values(), key=scorer.key, reverse=True)
+    minimal: dict[frozenset[Intervention], Scored] = {}
+    for found in pool[: ALTERNATIVES + 1]:
+        pruned = prune(scorer, found)
+        minimal.setdefault(frozenset(pruned.interventions), pruned)
+    result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]
+    result.fix_sets.sort(key=lambda f: (len(f.interventions), f.positions, -f.metric))
     result.evaluated = scorer.evaluated
     result.budget_exhausted = scorer.remaining == 0
+    result.timed_out = scorer.timed_out
     return result
 
 
@@ -98,7 +135,7 @@ def prune(scorer: Scorer, found: Scored) -> Scored:
     current = found
     while len(current.interventions) > 1:
         subsets = [tuple(iv for iv in current.interventions if iv != drop) for drop in current.interventions]
-        still = [s for s in scorer.score(subsets) if s.fixed]
+        still = [s for s in scorer.score(subsets, force=True) if s.fixed]
         if not still:
             return current
         current = max(still, key=scorer.key)
@@ -107,8 +144,13 @@ def prune(scorer: Scorer, found: Scored) -> Scored:
 
 def validate(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], scorer: Scorer,
              found: Scored) -> FixSet:
-    """A fresh replay of the set alone: the fix counts only if it holds again."""
+    """A fresh replay of the set alone: the fix counts only if it holds again and every hook fired."""
     outcome = evaluate([found.interventions])[0]
     fires_ok = all(f > 0 for f in outcome.hook_fires)
     return FixSet(found.interventions, outcome.fixed and fires_ok, scorer.recovery(outcome.metric),
                   outcome.metric, outcome.fixed, outcome.argmax_token)
+
+
+def judged(fix: FixSet, **changes: Any) -> FixSet:
+    """``fix`` with the pipeline's verdict, regenerated answer and side effects filled in."""
+    return replace(fix, **changes)

@@ -12,26 +12,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from forensics.bundle import Bundle, load_bundle
 from forensics.config import Config
-from forensics.errors import ConfigError
+from forensics.errors import ConfigError, ReplayError
 from forensics.exec.base import Executor, ReplayJob
 from forensics.exec.local import LocalExecutor
 from forensics.models.registry import LoadedModel, resolve_model
-from forensics.rca.cca import CCAResult, find_fix_set
+from forensics.rca.cca import CCAResult, FixSet, find_fix_set
+from forensics.rca.confidence import ConfidenceTerms, confidence, explain
+from forensics.rca.evidence import baseline_metric, input_level, target_sources
+from forensics.rca.judge import check_side_effects, judge_answer, rank
 from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
 from forensics.rca.result import RCAResult
-from forensics.replay.interventions import Intervention
+from forensics.rca.story import NEAR_TIE_SHARE, Story, commands, incident_section
+from forensics.replay.fidelity import Fidelity
 from forensics.replay.options import ReplayOptions
 from forensics.replay.replayer import Replayer
 
 __all__ = ["RCAPipeline", "cf_prior", "replay_options"]
 
 log = logging.getLogger(__name__)
+MAX_FIX_SETS = 3  # validated fix sets reported, best first
 Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
 
 
@@ -51,6 +57,7 @@ class RCAPipeline:
                          html: str | Path | None = None, allow_model_mismatch: bool = False,
                          allow_baseline_mismatch: bool = False) -> RCAResult:
         t0 = time.perf_counter()
+        deadline = time.monotonic() + 60.0 * self.config.timeout_minutes
         timings: dict[str, float] = {}
         incident = self._bundle(bundle)
         population, stats = self._baselines(baseline)
@@ -61,19 +68,26 @@ class RCAPipeline:
                                  allow_baseline_mismatch=allow_baseline_mismatch)
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
         fidelity = rp.fidelity()
-        notes: list[str] = [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
-                            for name in ("isc", "dbc", "provenance")
-                            if getattr(self.config.modules, name).enabled]
-        metrics = self._cf(incident, population, stats, notes, timings)
-        cca, m_inc, m_base = None, None, None
+        story = Story(rp)
+        story.notes += [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
+                        for name in ("isc", "dbc", "provenance") if getattr(self.config.modules, name).enabled]
+        if not population:
+            story.notes.append("analysis without baselines: CF skipped, 'mean' unavailable and no side-effect "
+                               "check; confidence rests on fidelity, validation, margin and size only")
+        metrics = self._cf(incident, population, stats, story, timings)
         if not fidelity.faithful:
-            notes.append(f"replay not faithful (first divergent: {fidelity.first_divergent}); CCA skipped")
+            story.notes.append(f"replay not faithful (first divergent: {fidelity.first_divergent}); CCA skipped: "
+                               f"{fidelity.advice()}")
+            story.skip("the CCA search (every intervention)", "the replay is not faithful")
         elif self.config.modules.cca.enabled and rp.spec is not None:
             t = time.perf_counter()
-            cca, m_inc, m_base = self._cca(rp, incident, metrics, cfs, notes)
+            self._diagnose(rp, incident, metrics, cfs, population, story, deadline)
             timings["cca"] = time.perf_counter() - t
-        result = self._result(rp, incident, metrics, cca, fidelity.to_dict(), m_inc, m_base, population, cfs,
-                              notes, timings, t0)
+        elif not self.config.modules.cca.enabled:
+            story.skip("the CCA search", "modules.cca.enabled is false")
+        result = self._result(rp, incident, metrics, fidelity, story, population, cfs, timings, t0)
+        result.commands = commands(incident.path, baseline, patch_source, model, output, allow_model_mismatch,
+                                   allow_baseline_mismatch)
         if output is not None:
             result.export(output)
         if html is not None:
@@ -117,13 +131,15 @@ class RCAPipeline:
             return [self._bundle(p) for p in (patch_source if isinstance(patch_source, list) else [patch_source])]
         return pick_counterfactuals(incident, population, k=self.config.modules.cca.patch_sources)
 
-    def _cf(self, incident: Any, population: Sequence[Any], stats: Any, notes: list[str],
+    def _cf(self, incident: Any, population: Sequence[Any], stats: Any, story: Story,
             timings: dict[str, float]) -> list[Any]:
         if not self.config.modules.cf.enabled:
+            story.skip("CF (compression forensics)", "modules.cf.enabled is false")
             return []
         if stats is None:
-            notes.append(f"CF skipped: needs ≥ 2 benign baseline bundles or a baseline statistics file "
-                         f"(got {len(population)} bundles)")
+            story.notes.append(f"CF skipped: needs ≥ 2 benign baseline bundles or a baseline statistics file "
+                               f"(got {len(population)} bundles)")
+            story.skip("CF (compression forensics)", f"needs ≥ 2 benign baseline bundles, got {len(population)}")
             return []
         from forensics.rca.cf import analyze_cf
 
@@ -132,23 +148,63 @@ class RCAPipeline:
         timings["cf"] = time.perf_counter() - t
         return metrics
 
-    def _cca(self, rp: Replayer, incident: Any, metrics: Sequence[Any], cfs: Sequence[Any],
-             notes: list[str]) -> tuple[CCAResult, float, float]:
+    def _diagnose(self, rp: Replayer, incident: Bundle, metrics: Sequence[Any], cfs: Sequence[Bundle],
+                  population: Sequence[Bundle], story: Story, deadline: float) -> None:
+        """Input-level evidence, the CCA search, then each fix judged (regenerated answer, side effects)."""
+        story.m_incident = rp.run(()).metric
+        sources, story.recovery_note = target_sources(rp, cfs)
+        story.sources = [b.id for b in sources]
+        story.m_baseline = baseline_metric(rp, sources[0]) if sources else None
+        if story.recovery_note:
+            story.notes.append(story.recovery_note)
+        story.input_level = input_level(rp, cfs)
         cca_cfg = self.config.modules.cca
         types = [t for t in cca_cfg.intervention_types if not (t == "mean" and not rp.bank.population)]
-        if "patch" in types and not cfs:
+        if "patch" in types and not sources:
             types.remove("patch")
-            notes.append("no counterfactual baseline: 'patch' interventions left out")
+            if not cfs:
+                story.notes.append("no counterfactual baseline: 'patch' interventions left out")
         if not types:
             raise ConfigError("no usable intervention types: 'mean'/'patch' need baseline bundles")
-        cfg = type(cca_cfg)(**{**cca_cfg.__dict__, "intervention_types": tuple(types)})
-        evaluate = self.executor.evaluator(self._job(rp, incident, cfs), local=rp)
-        m_inc = rp.run(()).metric
-        m_base = self._baseline_metric(rp, cfs, m_inc)
-        prior = cf_prior(metrics)
-        cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=m_inc, m_baseline=m_base,
-                           patch_sources=[b.id for b in cfs], prior=prior, progress=self._tick("cca"))
-        return cca, m_inc, m_base
+        cfg = replace(cca_cfg, intervention_types=tuple(types))
+        evaluate = self.executor.evaluator(self._job(rp, incident, sources), local=rp)
+        story.cca = cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=story.m_incident,
+                                       m_baseline=story.m_baseline, patch_sources=story.sources,
+                                       prior=cf_prior(metrics), progress=self._tick("cca"), deadline=deadline)
+        self._unevaluated(incident, cca, story)
+        judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
+        benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
+        story.fixes = rank(check_side_effects(judged_fixes, benign))[:MAX_FIX_SETS]
+        near = story.near_tie()
+        if near["evaluated_singles"] and near["flipping_singles"] > NEAR_TIE_SHARE * near["evaluated_singles"]:
+            story.notes.append(f"near tie: the incident's margin is {-story.m_incident:.3f} logits and "
+                               f"{near['flipping_singles']} of {near['evaluated_singles']} single interventions "
+                               "flip the answer; many small pushes change it, so read any one fix as weak evidence")
+
+    def _unevaluated(self, incident: Bundle, cca: CCAResult, story: Story) -> None:
+        seen = {iv.module for s in cca.singles for iv in s.interventions}
+        missing = [m for m in incident.modules if m not in seen]
+        if missing:
+            why = ("timeout_minutes reached" if cca.timed_out else "the max_replays budget ran out"
+                   if cca.budget_exhausted else "the scan stopped early: a single intervention already fixed the "
+                   "failure with recovery above early_stop_threshold")
+            story.skip(f"{len(missing)} of {len(incident.modules)} modules as single interventions "
+                       f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})", why)
+        if cca.timed_out:
+            story.notes.append(f"timeout_minutes ({self.config.timeout_minutes}) reached: the search stopped "
+                               f"after {cca.evaluated} sets; the result is the best found so far")
+
+    def _benign_replayers(self, rp: Replayer, population: Sequence[Bundle], sources: Sequence[Bundle],
+                          story: Story) -> list[Replayer]:
+        """One replayer per benign bundle of the same model, for the side-effect check."""
+        out = []
+        for b in population:
+            try:
+                out.append(Replayer(b, loaded=rp.loaded, baselines=population, counterfactuals=sources,
+                                    options=rp.options))
+            except ReplayError as exc:
+                story.skip(f"side effects on {b.id}", str(exc))
+        return out
 
     def _job(self, rp: Replayer, incident: Bundle, cfs: Sequence[Bundle]) -> ReplayJob:
         """The replay session as plain data, so a remote worker can rebuild it."""
@@ -159,46 +215,45 @@ class RCAPipeline:
             model=info.path if info.kind in ("hf_dir", "gguf") else info.ref, options=rp.options,
         )
 
-    def _baseline_metric(self, rp: Replayer, cfs: Sequence[Any], m_inc: float) -> float:
-        """The metric a counterfactual run reaches (its own logits, via patching the last residual at
-        the last position); without one, the mirror of the incident's margin."""
-        sites = rp.bundle.manifest["recorded"].get("sites", {})
-        resid = [m for m in rp.bundle.modules if sites.get(m) == "resid"]
-        if cfs and resid:
-            m = rp.run((Intervention(resid[-1], "patch", "last", cfs[0].id),)).metric
-            if m > m_inc:
-                return m
-        return max(-m_inc, 1e-3) if m_inc < 0 else m_inc + 1.0
-
-    def _tick(self, phase: str) -> Callable[[int], None] | None:
+    def _tick(self, phase: str) -> Callable[[int, int | None], None] | None:
         progress = self.progress
         if progress is None:
             return None
-        return lambda n: progress(phase, n, None)
+        return lambda n, total: progress(phase, n, total)
 
-    def _result(self, rp: Replayer, incident: Any, metrics: list[Any], cca: CCAResult | None,
-                fidelity: dict[str, Any], m_inc: float | None, m_base: float | None, population: Sequence[Any],
-                cfs: Sequence[Any], notes: list[str], timings: dict[str, float], t0: float) -> RCAResult:
-        tok = rp.tokenizer
+    def _result(self, rp: Replayer, incident: Bundle, metrics: list[Any], fidelity: Fidelity, story: Story,
+                population: Sequence[Bundle], cfs: Sequence[Bundle], timings: dict[str, float],
+                t0: float) -> RCAResult:
+        cca, fix = story.cca, (story.fixes[0] if story.fixes else None)
         layers = rank_layers(metrics)
-        fix = cca.fix_set if cca else None
-        decision = {"step": rp.step, "observed": tok.decode([rp.observed_id]), "observed_id": rp.observed_id,
-                    "target": tok.decode([rp.target_id]) if rp.target_id is not None else None,
-                    "target_id": rp.target_id, "failure": incident.failure, "m_incident": m_inc,
-                    "m_baseline": m_base}
+        terms = confidence_terms(fidelity, fix)
         replays = {"forward_passes": rp.forward_passes, "candidates": cca.candidates if cca else 0,
-                   "evaluated": cca.evaluated if cca else 0, "budget_exhausted": cca.budget_exhausted if cca else False}
+                   "evaluated": cca.evaluated if cca else 0, "budget_exhausted": cca.budget_exhausted if cca else False,
+                   "timed_out": cca.timed_out if cca else False}
         return RCAResult(
-            bundle_id=incident.id, confidence=_confidence(fix, layers), execution_time=time.perf_counter() - t0,
-            compression_metrics=metrics, fix_set=fix, replays=replays, fidelity=fidelity, decision=decision,
-            localisation=layers, single_effects=[s.to_dict() for s in cca.singles] if cca else [],
+            bundle_id=incident.id, confidence=confidence(terms) if terms else 0.0,
+            execution_time=time.perf_counter() - t0, compression_metrics=metrics, fix_set=fix, replays=replays,
+            fidelity=fidelity.to_dict(), decision=story.decision(), localisation=layers,
+            single_effects=[s.to_dict() for s in cca.singles] if cca else [],
             search={"strategy": cca.strategy, "steps": cca.steps,
                     "best_partial": cca.best_partial.to_dict() if cca.best_partial else None} if cca else {},
-            baselines={"population": [b.id for b in population], "patch_sources": [b.id for b in cfs],
+            baselines={"population": [b.id for b in population], "patch_sources": story.sources,
+                       "counterfactuals": [b.id for b in cfs],
                        "paths": {b.id: b.path for b in [*population, *cfs]}},
             bundle_path=incident.path, cf={"anomaly_threshold": self.config.modules.cf.anomaly_threshold},
-            model=rp.loaded.info.to_dict(), timings=timings, notes=notes,
+            model=rp.loaded.info.to_dict(), timings=timings, notes=story.notes, incident=incident_section(rp),
+            fix_sets=story.fixes, input_level=story.input_level, not_evaluated=story.not_evaluated,
+            confidence_terms=terms.to_dict() if terms else None, confidence_explanation=explain(terms),
         )
+
+
+def confidence_terms(fidelity: Fidelity, fix: FixSet | None) -> ConfidenceTerms | None:
+    if fix is None:
+        return None
+    side = fix.side_effects
+    specificity = 1.0 - side["changed"] / side["checked"] if side and side["checked"] else None
+    return ConfidenceTerms(fidelity.faithful, fix.validated, fix.recovery, fix.metric, specificity,
+                           len(fix.interventions), fix.verdict == "suppression")
 
 
 def replay_options(config: Config, *, allow_model_mismatch: bool = False,
@@ -206,7 +261,8 @@ def replay_options(config: Config, *, allow_model_mismatch: bool = False,
     """The replay settings a config implies (device, cache, batch size, tolerance, memory, key)."""
     return ReplayOptions(device=config.device, cache_dir=config.cache_dir, allow_model_mismatch=allow_model_mismatch,
                          allow_baseline_mismatch=allow_baseline_mismatch, batch_size=config.modules.cca.batch_size,
-                         fidelity_tolerance=config.fidelity_tolerance, max_memory=config.max_memory,
+                         fidelity_tolerance=config.fidelity_tolerance, fidelity_rtol=config.fidelity_rtol,
+                         max_memory=config.max_memory,
                          encryption_key=config.encryption_key)
 
 
@@ -217,15 +273,3 @@ def cf_prior(metrics: Sequence[Any]) -> dict[str, float]:
 
     onset = {row["layer"]: row["onset"] for row in rank_layers(metrics)}
     return {m.module: onset.get(layer_of(m.module), 0.0) + 0.01 * float(m.score) for m in metrics}
-
-
-def _confidence(fix: Any, layers: list[dict[str, Any]]) -> float:
-    """0.7 x validated recovery (clipped to [0, 1]) + 0.3 if an anomalous layer among CF's top 3 holds a
-    fix-set module (CF and CCA agree)."""
-    from forensics.rca.localise import layer_of
-
-    if fix is None or not fix.validated:
-        return 0.0
-    top3 = {row["layer"] for row in layers[:3] if row["anomalous"]}
-    agree = any(layer_of(iv.module) in top3 for iv in fix.interventions)
-    return round(0.7 * min(1.0, max(0.0, float(fix.recovery))) + (0.3 if agree else 0.0), 4)

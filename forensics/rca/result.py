@@ -1,4 +1,4 @@
-"""The analysis result and its JSON report (schema ``model-forensics/rca@1``, see docs/report-schema.md).
+"""The analysis result and its JSON report (schema ``model-forensics/rca@2``, see docs/report-schema.md).
 
     result = RCAPipeline(config).analyze_incident("bundles/australia", baseline="bundles/benign/")
     result.confidence, result.fix_set, result.compression_metrics, result.export_path
@@ -17,7 +17,7 @@ from forensics.rca.cca import FixSet
 
 __all__ = ["REPORT_SCHEMA", "REPORT_SCHEMAS", "RCAResult", "write_json_atomic"]
 
-REPORT_SCHEMA = "model-forensics/rca@1"
+REPORT_SCHEMA = "model-forensics/rca@2"
 REPORT_SCHEMAS = ("model-forensics/rca@1", "model-forensics/rca@2")  # what readers accept (validate-fix, stats, HTML)
 
 
@@ -42,6 +42,13 @@ class RCAResult:
     bundle_path: str | None = None
     cf: dict[str, Any] = field(default_factory=dict)
     export_path: str | None = None
+    incident: dict[str, Any] = field(default_factory=dict)
+    fix_sets: list[FixSet] = field(default_factory=list)
+    input_level: list[dict[str, Any]] = field(default_factory=list)
+    not_evaluated: list[dict[str, str]] = field(default_factory=list)
+    confidence_terms: dict[str, Any] | None = None
+    confidence_explanation: str = ""
+    commands: dict[str, str] = field(default_factory=dict)
 
     @property
     def anomalous_modules(self) -> list[str]:
@@ -72,6 +79,13 @@ class RCAResult:
             "notes": self.notes,
             "provenance": self.provenance,
             "export_path": self.export_path,
+            "incident": self.incident,
+            "fix_sets": [f.to_dict() for f in self.fix_sets],
+            "input_level": self.input_level,
+            "not_evaluated": self.not_evaluated,
+            "confidence_terms": self.confidence_terms,
+            "confidence_explanation": self.confidence_explanation,
+            "commands": self.commands,
         }
 
     def export(self, path: str | os.PathLike[str]) -> str:

@@ -10,6 +10,7 @@ turns metrics into recovery and keeps count.
 from __future__ import annotations
 
 import random as _random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,10 @@ __all__ = ["Scored", "Scorer", "beam", "greedy", "random_search"]
 class Scored:
     interventions: InterventionSet
     metric: float
-    recovery: float
+    recovery: float | None  # None when no baseline produces the target
     fixed: bool
     argmax_token: str
+    gain: float = 0.0  # what the search ranks by: recovery, or progress toward the mirror of the incident
 
     def to_dict(self) -> dict[str, Any]:
         return {"interventions": [iv.to_dict() for iv in self.interventions], "metric": self.metric,
@@ -34,47 +36,73 @@ class Scored:
 
 
 class Scorer:
-    """Evaluates sets through an executor's evaluator; recovery = (m - m_inc) / (m_base - m_inc)."""
+    """Evaluates sets through an executor's evaluator; recovery = (m - m_inc) / (m_base - m_inc).
+
+    Without a baseline that produces the target (``m_baseline=None``) recovery is unavailable and the
+    search ranks by progress toward the mirror of the incident's margin (``gain``), which is never
+    reported as recovery. ``deadline`` (``time.monotonic()``) and ``budget`` bound the work."""
 
     def __init__(self, evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], *, m_incident: float,
-                 m_baseline: float, budget: int, batch_size: int, prior: dict[Intervention, float] | None = None,
-                 progress: Callable[[int], None] | None = None, saturate: float = 1.0) -> None:
+                 m_baseline: float | None, budget: int, batch_size: int,
+                 prior: dict[Intervention, float] | None = None,
+                 progress: Callable[[int, int | None], None] | None = None, saturate: float = 1.0,
+                 deadline: float | None = None) -> None:
         self.evaluate, self.m_incident, self.m_baseline = evaluate, m_incident, m_baseline
-        self.saturate = saturate
+        self.m_reference = m_baseline if m_baseline is not None else max(-m_incident, 1e-3)
+        self.saturate, self.deadline = saturate, deadline
         self.budget, self.batch_size, self.prior = budget, batch_size, prior or {}
         self.progress = progress
         self.evaluated = 0
+        self.timed_out = False
+        self.fixed_seen: list[Scored] = []
 
     @property
     def remaining(self) -> int:
+        if self.timed_out:
+            return 0
         return max(0, self.budget - self.evaluated)
 
-    def recovery(self, metric: float) -> float:
-        return (metric - self.m_incident) / (self.m_baseline - self.m_incident)
+    def recovery(self, metric: float) -> float | None:
+        return None if self.m_baseline is None else self._gain(metric)
 
-    def score(self, sets: Sequence[InterventionSet], *, stop_at: float | None = None) -> list[Scored]:
-        """Score ``sets`` batch by batch within the budget; with ``stop_at``, stop after a batch holding a
-        fixed set whose recovery reaches it (early stop)."""
+    def _gain(self, metric: float) -> float:
+        return (metric - self.m_incident) / (self.m_reference - self.m_incident)
+
+    def score(self, sets: Sequence[InterventionSet], *, stop_at: float | None = None,
+              force: bool = False) -> list[Scored]:
+        """Score ``sets`` batch by batch within the budget and the deadline (``force``: regardless of
+        them, for the few sets of pruning); with ``stop_at``, stop after a batch holding a fixed set whose
+        gain reaches it (early stop)."""
         out: list[Scored] = []
-        sets = list(sets)[: self.remaining]
+        sets = list(sets) if force else list(sets)[: self.remaining]
+        if self.progress and sets:
+            self.progress(0, len(sets))
         for start in range(0, len(sets), self.batch_size):
+            if not force and self._past_deadline():
+                break
             outcomes = self.evaluate(sets[start : start + self.batch_size])
             self.evaluated += len(outcomes)
             if self.progress:
-                self.progress(len(outcomes))
-            batch = [Scored(o.interventions, o.metric, self.recovery(o.metric), o.fixed, o.argmax_token)
-                     for o in outcomes]
+                self.progress(len(outcomes), None)
+            batch = [Scored(o.interventions, o.metric, self.recovery(o.metric), o.fixed, o.argmax_token,
+                            self._gain(o.metric)) for o in outcomes]
             out.extend(batch)
-            if stop_at is not None and any(s.fixed and s.recovery >= stop_at for s in batch):
+            self.fixed_seen.extend(s for s in batch if s.fixed)
+            if stop_at is not None and any(s.fixed and s.gain >= stop_at for s in batch):
                 break
         return out
 
-    def key(self, s: Scored) -> tuple[bool, float, int, float, float]:
-        """Rank: fixed first, then recovery (to 0.01, saturating at the early-stop threshold: beyond it a
-        fix is good enough), then fewer positions, then the CF prior, then raw recovery."""
+    def _past_deadline(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+        return self.timed_out
+
+    def key(self, s: Scored) -> tuple[bool, float, int, int, float, float]:
+        """Rank: fixed first, then gain (to 0.01, saturating at the early-stop threshold: beyond it a
+        fix is good enough), then fewer members, then fewer positions, then the CF prior, then raw gain."""
         cost = sum(0 if iv.positions == "last" else 1 for iv in s.interventions)
         prior = sum(self.prior.get(iv, 0.0) for iv in s.interventions)
-        return (s.fixed, round(min(s.recovery, self.saturate), 2), -cost, prior, s.recovery)
+        return (s.fixed, round(min(s.gain, self.saturate), 2), -len(s.interventions), -cost, prior, s.gain)
 
     def best(self, scored: Sequence[Scored]) -> Scored | None:
         return max(scored, key=self.key, default=None)
@@ -88,12 +116,13 @@ def _extend(base: InterventionSet, candidates: Sequence[Intervention]) -> list[I
 def greedy(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
            threshold: float) -> tuple[Scored | None, list[dict[str, Any]]]:
     best = scorer.best(singles)
-    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": best.recovery if best else None}]
+    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": best.recovery if best else None,
+              "best_metric": best.metric if best else None}]
     while best is not None and not best.fixed and len(best.interventions) < max_size and scorer.remaining:
         scored = scorer.score(_extend(best.interventions, candidates), stop_at=threshold)
         nxt = scorer.best(scored)
         steps.append({"size": len(best.interventions) + 1, "evaluated": len(scored),
-                      "best_recovery": nxt.recovery if nxt else None})
+                      "best_recovery": nxt.recovery if nxt else None, "best_metric": nxt.metric if nxt else None})
         if nxt is None or scorer.key(nxt) <= scorer.key(best):
             break
         best = nxt
@@ -102,15 +131,21 @@ def greedy(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Sco
 
 def beam(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
          threshold: float, width: int) -> tuple[Scored | None, list[dict[str, Any]]]:
+    """Keeps the ``width`` best sets; stops at a fix, at ``max_size``, or when a step improves nothing."""
     beams = sorted(singles, key=scorer.key, reverse=True)[:width]
-    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": beams[0].recovery if beams else None}]
+    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": beams[0].recovery if beams else None,
+              "best_metric": beams[0].metric if beams else None}]
     size = 1
     while beams and not beams[0].fixed and size < max_size and scorer.remaining:
         proposals = list(dict.fromkeys(s for b in beams for s in _extend(b.interventions, candidates)))
         scored = scorer.score(proposals, stop_at=threshold)
         size += 1
+        before = scorer.key(beams[0])
         beams = sorted([*beams, *scored], key=scorer.key, reverse=True)[:width]
-        steps.append({"size": size, "evaluated": len(scored), "best_recovery": beams[0].recovery})
+        steps.append({"size": size, "evaluated": len(scored), "best_recovery": beams[0].recovery,
+                      "best_metric": beams[0].metric})
+        if scorer.key(beams[0]) <= before:
+            break
     return (beams[0] if beams else None), steps
 
 
@@ -130,5 +165,6 @@ def random_search(scorer: Scorer, candidates: Sequence[Intervention], singles: l
     fixed = [s for s in [*singles, *scored] if s.fixed]
     pool = fixed and [s for s in fixed if len(s.interventions) == min(len(f.interventions) for f in fixed)]
     best = scorer.best(pool or [*singles, *scored])
-    return best, [{"size": "random", "evaluated": len(scored), "best_recovery": best.recovery if best else None}]
+    return best, [{"size": "random", "evaluated": len(scored), "best_recovery": best.recovery if best else None,
+                   "best_metric": best.metric if best else None}]
 

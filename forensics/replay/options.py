@@ -24,7 +24,8 @@ class ReplayOptions:
     """``device``: auto | cpu | cuda[:N] | mps, used when the replayer loads the model itself.
     ``cache_dir``: where converted models are cached (None: the registry's documented default).
     ``allow_model_mismatch`` / ``allow_baseline_mismatch``: replay although weights hashes differ.
-    ``batch_size``: intervention sets per forward pass. ``fidelity_tolerance``: see ``measure_fidelity``.
+    ``batch_size``: intervention sets per forward pass. ``fidelity_tolerance`` / ``fidelity_rtol``: the absolute and
+    relative parts of the fidelity tolerance (``measure_fidelity``).
     ``prefix_reuse`` / ``suffix_reuse``: skip work a set does not change. ``max_memory``: bytes a pass
     may use (None: no budget). ``encryption_key``: reads encrypted bundles in workers (never shown)."""
 
@@ -34,6 +35,7 @@ class ReplayOptions:
     allow_baseline_mismatch: bool = False
     batch_size: int = 32
     fidelity_tolerance: float = 1e-4
+    fidelity_rtol: float = 1e-4
     prefix_reuse: bool = True
     suffix_reuse: bool = True
     max_memory: int | None = None
@@ -44,6 +46,8 @@ class ReplayOptions:
             raise ConfigError(f"replay batch_size: expected an integer >= 1, got {self.batch_size!r}")
         if not self.fidelity_tolerance > 0:
             raise ConfigError(f"fidelity_tolerance: expected a number > 0, got {self.fidelity_tolerance!r}")
+        if not self.fidelity_rtol >= 0:
+            raise ConfigError(f"fidelity_rtol: expected a number >= 0, got {self.fidelity_rtol!r}")
         if self.max_memory is not None and self.max_memory < 1:
             raise ConfigError(f"max_memory: expected null or bytes >= 1, got {self.max_memory!r}")
 

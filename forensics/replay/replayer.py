@@ -34,7 +34,7 @@ from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
-from forensics.replay.plan import Plan, compile_plan
+from forensics.replay.plan import ModulePlan, Plan, compile_plan
 from forensics.replay.prefix import PrefixReuse
 from forensics.replay.schedule import budget_batch_size, chunk_indices, pass_cost
 from forensics.replay.sources import SourceBank
@@ -84,7 +84,7 @@ class Replayer:
         _check_identity(bundle, self.loaded, [] if options.allow_baseline_mismatch else [*baselines, *counterfactuals],
                         options.allow_model_mismatch)
         self.bank = SourceBank(baselines, counterfactuals)
-        self.batch_size, self.tolerance = options.batch_size, options.fidelity_tolerance
+        self.batch_size = options.batch_size
         self.device = next(self.model.parameters()).device
         self.spec = FailureSpec.from_dict(bundle.failure) if bundle.failure else None
         outputs = bundle.outputs
@@ -130,7 +130,31 @@ class Replayer:
                 hooks.forward(name, _capture_into(captured, name))
             with self.prefix.skipping(0, 1, self.device, self._dtype):  # also learns the layer output type
                 logits = self._forward(self.input_ids)
-        return measure_fidelity(self.bundle, self.step, logits[0], captured, self.tolerance)
+        return measure_fidelity(self.bundle, self.step, logits[0], captured, atol=self.options.fidelity_tolerance,
+                                rtol=self.options.fidelity_rtol)
+
+    def generate(self, interventions: InterventionSet = (), max_new_tokens: int = 4) -> list[int]:
+        """Greedy continuation from the decision step with ``interventions`` in place at every step: they
+        change the positions they name at the decision step (``last`` is the decision position), new
+        positions run free. Plain full passes, no reuse; every hook must fire at every step."""
+        base = compile_plan([tuple(interventions)], length=self.length, width=self._width, bank=self.bank,
+                            step=self.step, device=self.device)
+        ids = self.input_ids
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        out: list[int] = []
+        for _ in range(max_new_tokens):
+            plan = _grown(base, int(ids.shape[1]) - self.length)
+            with self._installed(plan):
+                logits = self._forward(ids)
+            unfired = [name for name, mp in plan.modules.items() if mp.fires == 0]
+            if unfired:
+                raise ReplayError(f"interventions on {', '.join(unfired)} never fired while regenerating")
+            token = int(logits[0].argmax())
+            out.append(token)
+            if token == eos:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]], device=self.device)], dim=1)
+        return out
 
     def logits(self, sets: Sequence[InterventionSet] = ((),)) -> torch.Tensor:
         """Decision-step logits [K, vocab] for K sets, in order."""
@@ -222,6 +246,17 @@ class Replayer:
                 get_module(self.model, module)  # raises UnknownModuleError with suggestions
                 self._widths[module] = None
         return self._widths[module]
+
+
+def _grown(plan: Plan, extra: int) -> Plan:
+    """``plan`` over ``extra`` more positions at the end, which it leaves unchanged (fresh fire counts)."""
+    grown = Plan()
+    for name, mp in plan.modules.items():
+        rows, _, width = mp.add.shape
+        scale = torch.cat([mp.scale, mp.scale.new_ones(rows, extra, 1)], dim=1)
+        add = torch.cat([mp.add, mp.add.new_zeros(rows, extra, width)], dim=1)
+        grown.modules[name] = ModulePlan(scale, add)
+    return grown
 
 
 def _patcher(mp: Any) -> Any:

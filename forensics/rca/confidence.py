@@ -1,0 +1,71 @@
+"""Confidence in a reported fix set: one documented formula of things a user can check.
+
+    terms = ConfidenceTerms(faithful=True, validated=True, recovery=0.98, margin=1.3, specificity=1.0,
+                            size=1, suppression=False)
+    confidence(terms), explain(terms)
+
+``confidence = 0`` unless the replay is faithful and the fix set validated; else
+``round(0.35 R + 0.25 M + 0.25 S + 0.15 Z, 4)``, halved for a suppression, where R = clip(recovery, 0, 1)
+(0 when no baseline produces the target, so recovery is unavailable), M = margin / (margin + 1) with
+margin = the fixed replay's decision margin in logits (clipped at 0), S = 1 - changed / checked benign
+answers (0.5 when no benign bundle was checked) and Z = 1 / size.
+
+    >>> confidence(ConfidenceTerms(True, True, 1.0, 1.0, 1.0, 1, False))
+    0.875
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["ConfidenceTerms", "confidence", "explain"]
+
+WEIGHTS = {"recovery": 0.35, "margin": 0.25, "specificity": 0.25, "size": 0.15}
+
+
+@dataclass(frozen=True)
+class ConfidenceTerms:
+    faithful: bool
+    validated: bool
+    recovery: float | None
+    margin: float
+    specificity: float | None  # 1 - changed / checked; None: no benign bundle checked
+    size: int
+    suppression: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _parts(t: ConfidenceTerms) -> dict[str, float]:
+    margin = max(0.0, t.margin)
+    return {"recovery": min(1.0, max(0.0, t.recovery)) if t.recovery is not None else 0.0,
+            "margin": margin / (margin + 1.0),
+            "specificity": t.specificity if t.specificity is not None else 0.5,
+            "size": 1.0 / max(1, t.size)}
+
+
+def confidence(t: ConfidenceTerms) -> float:
+    if not (t.faithful and t.validated):
+        return 0.0
+    value = sum(WEIGHTS[k] * v for k, v in _parts(t).items())
+    return round(value * (0.5 if t.suppression else 1.0), 4)
+
+
+def explain(t: ConfidenceTerms | None) -> str:
+    """The number in one sentence a user can check term by term."""
+    if t is None:
+        return "confidence 0: no validated fix set was found."
+    if not t.faithful:
+        return "confidence 0: the replay is not faithful, so no intervention on it explains the incident."
+    if not t.validated:
+        return "confidence 0: the fix set did not hold on a fresh replay."
+    recovery = (f"recovers {t.recovery:.2f} of the gap to a run that answers correctly" if t.recovery is not None
+                else "recovery unavailable (no baseline produces the expected answer)")
+    side = ("no benign answer checked" if t.specificity is None
+            else f"keeps {t.specificity:.0%} of the benign answers")
+    members = "1 member" if t.size == 1 else f"{t.size} members"
+    tail = "; halved: the new answer is punctuation or an end token (a suppression)" if t.suppression else ""
+    return (f"confidence {confidence(t):.2f}: validated on a faithful replay, {recovery}, margin "
+            f"{t.margin:+.2f} logits, {side}, {members}{tail}.")

@@ -1,0 +1,88 @@
+"""Judging a fix set beyond its decision token: the regenerated answer, suppression, side effects, rank.
+
+    fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]         # verdict + regenerated text
+    fixes = check_side_effects(fixes, benign_replayers)               # benign answers it changes
+    ranked = rank(fixes)                                              # corrections without side effects first
+
+A fix for ``forbidden`` counts only if the forbidden text is gone from the whole regenerated
+continuation; a fix whose new answer is punctuation, whitespace or an end token removes the answer
+instead of correcting it (a *suppression*) and ranks below every correction. A fix that changes the
+answers of benign prompts the model got right ranks below one that changes none.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+from forensics.rca.cca import FixSet, judged
+from forensics.replay.replayer import Replayer
+
+__all__ = ["REGENERATE_TOKENS", "check_side_effects", "is_empty_answer", "judge_answer", "rank"]
+
+REGENERATE_TOKENS = 4
+
+
+def is_empty_answer(text: str, token_id: int, tokenizer: Any) -> bool:
+    """Whether a token says nothing: an end / special token, whitespace or punctuation only."""
+    if token_id in (getattr(tokenizer, "all_special_ids", None) or []):
+        return True
+    stripped = text.strip()
+    return not stripped or all(unicodedata.category(c).startswith(("P", "S")) for c in stripped)
+
+
+def judge_answer(rp: Replayer, fix: FixSet) -> FixSet:
+    """Regenerate the continuation with ``fix`` applied at every step; set its verdict."""
+    tok = rp.tokenizer
+    generated = list(rp.bundle.outputs["generated_ids"])
+    new = rp.generate(fix.interventions, REGENERATE_TOKENS)
+    text = tok.decode(generated[: rp.step] + new)
+    spec = rp.spec
+    contains_expected = contains_forbidden = None
+    still_forbidden = False
+    if spec is not None and spec.kind == "forbidden":
+        pattern = re.compile(spec.text if spec.regex else re.escape(spec.text))
+        contains_forbidden = pattern.search(text) is not None
+        still_forbidden = contains_forbidden
+    elif spec is not None and spec.text:
+        contains_expected = text.startswith(spec.text) or spec.text.startswith(text)
+    suppression = bool(new) and is_empty_answer(tok.decode([new[0]]), new[0], tok)
+    regenerated = {"text": text, "contains_expected": contains_expected, "contains_forbidden": contains_forbidden}
+    return judged(fix, validated=fix.validated and not still_forbidden, fixed=fix.fixed and not still_forbidden,
+                  verdict="suppression" if suppression else "correction", regenerated=regenerated)
+
+
+def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> list[FixSet]:
+    """Replay every fix on every benign bundle (one batched pass per bundle): how many answers change."""
+    if not benign:
+        return list(fixes)
+    changed: list[list[str]] = [[] for _ in fixes]
+    checked = [0] * len(fixes)
+    for rp in benign:
+        applicable = [i for i, fix in enumerate(fixes) if _applies(fix, rp)]
+        outcomes = rp.evaluate([(), *(fixes[i].interventions for i in applicable)])
+        plain = outcomes[0].argmax_id
+        for i, out in zip(applicable, outcomes[1:], strict=True):
+            checked[i] += 1
+            if out.argmax_id != plain:
+                changed[i].append(rp.bundle.id)
+    return [judged(fix, side_effects={"checked": checked[i], "changed": len(changed[i]),
+                                      "changed_bundles": changed[i]})
+            for i, fix in enumerate(fixes)]
+
+
+def _applies(fix: FixSet, rp: Replayer) -> bool:
+    """Explicit positions are the incident's; they mean nothing on a prompt of another length."""
+    return all(isinstance(iv.positions, str) or max(iv.positions) < rp.length for iv in fix.interventions)
+
+
+def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
+    """Validated corrections first, then fewer benign answers changed, fewer members, fewer positions,
+    and the larger margin."""
+    def key(f: FixSet) -> tuple[bool, bool, int, int, int, float]:
+        broken = f.side_effects["changed"] if f.side_effects else 0
+        return (not f.validated, f.verdict == "suppression", broken, len(f.interventions), f.positions, -f.metric)
+
+    return sorted(fixes, key=key)
