@@ -13,7 +13,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--older-than", required=True, metavar="AGE",
                    help="only bundles whose manifest created_at is older than this, e.g. 90d, 12h, 2w")
     p.add_argument("--dry-run", action="store_true", help="list what would be compressed; change nothing")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,9 +16,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model reference (a tiny HF dir is fastest)")
     p.add_argument("--faults", type=int, default=12, help="number of planted faults (cycling layers and sites)")
     p.add_argument("--magnitude", type=float, default=3.0, help="fault size in units of the weight's std")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first fault's noise; fault i uses seed + i (default 0)")
     p.add_argument("--workdir", required=True, help="where faulty models, bundles and the report go")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     add_config_arg(p)
 
 

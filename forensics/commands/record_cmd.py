@@ -25,9 +25,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--kind", choices=("incident", "benign"), default=None,
                    help="bundle kind (default: incident if the spec is violated, else benign)")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=8,
+                   help="tokens to generate greedily after the prompt (default 8); the decision step must fall inside")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="torch seed set before generating, kept in the manifest (decoding is greedy; default 0)")
 
 
 def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:

@@ -19,10 +19,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="append", default=[], help="baseline bundle (source of mean/patch); repeatable")
     p.add_argument("--model", help="replay on this model reference instead of the bundle's")
     p.add_argument("--allow-model-mismatch", action="store_true", help="replay even if weights sha256 differs")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="replay in this precision (default: the recording's); fidelity shows what it costs")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
 
 
 def run(args: argparse.Namespace) -> int:

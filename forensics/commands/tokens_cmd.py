@@ -17,9 +17,12 @@ def default_tokens_file() -> str:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("add", "list", "revoke"))
+    p.add_argument("action", choices=("add", "list", "revoke"),
+                   help="add: create a token and print it once; list: names, roles, dates; revoke: delete by name")
     p.add_argument("name", nargs="?", help="token name (add, revoke)")
-    p.add_argument("--role", choices=("viewer", "analyst", "admin"), default="viewer")
+    p.add_argument("--role", choices=("viewer", "analyst", "admin"), default="viewer",
+                   help="role of a new token: viewer (results), analyst (+ bundles, analyses), admin (all); "
+                        "default viewer")
     p.add_argument("--tokens-file", default=None, help="default: $MODEL_FORENSICS_TOKENS_FILE or "
                    "~/.config/model-forensics/tokens.json")
 

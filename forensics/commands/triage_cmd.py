@@ -14,8 +14,10 @@ HELP = "rank incident bundles by CF anomaly (fast: no replay, no search)"
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="directory of bundles")
     p.add_argument("--baseline", help="benign bundles directory or build-baseline .json (default: benign bundles in DIR)")
-    p.add_argument("--sort-by", choices=("anomaly", "time", "size"), default="anomaly")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--sort-by", choices=("anomaly", "time", "size"), default="anomaly",
+                   help="anomaly: highest CF score first (default); time: oldest recording first (created_at); "
+                        "size: largest bundle on disk first")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     add_config_arg(p)
 
 

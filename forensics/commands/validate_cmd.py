@@ -19,7 +19,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", help="incident bundle path (default: the one named in the report)")
     p.add_argument("--allow-model-mismatch", action="store_true",
                    help="validate on a model whose weights differ from the recording")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)")
 
 
 def run(args: argparse.Namespace) -> int:
