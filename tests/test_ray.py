@@ -120,3 +120,21 @@ def test_ray_job_entrypoint_joins_the_cluster(lab: dict[str, Path], ray_cluster:
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["done"] == [f"inc{i}" for i in range(len(INCIDENTS))] and summary["failed"] == []
     assert f"progress: {len(INCIDENTS)}/{len(INCIDENTS)}" in proc.stdout  # every bundle reported as it finished
+
+
+@pytest.mark.slow
+def test_a_real_incident_replays_faithfully_on_ray_actors(smol: LoadedModel, ray_pool: Any, tmp_path: Path) -> None:
+    """The smollm2 incident decided at step 1, analysed inside Ray actors (other processes, other thread
+    counts): the replay there is faithful, judged relative to each module's scale."""
+    from forensics.failure import FailureSpec
+
+    spec = FailureSpec.expected(" 15", smol.tokenizer)
+    record_greedy(smol, "7 + 8 =", tmp_path / "incidents" / "add_7_8", spec, max_new_tokens=3)
+    for i, prompt in enumerate(["2 + 2 =", "The capital of France is"]):
+        record_greedy(smol, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
+    tasks = plan_batch(list_bundle_paths(tmp_path / "incidents"), output_dir=tmp_path / "out",
+                       baseline=str(tmp_path / "benign"))
+    summary = run_batch(tasks, executor=ray_pool, output_dir=tmp_path / "out")
+    assert summary.done == ["add_7_8"] and not summary.failed
+    report = json.loads((tmp_path / "out" / "add_7_8.json").read_text())
+    assert report["decision"]["step"] == 1 and report["fidelity"]["faithful"] is True, report["fidelity"]["advice"]

@@ -391,3 +391,21 @@ def test_a_bundle_cannot_pick_a_model_outside_the_allow_list(lab: dict[str, Path
         run_analysis(RCAPipeline(), bundle_dir=lab["root"], output_dir=tmp_path, bundle="incidents/inc0",
                      allowed_models={"smollm2-135m"})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_real_incident_replays_faithfully_through_the_serve_app(server: Server, lab: dict[str, Path],
+                                                                  smol: LoadedModel) -> None:
+    """The smollm2 incident decided at step 1 analysed by a Serve replica: faithful there too."""
+    from forensics.failure import FailureSpec
+
+    spec = FailureSpec.expected(" 15", smol.tokenizer)
+    record_greedy(smol, "7 + 8 =", lab["root"] / "smol" / "add_7_8", spec, max_new_tokens=3)
+    for i, prompt in enumerate(["2 + 2 =", "The capital of France is"]):
+        record_greedy(smol, prompt, lab["root"] / "smol_benign" / f"b{i}", "as-generated", kind="benign",
+                      max_new_tokens=2)
+    status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "smol/add_7_8", "baseline": "smol_benign"},
+                              timeout=600)
+    assert status == 200, reply
+    stored = json.loads((lab["results"] / f"{reply['id']}.json").read_text())
+    assert stored["decision"]["step"] == 1 and stored["fidelity"]["faithful"] is True, stored["fidelity"]["advice"]

@@ -46,3 +46,53 @@ def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: 
     # batched: rows are grouped differently, and fp32 BLAS results depend on the batch shape (~3e-5 relative)
     assert torch.allclose(fast.logits(sets), full.logits(sets), atol=1e-3, rtol=1e-4)
     assert fast.layers_run < full.layers_run / 2
+
+
+@pytest.fixture(scope="module")
+def arithmetic(smol: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real multi-token incident decided at step 1: "7 + 8 =" -> " 11", expected " 15" (" ", "1", then "1"
+    where "5" was due): the replay runs over the prompt plus two generated tokens."""
+    out = tmp_path_factory.mktemp("arith") / "add_7_8"
+    spec = FailureSpec.expected(" 15", smol.tokenizer)
+    run = record_greedy(smol, "7 + 8 =", out, spec, max_new_tokens=4)
+    assert run.failed and run.text.startswith(" 11")
+    return out
+
+
+def test_an_incident_decided_after_the_first_token_replays_faithfully(smol: LoadedModel, arithmetic: Path) -> None:
+    from forensics.bundle import load_bundle
+
+    bundle = load_bundle(arithmetic)
+    assert bundle.outputs["decision_step"] > 0
+    fid = Replayer(bundle, loaded=smol).fidelity()
+    assert fid.faithful, fid.to_dict()["advice"]
+    worst = max(fid.modules.values(), key=lambda m: m.abs or 0.0)
+    assert worst.scale > 100  # SmolLM2's massive activations: an absolute 1e-4 would be the wrong yardstick
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_same_bundle_replays_faithfully_with_other_thread_counts(smol: LoadedModel, arithmetic: Path,
+                                                                     threads: int) -> None:
+    from forensics.bundle import load_bundle
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fid = Replayer(load_bundle(arithmetic), loaded=smol).fidelity()
+    finally:
+        torch.set_num_threads(before)
+    assert fid.faithful, fid.to_dict()["advice"]
+
+
+def test_other_weights_are_still_caught_on_the_real_model(smol: LoadedModel, arithmetic: Path) -> None:
+    from forensics.bundle import load_bundle
+
+    down = smol.model.model.layers[5].mlp.down_proj.weight
+    saved = down.data.clone()
+    down.data.mul_(1.05)  # a 5 % change of one layer: a different model, not rounding
+    try:
+        fid = Replayer(load_bundle(arithmetic), loaded=smol, options=ReplayOptions(allow_model_mismatch=True)).fidelity()
+    finally:
+        down.data.copy_(saved)
+    assert not fid.faithful and fid.first_divergent == "model.layers.5.mlp"
+    assert "weights" in (fid.advice() or "")

@@ -77,8 +77,12 @@ def is_input_substitution(iv: Intervention) -> bool:
 
 
 def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: Sequence[str],
-                     prior: dict[str, float]) -> list[Intervention]:
-    """Every single intervention that can name a cause, the most CF-anomalous modules first."""
+                     prior: dict[str, float], *, output_module: str | None = None) -> list[Intervention]:
+    """Every single intervention that can name a cause, the most CF-anomalous modules first.
+
+    ``output_module`` (the last decoder layer's residual) is never patched: its state at a position IS the
+    source's prediction there, so patching it substitutes the output the way patching every position
+    substitutes the input."""
     out: list[Intervention] = []
     for module in sorted(modules, key=lambda m: -prior.get(m, 0.0)):
         for kind in config.intervention_types:
@@ -86,7 +90,7 @@ def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: S
             for source in sources:
                 for pos in config.positions:
                     iv = Intervention(module, kind, pos, source, 0.0 if kind == "scale" else None)
-                    if not is_input_substitution(iv):
+                    if not is_input_substitution(iv) and not (kind == "patch" and module == output_module):
                         out.append(iv)
     return out
 
@@ -95,11 +99,11 @@ def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
                  config: CCAConfig, *, m_incident: float, m_baseline: float | None,
                  patch_sources: Sequence[str] = (), prior: dict[str, float] | None = None,
                  progress: Callable[[int, int | None], None] | None = None,
-                 deadline: float | None = None) -> CCAResult:
+                 deadline: float | None = None, output_module: str | None = None) -> CCAResult:
     """``m_baseline`` None: no baseline produces the target, so recovery is reported as unavailable
     (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search."""
     prior = prior or {}
-    candidates = build_candidates(modules, config, patch_sources, prior)
+    candidates = build_candidates(modules, config, patch_sources, prior, output_module=output_module)
     scorer = Scorer(evaluate, m_incident=m_incident, m_baseline=m_baseline, budget=config.max_replays,
                     batch_size=config.batch_size, prior={c: prior.get(c.module, 0.0) for c in candidates},
                     progress=progress, saturate=config.early_stop_threshold, deadline=deadline)

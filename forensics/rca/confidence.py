@@ -5,13 +5,14 @@
     confidence(terms), explain(terms)
 
 ``confidence = 0`` unless the replay is faithful and the fix set validated; else
-``round(0.35 R + 0.25 M + 0.25 S + 0.15 Z, 4)``, halved for a suppression, where R = clip(recovery, 0, 1)
+``round(S x (0.45 R + 0.35 M + 0.2 Z), 4)``, halved for a suppression, where R = clip(recovery, 0, 1)
 (0 when no baseline produces the target, so recovery is unavailable), M = margin / (margin + 1) with
-margin = the fixed replay's decision margin in logits (clipped at 0), S = 1 - changed / checked benign
-answers (0.5 when no benign bundle was checked) and Z = 1 / size.
+margin = the fixed replay's decision margin in logits (clipped at 0), Z = 1 / size, and S = 1 - changed /
+checked benign answers (0.5 when no benign bundle was checked): a fix that changes the answers the model
+got right explains nothing about this incident, so specificity scales everything else.
 
     >>> confidence(ConfidenceTerms(True, True, 1.0, 1.0, 1.0, 1, False))
-    0.875
+    0.825
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 __all__ = ["ConfidenceTerms", "confidence", "explain"]
 
-WEIGHTS = {"recovery": 0.35, "margin": 0.25, "specificity": 0.25, "size": 0.15}
+WEIGHTS = {"recovery": 0.45, "margin": 0.35, "size": 0.2}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def _parts(t: ConfidenceTerms) -> dict[str, float]:
 def confidence(t: ConfidenceTerms) -> float:
     if not (t.faithful and t.validated):
         return 0.0
-    value = sum(WEIGHTS[k] * v for k, v in _parts(t).items())
+    parts = _parts(t)
+    value = parts["specificity"] * sum(WEIGHTS[k] * parts[k] for k in WEIGHTS)
     return round(value * (0.5 if t.suppression else 1.0), 4)
 
 

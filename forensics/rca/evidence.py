@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from forensics.bundle import Bundle
+from forensics.rca.population import coverage
 from forensics.replay.interventions import Intervention
 from forensics.replay.replayer import Replayer
 
-__all__ = ["baseline_metric", "input_level", "produces_target", "target_sources"]
+__all__ = ["SAME_QUESTION", "baseline_metric", "input_level", "output_module", "produces_target", "target_sources"]
+
+SAME_QUESTION = 0.75  # forbidden specs: a source must hold this share of the incident's prompt tokens
 
 
 def produces_target(rp: Replayer, bundle: Bundle) -> bool:
@@ -25,14 +28,18 @@ def produces_target(rp: Replayer, bundle: Bundle) -> bool:
     if rp.step >= len(generated):
         return False
     token = int(generated[rp.step])
-    return token == rp.target_id if rp.target_id is not None else token != rp.observed_id
+    if rp.target_id is not None:
+        return token == rp.target_id
+    # forbidden: any other answer would do, so only a run of the same question shows a correct one
+    return token != rp.observed_id and coverage(rp.bundle.inputs["input_ids"], bundle.inputs["input_ids"]) >= SAME_QUESTION
 
 
 def target_sources(rp: Replayer, counterfactuals: Sequence[Bundle]) -> tuple[list[Bundle], str | None]:
     """The counterfactuals that produce the target, and, when some or all do not, a note saying so."""
     good = [b for b in counterfactuals if produces_target(rp, b)]
     left = [b.id for b in counterfactuals if b not in good]
-    want = repr(rp.tokenizer.decode([rp.target_id])) if rp.target_id is not None else "a non-forbidden token"
+    want = (repr(rp.tokenizer.decode([rp.target_id])) if rp.target_id is not None
+            else "a non-forbidden token to the same question")
     if not counterfactuals:
         return [], "recovery unavailable: no counterfactual baseline was given (--baseline or --patch-source)"
     if not good:
@@ -47,6 +54,12 @@ def target_sources(rp: Replayer, counterfactuals: Sequence[Bundle]) -> tuple[lis
 def _resid_modules(rp: Replayer) -> list[str]:
     sites = rp.bundle.manifest["recorded"].get("sites", {}) or {}
     return [m for m in rp.bundle.modules if sites.get(m) == "resid"]
+
+
+def output_module(rp: Replayer) -> str | None:
+    """The last decoder layer's residual: what the LM head reads."""
+    resid = _resid_modules(rp)
+    return resid[-1] if resid else None
 
 
 def baseline_metric(rp: Replayer, source: Bundle) -> float | None:

@@ -79,10 +79,12 @@ def _applies(fix: FixSet, rp: Replayer) -> bool:
 
 
 def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
-    """Validated corrections first, then fewer benign answers changed, fewer members, fewer positions,
-    and the larger margin."""
-    def key(f: FixSet) -> tuple[bool, bool, int, int, int, float]:
+    """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
+    is the expected text, fewer members, fewer positions, and the larger margin."""
+    def key(f: FixSet) -> tuple[bool, bool, int, bool, int, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
-        return (not f.validated, f.verdict == "suppression", broken, len(f.interventions), f.positions, -f.metric)
+        off_answer = f.regenerated is not None and f.regenerated.get("contains_expected") is False
+        return (not f.validated, f.verdict == "suppression", broken, off_answer, len(f.interventions), f.positions,
+                -f.metric)
 
     return sorted(fixes, key=key)

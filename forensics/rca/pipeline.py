@@ -24,7 +24,7 @@ from forensics.exec.local import LocalExecutor
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.rca.cca import CCAResult, FixSet, find_fix_set
 from forensics.rca.confidence import ConfidenceTerms, confidence, explain
-from forensics.rca.evidence import baseline_metric, input_level, target_sources
+from forensics.rca.evidence import baseline_metric, input_level, output_module, target_sources
 from forensics.rca.judge import check_side_effects, judge_answer, rank
 from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
@@ -170,7 +170,8 @@ class RCAPipeline:
         evaluate = self.executor.evaluator(self._job(rp, incident, sources), local=rp)
         story.cca = cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=story.m_incident,
                                        m_baseline=story.m_baseline, patch_sources=story.sources,
-                                       prior=cf_prior(metrics), progress=self._tick("cca"), deadline=deadline)
+                                       prior=cf_prior(metrics), progress=self._tick("cca"), deadline=deadline,
+                                       output_module=output_module(rp))
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
