@@ -249,6 +249,7 @@ def test_rca2_page_tells_the_story(rca2: dict[str, Any]) -> None:
     conf = _part(page, "confidence")
     assert rca2["confidence_explanation"] in conf and "<b>0.80</b>" in conf
     assert "0.3254" in conf and "round(0.35·R + 0.25·M + 0.25·S + 0.15·Z, 4)" in conf
+    assert "differs from the documented formula" not in conf
     level = _part(page, "input-level")
     assert "Input-level evidence (input substitution, not a cause)" in level
     assert "replaced by bundle cf_australia" in level and "never a fix set" in level
@@ -266,7 +267,7 @@ def test_suppression_and_no_side_effect_check(rca2: dict[str, Any]) -> None:
     rca2["incident"]["failure"] = {"type": "forbidden", "text": " Sydney", "token_ids": [28640], "regex": False}
     rca2["fix_sets"] = [fix]  # fix_set is fix_sets[0]
     text, css = verdict(rca2)
-    assert css == "warn" and "only a suppression" in text and "'.'" in text
+    assert css == "warn" and "only a suppression: the new answer '.'" in text
     part = _part(render_html(rca2), "fix")
     assert '<span class="badge warn">suppression</span>' in part
     assert "not checked: no benign bundles of this model" in part
@@ -285,6 +286,16 @@ def test_unfaithful_replay_shows_the_advice(rca2: dict[str, Any]) -> None:
     assert "check that the model&#x27;s weights are the recording&#x27;s" in fid
     assert fid.index("model.layers.14.mlp</code></td><td class=\"num\">—") > 0  # shape mismatch listed first
     assert "No fix set: confidence is 0." in _part(page, "confidence")
+
+
+def test_confidence_that_departs_from_the_formula_is_flagged(rca2: dict[str, Any]) -> None:
+    from forensics.rca.report_story import documented_confidence
+
+    assert documented_confidence(rca2["confidence_terms"]) == rca2["confidence"]
+    rca2["confidence"] = 0.6
+    conf = _part(render_html(rca2), "confidence")
+    assert "The report's confidence 0.6000 differs from the documented formula applied to these terms (0.7958)" \
+        in conf
 
 
 def test_head_shown_when_present(rca2: dict[str, Any]) -> None:

@@ -123,8 +123,8 @@ def verdict(report: Mapping[str, Any]) -> tuple[str, str]:
             return f"Fix set of {n} {'intervention' if n == 1 else 'interventions'} found but NOT validated by a " \
                    "fresh replay", "warn"
         if fix.get("verdict") == "suppression":
-            return (f"Validated {found}, but only a suppression: the model no longer says the forbidden token and "
-                    f"says {fix.get('argmax_token', '?')!r} instead", "warn")
+            return (f"Validated {found}, but only a suppression: the new answer {fix.get('argmax_token', '?')!r} "
+                    "is punctuation, whitespace or an end token", "warn")
         tail = f": a correction, the model now says {fix.get('argmax_token', '?')!r}" \
             if fix.get("verdict") == "correction" else ""
         return f"Validated {found}{tail}", "ok"

@@ -26,7 +26,7 @@ from forensics.rca.report_blocks import (
 )
 from forensics.rca.report_plot import esc, fmt
 
-__all__ = ["commands_section", "confidence_section", "explanation", "fix_sets", "fixes_section", "incident_section",
+__all__ = ["commands_section", "confidence_section", "documented_confidence", "explanation", "fix_sets", "fixes_section", "incident_section",
            "input_level_section", "not_evaluated_section"]
 
 NEAR_TIE_SHARE = 0.1  # more than this share of single interventions flipping the answer: call it a near tie
@@ -141,8 +141,8 @@ def _regenerated(fix: Mapping[str, Any], failure: Mapping[str, Any]) -> str:
 def _verdict_badge(fix: Mapping[str, Any]) -> str:
     verdict = fix.get("verdict")
     if verdict == "suppression":
-        return ('<span class="badge warn">suppression</span> <span class="muted">the forbidden token is gone, but '
-                "the new answer is punctuation, whitespace or an end token</span>")
+        return ('<span class="badge warn">suppression</span> <span class="muted">the wrong answer is gone, but '
+                "the new one is punctuation, whitespace or an end token</span>")
     if verdict == "correction":
         return '<span class="badge ok">correction</span> <span class="muted">the model now answers as wanted</span>'
     return MISSING
@@ -167,7 +167,8 @@ def _fix_card(i: int, fix: Mapping[str, Any], report: Mapping[str, Any]) -> str:
              ("recovery", _recovery(fix, decision)), ("regenerated", _regenerated(fix, failure)),
              ("side effects", _side_effects(fix)),
              ("size", esc(f"{n} member{'s' if n != 1 else ''}")
-              + (esc(f", {fix['positions']} positions") if is_number(fix.get("positions")) else ""))]
+              + (esc(f", {fix['positions']} position{'s' if fix['positions'] != 1 else ''}")
+                 if is_number(fix.get("positions")) else ""))]
     title = "Best fix set" if i == 0 else f"Alternative {i}"
     return (f'<div class="card"><h3>{esc(title)}</h3>{interventions_table(fix.get("interventions") or [])}'
             f"{facts(pairs)}</div>")
@@ -203,7 +204,8 @@ def explanation(report: Mapping[str, Any]) -> str:
     return "No explanation in this report."
 
 
-def _term_rows(terms: Mapping[str, Any]) -> list[list[str]]:
+def _parts(terms: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
+    """Each documented term's value and how it comes from the report."""
     rec, margin, spec, size = (terms.get(k) for k in ("recovery", "margin", "specificity", "size"))
     parts = {"recovery": (min(1.0, max(0.0, rec)) if is_number(rec) else 0.0,
                           f"{fmt(rec, 3)} → clip to [0, 1]" if is_number(rec) else "unavailable → 0"),
@@ -212,6 +214,20 @@ def _term_rows(terms: Mapping[str, Any]) -> list[list[str]]:
              "specificity": (float(spec) if is_number(spec) else 0.5,
                              f"{fmt(spec, 3)} (1 − changed/checked)" if is_number(spec) else "not checked → 0.5"),
              "size": (1.0 / max(1, int(size)) if is_number(size) else 0.0, f"{size} members → 1/size")}
+    return parts
+
+
+def documented_confidence(terms: Mapping[str, Any]) -> float:
+    """docs/report-schema.md's formula applied to ``confidence_terms``; the page shows a mismatch."""
+    if not (terms.get("faithful") and terms.get("validated")):
+        return 0.0
+    parts = _parts(terms)
+    value = round(sum(weight * parts[name][0] for name, _, weight in WEIGHTS), 4)
+    return value * 0.5 if terms.get("suppression") else value
+
+
+def _term_rows(terms: Mapping[str, Any]) -> list[list[str]]:
+    parts = _parts(terms)
     return [[f"{letter} ({name})", esc(parts[name][1]), esc(fmt(parts[name][0], 3)), esc(f"{weight:.2f}"),
              esc(fmt(weight * parts[name][0], 4))] for name, letter, weight in WEIGHTS]
 
@@ -228,6 +244,10 @@ def confidence_section(report: Mapping[str, Any]) -> str:
     formula = empty("confidence = 0 unless faithful and validated; else round(0.35·R + 0.25·M + 0.25·S + 0.15·Z, 4), "
                     "× 0.5 for a suppression (docs/report-schema.md).")
     rows = table(["term", "from the report", "value", "weight", "adds"], _term_rows(terms), numeric=(2, 3, 4))
+    expected, given = documented_confidence(terms), report.get("confidence")
+    if is_number(given) and abs(expected - given) > 5e-4:
+        formula += (f'<p class="advice">The report\'s confidence {esc(fmt(given, 4))} differs from the documented '
+                    f"formula applied to these terms ({esc(fmt(expected, 4))}).</p>")
     return section("Confidence", head + f"<p>{gate}</p>" + rows + formula, "confidence")
 
 
