@@ -247,8 +247,8 @@ def test_rca2_page_tells_the_story(rca2: dict[str, Any]) -> None:
     assert "<code>benign_france</code>" in fix and " Canberra. It is" in fix and "(contains the expected text)" in fix
     assert "baseline: counterfactual cf_australia" in fix and "0.930" in fix
     conf = _part(page, "confidence")
-    assert rca2["confidence_explanation"] in conf and "<b>0.80</b>" in conf
-    assert "0.3254" in conf and "round(0.35·R + 0.25·M + 0.25·S + 0.15·Z, 4)" in conf
+    assert rca2["confidence_explanation"] in conf and "<b>0.72</b>" in conf
+    assert "0.4183" in conf and "round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4)" in conf
     assert "differs from the documented formula" not in conf
     level = _part(page, "input-level")
     assert "Input-level evidence (input substitution, not a cause)" in level
@@ -294,7 +294,7 @@ def test_confidence_that_departs_from_the_formula_is_flagged(rca2: dict[str, Any
     assert documented_confidence(rca2["confidence_terms"]) == rca2["confidence"]
     rca2["confidence"] = 0.6
     conf = _part(render_html(rca2), "confidence")
-    assert "The report's confidence 0.6000 differs from the documented formula applied to these terms (0.7958)" \
+    assert "The report's confidence 0.6000 differs from the documented formula applied to these terms (0.7219)" \
         in conf
 
 

@@ -41,8 +41,8 @@ def confidence_of(terms: dict[str, Any]) -> float:
     r = min(1.0, max(0.0, terms["recovery"])) if terms["recovery"] is not None else 0.0
     margin = max(0.0, terms["margin"])
     s = terms["specificity"] if terms["specificity"] is not None else 0.5
-    value = round(0.35 * r + 0.25 * margin / (margin + 1) + 0.25 * s + 0.15 / terms["size"], 4)
-    return value * 0.5 if terms["suppression"] else value
+    h = 0.5 if terms["suppression"] else 1.0
+    return round(s * (0.45 * r + 0.35 * margin / (margin + 1) + 0.2 / terms["size"]) * h, 4)
 
 
 def test_every_accepted_id_has_a_schema_file() -> None:
@@ -79,12 +79,16 @@ def test_golden_is_consistent_with_the_documented_formulas() -> None:
     ({"faithful": False, "validated": True, "recovery": 1.0, "margin": 3.0, "specificity": 1.0, "size": 1,
       "suppression": False}, 0.0),
     ({"faithful": True, "validated": True, "recovery": None, "margin": 1.0, "specificity": None, "size": 2,
-      "suppression": False}, 0.325),  # 0 + 0.125 + 0.125 + 0.075
+      "suppression": False}, 0.1375),  # 0.5 x (0 + 0.175 + 0.1)
     ({"faithful": True, "validated": True, "recovery": 2.3, "margin": -0.2, "specificity": 0.5, "size": 1,
-      "suppression": True}, 0.3125),  # (0.35 + 0 + 0.125 + 0.15) / 2
+      "suppression": True}, 0.1625),  # 0.5 x (0.45 + 0 + 0.2) x 0.5
 ])
 def test_confidence_formula_examples(terms: dict[str, Any], expected: float) -> None:
+    """The documented formula and the implementation agree (forensics.rca.confidence)."""
+    from forensics.rca.confidence import ConfidenceTerms, confidence
+
     assert confidence_of(terms) == pytest.approx(expected, abs=1e-4)
+    assert confidence(ConfidenceTerms(**terms)) == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("broken", [
@@ -139,4 +143,4 @@ def test_schema_lists_every_field_rcaresult_writes() -> None:
 
 def test_doc_states_the_confidence_formula() -> None:
     doc = (DOCS / "report-schema.md").read_text()
-    assert "round(0.35·R + 0.25·M + 0.25·S + 0.15·Z, 4)" in doc and "## rca@1: what changed" in doc
+    assert "round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4)" in doc and "## rca@1: what changed" in doc

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from forensics.rca.confidence import WEIGHTS, ConfidenceTerms, confidence
 from forensics.rca.report_blocks import (
     MISSING,
     code,
@@ -30,7 +31,6 @@ __all__ = ["commands_section", "confidence_section", "documented_confidence", "e
            "input_level_section", "not_evaluated_section"]
 
 NEAR_TIE_SHARE = 0.1  # more than this share of single interventions flipping the answer: call it a near tie
-WEIGHTS = (("recovery", "R", 0.35), ("margin", "M", 0.25), ("specificity", "S", 0.25), ("size", "Z", 0.15))
 
 
 def _is_rca1(report: Mapping[str, Any]) -> bool:
@@ -204,32 +204,35 @@ def explanation(report: Mapping[str, Any]) -> str:
     return "No explanation in this report."
 
 
-def _parts(terms: Mapping[str, Any]) -> dict[str, tuple[float, str]]:
-    """Each documented term's value and how it comes from the report."""
-    rec, margin, spec, size = (terms.get(k) for k in ("recovery", "margin", "specificity", "size"))
-    parts = {"recovery": (min(1.0, max(0.0, rec)) if is_number(rec) else 0.0,
-                          f"{fmt(rec, 3)} → clip to [0, 1]" if is_number(rec) else "unavailable → 0"),
-             "margin": ((m := max(0.0, float(margin))) / (m + 1.0) if is_number(margin) else 0.0,
-                        f"{fmt(margin, 3)} logits → m/(m+1)"),
-             "specificity": (float(spec) if is_number(spec) else 0.5,
-                             f"{fmt(spec, 3)} (1 − changed/checked)" if is_number(spec) else "not checked → 0.5"),
-             "size": (1.0 / max(1, int(size)) if is_number(size) else 0.0, f"{size} members → 1/size")}
-    return parts
+def _terms(terms: Mapping[str, Any]) -> ConfidenceTerms:
+    margin, size = terms.get("margin"), terms.get("size")
+    return ConfidenceTerms(bool(terms.get("faithful")), bool(terms.get("validated")),
+                           float(terms["recovery"]) if is_number(terms.get("recovery")) else None,
+                           float(margin) if is_number(margin) else 0.0,
+                           float(terms["specificity"]) if is_number(terms.get("specificity")) else None,
+                           int(size) if is_number(size) else 1, bool(terms.get("suppression")))
 
 
 def documented_confidence(terms: Mapping[str, Any]) -> float:
-    """docs/report-schema.md's formula applied to ``confidence_terms``; the page shows a mismatch."""
-    if not (terms.get("faithful") and terms.get("validated")):
-        return 0.0
-    parts = _parts(terms)
-    value = round(sum(weight * parts[name][0] for name, _, weight in WEIGHTS), 4)
-    return value * 0.5 if terms.get("suppression") else value
+    """The documented formula (forensics.rca.confidence) applied to a report's ``confidence_terms``."""
+    return confidence(_terms(terms))
 
 
 def _term_rows(terms: Mapping[str, Any]) -> list[list[str]]:
-    parts = _parts(terms)
-    return [[f"{letter} ({name})", esc(parts[name][1]), esc(fmt(parts[name][0], 3)), esc(f"{weight:.2f}"),
-             esc(fmt(weight * parts[name][0], 4))] for name, letter, weight in WEIGHTS]
+    t = _terms(terms)
+    rec, spec = t.recovery, t.specificity
+    parts = {"recovery": (min(1.0, max(0.0, rec)) if rec is not None else 0.0,
+                          f"{fmt(rec, 3)} → clip to [0, 1]" if rec is not None else "unavailable → 0"),
+             "margin": ((m := max(0.0, t.margin)) / (m + 1.0), f"{fmt(t.margin, 3)} logits → m/(m+1)"),
+             "size": (1.0 / max(1, t.size), f"{t.size} member{'s' if t.size != 1 else ''} → 1/size")}
+    letters = {"recovery": "R", "margin": "M", "size": "Z"}
+    rows = [[f"{letters.get(name, name)} ({name})", esc(parts[name][1]), esc(fmt(parts[name][0], 3)),
+             esc(f"{weight:.2f}"), esc(fmt(weight * parts[name][0], 4))] for name, weight in WEIGHTS.items()]
+    s_text = f"{fmt(spec, 3)} (1 − changed/checked)" if spec is not None else "not checked → 0.5"
+    rows.append(["S (specificity)", esc(s_text), esc(fmt(spec if spec is not None else 0.5, 3)), "× all", ""])
+    rows.append(["h (suppression)", esc("yes → 0.5" if t.suppression else "no → 1"),
+                 esc("0.500" if t.suppression else "1.000"), "× all", ""])
+    return rows
 
 
 def confidence_section(report: Mapping[str, Any]) -> str:
@@ -241,9 +244,9 @@ def confidence_section(report: Mapping[str, Any]) -> str:
                        "confidence")
     gate = (f"faithful replay {yes(terms.get('faithful'))} · fix validated {yes(terms.get('validated'))} · "
             f"suppression {yes(terms.get('suppression'))} (halves the value)")
-    formula = empty("confidence = 0 unless faithful and validated; else round(0.35·R + 0.25·M + 0.25·S + 0.15·Z, 4), "
-                    "× 0.5 for a suppression (docs/report-schema.md).")
-    rows = table(["term", "from the report", "value", "weight", "adds"], _term_rows(terms), numeric=(2, 3, 4))
+    formula = empty("confidence = 0 unless faithful and validated; else round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4) "
+                    "(docs/report-schema.md).")
+    rows = table(["term", "from the report", "value", "weight", "adds"], _term_rows(terms), numeric=(2, 4))
     expected, given = documented_confidence(terms), report.get("confidence")
     if is_number(given) and abs(expected - given) > 5e-4:
         formula += (f'<p class="advice">The report\'s confidence {esc(fmt(given, 4))} differs from the documented '
