@@ -91,7 +91,7 @@ def test_every_fix_is_checked_on_the_benign_bundles(lab: dict[str, Any], tiny_ll
         side = fix["side_effects"]
         assert side["checked"] == len(BENIGN) and 0 <= side["changed"] <= side["checked"]
         assert len(side["changed_bundles"]) == side["changed"]
-        assert fix["regenerated"]["text"] and fix["verdict"] in ("correction", "suppression")
+        assert fix["regenerated"]["text"] and fix["verdict"] in ("correction", "partial", "suppression")
     # ranked: a set that changes fewer benign answers never comes after one that changes more
     changed = [(f["verdict"] == "suppression", f["side_effects"]["changed"]) for f in report["fix_sets"]]
     assert changed == sorted(changed)

@@ -25,7 +25,7 @@ from forensics.replay.replayer import Outcome
 __all__ = ["CCAResult", "FixSet", "build_candidates", "find_fix_set", "is_input_substitution", "prune",
            "validate"]
 
-Verdict = Literal["correction", "suppression"]
+Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
 
 

@@ -9,7 +9,8 @@
 (0 when no baseline produces the target, so recovery is unavailable), M = margin / (margin + 1) with
 margin = the fixed replay's decision margin in logits (clipped at 0), Z = 1 / size, and S = 1 - changed /
 checked benign answers (0.5 when no benign bundle was checked): a fix that changes the answers the model
-got right explains nothing about this incident, so specificity scales everything else.
+got right explains nothing about this incident, so specificity scales everything else. A partial fix
+(the regenerated answer is not the expected text) is halved like a suppression.
 
     >>> confidence(ConfidenceTerms(True, True, 1.0, 1.0, 1.0, 1, False))
     0.825
@@ -34,6 +35,7 @@ class ConfidenceTerms:
     specificity: float | None  # 1 - changed / checked; None: no benign bundle checked
     size: int
     suppression: bool
+    partial: bool = False  # the regenerated answer is not the expected text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +54,7 @@ def confidence(t: ConfidenceTerms) -> float:
         return 0.0
     parts = _parts(t)
     value = parts["specificity"] * sum(WEIGHTS[k] * parts[k] for k in WEIGHTS)
-    return round(value * (0.5 if t.suppression else 1.0), 4)
+    return round(value * (0.5 if t.suppression or t.partial else 1.0), 4)
 
 
 def explain(t: ConfidenceTerms | None) -> str:
@@ -68,6 +70,7 @@ def explain(t: ConfidenceTerms | None) -> str:
     side = ("no benign answer checked" if t.specificity is None
             else f"keeps {t.specificity:.0%} of the benign answers")
     members = "1 member" if t.size == 1 else f"{t.size} members"
-    tail = "; halved: the new answer is punctuation or an end token (a suppression)" if t.suppression else ""
+    tail = ("; halved: the new answer is punctuation or an end token (a suppression)" if t.suppression
+            else "; halved: the regenerated answer is not the expected text (a partial fix)" if t.partial else "")
     return (f"confidence {confidence(t):.2f}: validated on a faithful replay, {recovery}, margin "
             f"{t.margin:+.2f} logits, {side}, {members}{tail}.")

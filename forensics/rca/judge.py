@@ -6,7 +6,8 @@
 
 A fix for ``forbidden`` counts only if the forbidden text is gone from the whole regenerated
 continuation; a fix whose new answer is punctuation, whitespace or an end token removes the answer
-instead of correcting it (a *suppression*) and ranks below every correction. A fix that changes the
+instead of correcting it (a *suppression*) and ranks below every correction; one that makes the target
+token the argmax but whose regenerated answer is not the expected text is *partial* (" 22" for " 21"). A fix that changes the
 answers of benign prompts the model got right ranks below one that changes none.
 """
 
@@ -49,9 +50,10 @@ def judge_answer(rp: Replayer, fix: FixSet) -> FixSet:
     elif spec is not None and spec.text:
         contains_expected = text.startswith(spec.text) or spec.text.startswith(text)
     suppression = bool(new) and is_empty_answer(tok.decode([new[0]]), new[0], tok)
+    verdict = "suppression" if suppression else "partial" if contains_expected is False else "correction"
     regenerated = {"text": text, "contains_expected": contains_expected, "contains_forbidden": contains_forbidden}
     return judged(fix, validated=fix.validated and not still_forbidden, fixed=fix.fixed and not still_forbidden,
-                  verdict="suppression" if suppression else "correction", regenerated=regenerated)
+                  verdict=verdict, regenerated=regenerated)
 
 
 def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> list[FixSet]:
@@ -83,8 +85,7 @@ def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
     is the expected text, fewer members, fewer positions, and the larger margin."""
     def key(f: FixSet) -> tuple[bool, bool, int, bool, int, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
-        off_answer = f.regenerated is not None and f.regenerated.get("contains_expected") is False
-        return (not f.validated, f.verdict == "suppression", broken, off_answer, len(f.interventions), f.positions,
-                -f.metric)
+        return (not f.validated, f.verdict == "suppression", broken, f.verdict == "partial", len(f.interventions),
+                f.positions, -f.metric)
 
     return sorted(fixes, key=key)

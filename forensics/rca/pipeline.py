@@ -21,6 +21,7 @@ from forensics.config import Config
 from forensics.errors import ConfigError, ReplayError
 from forensics.exec.base import Executor, ReplayJob
 from forensics.exec.local import LocalExecutor
+from forensics.failure import tokenization_warnings
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.rca.cca import CCAResult, FixSet, find_fix_set
 from forensics.rca.confidence import ConfidenceTerms, confidence, explain
@@ -71,6 +72,8 @@ class RCAPipeline:
         story = Story(rp)
         story.notes += [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
                         for name in ("isc", "dbc", "provenance") if getattr(self.config.modules, name).enabled]
+        if rp.spec is not None:
+            story.notes += tokenization_warnings(rp.spec, rp.tokenizer, prompt=incident.inputs.get("prompt"))
         if not population:
             story.notes.append("analysis without baselines: CF skipped, 'mean' unavailable and no side-effect "
                                "check; confidence rests on fidelity, validation, margin and size only")
@@ -254,7 +257,7 @@ def confidence_terms(fidelity: Fidelity, fix: FixSet | None) -> ConfidenceTerms 
     side = fix.side_effects
     specificity = 1.0 - side["changed"] / side["checked"] if side and side["checked"] else None
     return ConfidenceTerms(fidelity.faithful, fix.validated, fix.recovery, fix.metric, specificity,
-                           len(fix.interventions), fix.verdict == "suppression")
+                           len(fix.interventions), fix.verdict == "suppression", fix.verdict == "partial")
 
 
 def replay_options(config: Config, *, allow_model_mismatch: bool = False,
