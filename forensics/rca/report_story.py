@@ -18,6 +18,7 @@ from forensics.rca.report_blocks import (
     code,
     empty,
     facts,
+    flag,
     interventions_table,
     is_number,
     section,
@@ -243,7 +244,7 @@ def confidence_section(report: Mapping[str, Any]) -> str:
         return section("Confidence", head + (empty("No fix set: confidence is 0.") if not _is_rca1(report) else ""),
                        "confidence")
     gate = (f"faithful replay {yes(terms.get('faithful'))} · fix validated {yes(terms.get('validated'))} · "
-            f"suppression {yes(terms.get('suppression'))} (halves the value)")
+            f"suppression {flag(terms.get('suppression'))} (halves the value)")
     formula = empty("confidence = 0 unless faithful and validated; else round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4) "
                     "(docs/report-schema.md).")
     rows = table(["term", "from the report", "value", "weight", "adds"], _term_rows(terms), numeric=(2, 4))
