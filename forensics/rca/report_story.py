@@ -144,6 +144,9 @@ def _verdict_badge(fix: Mapping[str, Any]) -> str:
     if verdict == "suppression":
         return ('<span class="badge warn">suppression</span> <span class="muted">the wrong answer is gone, but '
                 "the new one is punctuation, whitespace or an end token</span>")
+    if verdict == "partial":
+        return ('<span class="badge warn">partial</span> <span class="muted">the expected token now leads at the '
+                "decision step, but the regenerated answer is not the expected text</span>")
     if verdict == "correction":
         return '<span class="badge ok">correction</span> <span class="muted">the model now answers as wanted</span>'
     return MISSING
@@ -211,7 +214,8 @@ def _terms(terms: Mapping[str, Any]) -> ConfidenceTerms:
                            float(terms["recovery"]) if is_number(terms.get("recovery")) else None,
                            float(margin) if is_number(margin) else 0.0,
                            float(terms["specificity"]) if is_number(terms.get("specificity")) else None,
-                           int(size) if is_number(size) else 1, bool(terms.get("suppression")))
+                           int(size) if is_number(size) else 1, bool(terms.get("suppression")),
+                           bool(terms.get("partial")))
 
 
 def documented_confidence(terms: Mapping[str, Any]) -> float:
@@ -231,8 +235,10 @@ def _term_rows(terms: Mapping[str, Any]) -> list[list[str]]:
              esc(f"{weight:.2f}"), esc(fmt(weight * parts[name][0], 4))] for name, weight in WEIGHTS.items()]
     s_text = f"{fmt(spec, 3)} (1 − changed/checked)" if spec is not None else "not checked → 0.5"
     rows.append(["S (specificity)", esc(s_text), esc(fmt(spec if spec is not None else 0.5, 3)), "× all", ""])
-    rows.append(["h (suppression)", esc("yes → 0.5" if t.suppression else "no → 1"),
-                 esc("0.500" if t.suppression else "1.000"), "× all", ""])
+    halved = t.suppression or t.partial
+    why = "suppression" if t.suppression else "partial" if t.partial else "no"
+    rows.append(["h (suppression / partial)", esc(f"{why} → 0.5" if halved else "no → 1"),
+                 esc("0.500" if halved else "1.000"), "× all", ""])
     return rows
 
 
@@ -244,7 +250,7 @@ def confidence_section(report: Mapping[str, Any]) -> str:
         return section("Confidence", head + (empty("No fix set: confidence is 0.") if not _is_rca1(report) else ""),
                        "confidence")
     gate = (f"faithful replay {yes(terms.get('faithful'))} · fix validated {yes(terms.get('validated'))} · "
-            f"suppression {flag(terms.get('suppression'))} (halves the value)")
+            f"suppression {flag(terms.get('suppression'))} · partial {flag(terms.get('partial'))} (either halves the value)")
     formula = empty("confidence = 0 unless faithful and validated; else round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4) "
                     "(docs/report-schema.md).")
     rows = table(["term", "from the report", "value", "weight", "adds"], _term_rows(terms), numeric=(2, 4))
