@@ -96,3 +96,20 @@ def test_other_weights_are_still_caught_on_the_real_model(smol: LoadedModel, ari
         down.data.copy_(saved)
     assert not fid.faithful and fid.first_divergent == "model.layers.5.mlp"
     assert "weights" in (fid.advice() or "")
+
+
+def test_zeroing_the_first_mlp_against_lagos_is_a_suppression_not_a_fix(smol: LoadedModel, tmp_path: Path) -> None:
+    """The issue's example: "The capital of Nigeria is" --forbidden " Lagos" was "fixed" by zeroing
+    model.layers.0.mlp at the last position, which makes the model say "." — a suppression."""
+    from forensics.rca.cca import FixSet
+    from forensics.rca.judge import judge_answer
+
+    spec = FailureSpec.forbidden(" Lagos")
+    bundle = record_greedy(smol, "The capital of Nigeria is", tmp_path / "nigeria", spec, max_new_tokens=4).bundle
+    rp = Replayer(bundle, loaded=smol)
+    iv = Intervention("model.layers.0.mlp", "zero", "last")
+    out = rp.run((iv,))
+    assert out.fixed  # by the decision token alone it looks fixed ...
+    judged = judge_answer(rp, FixSet((iv,), True, None, out.metric, True, out.argmax_token))
+    assert judged.verdict == "suppression", judged.regenerated  # ... but the new answer says nothing
+    assert judged.regenerated is not None and judged.regenerated["contains_forbidden"] is False
