@@ -24,7 +24,8 @@ from typing import Any
 from forensics.errors import ConfigError
 from forensics.ops.env import parse_duration
 
-__all__ = ["INDEX_NAME", "index_result", "is_fixed", "parse_since", "percentile", "query_stats", "rebuild_index"]
+__all__ = ["INDEX_NAME", "index_result", "indexed_paths", "is_fixed", "parse_since", "percentile", "query_stats",
+           "rebuild_index"]
 
 INDEX_NAME = "index.sqlite"
 BUSY_TIMEOUT_S = 30.0
@@ -106,6 +107,15 @@ def index_result(output_dir: str | Path, report: dict[str, Any], report_path: st
     created = path.stat().st_mtime if path.is_file() else time.time()
     with _connect(output_dir) as db:
         db.execute(_INSERT, _row(report, str(path), created))
+
+
+def indexed_paths(output_dir: str | Path) -> set[str]:
+    """The (resolved) report paths the index of ``output_dir`` holds; empty when it has no index yet.
+    Runs after a crash compare it with the reports on disk and index what is missing."""
+    if not (Path(output_dir) / INDEX_NAME).is_file():
+        return set()
+    with _connect(output_dir) as db:
+        return {str(row[0]) for row in db.execute("SELECT report_path FROM analyses")}
 
 
 def _reports(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
