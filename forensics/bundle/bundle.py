@@ -22,6 +22,7 @@ from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, decry
 from forensics.bundle.integrity import check_files
 from forensics.bundle.location import Location, resolve
 from forensics.bundle.manifest import MANIFEST, MAX_MANIFEST_BYTES, data_file, parse_manifest
+from forensics.bundle.seal import unseal
 from forensics.bundle.store import Array, decode_batch, open_reader
 
 __all__ = ["Bundle", "load_bundle"]
@@ -66,6 +67,8 @@ def _load(location: Location, verify: bool, key: bytes | None) -> Bundle:
     modules: list[str] = manifest["recorded"]["modules"]
     data = data_file(site, manifest)
     plain = _decrypt(site, location, manifest, data, key)
+    if "sealed" in manifest:  # the content sections are ciphertext: the key opens them (and rechecks them)
+        manifest = unseal(site, manifest, key)
     with site.guard(data, "cannot read"), _open_data(location, data, plain) as source:
         reader = open_reader(site, source, data)
         if reader.num_record_batches != len(modules):

@@ -23,6 +23,8 @@ from typing import Any
 from forensics.bundle._guard import Site
 from forensics.bundle.strictjson import json_path
 
+SEALED_KEYS = ("external_calls", "failure", "inputs", "outputs")  # forensics.bundle.seal moves these
+
 __all__ = ["CROSS_CHECKS", "MANIFEST_SCHEMA", "check_manifest", "describe"]
 
 _MANIFEST = "manifest.json"
@@ -165,8 +167,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "$id": "model-forensics/bundle@1",
     "type": "object",
     "title": "a JSON object",
-    "required": ["schema", "bundle_id", "created_at", "kind", "model", "inputs", "outputs", "failure",
-                 "recorded", "files"],
+    "required": ["schema", "bundle_id", "created_at", "kind", "model", "recorded", "files"],
     "properties": {
         "schema": {"const": "model-forensics/bundle@1", "title": "'model-forensics/bundle@1'"},
         "bundle_id": _str("a non-empty name without separators or control characters", 255, minLength=1,
@@ -223,8 +224,28 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                           "title": "a list of file names from the files table"},
             },
         },
+        "sealed": {
+            "type": "object",
+            "title": "a sealed object (see forensics.bundle.seal)",
+            "required": ["algorithm", "keys", "nonce", "ciphertext"],
+            "additionalProperties": False,
+            "properties": {
+                "algorithm": {"const": "AES-256-GCM", "title": "'AES-256-GCM'"},
+                "keys": {"type": "array", "items": {"enum": list(SEALED_KEYS)}, "uniqueItems": True,
+                         "title": f"a list of section names from {list(SEALED_KEYS)}"},
+                "nonce": _str("base64 of a 12-byte nonce", 16, minLength=16),
+                "ciphertext": _str("base64 ciphertext", 1 << 26, minLength=24),
+            },
+        },
     },
     "allOf": [
+        {  # a plain manifest holds its content sections; a sealed one holds them only inside ``sealed``
+            "if": {"not": {"required": ["sealed"]}},
+            "then": {"required": ["inputs", "outputs", "failure"]},
+            "else": {"required": ["encryption"], "reason": "the manifest has a sealed section",
+                     "not": {"anyOf": [{"required": [k]} for k in SEALED_KEYS]},
+                     "title": f"no {', '.join(SEALED_KEYS)} beside sealed (they live inside it)"},
+        },
         {
             "if": {"properties": {"failure": {"type": "object"}}, "required": ["failure"]},
             "then": {"properties": {"outputs": {"required": ["generated_ids"],
@@ -238,6 +259,8 @@ CrossCheck = Callable[[Mapping[str, Any]], Iterator[tuple[tuple[str | int, ...],
 
 
 def _decision_step(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    if "sealed" in m:  # checked once unsealed
+        return
     outputs = m["outputs"]
     step = outputs.get("decision_step")
     if step is None:
@@ -253,6 +276,8 @@ def _decision_step(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...]
 
 
 def _top_k_lengths(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    if "sealed" in m:
+        return
     for index, entry in enumerate(m["outputs"].get("top_k", ())):
         if len(entry["ids"]) != len(entry["logits"]):
             yield (("outputs", "top_k", index, "logits"), f"{len(entry['ids'])} logits (one per id)",
@@ -274,7 +299,7 @@ def _token_ids(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], li
 
 def _vocabulary(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
     vocab = m["model"].get("vocab_size")
-    if vocab is None:
+    if vocab is None or "sealed" in m:
         return
     for path, ids in _token_ids(m):
         bad = next((i for i, token in enumerate(ids) if token >= vocab), None)

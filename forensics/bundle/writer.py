@@ -3,7 +3,8 @@
 The manifest is written atomically after everything else, so a directory with a
 ``manifest.json`` is a complete bundle; a failed write leaves the destination as it was.
 With ``encryption_key`` the Arrow stream is encrypted as it is written (``activations.arrow.enc``,
-AES-256-GCM, see ``forensics.bundle.crypto``): plaintext never touches the disk.
+AES-256-GCM, see ``forensics.bundle.crypto``) and the manifest's content sections are sealed
+(``forensics.bundle.seal``): plaintext never touches the disk.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from forensics.bundle.manifest import (
     prepare_manifest,
     validate_manifest,
 )
+from forensics.bundle.seal import seal
 from forensics.bundle.store import Array, write_activations
 from forensics.durable import fsync_path, write_atomic
 
@@ -119,6 +121,9 @@ def _write(
     enc = None if key is None else encryption_section(key, [data])
     final = prepare_manifest(manifest, bundle_id, modules, {data: entry}, activations_file=data, encryption=enc)
     validate_manifest(site, final)
+    if key is not None:  # prompt, outputs, failure text and tool payloads: ciphertext on disk too
+        final = seal(final, key)
+        validate_manifest(site, final)
     with site.guard(MANIFEST, "cannot write", _WRITE_ERRORS):
         write_atomic(os.path.join(path, MANIFEST), encode_manifest(final))
 

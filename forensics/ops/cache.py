@@ -7,6 +7,10 @@ Entries are report JSON files named by a key over (bundle sha256, config hash, p
 and the other inputs: baseline bundles, model, patch sources, mismatch flags). Each read or write
 stamps the file's times (explicitly, in ns, not via atime which mounts often switch off); when the
 directory grows past ``max_bytes`` the least recently used entries go first.
+
+With an encryption key (``Config.encryption_key``, the bundles' key) entries are ``<key>.json.enc``:
+AES-256-GCM of the report JSON, bound to the entry's name, so the cache under the cache dir holds no
+prompt or answer in plaintext. Reports written where a user asked (``--output``) stay readable JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from forensics.config import Config, to_dict
+from forensics.durable import write_atomic
 from forensics.rca.result import write_json_atomic
 
 __all__ = ["OPS_ONLY_KEYS", "ResultCache", "cache_key", "cached_analyze", "config_hash", "default_results_dir"]
@@ -49,17 +54,23 @@ def cache_key(bundle_sha256: str, config_digest: str, version: str, extra: Mappi
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class ResultCache:
-    """Report JSON files in ``directory``, at most ``max_bytes`` in total, LRU eviction."""
+_PLAIN, _SEALED = ".json", ".json.enc"
+_NONCE = 12
 
-    def __init__(self, directory: str | Path, max_bytes: int) -> None:
+
+class ResultCache:
+    """Report JSON files in ``directory``, at most ``max_bytes`` in total, LRU eviction; encrypted
+    (``.json.enc``) when ``encryption_key`` is given."""
+
+    def __init__(self, directory: str | Path, max_bytes: int, encryption_key: bytes | None = None) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.encryption_key = encryption_key
         self.hits = self.misses = 0
         self.last_hit: bool | None = None
 
     def path(self, key: str) -> Path:
-        return self.directory / f"{key}.json"
+        return self.directory / f"{key}{_PLAIN if self.encryption_key is None else _SEALED}"
 
     def get(self, key: str) -> dict[str, Any] | None:
         report = self._read(self.path(key))
@@ -72,7 +83,7 @@ class ResultCache:
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(self._open(path, path.read_bytes()))
             _stamp(path)
         except FileNotFoundError:  # never stored, or evicted (maybe by another process) meanwhile
             return None
@@ -85,19 +96,39 @@ class ResultCache:
     def put(self, key: str, report: Mapping[str, Any]) -> list[str]:
         """Store a report; returns the keys evicted to get back under ``max_bytes``."""
         path = self.path(key)
-        write_json_atomic(path, dict(report))
+        if self.encryption_key is None:
+            write_json_atomic(path, dict(report))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(dict(report), allow_nan=False, default=str).encode("utf-8")
+            write_atomic(path, _seal(self.encryption_key, path, text))  # 0600, like the bundles it came from
+            self.directory.joinpath(f"{key}{_PLAIN}").unlink(missing_ok=True)  # no plaintext twin left
         _stamp(path)
         return self.evict(keep=key)
+
+    def _open(self, path: Path, data: bytes) -> bytes:
+        """Plaintext of an entry; ValueError when it does not decrypt (another key, or tampered)."""
+        if not path.name.endswith(_SEALED):
+            return data
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if self.encryption_key is None:
+            raise ValueError("encrypted entry and no key")
+        try:
+            return AESGCM(self.encryption_key).decrypt(data[:_NONCE], data[_NONCE:], _aad(path))
+        except InvalidTag:
+            raise ValueError("AES-256-GCM authentication failed (another key, or modified)") from None
 
     def entries(self) -> list[tuple[int, int, str]]:
         """(last use in ns, bytes, key), least recently used first."""
         out = []
-        for path in self.directory.glob("*.json"):
+        for path in [*self.directory.glob(f"*{_PLAIN}"), *self.directory.glob(f"*{_SEALED}")]:
             try:
                 st = path.stat()
             except FileNotFoundError:  # evicted by another process meanwhile
                 continue
-            out.append((st.st_mtime_ns, st.st_size, path.stem))
+            out.append((st.st_mtime_ns, st.st_size, path.name.split(".", 1)[0]))
         return sorted(out)
 
     def size(self) -> int:
@@ -112,10 +143,22 @@ class ResultCache:
                 break
             if key == keep:
                 continue
-            self.path(key).unlink(missing_ok=True)
+            for suffix in (_PLAIN, _SEALED):
+                self.directory.joinpath(key + suffix).unlink(missing_ok=True)
             total -= size
             evicted.append(key)
         return evicted
+
+
+def _seal(key: bytes, path: Path, data: bytes) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(_NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, data, _aad(path))
+
+
+def _aad(path: Path) -> bytes:
+    return b"model-forensics/results-cache\x00" + path.name.encode("utf-8")
 
 
 def _stamp(path: Path) -> None:
@@ -171,6 +214,8 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
     from forensics.version import __version__
 
     key_bytes = pipeline.config.encryption_key
+    if cache is not None and cache.encryption_key is None and key_bytes is not None:
+        cache.encryption_key = key_bytes  # the bundles' key seals the cache too: no plaintext copy of a report
     incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path, encryption_key=key_bytes)
     key = None
     if cache is not None:
