@@ -12,6 +12,7 @@ from forensics.models.registry import (
     resolve_device,
     resolve_model,
     weights_sha256,
+    wrap_model,
 )
 from forensics.models.tiny import TINY_FAMILIES, build_tiny_model, build_tiny_tokenizer
 
@@ -30,4 +31,5 @@ __all__ = [
     "resolve_device",
     "resolve_model",
     "weights_sha256",
+    "wrap_model",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "resolve_device",
     "resolve_model",
     "weights_sha256",
+    "wrap_model",
 ]
 
 ACCEPTED_REFERENCES = (
@@ -53,7 +54,7 @@ class ModelInfo:
     """What a reference resolved to; JSON-serialisable via ``to_dict``."""
 
     ref: str
-    kind: str  # embedded | hf_dir | gguf | hf_cache
+    kind: str  # embedded | hf_dir | gguf | hf_cache | module (a torch model the caller passed)
     path: str
     sha256: str
     family: str
@@ -146,6 +147,36 @@ def resolve_model(
     spec = arch_for(model)
     info = ModelInfo(ref, kind, str(path), sha, spec.family, dtype, str(dev), len(spec.layer_names(model)))
     return LoadedModel(model, tokenizer, info)
+
+
+def wrap_model(model: nn.Module, tokenizer: Any = None, *, ref: str, tokenizer_ref: str | None = None,
+               cache_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """A model the caller already holds (an ``nn.Module``, e.g. from ``mlflow.pytorch.load_model``) as a
+    ``LoadedModel``: its own weights digest, family and device; put in eval mode, never moved.
+
+    Without ``tokenizer`` the one of ``tokenizer_ref`` (the bundle's) is loaded through the registry."""
+    if tokenizer is None:
+        if tokenizer_ref is None:
+            raise ModelError("a torch model without a tokenizer needs tokenizer_ref (the bundle's tokenizer)")
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        tokenizer = _load_tokenizer(*_locate(tokenizer_ref, cache))
+    param = next(model.parameters(), None)
+    dtype = str(param.dtype).removeprefix("torch.") if param is not None else "float32"
+    spec = arch_for(model)
+    model.eval()
+    info = ModelInfo(ref, "module", "", weights_sha256(model), spec.family, dtype,
+                     str(param.device) if param is not None else "cpu", len(spec.layer_names(model)))
+    return LoadedModel(model, tokenizer, info)
+
+
+def _load_tokenizer(kind: str, path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    src, extra = (str(path.parent), {"gguf_file": path.name}) if kind == "gguf" else (str(path), {})
+    try:
+        return AutoTokenizer.from_pretrained(src, local_files_only=True, **extra)
+    except Exception as exc:  # transformers/hub fail in many ways; all mean "unloadable"
+        raise ModelError(f"tokenizer at {path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
 
 
 def _locate(ref: str, cache: Path) -> tuple[str, Path]:
