@@ -14,8 +14,10 @@ HELP = "analyse every incident bundle in a directory (resumable; bad bundles are
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="directory of bundles")
-    p.add_argument("--baseline", help="benign bundles directory or a build-baseline .json file")
-    p.add_argument("--output", required=True, help="output directory for <bundle>.json results")
+    p.add_argument("--baseline", help="benign bundles directory or a build-baseline .json file (default: a "
+                                      "subdirectory of DIR holding benign bundles, e.g. DIR/benign/)")
+    p.add_argument("--output", help="output directory for <bundle>.json results (default: config output_dir, "
+                                    "./analysis_results or MODEL_FORENSICS_OUTPUT_DIR)")
     p.add_argument("--model", help="model reference to use instead of each bundle's")
     p.add_argument("--html", action="store_true", help="also write <bundle>.html next to each result")
     p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster, or --address")
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from forensics.rca.population import list_bundle_paths
 
     config = config_from_args(args)
+    args.output = args.output or config.output_dir
     paths = [p for p in list_bundle_paths(args.directory) if not _is_benign(p)]
     tasks = plan_batch(paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config,
                        html=args.html)

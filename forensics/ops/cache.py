@@ -26,6 +26,7 @@ from typing import Any
 
 from forensics.config import Config, to_dict
 from forensics.durable import write_atomic
+from forensics.ops.logs import log_analysis
 from forensics.rca.result import write_json_atomic
 
 __all__ = ["OPS_ONLY_KEYS", "ResultCache", "cache_key", "cached_analyze", "config_hash", "default_results_dir"]
@@ -209,7 +210,8 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
                    html: str | Path | None = None, allow_model_mismatch: bool = False,
                    allow_baseline_mismatch: bool = False) -> dict[str, Any]:
     """``pipeline.analyze_incident(...).to_dict()``, answered from ``cache`` when the same inputs were
-    analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses."""
+    analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses.
+    Either way a written report is indexed in ``output_dir`` and the analysis logged (``log_analysis``)."""
     from forensics.bundle import Bundle, load_bundle
     from forensics.version import __version__
 
@@ -225,11 +227,16 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
         hit = cache.get(key)
         if hit is not None:
             hit["bundle_path"] = incident.path  # same content, maybe another place
-            return _deliver(hit, output, html)
+            log_analysis(hit, cached=True)
+            delivered = _deliver(hit, output, html)
+            _index(pipeline.config, delivered, output)
+            return delivered
     result = pipeline.analyze_incident(incident, baseline=baseline, model=model, patch_source=patch_source,
                                        output=output, html=html, allow_model_mismatch=allow_model_mismatch,
                                        allow_baseline_mismatch=allow_baseline_mismatch)
     report: dict[str, Any] = result.to_dict()
+    log_analysis(report)
+    _index(pipeline.config, report, output)
     if cache is not None and key is not None:
         cache.put(key, report)
     return report
@@ -245,3 +252,13 @@ def _deliver(report: dict[str, Any], output: str | Path | None, html: str | Path
 
         write_html(report, html)
     return report
+
+
+def _index(config: Config, report: dict[str, Any], output: str | Path | None) -> None:
+    """Every written report goes into the one index ``stats`` reads: ``output_dir/index.sqlite``, wherever
+    the report itself went (``analyze --output /elsewhere/rca.json`` included)."""
+    if output is None:
+        return
+    from forensics.ops.stats import index_result
+
+    index_result(config.output_dir, report, output)

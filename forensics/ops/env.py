@@ -21,9 +21,8 @@ from forensics.bundle.crypto import environment_key
 from forensics.config import Config, load_config
 from forensics.errors import ConfigError
 
-__all__ = ["ENV_VARS", "PREFIX", "config_from_env", "encryption_key_from_env", "env_overrides", "parse_bool",
-           "parse_duration",
-           "parse_size"]
+__all__ = ["ENV_VARS", "MIN_MEMORY", "PREFIX", "config_from_env", "encryption_key_from_env", "env_overrides",
+           "parse_bool", "parse_duration", "parse_memory", "parse_size"]
 
 PREFIX = "MODEL_FORENSICS_"
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
@@ -41,6 +40,27 @@ def parse_size(text: str) -> int:
         raise ValueError(text)
     value = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
     if value < 1:
+        raise ValueError(text)
+    return value
+
+
+#: Below this a memory budget cannot hold even the embedded 135M-parameter model (~540 MB of float32
+#: weights) plus one replay batch, so a smaller MODEL_FORENSICS_MAX_MEMORY is a typo (16 for 16GB), not a plan.
+MIN_MEMORY = 256 * 1024**2
+MEMORY_ALLOWED = ("a size such as 512MB, 16GB or 16GiB, with its unit and at least 256MiB (KB/MB/GB/TB = 1000^n, "
+                  "KiB/MiB/GiB = 1024^n; a bare number is refused: 16 is not 16GB)")
+_HAS_UNIT = re.compile(r"[kmgt]i?b?\s*$|b\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> int:
+    """``MODEL_FORENSICS_MAX_MEMORY``: like ``parse_size`` but the unit is required and the value is at
+    least ``MIN_MEMORY``; ValueError otherwise.
+
+    >>> parse_memory("16GB")
+    16000000000
+    """
+    value = parse_size(text)
+    if not _HAS_UNIT.search(text.strip()) or value < MIN_MEMORY:
         raise ValueError(text)
     return value
 
@@ -82,7 +102,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "CACHE_ENABLED": ("cache.enabled", parse_bool, BOOL_ALLOWED),
     "CACHE_SIZE": ("cache.max_bytes", parse_size, SIZE_ALLOWED),
     "STREAMING_ENABLED": ("streaming_enabled", parse_bool, BOOL_ALLOWED),
-    "MAX_MEMORY": ("max_memory", parse_size, SIZE_ALLOWED),
+    "MAX_MEMORY": ("max_memory", parse_memory, MEMORY_ALLOWED),
     "AUDIT_LOG": ("audit_log", _text, "a file path"),
     "TOKENS_FILE": ("authentication.tokens_file", _text, "a file path"),  # also where `tokens add` writes
     "CACHE_DIR": ("cache_dir", _text, "a directory path"),  # converted models; results cache in CACHE_DIR/results
