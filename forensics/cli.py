@@ -3,6 +3,12 @@
     model-forensics record --model smollm2-135m --prompt "The capital of Australia is" \
         --expected " Canberra" --out bundles/australia
     model-forensics replay bundles/australia --intervene '[{"module": "model.layers.10", "kind": "zero"}]'
+
+Exit status: 0 done; 1 done, with a finding the command exists to report (``batch``: a bundle failed
+and has its ``.error.json``; ``triage``: a bundle has an ERROR row; ``replay``: the replay is not
+faithful; ``validate-fix``: the fix no longer fixes); 2 an error, as one line on stderr (a bad bundle,
+config or model, a full disk naming the file); 3 a bug of model-forensics (one line; ``--debug`` shows
+the traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -46,9 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command was told to read or write: one line naming it
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: internal error in {args.command} ({type(exc).__name__}: {str(exc)[:200]}); this is a bug "
+              "of model-forensics, rerun with --debug for the traceback", file=sys.stderr)
+        return 3
 
 
 # Commands that read a bundle or run an analysis, and the argument naming what they read.

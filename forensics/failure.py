@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from forensics.errors import ConfigError
+from forensics.errors import ConfigError, ReplayError
 
 __all__ = ["FailureKind", "FailureSpec", "tokenization_warnings"]
 
@@ -115,6 +115,10 @@ class FailureSpec:
         best other logit - logit(forbidden).
         """
         keep = target_id if target_id is not None else observed_id
+        if not 0 <= keep < logits.shape[-1]:  # a bundle whose spec names a token this model does not have
+            which = "target" if target_id is not None else "observed"
+            raise ReplayError(f"failure spec: {which} token id {keep} is outside the model's vocabulary "
+                              f"(expected 0 to {logits.shape[-1] - 1}); was the bundle recorded on another model?")
         others = logits.clone()
         others[:, keep] = float("-inf")
         best_other = others.max(dim=-1).values

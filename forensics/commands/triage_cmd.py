@@ -22,13 +22,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forensics.rca.triage import triage
+    from forensics.rca.triage import sort_rows, triage
 
     config = config_from_args(args)
     with progress_bar("triage", unit="bundle") as advance:
-        rows = triage(args.directory, baseline=args.baseline, config=config, progress=advance)
-    key = {"anomaly": lambda r: -r["max_score"], "time": lambda r: r["created_at"], "size": lambda r: -r["bytes"]}
-    rows.sort(key=key[args.sort_by])
+        rows = sort_rows(triage(args.directory, baseline=args.baseline, config=config, progress=advance),
+                         args.sort_by)
     if args.format == "json":
         print_json(rows)
     else:

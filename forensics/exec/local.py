@@ -39,12 +39,19 @@ def build_replayer(job: ReplayJob, loaded: LoadedModel | None = None) -> Replaye
 
 
 def run_task(fn: Work[T, R], item: T, state: dict[Any, Any]) -> tuple[R | None, TaskError | None]:
-    """Run one task; expected failures come back as plain data, never as a raised exception."""
+    """Run one task; any failure comes back as plain data (that item's error), never as a raised exception.
+
+    Our own errors (``ForensicsError``) are logged in one line; anything else is a bug of ours, so its
+    traceback goes to the log. ``KeyboardInterrupt`` and ``SystemExit`` still stop the run.
+    """
     try:
         return fn(item, state), None
-    except (ForensicsError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+    except ForensicsError as exc:
         log.warning("task failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return None, TaskError(type(exc).__name__, str(exc))
+    except Exception as exc:  # one bad item must not stop the others; the log keeps the traceback
+        log.error("task failed unexpectedly: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return None, TaskError(type(exc).__name__, str(exc) or type(exc).__name__)
 
 
 class LocalEvaluator:

@@ -151,7 +151,7 @@ class RayExecutor(Executor):
         return actor.call.remote(fn, item)
 
     def _collect(self, ref: Any, attempt: int) -> tuple[Any, TaskError | None]:
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         try:
             result, error = self.ray.get(ref)
@@ -162,6 +162,9 @@ class RayExecutor(Executor):
             return None, TaskError("WorkerLost", str(exc).splitlines()[0])
         except RayTaskError as exc:  # an unexpected exception inside the worker: plain data from here on
             return None, TaskError(type(exc.cause).__name__ if exc.cause else "RayTaskError", str(exc.cause or exc))
+        except RayError as exc:  # lost objects, out of memory, cancelled: still this item's error, not the run's
+            log.warning("task failed in ray: %s", exc)
+            return None, TaskError(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     def close(self) -> None:
         for actor in getattr(self, "actors", []):

@@ -5,15 +5,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from forensics.config import Config
-from forensics.errors import BundleError, ConfigError
+from forensics.errors import ConfigError, ForensicsError
 from forensics.rca.population import bundle_name, list_bundle_paths, load_population
 
-__all__ = ["load_stats", "triage"]
+__all__ = ["load_stats", "sort_rows", "triage"]
+
+log = logging.getLogger(__name__)
+SortBy = Literal["anomaly", "time", "size"]
 
 
 def load_stats(baseline: str | Path | None, directory: str | Path, config: Config) -> Any:
@@ -32,6 +36,8 @@ def load_stats(baseline: str | Path | None, directory: str | Path, config: Confi
 
 def triage(directory: str | Path, *, baseline: str | Path | None, config: Config,
            progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """One row per bundle: its CF scores, or ``{"bundle", "path", "error"}`` when it cannot be scored
+    (a bad bundle never stops the others)."""
     from forensics.bundle import load_bundle
     from forensics.rca.cf import analyze_cf
 
@@ -41,8 +47,12 @@ def triage(directory: str | Path, *, baseline: str | Path | None, config: Config
         try:
             bundle = load_bundle(path, encryption_key=config.encryption_key)
             metrics = analyze_cf(bundle, stats, config.modules.cf)
-        except BundleError as exc:
-            rows.append({"bundle": bundle_name(path), "error": str(exc)})
+        except ForensicsError as exc:
+            rows.append({"bundle": bundle_name(path), "path": str(path), "error": str(exc)})
+            continue
+        except Exception as exc:  # a bug of ours on this bundle: its row says so, the others still get scored
+            log.error("triage of %s failed unexpectedly", path, exc_info=exc)
+            rows.append({"bundle": bundle_name(path), "path": str(path), "error": f"{type(exc).__name__}: {exc}"})
             continue
         finally:
             if progress:
@@ -53,3 +63,13 @@ def triage(directory: str | Path, *, baseline: str | Path | None, config: Config
                      "max_score": float(top.score) if top else 0.0, "top_module": top.module if top else None,
                      "anomalous": sum(m.is_anomalous for m in metrics)})
     return rows
+
+
+def sort_rows(rows: list[dict[str, Any]], by: SortBy = "anomaly") -> list[dict[str, Any]]:
+    """Scored rows by ``by`` (anomaly: highest first; time: oldest first; size: largest first), then the
+    error rows by bundle name."""
+    keys: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "anomaly": lambda r: -float(r["max_score"]), "time": lambda r: str(r["created_at"]),
+        "size": lambda r: -int(r["bytes"])}
+    scored = sorted((r for r in rows if not r.get("error")), key=keys[by])
+    return scored + sorted((r for r in rows if r.get("error")), key=lambda r: str(r["bundle"]))
