@@ -5,13 +5,20 @@
     summary.failed   # [(name, error message)] — a bad bundle never stops the others
 
 ``OUTDIR/<name>.json`` is the report of bundle ``name``; ``OUTDIR/<name>.error.json`` records a
-failure; a re-run skips names whose report exists. ``OUTDIR/summary.json`` ends the run. The same
-tasks run in process (``LocalExecutor``) or on a Ray actor pool (``RayExecutor``).
+failure (any exception while analysing that bundle: the run goes on); a re-run skips names whose
+report (and HTML, with ``--html``) exists. ``OUTDIR/summary.json`` ends the run. The same tasks run
+in process (``LocalExecutor``) or on a Ray actor pool (``RayExecutor``).
+
+Crash consistency: a bundle's report, its error marker and its row in ``index.sqlite`` are written
+one after the other (``STEPS``); a run killed between any two is repaired by the next run, which
+indexes every finished report the index lacks and deletes the error marker of a bundle that has a
+report (the report wins). A full disk stops the run with one ``StorageError`` naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,12 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from forensics.config import Config, from_dict, to_dict
-from forensics.exec.base import Executor
-from forensics.ops.stats import index_result
+from forensics.durable import storage_errors
+from forensics.errors import StorageError
+from forensics.exec.base import Executor, TaskError
+from forensics.ops.stats import INDEX_NAME, index_result, indexed_paths
 from forensics.rca.population import bundle_name
 from forensics.rca.result import write_json_atomic
 
-__all__ = ["BatchSummary", "BatchTask", "analyze_task", "plan_batch", "run_batch"]
+log = logging.getLogger(__name__)
+
+__all__ = ["STEPS", "BatchSummary", "BatchTask", "Checkpoint", "analyze_task", "plan_batch", "run_batch"]
+
+# What run_batch has just done when it calls ``checkpoint(step, bundle_name)``: the crash windows.
+STEPS = ("report-written", "indexed", "marker-removed", "error-written")
+Checkpoint = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,15 @@ class BatchTask:
     @property
     def name(self) -> str:
         return bundle_name(self.bundle)
+
+    @property
+    def html_path(self) -> Path | None:
+        return Path(self.report).with_suffix(".html") if self.html else None
+
+    def finished(self) -> bool:
+        """Its report exists (and its HTML page, when asked for): a re-run skips it."""
+        html = self.html_path
+        return Path(self.report).is_file() and (html is None or html.is_file())
 
 
 @dataclass
@@ -78,47 +102,97 @@ def plan_batch(paths: Sequence[str | Path], *, output_dir: str | Path, baseline:
 
 
 def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
-    """Worker side: analyse one bundle with the worker's warm pipeline; write its report atomically."""
+    """Worker side: analyse one bundle with the worker's warm pipeline; write its report atomically.
+
+    On any failure the task's own outputs are removed, so no report stands without its HTML page."""
     from forensics.rca.pipeline import RCAPipeline
 
     key = ("pipeline", json.dumps(task.config, sort_keys=True), task.encryption_key)
     if key not in state:
         state[key] = RCAPipeline(replace(from_dict(Config, task.config), encryption_key=task.encryption_key))
-    report = Path(task.report)
-    html = report.with_suffix(".html") if task.html else None
-    result = state[key].analyze_incident(task.bundle, baseline=task.baseline, model=task.model, output=report,
-                                         html=html)
+    report, html = Path(task.report), task.html_path
+    try:
+        result = state[key].analyze_incident(task.bundle, baseline=task.baseline, model=task.model, output=report,
+                                             html=html)
+    except BaseException:
+        for path in (report, html):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        raise
     fix = result.fix_set
     return {"bundle": task.name, "fixed": bool(fix and fix.validated), "seconds": result.execution_time}
 
 
 def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str | Path,
-              progress: Callable[[int], None] | None = None, metrics: Any = None) -> BatchSummary:
-    """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed."""
+              progress: Callable[[int], None] | None = None, metrics: Any = None,
+              checkpoint: Checkpoint | None = None) -> BatchSummary:
+    """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed.
+
+    ``checkpoint(step, name)`` is called after each step of ``STEPS`` (tests kill the process there)."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     summary, t0 = BatchSummary(), time.perf_counter()
-    todo = [t for t in tasks if not Path(t.report).exists()]
-    summary.skipped = [t.name for t in tasks if Path(t.report).exists()]
+    finished = [t for t in tasks if t.finished()]
+    summary.skipped = [t.name for t in finished]
+    todo = [t for t in tasks if not t.finished()]
+    _repair(out, finished)
     if progress and summary.skipped:
         progress(len(summary.skipped))
     for task, result, error in executor.map(analyze_task, todo, key=lambda t: t.model_key, progress=progress):
-        error_path = out / f"{task.name}.error.json"
-        if error is not None or result is None:
-            kind, message = (error.type, error.message) if error else ("NoResult", "the worker returned nothing")
-            summary.failed.append((task.name, f"{kind}: {message}"))
-            write_json_atomic(error_path, {"bundle": task.name, "path": task.bundle, "error": kind,
-                                           "message": message})
-            if metrics is not None:
-                metrics.observe_error(kind)
+        if error is None and result is not None:
+            error = _record_report(out, task, metrics, checkpoint)
+        if error is None and result is not None:
+            summary.done.append(task.name)
+            summary.fixed += bool(result.get("fixed"))
             continue
-        report = json.loads(Path(task.report).read_text())
+        kind, message = (error.type, error.message) if error else ("NoResult", "the worker returned nothing")
+        if kind == "StorageError":  # a full disk fails every later bundle too: stop with the one line
+            raise StorageError(message)
+        summary.failed.append((task.name, f"{kind}: {message}"))
+        write_json_atomic(out / f"{task.name}.error.json", {"bundle": task.name, "path": task.bundle, "error": kind,
+                                                            "message": message})
+        _check(checkpoint, "error-written", task.name)
         if metrics is not None:
-            metrics.observe_report(report)
-        index_result(out, report, task.report)  # `stats` reads this SQLite index
-        error_path.unlink(missing_ok=True)
-        summary.done.append(task.name)
-        summary.fixed += bool(result.get("fixed"))
+            metrics.observe_error(kind)
     summary.seconds = time.perf_counter() - t0
     write_json_atomic(out / "summary.json", summary.to_dict())
     return summary
+
+
+def _record_report(out: Path, task: BatchTask, metrics: Any, checkpoint: Checkpoint | None) -> TaskError | None:
+    """Index a report the worker wrote and drop the bundle's error marker; an unreadable report is its error."""
+    _check(checkpoint, "report-written", task.name)
+    try:
+        report = json.loads(Path(task.report).read_text())
+    except (OSError, ValueError) as exc:
+        return TaskError(type(exc).__name__, f"report {task.report}: cannot be read back ({exc})")
+    if metrics is not None:
+        metrics.observe_report(report)
+    with storage_errors(out / INDEX_NAME):
+        index_result(out, report, task.report)  # `stats` reads this SQLite index
+    _check(checkpoint, "indexed", task.name)
+    (out / f"{task.name}.error.json").unlink(missing_ok=True)
+    _check(checkpoint, "marker-removed", task.name)
+    return None
+
+
+def _repair(out: Path, finished: Sequence[BatchTask]) -> None:
+    """Make what a killed run left consistent: index finished reports the index lacks; a bundle with
+    both a report and an error marker keeps the report (the marker is stale)."""
+    with storage_errors(out / INDEX_NAME):
+        indexed = indexed_paths(out)
+        for task in finished:
+            if str(Path(task.report).resolve()) not in indexed:
+                try:
+                    report = json.loads(Path(task.report).read_text())
+                except (OSError, ValueError) as exc:
+                    log.warning("batch: report %s is unreadable (%s); left as it is", task.report, exc)
+                    continue
+                index_result(out, report, task.report)
+            (out / f"{task.name}.error.json").unlink(missing_ok=True)
+
+
+def _check(checkpoint: Checkpoint | None, step: str, name: str) -> None:
+    if checkpoint is not None:
+        checkpoint(step, name)

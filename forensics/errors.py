@@ -11,6 +11,7 @@
      +-- AuthError          a caller lacks a valid token or the role for an action (PermissionError)
      +-- AnalysisTimeoutError  an analysis ran past timeout_minutes (TimeoutError)
      +-- ResultNotFoundError   no stored result has this id (LookupError)
+     +-- StorageError       a result, report or index cannot be written: disk full, I/O error (OSError)
 
 Messages name the thing, what was expected and what arrived, e.g.
 ``bundle incident_7: activations.arrow sha256 mismatch (manifest 3fa2…, file 91c0…)``.
@@ -28,6 +29,7 @@ __all__ = [
     "ModelError",
     "ReplayError",
     "ResultNotFoundError",
+    "StorageError",
     "UnknownModuleError",
     "UploadTooLargeError",
 ]
@@ -75,3 +77,12 @@ class AnalysisTimeoutError(ForensicsError, TimeoutError):
 
 class ResultNotFoundError(ForensicsError, LookupError):
     """No stored result has this id."""
+
+
+class StorageError(ForensicsError, OSError):
+    """A file or the stats index cannot be written (disk full, read-only, I/O error); names the path.
+
+    ``errno`` and ``filename`` are set as on an ``OSError``; the message is the one line shown."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from forensics.durable import storage_errors
 from forensics.errors import (
     AnalysisTimeoutError,
     AuthError,
@@ -31,9 +32,10 @@ from forensics.errors import (
     ModelError,
     ReplayError,
     ResultNotFoundError,
+    StorageError,
     UploadTooLargeError,
 )
-from forensics.ops.stats import index_result
+from forensics.ops.stats import INDEX_NAME, index_result, indexed_paths
 
 if TYPE_CHECKING:
     from forensics.config import Config
@@ -52,6 +54,7 @@ __all__ = [
     "http_status",
     "new_result_id",
     "read_result",
+    "repair_index",
     "resolve_baseline",
     "resolve_bundle",
     "run_analysis",
@@ -203,21 +206,22 @@ def _check_declared_size(archive: Path, limit: int) -> None:
 
 
 def _copy_bounded(source: IO[bytes], folder: Path, target: Path, max_bytes: int, filename: str | None) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            total = 0
-            while chunk := source.read(_CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise UploadTooLargeError(f"upload {filename!r}: larger than the limit of {max_bytes} bytes")
-                out.write(chunk)
-            if total == 0:
-                raise BundleError(f"upload {filename!r}: empty file")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage_errors(target):
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                total = 0
+                while chunk := source.read(_CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise UploadTooLargeError(f"upload {filename!r}: larger than the limit of {max_bytes} bytes")
+                    out.write(chunk)
+                if total == 0:
+                    raise BundleError(f"upload {filename!r}: empty file")
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 # -- analyses and results ------------------------------------------------------------------------
@@ -255,11 +259,35 @@ def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], o
                           f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})")
     with _deadline(pipeline, timeout_s, bundle):
         result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
-    target = _results_root(output_dir) / f"{result_id}.json"
-    result.export(target)
-    report = result.to_dict()
-    index_result(_results_root(output_dir), report, target)
+    root = _results_root(output_dir)
+    target = root / f"{result_id}.json"
+    try:
+        result.export(target)
+        report = result.to_dict()
+        with storage_errors(root / INDEX_NAME):
+            index_result(root, report, target)
+    except BaseException:  # the caller gets an error, not this id: no report may stand for it
+        target.unlink(missing_ok=True)
+        raise
     return {"id": result_id, "bundle": bundle, "report": report}
+
+
+def repair_index(output_dir: str | os.PathLike[str]) -> int:
+    """Index the stored results (``<id>.json``) the index of ``output_dir`` lacks (a process killed
+    between writing a report and indexing it); returns how many. The Serve app runs it on start."""
+    import json
+
+    root = _results_root(output_dir)
+    with storage_errors(root / INDEX_NAME):
+        indexed = indexed_paths(root)
+        missing = [p for p in sorted(root.glob("*.json"))
+                   if RESULT_ID_PATTERN.fullmatch(p.stem) and str(p.resolve()) not in indexed]
+        for path in missing:
+            try:
+                index_result(root, json.loads(path.read_text()), path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # not a report of ours: leave it alone
+                log.warning("result %s is not a readable report (%s); not indexed", path, exc)
+    return len(missing)
 
 
 @contextmanager
@@ -309,7 +337,7 @@ def run_triage(bundle_dir: str | os.PathLike[str], directory: str, *, baseline: 
     Each row's ``path`` is rewritten relative to ``bundle_dir`` so it can be sent back to ``/v1/analyze``.
     A directory with an entry leading out of ``bundle_dir`` (a symlink) is refused: triage would load it.
     """
-    from forensics.rca.triage import triage
+    from forensics.rca.triage import sort_rows, triage
 
     root = _root(bundle_dir)
     folder = resolve_bundle(root, directory, allow_root=True)
@@ -320,8 +348,7 @@ def run_triage(bundle_dir: str | os.PathLike[str], directory: str, *, baseline: 
     for row in rows:
         if "path" in row:
             row["path"] = Path(row["path"]).resolve().relative_to(root).as_posix()
-    rows.sort(key=lambda r: ("error" in r, -float(r.get("max_score", 0.0))))
-    return rows
+    return sort_rows(rows)
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +378,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (ModelError, 422),
     (ReplayError, 422),
     (AuthError, 403),
+    (StorageError, 507),
 )
 
 
@@ -365,6 +393,10 @@ def http_status(exc: BaseException) -> int:
 def error_data(exc: BaseException, request_id: str) -> dict[str, Any]:
     """``{"type", "message", "status", "request_id"}``; unexpected errors get a generic message (log has the rest)."""
     status = http_status(exc)
+    if isinstance(exc, StorageError):  # the server's disk, not the caller's input: path in the log only
+        log.error("request %s: %s", request_id, exc)
+        return {"type": "InsufficientStorage", "message": "the server cannot store the result (disk full or I/O "
+                f"error); retry later, quote request id {request_id}", "status": status, "request_id": request_id}
     if status >= 500:
         log.error("request %s failed", request_id, exc_info=exc)
         return {"type": "InternalError", "message": f"internal error; quote request id {request_id}",

@@ -30,27 +30,45 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forensics.durable import storage_errors
+    from forensics.errors import StorageError
     from forensics.ops.cache import ResultCache, cached_analyze, default_results_dir
-    from forensics.ops.stats import index_result
+    from forensics.ops.stats import INDEX_NAME, index_result
     from forensics.rca.pipeline import RCAPipeline
 
     config = config_from_args(args)
     output = Path(args.output or Path(config.output_dir) / f"{Path(str(args.bundle).rstrip('/')).name}.json")
     cache = ResultCache(default_results_dir(os.environ), config.cache.max_bytes) if config.cache.enabled else None
     profiler = _start_profile() if args.profile else None
-    with progress_bar("analysing", unit="sets") as advance:
-        pipeline = RCAPipeline(config, progress=lambda phase, n, total: advance(n, total))
-        report = cached_analyze(pipeline, args.bundle, args.baseline, cache, model=args.model,
-                                patch_source=args.patch_source, output=output, html=args.html,
-                                allow_model_mismatch=args.allow_model_mismatch,
-                                allow_baseline_mismatch=args.allow_baseline_mismatch)
-    index_result(output.parent, report, output)  # the SQLite index `stats` reads sits next to the reports
+    written = {p: _inode(p) for p in (output, Path(args.html) if args.html else None) if p is not None}
+    try:
+        with progress_bar("analysing", unit="sets") as advance:
+            pipeline = RCAPipeline(config, progress=lambda phase, n, total: advance(n, total))
+            report = cached_analyze(pipeline, args.bundle, args.baseline, cache, model=args.model,
+                                    patch_source=args.patch_source, output=output, html=args.html,
+                                    allow_model_mismatch=args.allow_model_mismatch,
+                                    allow_baseline_mismatch=args.allow_baseline_mismatch)
+        with storage_errors(output.parent / INDEX_NAME):
+            index_result(output.parent, report, output)  # the SQLite index `stats` reads sits next to the reports
+    except StorageError:  # disk full: a failed analyze leaves no report of its own without its page or index row
+        for path, before in written.items():
+            if _inode(path) not in (None, before):
+                path.unlink(missing_ok=True)
+        raise
     print_summary(report)
     cached = " (from cache)" if cache is not None and cache.last_hit else ""
     print(f"report: {output}" + (f"  html: {args.html}" if args.html else "") + cached)
     if profiler is not None:
         _stop_profile(profiler, report.get("timings", {}))
     return 0
+
+
+def _inode(path: Path) -> int | None:
+    """The file's inode (atomic writes replace it), None when there is none."""
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["METRIC_NAMES", "Metrics"]
+__all__ = ["METRIC_NAMES", "Metrics", "bundle_size"]
 
 METRIC_NAMES = (
     "model_forensics_analysis_duration_seconds",
@@ -60,6 +58,8 @@ class Metrics:
         replays = report.get("replays") or {}
         self.forward_passes.inc(int(replays.get("forward_passes", 0)))
         self.candidates.inc(int(replays.get("evaluated", 0)))
+        if bundle_bytes is None:
+            bundle_bytes = bundle_size(report.get("bundle_path"))
         if bundle_bytes is not None:
             self.bundle_size.set(bundle_bytes)
 
@@ -72,10 +72,23 @@ class Metrics:
 
     def write_textfile(self, path: str | Path) -> None:
         """Atomically write the node-exporter textfile-collector format (what `batch` runs leave)."""
+        from forensics.durable import write_atomic
+
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.exposition())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        write_atomic(target, self.exposition(), mode=0o644)  # StorageError naming the file when the disk is full
+
+
+def bundle_size(path: Any) -> int | None:
+    """Bytes of a local bundle (a directory's files, or an archive), None when it is not a local path."""
+    if not isinstance(path, str) or "://" in path:
+        return None
+    target = Path(path)
+    try:
+        if target.is_file():
+            return target.stat().st_size
+        if target.is_dir():
+            return sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    except OSError:  # gone or unreadable since the analysis: no figure rather than a wrong one
+        return None
+    return None
