@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from forensics import service
 from forensics.errors import AuthError, ForensicsError
@@ -48,6 +49,7 @@ FORM_OVERHEAD_BYTES = 64 * 1024     # multipart boundaries and headers on top of
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 REALM = "model-forensics"          # of the WWW-Authenticate challenge
 RETRY_AFTER_S = "5"
+CLIENT_CLOSED = 499  # the client went away before its request was complete (nginx's code; nobody reads the answer)
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -202,12 +204,21 @@ async def _json_body(request: Request, model: type[Body]) -> Body:
 async def _read_bounded(request: Request, limit: int) -> bytes:
     _check_length(request, limit)
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise APIError(413, "PayloadTooLarge", f"request body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise APIError(413, "PayloadTooLarge", f"request body larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _disconnected(total) from None
     return b"".join(chunks)
+
+
+def _disconnected(received: int | None = None) -> APIError:
+    got = "" if received is None else f" after {received} bytes"
+    return APIError(CLIENT_CLOSED, "ClientDisconnect", f"the client closed the connection{got}, before the request "
+                    "body was complete")
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -224,7 +235,10 @@ async def _upload(request: Request, settings: Settings) -> tuple[str, str | None
     if request.headers.get("content-length") is None:
         raise APIError(411, "LengthRequired", "uploads need a Content-Length header")
     _check_length(request, settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
-    form = await request.form(max_files=1, max_fields=4)
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except ClientDisconnect:  # mid-upload: audited as the client's doing, never as a 500
+        raise _disconnected() from None
     try:
         file, baseline = form.get("file"), form.get("baseline")
         if not isinstance(file, UploadFile):
@@ -322,6 +336,9 @@ async def _audited(request: Request, principal: Principal, action: str, **fields
     entry: dict[str, Any] = {"bundle": None, **fields}
     try:
         yield entry
+    except asyncio.CancelledError:  # behind Serve's proxy a client that hangs up cancels its request
+        await _audit(request, principal, action, "error", entry, error="ClientDisconnect", status=CLIENT_CLOSED)
+        raise
     except Exception as exc:
         kind = exc.kind if isinstance(exc, APIError) else type(exc).__name__
         await _audit(request, principal, action, "error", entry, error=kind, status=_status_of(exc))

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -40,7 +41,8 @@ __all__ = ["Analyzer", "AppArgs", "ForensicsAPI", "app", "build_app"]
 
 HEALTH_CHECK_PERIOD_S = 10
 HEALTH_CHECK_TIMEOUT_S = 30           # analyses run off the event loop, so health checks answer during one
-GRACEFUL_SHUTDOWN_TIMEOUT_S = 60      # let a running analysis finish on scale-down
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 60      # let a running analysis finish on scale-down and on SIGTERM of `serve`
+INGRESS_GRACEFUL_SHUTDOWN_TIMEOUT_S = GRACEFUL_SHUTDOWN_TIMEOUT_S + 10  # outlives the analyzer: its 503 gets out
 
 
 @serve.deployment(name="Analyzer", max_ongoing_requests=ANALYZER_MAX_ONGOING_REQUESTS,
@@ -54,6 +56,7 @@ class Analyzer:
         from forensics.rca.pipeline import RCAPipeline
 
         self.settings = Settings.load(AppArgs.model_validate(args))
+        service.repair_index(self.settings.output_dir)  # results a killed replica stored but never indexed
         self.pipeline = RCAPipeline(self.settings.config)
         self._lock = threading.Lock()
 
@@ -118,6 +121,9 @@ class AnalyzerBackend:
         except DeploymentUnavailableError:
             raise APIError(503, "Unavailable", "no analyzer replica is available; retry later",
                            {"Retry-After": RETRY_AFTER_S}) from None
+        except RayActorError:  # the replica stopped mid-call: shut down past its grace period, or crashed
+            raise APIError(503, "Unavailable", "the analyzer stopped before answering (shutdown or restart); "
+                           "retry later", {"Retry-After": RETRY_AFTER_S}) from None
         if not reply["ok"]:
             raise APIError.from_data(reply["error"])
         return reply["value"]
@@ -125,7 +131,8 @@ class AnalyzerBackend:
 
 @serve.deployment(name="ForensicsAPI", max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
                   max_queued_requests=INGRESS_MAX_QUEUED_REQUESTS, health_check_period_s=HEALTH_CHECK_PERIOD_S,
-                  health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S)
+                  health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+                  graceful_shutdown_timeout_s=INGRESS_GRACEFUL_SHUTDOWN_TIMEOUT_S)
 @serve.ingress()
 class ForensicsAPI:
     """HTTP ingress: validates, confines names, saves uploads, and asks the Analyzer deployment."""

@@ -1,4 +1,8 @@
-"""`serve`: the HTTP API as a Ray Serve app on a local Ray (or a cluster at --address); blocks until Ctrl-C.
+"""`serve`: the HTTP API as a Ray Serve app on a local Ray (or a cluster at --address); blocks until Ctrl-C or SIGTERM.
+
+On SIGTERM (what Kubernetes and systemd send) or Ctrl-C the app is deleted first, so in-flight
+requests finish (or get 503) within the replicas' grace period, then Serve and Ray stop, and any
+process of the local Ray this command started that is still alive is terminated.
 
 Refuses to start without an authentication source (API tokens or OAuth2 JWTs, see docs/config.md)
 unless the config says ``authentication.type: none``, which it then warns about on every start.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,12 +26,14 @@ HELP = "serve the HTTP API (Ray Serve + FastAPI; OpenAPI docs at /docs)"
 APP_NAME = "model-forensics"
 DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator opens it up on purpose
 DEFAULT_PORT = 8000
+STOP_WAIT_S = 10.0  # after ray.shutdown, how long Ray's processes get before SIGKILL
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001); default: a local Ray")
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001); default: $RAY_ADDRESS, "
+                   "else a local Ray started (and stopped) by this command")
     p.add_argument("--bundle-dir", help="root of the bundle names clients send (default: config bundle_dir)")
     p.add_argument("--output-dir", help="where <result id>.json reports go (default: config output_dir)")
     p.add_argument("--baseline", help="default baseline: benign bundle dir under bundle_dir, or a .json")
@@ -36,25 +43,84 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_config_arg(p)
 
 
+class Shutdown(BaseException):
+    """SIGTERM arrived (Kubernetes, systemd): leave the serving loop the way Ctrl-C does."""
+
+
 def run(args: argparse.Namespace) -> int:
     app_args = app_args_from(args)
     import ray
     from ray import serve
 
+    from forensics.service import repair_index
     from serve_app.app import build_app
 
-    ray.init(address=args.address, ignore_reinit_error=True, include_dashboard=False)
+    repaired = repair_index(app_args["output_dir"])  # results a killed server wrote but never indexed
+    if repaired:
+        print(f"indexed {repaired} stored result(s) missing from {app_args['output_dir']}/index.sqlite", flush=True)
+    address = args.address or os.environ.get("RAY_ADDRESS") or "local"  # never join a stranger's cluster by accident
+    previous = signal.getsignal(signal.SIGTERM)
+    started: list[Any] = []
     try:
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+        signal.signal(signal.SIGTERM, _on_sigterm)  # after ray.init, which installs its own (sys.exit, abort)
+        started = _descendants() if address == "local" else []  # the Ray processes this command started
         serve.start(http_options={"host": args.host, "port": args.port})
         print(f"model-forensics API starting on http://{args.host}:{args.port}/ (docs: /docs; Ctrl-C stops)", flush=True)
         print(_describe_security(app_args), flush=True)
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, Shutdown, SystemExit):  # SystemExit: Ray's handler, for a SIGTERM during ray.init
+        print("model-forensics API stopping: finishing in-flight requests", flush=True)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
+        try:
+            if ray.is_initialized():
+                _drain(serve)
+        finally:
+            ray.shutdown()
+            _stop(started + _descendants())
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Shutdown()
+
+
+def _drain(serve: Any) -> None:
+    """Delete the app first: replicas stop taking requests and finish the ones they hold (each within its
+    ``graceful_shutdown_timeout_s``; an analysis cut off answers 503), then stop Serve itself."""
+    try:
+        serve.delete(APP_NAME, _blocking=True)
+    except Exception as exc:  # Serve never came up (a port in use, a failed replica): nothing to drain
+        print(f"model-forensics API: no app to drain ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+    serve.shutdown()
+
+
+def _descendants() -> list[Any]:
+    import psutil
+
+    return list(psutil.Process().children(recursive=True))
+
+
+def _stop(processes: list[Any], wait_s: float = STOP_WAIT_S) -> None:
+    """Stop what ``ray.shutdown`` left of the processes this command started (its agents outlive the raylet
+    otherwise): SIGTERM, then SIGKILL after ``wait_s``."""
+    import psutil
+
+    alive = [p for p in {p.pid: p for p in processes}.values() if p.is_running()]
+    for proc in alive:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _gone, left = psutil.wait_procs(alive, timeout=wait_s)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(left, timeout=wait_s)
 
 
 def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
