@@ -16,7 +16,7 @@ def test_demo_records_analyses_and_writes_reports(tmp_path: Path, capsys: pytest
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "incident: 'The capital of Australia is' -> ' Sydney" in out
-    assert "fix set (" in out and "validated" in out
+    assert "fix set: correction" in out and "validated" in out
     report = json.loads((tmp_path / "reports" / "australia.json").read_text())
     assert report["decision"]["observed"] == " Sydney" and report["decision"]["target"] == " Canberra"
     assert report["fix_set"]["validated"] and report["fix_set"]["argmax_token"] == " Canberra"

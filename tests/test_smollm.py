@@ -50,7 +50,7 @@ def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: 
 
 @pytest.fixture(scope="module")
 def arithmetic(smol: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real multi-token incident decided at step 1: "7 + 8 =" -> " 11", expected " 15" (" ", "1", then "1"
+    """A real multi-token incident decided at step 2: "7 + 8 =" -> " 11", expected " 15" (" ", "1", then "1"
     where "5" was due): the replay runs over the prompt plus two generated tokens."""
     out = tmp_path_factory.mktemp("arith") / "add_7_8"
     spec = FailureSpec.expected(" 15", smol.tokenizer)

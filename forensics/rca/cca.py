@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from forensics.config import CCAConfig
-from forensics.rca.search import Scored, Scorer, beam, greedy, random_search
+from forensics.rca.search import Scored, Scorer, beam, closeness, greedy, random_search
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome
 
 __all__ = ["CCAResult", "FixSet", "build_candidates", "find_fix_set", "is_input_substitution", "prune",
-           "validate"]
+           "strength", "validate"]
 
 Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
@@ -40,6 +40,7 @@ class FixSet:
     verdict: Verdict = "correction"
     regenerated: dict[str, Any] | None = None
     side_effects: dict[str, Any] | None = None
+    gain: float = 0.0  # the search's ranking value (recovery, or progress toward the mirror of the margin)
 
     @property
     def positions(self) -> int:
@@ -71,13 +72,19 @@ class CCAResult:
         return self.fix_sets[0] if self.fix_sets else None
 
 
-def is_input_substitution(iv: Intervention) -> bool:
-    """Whether ``iv`` replaces every position with another prompt's (or the population's) activations."""
+def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozenset()) -> bool:
+    """Whether ``iv`` replaces every position with another prompt's (or the population's) activations.
+
+    ``same_input``: sources that ran the incident's own tokens (a known-good reference model); patching
+    every position from one of them compares two models on one input, which is a cause, not a substitution."""
+    if iv.kind == "patch" and iv.source in same_input:
+        return False
     return iv.kind in ("patch", "mean") and iv.positions == "all"
 
 
 def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: Sequence[str],
-                     prior: dict[str, float], *, output_module: str | None = None) -> list[Intervention]:
+                     prior: dict[str, float], *, output_module: str | None = None,
+                     same_input: frozenset[str] = frozenset()) -> list[Intervention]:
     """Every single intervention that can name a cause, the most CF-anomalous modules first.
 
     ``output_module`` (the last decoder layer's residual) is never patched: its state at a position IS the
@@ -90,7 +97,7 @@ def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: S
             for source in sources:
                 for pos in config.positions:
                     iv = Intervention(module, kind, pos, source, 0.0 if kind == "scale" else None)
-                    if not is_input_substitution(iv) and not (kind == "patch" and module == output_module):
+                    if not is_input_substitution(iv, same_input) and not (kind == "patch" and module == output_module):
                         out.append(iv)
     return out
 
@@ -99,11 +106,13 @@ def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
                  config: CCAConfig, *, m_incident: float, m_baseline: float | None,
                  patch_sources: Sequence[str] = (), prior: dict[str, float] | None = None,
                  progress: Callable[[int, int | None], None] | None = None,
-                 deadline: float | None = None, output_module: str | None = None) -> CCAResult:
+                 deadline: float | None = None, output_module: str | None = None,
+                 same_input: frozenset[str] = frozenset()) -> CCAResult:
     """``m_baseline`` None: no baseline produces the target, so recovery is reported as unavailable
     (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search."""
     prior = prior or {}
-    candidates = build_candidates(modules, config, patch_sources, prior, output_module=output_module)
+    candidates = build_candidates(modules, config, patch_sources, prior, output_module=output_module,
+                                  same_input=same_input)
     scorer = Scorer(evaluate, m_incident=m_incident, m_baseline=m_baseline, budget=config.max_replays,
                     batch_size=config.batch_size, prior={c: prior.get(c.module, 0.0) for c in candidates},
                     progress=progress, saturate=config.early_stop_threshold, deadline=deadline)
@@ -116,7 +125,7 @@ def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
         pruned = prune(scorer, found)
         minimal.setdefault(frozenset(pruned.interventions), pruned)
     result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]
-    result.fix_sets.sort(key=lambda f: (len(f.interventions), f.positions, -f.metric))
+    result.fix_sets.sort(key=lambda f: (len(f.interventions), -strength(f), f.positions, -f.metric))
     result.evaluated = scorer.evaluated
     result.budget_exhausted = scorer.remaining == 0
     result.timed_out = scorer.timed_out
@@ -152,7 +161,13 @@ def validate(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], sco
     outcome = evaluate([found.interventions])[0]
     fires_ok = all(f > 0 for f in outcome.hook_fires)
     return FixSet(found.interventions, outcome.fixed and fires_ok, scorer.recovery(outcome.metric),
-                  outcome.metric, outcome.fixed, outcome.argmax_token)
+                  outcome.metric, outcome.fixed, outcome.argmax_token, gain=scorer.gain(outcome.metric))
+
+
+def strength(fix: FixSet) -> float:
+    """How closely a fix restores the correct run, to 0.1 (``closeness`` without saturation): among sets of
+    one size, a fix that restores the run beats one that falls short or overshoots, whatever its positions."""
+    return closeness(fix.gain, fix.recovery is not None, saturate=1.0)
 
 
 def judged(fix: FixSet, **changes: Any) -> FixSet:

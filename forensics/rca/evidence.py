@@ -16,7 +16,8 @@ from forensics.rca.population import coverage
 from forensics.replay.interventions import Intervention
 from forensics.replay.replayer import Replayer
 
-__all__ = ["SAME_QUESTION", "baseline_metric", "input_level", "output_module", "produces_target", "target_sources"]
+__all__ = ["SAME_QUESTION", "baseline_metric", "input_level", "output_module", "produces_target", "same_input",
+           "target_sources"]
 
 SAME_QUESTION = 0.75  # forbidden specs: a source must hold this share of the incident's prompt tokens
 
@@ -54,6 +55,12 @@ def target_sources(rp: Replayer, counterfactuals: Sequence[Bundle]) -> tuple[lis
 def _resid_modules(rp: Replayer) -> list[str]:
     sites = rp.bundle.manifest["recorded"].get("sites", {}) or {}
     return [m for m in rp.bundle.modules if sites.get(m) == "resid"]
+
+
+def same_input(rp: Replayer, sources: Sequence[Bundle]) -> frozenset[str]:
+    """Sources that ran the incident's own prompt tokens (a reference model's run of the same input)."""
+    mine = list(rp.bundle.inputs["input_ids"])
+    return frozenset(b.id for b in sources if list(b.inputs["input_ids"]) == mine)
 
 
 def output_module(rp: Replayer) -> str | None:

@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from forensics.rca.cca import FixSet, judged
+from forensics.rca.cca import FixSet, judged, strength
 from forensics.replay.replayer import Replayer
 
 __all__ = ["REGENERATE_TOKENS", "check_side_effects", "is_empty_answer", "judge_answer", "rank"]
@@ -76,16 +76,17 @@ def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> l
 
 
 def _applies(fix: FixSet, rp: Replayer) -> bool:
-    """Explicit positions are the incident's; they mean nothing on a prompt of another length."""
-    return all(isinstance(iv.positions, str) or max(iv.positions) < rp.length for iv in fix.interventions)
+    """Explicit positions are the incident's and mean nothing on another prompt; a patch of every position
+    (from a reference run of the incident's own input) would substitute that prompt's input."""
+    return all(iv.positions == "last" or (iv.kind != "patch" and iv.positions == "all") for iv in fix.interventions)
 
 
 def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
-    is the expected text, fewer members, fewer positions, and the larger margin."""
-    def key(f: FixSet) -> tuple[bool, bool, int, bool, int, int, float]:
+    is the expected text, fewer members, the stronger fix (``strength``), fewer positions, the larger margin."""
+    def key(f: FixSet) -> tuple[bool, bool, int, bool, int, float, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
         return (not f.validated, f.verdict == "suppression", broken, f.verdict == "partial", len(f.interventions),
-                f.positions, -f.metric)
+                -strength(f), f.positions, -f.metric)
 
     return sorted(fixes, key=key)

@@ -16,16 +16,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from forensics.bundle import Bundle, load_bundle
 from forensics.config import Config
-from forensics.errors import ConfigError, ReplayError
+from forensics.errors import ConfigError, ModelError, ReplayError
 from forensics.exec.base import Executor, ReplayJob
 from forensics.exec.local import LocalExecutor
 from forensics.failure import tokenization_warnings
-from forensics.models.registry import LoadedModel, resolve_model
+from forensics.models.registry import LoadedModel, resolve_model, wrap_model
 from forensics.rca.cca import CCAResult, FixSet, find_fix_set
 from forensics.rca.confidence import ConfidenceTerms, confidence, explain
-from forensics.rca.evidence import baseline_metric, input_level, output_module, target_sources
+from forensics.rca.evidence import baseline_metric, input_level, output_module, same_input, target_sources
 from forensics.rca.judge import check_side_effects, judge_answer, rank
 from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
@@ -57,6 +59,8 @@ class RCAPipeline:
                          patch_source: Any = None, output: str | Path | None = None,
                          html: str | Path | None = None, allow_model_mismatch: bool = False,
                          allow_baseline_mismatch: bool = False) -> RCAResult:
+        if model is None and _is_model(baseline):  # the guide's analyze_incident(incident_data, model)
+            baseline, model = None, baseline
         t0 = time.perf_counter()
         deadline = time.monotonic() + 60.0 * self.config.timeout_minutes
         timings: dict[str, float] = {}
@@ -104,8 +108,20 @@ class RCAPipeline:
         return obj if isinstance(obj, Bundle) else load_bundle(obj, encryption_key=self.config.encryption_key)
 
     def _model(self, incident: Bundle, model: Any) -> LoadedModel:
+        """The model analysed: a ``LoadedModel``; a torch model the caller holds (``nn.Module``, or
+        ``(model, tokenizer)``: used as given, its weights hashed, so a model other than the recording's
+        is refused by the replay unless ``allow_model_mismatch``); a reference; None: the bundle's."""
         if isinstance(model, LoadedModel):
             return model
+        module, tokenizer = (model if isinstance(model, tuple) and len(model) == 2 else (model, None))
+        if isinstance(module, nn.Module):
+            return wrap_model(module, tokenizer, ref=f"<torch model {type(module).__name__}>",
+                              tokenizer_ref=(incident.manifest.get("tokenizer") or {}).get("ref",
+                                                                                           incident.model["ref"]),
+                              cache_dir=self.config.cache_dir)
+        if model is not None and not isinstance(model, str):
+            raise ModelError(f"model: expected a reference (str), a LoadedModel, a torch nn.Module or "
+                             f"(nn.Module, tokenizer), got {type(model).__name__}")
         ref = model if isinstance(model, str) else incident.model["ref"]
         key = (ref, incident.model.get("dtype", "float32"))
         if key not in self._models:
@@ -174,7 +190,7 @@ class RCAPipeline:
         story.cca = cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=story.m_incident,
                                        m_baseline=story.m_baseline, patch_sources=story.sources,
                                        prior=cf_prior(metrics), progress=self._tick("cca"), deadline=deadline,
-                                       output_module=output_module(rp))
+                                       output_module=output_module(rp), same_input=same_input(rp, sources))
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
@@ -249,6 +265,13 @@ class RCAPipeline:
             fix_sets=story.fixes, input_level=story.input_level, not_evaluated=story.not_evaluated,
             confidence_terms=terms.to_dict() if terms else None, confidence_explanation=explain(terms),
         )
+
+
+def _is_model(obj: Any) -> bool:
+    """A model object, not a baseline (a path, a bundle, a list of bundles)."""
+    if isinstance(obj, tuple) and len(obj) == 2:
+        obj = obj[0]
+    return isinstance(obj, LoadedModel | nn.Module)
 
 
 def confidence_terms(fidelity: Fidelity, fix: FixSet | None) -> ConfidenceTerms | None:

@@ -18,7 +18,7 @@ from typing import Any
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome
 
-__all__ = ["Scored", "Scorer", "beam", "greedy", "random_search"]
+__all__ = ["Scored", "Scorer", "beam", "closeness", "greedy", "random_search"]
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ class Scorer:
         return max(0, self.budget - self.evaluated)
 
     def recovery(self, metric: float) -> float | None:
-        return None if self.m_baseline is None else self._gain(metric)
+        return None if self.m_baseline is None else self.gain(metric)
 
-    def _gain(self, metric: float) -> float:
+    def gain(self, metric: float) -> float:
         return (metric - self.m_incident) / (self.m_reference - self.m_incident)
 
     def score(self, sets: Sequence[InterventionSet], *, stop_at: float | None = None,
@@ -85,7 +85,7 @@ class Scorer:
             if self.progress:
                 self.progress(len(outcomes), None)
             batch = [Scored(o.interventions, o.metric, self.recovery(o.metric), o.fixed, o.argmax_token,
-                            self._gain(o.metric)) for o in outcomes]
+                            self.gain(o.metric)) for o in outcomes]
             out.extend(batch)
             self.fixed_seen.extend(s for s in batch if s.fixed)
             if stop_at is not None and any(s.fixed and s.gain >= stop_at for s in batch):
@@ -102,10 +102,19 @@ class Scorer:
         fix is good enough), then fewer members, then fewer positions, then the CF prior, then raw gain."""
         cost = sum(0 if iv.positions == "last" else 1 for iv in s.interventions)
         prior = sum(self.prior.get(iv, 0.0) for iv in s.interventions)
-        return (s.fixed, round(min(s.gain, self.saturate), 2), -len(s.interventions), -cost, prior, s.gain)
+        return (s.fixed, closeness(s.gain, self.m_baseline is not None, self.saturate, digits=2), -len(s.interventions),
+                -cost, prior, s.gain)
 
     def best(self, scored: Sequence[Scored]) -> Scored | None:
         return max(scored, key=self.key, default=None)
+
+
+def closeness(gain: float, measured: bool, saturate: float = 0.8, *, digits: int = 1) -> float:
+    """``gain`` saturating at ``saturate`` (beyond it a fix is good enough); with a measured recovery, an
+    overshoot past the correct run counts against it (recovery 1.4 is as far from 1 as 0.6): restoring
+    the run that answers correctly is the evidence, pushing past it is not."""
+    value = min(gain, 2.0 - gain) if measured else gain
+    return round(min(value, saturate), digits)
 
 
 def _extend(base: InterventionSet, candidates: Sequence[Intervention]) -> list[InterventionSet]:
