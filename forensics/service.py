@@ -35,6 +35,7 @@ from forensics.errors import (
     StorageError,
     UploadTooLargeError,
 )
+from forensics.ops.logs import log_analysis
 from forensics.ops.stats import INDEX_NAME, index_result, indexed_paths
 
 if TYPE_CHECKING:
@@ -269,6 +270,7 @@ def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], o
     except BaseException:  # the caller gets an error, not this id: no report may stand for it
         target.unlink(missing_ok=True)
         raise
+    log_analysis(report)  # the guide's execution_time / memory_usage lines, as the CLI writes them
     return {"id": result_id, "bundle": bundle, "report": report}
 
 
