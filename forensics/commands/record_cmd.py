@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = resolve_model(args.model, device=args.device, cache_dir=config.cache_dir)
     spec = spec_from_args(args, loaded.tokenizer)
     run_ = record_greedy(loaded, args.prompt, args.out, spec, kind=args.kind,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed, encryption_key=config.encryption_key)
+                         max_new_tokens=args.max_new_tokens, seed=args.seed, encryption_key=config.encryption_key,
+                         streaming=config.streaming_enabled)
     bundle, text, failed = run_.bundle, run_.text, run_.failed
     outputs = bundle.outputs
     print(f"prompt:    {args.prompt!r}")

@@ -48,11 +48,13 @@ def record_greedy(
     max_new_tokens: int = 8,
     seed: int = 0,
     encryption_key: bytes | None = None,
+    streaming: bool = False,
 ) -> GreedyRun:
     """Generate greedily from ``prompt`` under the recorder and save the bundle at ``out``.
 
     ``kind`` defaults to ``incident`` when the spec is violated, else ``benign``; ``encryption_key``
-    (32 bytes) encrypts the bundle's activations.
+    (32 bytes) encrypts the bundle's activations; ``streaming`` spills activations to a temporary
+    directory next to ``out`` while generating (``streaming_enabled``), so memory stays flat.
     """
     model: Any = loaded.model
     tok, info = loaded.tokenizer, loaded.info
@@ -60,15 +62,28 @@ def record_greedy(
     torch.manual_seed(seed)
     ref = info.ref if info.kind in ("embedded", "hf_cache") else str(Path(info.path).resolve())
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with record(model, tok, model_ref=ref, model_sha256=info.sha256) as rec, torch.inference_mode():
+    stream_dir = _spill_parent(out) if streaming else None
+    rec = record(model, tok, model_ref=ref, model_sha256=info.sha256, stream_dir=stream_dir)
+    with rec, torch.inference_mode():
         model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-    chosen_spec = _spec_for(spec, rec.generated_ids, rec.steps)
-    step = chosen_spec.decision_step(rec.generated_ids, tok)
-    chosen_kind = kind or ("incident" if step is not None else "benign")
-    generation = {"greedy": True, "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
-    bundle = rec.save(out, failure=chosen_spec, kind=chosen_kind, prompt=prompt, generation=generation,
-                      encryption_key=encryption_key)
+    try:
+        chosen_spec = _spec_for(spec, rec.generated_ids, rec.steps)
+        step = chosen_spec.decision_step(rec.generated_ids, tok)
+        chosen_kind = kind or ("incident" if step is not None else "benign")
+        generation = {"greedy": True, "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
+        bundle = rec.save(out, failure=chosen_spec, kind=chosen_kind, prompt=prompt, generation=generation,
+                          encryption_key=encryption_key)
+    finally:
+        rec.discard()  # a spec error must not leave spill files behind either
     return GreedyRun(bundle, tok.decode(rec.generated_ids), step is not None)
+
+
+def _spill_parent(out: str | Path) -> Path:
+    """The directory that will hold ``out`` (created, as the bundle writer would): spill files go on the
+    bundle's own disk rather than a possibly RAM-backed ``/tmp``."""
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
 
 
 def _spec_for(spec: SpecChoice, generated: list[int], steps: list[tuple[list[int], list[float]]]) -> FailureSpec:

@@ -7,12 +7,20 @@
 Each hook copies its module's activation off the device as float32 the moment it fires (a later
 layer may change the tensor in place). Forward calls of one generation are stitched along positions,
 so the bundle holds what one teacher-forced pass over prompt + generated prefix computes.
+
+By default the copies stay in memory until ``save``, so memory grows with the generation. With
+``stream_dir`` (``streaming_enabled`` in the config) each copy is appended to a per-module spill file
+in a fresh directory under ``stream_dir`` instead, and ``save`` memory-maps the files one module at a
+time into the bundle; the directory is removed after ``save`` and when the recorded call raises.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -32,10 +40,82 @@ from forensics.vocab import BUNDLE_KINDS, BundleKind
 __all__ = ["Recorder", "record"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+SPILL_PREFIX = ".model-forensics-spill-"
+
+
+class _MemoryStore:
+    """Every chunk kept as a tensor; ``arrays`` concatenates one module at a time."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._chunks: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+
+    def append(self, name: str, chunk: torch.Tensor) -> None:
+        self._chunks[name].append(chunk)
+
+    def reset(self) -> None:
+        for chunks in self._chunks.values():
+            chunks.clear()
+
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, chunks in self._chunks.items():
+            if not chunks:
+                raise ReplayError(f"module {name!r} never fired during the recorded call")
+            yield name, torch.cat(chunks, dim=0).numpy()
+
+    def close(self) -> None:
+        self.reset()
+
+
+class _SpillStore:
+    """Every chunk appended, as raw little-endian float32 rows, to its module's file in a fresh directory
+    under ``parent``; ``arrays`` memory-maps one file at a time. Each append opens and closes its file, so
+    a model with many recorded modules never holds many descriptors. ``close`` removes the directory (a
+    finalizer does too, should a recorder be dropped unsaved)."""
+
+    def __init__(self, names: Sequence[str], parent: str | os.PathLike[str]) -> None:
+        self.dir = tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=parent)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
+        self._files = {m: os.path.join(self.dir, f"{i:05d}.f32") for i, m in enumerate(names)}
+        self._rows = dict.fromkeys(names, 0)
+        self._tail: dict[str, tuple[int, ...]] = {}  # shape after the position axis, from the first chunk
+
+    def append(self, name: str, chunk: torch.Tensor) -> None:
+        arr = np.ascontiguousarray(chunk.numpy(), dtype="<f4")
+        tail = self._tail.setdefault(name, arr.shape[1:])
+        if arr.shape[1:] != tail:
+            raise ReplayError(f"module {name!r} changed shape mid-generation: {tail} then {arr.shape[1:]}")
+        with open(self._files[name], "ab") as f:
+            f.write(arr.tobytes())
+        self._rows[name] += arr.shape[0]
+
+    def reset(self) -> None:
+        for name, path in self._files.items():
+            open(path, "wb").close()
+            self._rows[name] = 0
+        self._tail.clear()
+
+    def arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        if not self._finalizer.alive:
+            raise ReplayError("streamed recording was already saved or discarded; record the generation again")
+        for name, path in self._files.items():
+            if name not in self._tail:
+                raise ReplayError(f"module {name!r} never fired during the recorded call")
+            shape = (self._rows[name], *self._tail[name])
+            if not self._rows[name]:
+                yield name, np.zeros(shape, dtype="<f4")
+                continue
+            yield name, np.memmap(path, dtype="<f4", mode="r", shape=shape)
+
+    def close(self) -> None:
+        self._finalizer()
 
 
 class Recorder:
-    """Records one generation (batch size 1) of ``model``; see the module docstring."""
+    """Records one generation (batch size 1) of ``model``; see the module docstring.
+
+    ``stream_dir``: spill activations to a temporary directory created there (on the bundle's disk, not
+    a RAM-backed ``/tmp``) instead of holding them in memory; a streamed recorder saves once.
+    """
 
     def __init__(
         self,
@@ -46,6 +126,7 @@ class Recorder:
         top_k: int = 20,
         model_ref: str | None = None,
         model_sha256: str | None = None,
+        stream_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model, self.tokenizer, self.top_k = model, tokenizer, top_k
         self.sites: dict[str, Site | str] = (
@@ -55,23 +136,42 @@ class Recorder:
         self.model_sha256 = model_sha256
         self.external_calls: list[dict[str, Any]] = []
         self._hooks = HookSet(model)
-        self._acts: dict[str, list[torch.Tensor]] = {m: [] for m in self.sites}
+        self._stream_dir = stream_dir
+        self._store: _MemoryStore | _SpillStore = _MemoryStore(list(self.sites))
         self._fed: list[int] = []
         self._steps: list[tuple[list[int], list[float]]] = []
         self._prompt_len = 0
 
     # -- hooks ---------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
-        self._hooks.forward_pre(self.model, self._on_call)
-        self._hooks.forward_on(self.model, self._on_logits)
-        for name in self.sites:
-            self._hooks.forward(name, self._capture(name))
+        if self._stream_dir is not None:
+            self._store = _SpillStore(list(self.sites), self._stream_dir)
+        try:
+            self._hooks.forward_pre(self.model, self._on_call)
+            self._hooks.forward_on(self.model, self._on_logits)
+            for name in self.sites:
+                self._hooks.forward(name, self._capture(name))
+        except BaseException:
+            self._hooks.remove()
+            self.discard()
+            raise
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._hooks.remove()
+        if exc_type is not None and self.streaming:  # in memory, what was recorded stays saveable
+            self.discard()
+
+    @property
+    def streaming(self) -> bool:
+        """Whether activations spill to disk (``stream_dir`` given) rather than stay in memory."""
+        return self._stream_dir is not None
+
+    def discard(self) -> None:
+        """Drop the recorded activations (a streamed recorder's spill directory too); idempotent."""
+        self._store.close()
 
     def _on_call(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -81,7 +181,8 @@ class Recorder:
             raise ReplayError(f"recorder records batch size 1, got {ids.shape[0]}; record incidents one at a time")
         new = ids[0].tolist()
         if self._fed and len(new) > 1 and new[: len(self._fed)] == self._fed:
-            self._fed, self._acts = [], {m: [] for m in self.sites}  # full recompute (use_cache=False)
+            self._fed = []  # full recompute (use_cache=False): start the stitching again
+            self._store.reset()
         elif self._fed and len(new) > 1:
             raise ReplayError("recorder saw a second, unrelated sequence; save() after each generation")
         self._prompt_len = self._prompt_len or len(new)
@@ -97,7 +198,7 @@ class Recorder:
 
     def _capture(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self._acts[name].append(primary(output)[0].detach().to("cpu", torch.float32, copy=True))
+            self._store.append(name, primary(output)[0].detach().to("cpu", torch.float32, copy=True))
 
         return hook
 
@@ -143,11 +244,8 @@ class Recorder:
         return [*self._fed[self._prompt_len:], self._steps[-1][0][0]]
 
     def activations(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(module, [positions, d]) in forward order, one module at a time."""
-        for name, chunks in self._acts.items():
-            if not chunks:
-                raise ReplayError(f"module {name!r} never fired during the recorded call")
-            yield name, torch.cat(chunks, dim=0).numpy()
+        """(module, [positions, d]) in forward order, one module at a time (memory-mapped when streamed)."""
+        return self._store.arrays()
 
     def save(
         self,
@@ -161,11 +259,16 @@ class Recorder:
         encryption_key: bytes | None = None,
     ) -> Bundle:
         """Write the bundle (``forensics.bundle`` v1, encrypted with ``encryption_key`` if given) and return
-        it loaded."""
+        it loaded. A streamed recorder's spill files are removed afterwards, whether the write worked or not."""
         if kind not in BUNDLE_KINDS:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
-        manifest = build_manifest(self, failure=failure, kind=kind, prompt=prompt, generation=generation)
-        return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id, encryption_key=encryption_key)
+        try:
+            manifest = build_manifest(self, failure=failure, kind=kind, prompt=prompt, generation=generation)
+            return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id,
+                                encryption_key=encryption_key)
+        finally:
+            if self.streaming:
+                self.discard()
 
 
 def record(
