@@ -27,6 +27,9 @@ class Intervention:
 
     kind: ``zero`` | ``mean`` (mean over benign baselines) | ``patch`` (from baseline bundle
     ``source``, positions aligned from the end) | ``scale`` (multiply by ``factor``).
+    alpha: how far to go, in [0, 1] (None: all the way, 1): a replacing kind blends
+    ``alpha * replacement + (1 - alpha) * activation``; ``scale`` multiplies by ``1 + alpha * (factor - 1)``.
+    0 changes nothing; the decision-boundary scan (``forensics.rca.dbc``) walks it.
     """
 
     module: str
@@ -34,6 +37,7 @@ class Intervention:
     positions: Positions = "last"
     source: str | None = None
     factor: float | None = None
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INTERVENTION_KINDS:
@@ -46,6 +50,10 @@ class Intervention:
             raise ConfigError(f"intervention positions {self.positions!r}: use 'last', 'all' or a list of ints")
         if self.kind == "scale" and self.factor is None:
             raise ConfigError("intervention kind 'scale' needs a 'factor'")
+        if self.alpha is not None:
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not 0.0 <= self.alpha <= 1.0:
+                raise ConfigError(f"intervention alpha must be a number in [0, 1] (or absent), got {self.alpha!r}")
+            object.__setattr__(self, "alpha", float(self.alpha))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"module": self.module, "kind": self.kind, "positions": self.positions}
@@ -55,21 +63,23 @@ class Intervention:
             out["source"] = self.source
         if self.factor is not None:
             out["factor"] = self.factor
+        if self.alpha is not None:
+            out["alpha"] = self.alpha
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Intervention:
         if not isinstance(data, dict):
             raise ConfigError(f"an intervention is a JSON object, got {type(data).__name__}: {data!r}")
-        unknown = set(data) - {"module", "kind", "positions", "source", "factor"}
+        unknown = set(data) - {"module", "kind", "positions", "source", "factor", "alpha"}
         if unknown or "module" not in data or "kind" not in data:
             raise ConfigError(
-                f"intervention {data!r}: needs 'module' and 'kind'; optional 'positions', 'source', 'factor'"
+                f"intervention {data!r}: needs 'module' and 'kind'; optional 'positions', 'source', 'factor', 'alpha'"
                 + (f"; unknown keys {sorted(unknown)}" if unknown else "")
             )
         factor = data.get("factor")
         return cls(data["module"], data["kind"], data.get("positions", "last"), data.get("source"),
-                   float(factor) if factor is not None else None)
+                   float(factor) if factor is not None else None, data.get("alpha"))
 
     @staticmethod
     def parse_sets(text: str) -> InterventionSet:

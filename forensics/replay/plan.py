@@ -82,22 +82,35 @@ def _source_width(iv: Intervention, bank: SourceBank, step: int) -> int:
 
 def _apply(mp: ModulePlan, row: int, iv: Intervention, length: int, bank: SourceBank, step: int) -> None:
     positions = resolve_positions(iv, length)
+    whole = iv.alpha is None or iv.alpha == 1.0  # all the way: today's arithmetic, bit for bit
     if iv.kind == "scale":
         factor = float(iv.factor if iv.factor is not None else 1.0)
+        factor = factor if whole else 1.0 + float(iv.alpha or 0.0) * (factor - 1.0)
         mp.scale[row, positions] *= factor
         mp.add[row, positions] *= factor
         return
-    mp.scale[row, positions] = 0.0
-    if iv.kind == "zero":
-        mp.add[row, positions] = 0.0
-    elif iv.kind == "mean":
-        mp.add[row, positions] = torch.from_numpy(bank.mean(iv.module))
-    else:  # patch: align source and target from the end
-        src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step).copy())
-        keep = [p for p in positions if p - length + src.shape[0] >= 0]
-        if not keep:
-            raise ReplayError(f"patch of {iv.module}: source too short for positions {iv.positions!r}")
-        if iv.positions not in ("all",) and len(keep) < len(positions):
-            raise ReplayError(f"patch of {iv.module}: source has no counterpart for some of {iv.positions!r}")
-        mp.add[row, keep] = src[[p - length + src.shape[0] for p in keep]]
+    keep, value = _replacement(iv, positions, length, bank, step)
+    if whole:
+        mp.scale[row, positions] = 0.0
+        mp.add[row, keep] = value
         mp.scale[row, [p for p in positions if p not in keep]] = 1.0
+        return
+    alpha = float(iv.alpha or 0.0)  # blend into what the row computes so far: (1 - a) * (out * s + b) + a * value
+    mp.scale[row, keep] *= 1.0 - alpha
+    mp.add[row, keep] = mp.add[row, keep] * (1.0 - alpha) + alpha * value
+
+
+def _replacement(iv: Intervention, positions: list[int], length: int, bank: SourceBank,
+                 step: int) -> tuple[list[int], torch.Tensor | float]:
+    """(the positions a replacing kind overwrites, the values there: [n, d], [d] or a scalar)."""
+    if iv.kind == "zero":
+        return positions, 0.0
+    if iv.kind == "mean":
+        return positions, torch.from_numpy(bank.mean(iv.module))
+    src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step).copy())  # aligned from the end
+    keep = [p for p in positions if p - length + src.shape[0] >= 0]
+    if not keep:
+        raise ReplayError(f"patch of {iv.module}: source too short for positions {iv.positions!r}")
+    if iv.positions not in ("all",) and len(keep) < len(positions):
+        raise ReplayError(f"patch of {iv.module}: source has no counterpart for some of {iv.positions!r}")
+    return keep, src[[p - length + src.shape[0] for p in keep]]
