@@ -27,7 +27,9 @@ from forensics.failure import tokenization_warnings
 from forensics.models.registry import LoadedModel, resolve_model, wrap_model
 from forensics.rca.cca import CCAResult, FixSet, find_fix_set
 from forensics.rca.confidence import ConfidenceTerms, confidence, explain
+from forensics.rca.dbc import dbc_for
 from forensics.rca.evidence import baseline_metric, input_level, output_module, same_input, target_sources
+from forensics.rca.isc import isc_for
 from forensics.rca.judge import check_side_effects, judge_answer, rank
 from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
@@ -74,25 +76,28 @@ class RCAPipeline:
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
         fidelity = rp.fidelity()
         story = Story(rp)
-        story.notes += [f"modules.{name}.enabled is set but {name} is not implemented in this version; skipped"
-                        for name in ("isc", "dbc", "provenance") if getattr(self.config.modules, name).enabled]
+        if self.config.modules.provenance.enabled:
+            story.notes.append("modules.provenance.enabled is set but provenance is not implemented in this version; "
+                               "skipped")
         if rp.spec is not None:
             story.notes += tokenization_warnings(rp.spec, rp.tokenizer, prompt=incident.inputs.get("prompt"))
         if not population:
             story.notes.append("analysis without baselines: CF skipped, 'mean' unavailable and no side-effect "
                                "check; confidence rests on fidelity, validation, margin and size only")
         metrics = self._cf(incident, population, stats, story, timings)
+        advanced: dict[str, Any] = {}  # isc / dbc, when on and a fix set was found
         if not fidelity.faithful:
             story.notes.append(f"replay not faithful (first divergent: {fidelity.first_divergent}); CCA skipped: "
                                f"{fidelity.advice()}")
             story.skip("the CCA search (every intervention)", "the replay is not faithful")
         elif self.config.modules.cca.enabled and rp.spec is not None:
             t = time.perf_counter()
-            self._diagnose(rp, incident, metrics, cfs, population, story, deadline)
+            advanced = self._diagnose(rp, incident, metrics, cfs, population, story, deadline)
             timings["cca"] = time.perf_counter() - t
         elif not self.config.modules.cca.enabled:
             story.skip("the CCA search", "modules.cca.enabled is false")
         result = self._result(rp, incident, metrics, fidelity, story, population, cfs, timings, t0)
+        result.isc, result.dbc = advanced.get("isc"), advanced.get("dbc")
         result.commands = commands(incident.path, baseline, patch_source, model, output, allow_model_mismatch,
                                    allow_baseline_mismatch)
         if output is not None:
@@ -168,8 +173,9 @@ class RCAPipeline:
         return metrics
 
     def _diagnose(self, rp: Replayer, incident: Bundle, metrics: Sequence[Any], cfs: Sequence[Bundle],
-                  population: Sequence[Bundle], story: Story, deadline: float) -> None:
-        """Input-level evidence, the CCA search, then each fix judged (regenerated answer, side effects)."""
+                  population: Sequence[Bundle], story: Story, deadline: float) -> dict[str, Any]:
+        """Input-level evidence, the CCA search, then each fix judged (regenerated answer, side effects);
+        returns the advanced modules' results (isc, dbc) where they are on."""
         story.m_incident = rp.run(()).metric
         sources, story.recovery_note = target_sources(rp, cfs)
         story.sources = [b.id for b in sources]
@@ -195,11 +201,15 @@ class RCAPipeline:
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
         story.fixes = rank(check_side_effects(judged_fixes, benign))[:MAX_FIX_SETS]
+        modules, fix = self.config.modules, (story.fixes[0] if story.fixes else None)
+        advanced = {"isc": isc_for(rp, fix, story) if modules.isc.enabled else None,
+                    "dbc": dbc_for(rp, fix, story) if modules.dbc.enabled else None}
         near = story.near_tie()
         if near["evaluated_singles"] and near["flipping_singles"] > NEAR_TIE_SHARE * near["evaluated_singles"]:
             story.notes.append(f"near tie: the incident's margin is {-story.m_incident:.3f} logits and "
                                f"{near['flipping_singles']} of {near['evaluated_singles']} single interventions "
                                "flip the answer; many small pushes change it, so read any one fix as weak evidence")
+        return advanced
 
     def _unevaluated(self, incident: Bundle, cca: CCAResult, story: Story) -> None:
         seen = {iv.module for s in cca.singles for iv in s.interventions}

@@ -39,6 +39,8 @@ class RCAResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, Any] | None = None
+    isc: dict[str, Any] | None = None  # forensics.rca.isc, when modules.isc is on and there is a fix set
+    dbc: dict[str, Any] | None = None  # forensics.rca.dbc, likewise
     bundle_path: str | None = None
     cf: dict[str, Any] = field(default_factory=dict)
     export_path: str | None = None
@@ -78,6 +80,8 @@ class RCAResult:
             "timings": self.timings,
             "notes": self.notes,
             "provenance": self.provenance,
+            "isc": self.isc,
+            "dbc": self.dbc,
             "export_path": self.export_path,
             "incident": self.incident,
             "fix_sets": [f.to_dict() for f in self.fix_sets],
