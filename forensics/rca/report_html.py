@@ -6,7 +6,8 @@
 Built from the JSON report alone (``model-forensics/rca@1`` or ``rca@2``, docs/report-schema.md), so a
 stored report can be re-rendered later; a field an older report lacks is shown as "not in this
 report". Every value from the report is escaped: prompts and tokens are user data and may hold
-markup; a Content-Security-Policy forbids scripts as a second fence. Plots: report_svg (matplotlib).
+markup; a Content-Security-Policy forbids scripts as a second fence. Plots: report_svg (matplotlib);
+ISC and DBC sections: report_advanced.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from forensics.durable import write_atomic
+from forensics.rca.report_advanced import dbc_section, isc_section
 from forensics.rca.report_blocks import code, empty, facts, flag, is_number, section, small, table, yes
 from forensics.rca.report_plot import FIXED_COLOUR, NOT_EVALUATED_COLOUR, esc, fmt
 from forensics.rca.report_story import (
@@ -92,7 +94,8 @@ def write_html(result_or_dict: _HasToDict | Mapping[str, Any], path: str | os.Pa
 def render_html(report: Mapping[str, Any], *, threshold: float | None = None) -> str:
     """The whole page as one string (deterministic: the same report renders byte-identical)."""
     thr = threshold if threshold is not None else threshold_of(report)
-    body = "".join([_header(report), incident_section(report), fixes_section(report), confidence_section(report),
+    body = "".join([_header(report), incident_section(report), fixes_section(report), isc_section(report),
+                    dbc_section(report), confidence_section(report),
                     input_level_section(report), _singles_section(report), _cf_section(report, thr),
                     _localisation_section(report), _fidelity_section(report), not_evaluated_section(report),
                     _notes_section(report), commands_section(report)])
