@@ -4,17 +4,19 @@
 
 SmolLM2-135M-Instruct answers "The capital of Australia is" with " Sydney". We record that
 incident, a handful of capitals it gets right (the benign population) and one counterfactual (the
-same question with the answer in context, which it gets right), then analyse.
+same question with the answer in context, which it gets right), then analyse, with the advanced
+modules ISC and DBC on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from forensics.config import Config
+from forensics.config import Config, ToggleConfig
 from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.vocab import BundleKind
@@ -72,6 +74,8 @@ def run_demo(workdir: str | Path, *, say: Callable[[str], None] = print, config:
     work = Path(workdir)
     say("loading smollm2-135m (the first run converts the embedded GGUF once, ~15-40 s)...")
     config = config or Config()
+    on = ToggleConfig(enabled=True)  # the demo shows the advanced modules the guide keeps off by default
+    config = replace(config, modules=replace(config.modules, isc=on, dbc=on))
     loaded = resolve_model("smollm2-135m", device=config.device, cache_dir=config.cache_dir)
     t_model = time.perf_counter()
     incident, benign_dir = record_demo_bundles(loaded, work, say, key=config.encryption_key)

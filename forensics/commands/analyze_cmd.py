@@ -90,6 +90,10 @@ def print_summary(report: dict[str, Any]) -> None:
             print(f"  also:  {_describe(other)}")
     else:
         print("no fix set found")
+    if report.get("isc"):
+        print(f"isc: {report['isc']['summary']}")
+    if report.get("dbc"):
+        print(f"dbc: {report['dbc']['summary']}")
     for note in report["notes"]:
         print(f"note: {note}")
     r = report["replays"]
