@@ -511,8 +511,10 @@ def deadline(seconds: float) -> Iterator[None]:
 def make_case(rng: random.Random, work: Path, pristine: Pristine, index: int) -> tuple[str, Path, dict[str, Any]]:
     """Build case ``index``: (family, path to load, load_bundle keyword arguments)."""
     family, _weight, mutate = rng.choices(FAMILIES, weights=[w for _, w, _ in FAMILIES])[0]
+    plain = [pristine.plain, pristine.zstd, pristine.renamed]
+    # an encrypted bundle seals inputs/outputs/failure inside the manifest: cross-field lies need them in clear
     sources = [pristine.encrypted] if family == "encrypted" else \
-        [pristine.plain, pristine.zstd, pristine.renamed, pristine.encrypted]
+        plain if family == "manifest-cross-field" else [*plain, pristine.encrypted]
     source = rng.choice(sources)
     bundle = work / f"case{index}" / "b"
     shutil.copytree(source, bundle)
