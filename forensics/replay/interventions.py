@@ -79,7 +79,7 @@ class Intervention:
             )
         factor = data.get("factor")
         return cls(data["module"], data["kind"], data.get("positions", "last"), data.get("source"),
-                   float(factor) if factor is not None else None, data.get("alpha"))
+                   float(factor) if factor is not None else None, alpha=data.get("alpha"))
 
     @staticmethod
     def parse_sets(text: str) -> InterventionSet:
