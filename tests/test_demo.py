@@ -22,6 +22,9 @@ def test_demo_records_analyses_and_writes_reports(tmp_path: Path, capsys: pytest
     assert report["fix_set"]["validated"] and report["fix_set"]["argmax_token"] == " Canberra"
     assert report["fidelity"]["faithful"] and len(report["compression_metrics"]) == 90
     assert report["baselines"]["patch_sources"][0] == "australia_in_context"  # the counterfactual comes first
+    assert "isc:" in out and "dbc:" in out  # make demo turns the advanced modules on
+    assert report["isc"] and report["dbc"]
+    assert not any("not implemented" in n and ("isc" in n or "dbc" in n) for n in report["notes"])
     html = (tmp_path / "reports" / "australia.html").read_text()
     assert "<svg" in html and "http://" not in html and "https://" not in html
     # a second run reuses the recorded bundles (idempotent) and reaches the same fix
