@@ -76,13 +76,19 @@ def full_analysis(loaded: Any, work: Path, repeats: int) -> tuple[Any, Path]:
     result, med = results[-1], statistics.median(times[1:])
     fix = result.fix_set
     print(f"(a) full analysis of the demo incident (goal < {ANALYSIS_GOAL_S:.0f} s after model load)")
-    print(f"    wall: first {times[0]:.2f} s, median {med:.2f} s of {repeats} "
-          f"({' '.join(f'{t:.2f}' for t in times[1:])}); phases "
-          + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-    print(f"    forward passes {result.replays['forward_passes']}, candidates {result.replays['candidates']}, "
-          f"evaluated {result.replays['evaluated']}, budget exhausted {result.replays['budget_exhausted']}")
-    print(f"    fix set: {[iv.to_dict()['module'] for iv in fix.interventions] if fix else None}, "
-          f"validated {fix.validated if fix else None}, confidence {result.confidence}")
+    print(
+        f"    wall: first {times[0]:.2f} s, median {med:.2f} s of {repeats} "
+        f"({' '.join(f'{t:.2f}' for t in times[1:])}); phases "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+    )
+    print(
+        f"    forward passes {result.replays['forward_passes']}, candidates {result.replays['candidates']}, "
+        f"evaluated {result.replays['evaluated']}, budget exhausted {result.replays['budget_exhausted']}"
+    )
+    print(
+        f"    fix set: {[iv.to_dict()['module'] for iv in fix.interventions] if fix else None}, "
+        f"validated {fix.validated if fix else None}, confidence {result.confidence}"
+    )
     print(f"    {verdict(max(med, times[0]) < ANALYSIS_GOAL_S)} (first and median both count)")
     return incident, benign
 
@@ -123,10 +129,14 @@ def recording_overhead(loaded: Any, work: Path, repeats: int) -> Path:
     p, r, s = statistics.median(t_plain), statistics.median(t_rec), statistics.median(saves)
     overhead = r / p - 1.0
     print(f"(b) recording overhead, generate 8 tokens (goal <= {OVERHEAD_GOAL:.0%}), median of {repeats} each")
-    print(f"    plain {p * 1e3:.1f} ms, recorded {r * 1e3:.1f} ms: overhead {overhead:+.1%} "
-          f"{verdict(overhead <= OVERHEAD_GOAL)}")
-    print(f"    rec.save {s * 1e3:.1f} ms ({bundle.nbytes / MB:.2f} MB, {len(bundle.modules)} modules); "
-          f"record + save vs plain: {(r + s) / p - 1.0:+.1%} (reported, not the goal)")
+    print(
+        f"    plain {p * 1e3:.1f} ms, recorded {r * 1e3:.1f} ms: overhead {overhead:+.1%} "
+        f"{verdict(overhead <= OVERHEAD_GOAL)}"
+    )
+    print(
+        f"    rec.save {s * 1e3:.1f} ms ({bundle.nbytes / MB:.2f} MB, {len(bundle.modules)} modules); "
+        f"record + save vs plain: {(r + s) / p - 1.0:+.1%} (reported, not the goal)"
+    )
     return Path(bundle.path)
 
 
@@ -136,8 +146,14 @@ def bundle_throughput(loaded: Any, small: Path, work: Path, repeats: int) -> Non
     from forensics.record import record_greedy
 
     text = " ".join(["The capital of Australia is Canberra, and the capital of France is Paris."] * 30)
-    big = record_greedy(loaded, text + " " + PROMPT, work / "long",
-                        FailureSpec.expected(" Canberra", loaded.tokenizer), kind="benign", max_new_tokens=2).bundle
+    big = record_greedy(
+        loaded,
+        text + " " + PROMPT,
+        work / "long",
+        FailureSpec.expected(" Canberra", loaded.tokenizer),
+        kind="benign",
+        max_new_tokens=2,
+    ).bundle
     print(f"(c) bundle throughput (no goal in issue 4; warm page cache), median of {repeats}")
     for label, path in (("demo-sized", small), ("long prompt", Path(big.path))):
         io_rates(label, path, work, repeats)
@@ -152,6 +168,7 @@ def io_rates(label: str, path: Path, work: Path, repeats: int) -> None:
     manifest = source.manifest
     arrays = [(name, np.array(a)) for name, a in source.iter_activations()]  # in memory before timing
     size = source.nbytes
+
     def write() -> None:
         write_bundle(Path(tempfile.mkdtemp(dir=work)) / "copy", manifest, arrays)
 
@@ -163,9 +180,11 @@ def io_rates(label: str, path: Path, work: Path, repeats: int) -> None:
     t_write = median_time(write, repeats)[0]
     t_load = median_time(lambda: load_bundle(path), repeats)[0]
     t_read = median_time(read_all, repeats)[0]
-    print(f"    {label:11s} {size / MB:7.2f} MB, {len(arrays)} modules: write {size / MB / t_write:7.1f} MB/s "
-          f"({t_write * 1e3:.0f} ms), load+verify {size / MB / t_load:7.1f} MB/s ({t_load * 1e3:.0f} ms), "
-          f"load+iter all {size / MB / t_read:7.1f} MB/s ({t_read * 1e3:.0f} ms)")
+    print(
+        f"    {label:11s} {size / MB:7.2f} MB, {len(arrays)} modules: write {size / MB / t_write:7.1f} MB/s "
+        f"({t_write * 1e3:.0f} ms), load+verify {size / MB / t_load:7.1f} MB/s ({t_load * 1e3:.0f} ms), "
+        f"load+iter all {size / MB / t_read:7.1f} MB/s ({t_read * 1e3:.0f} ms)"
+    )
 
 
 # -- (d) peak RSS -------------------------------------------------------------------------------------
@@ -194,8 +213,12 @@ def peak_rss_self() -> int:
 
 def peak_rss(loaded: Any, incident: Any, benign: Path) -> None:
     def run(mode: str) -> int:
-        out = subprocess.run([sys.executable, __file__, "--child", mode, incident.path, str(benign)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", mode, incident.path, str(benign)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return int(json.loads(out.stdout.strip().splitlines()[-1])["maxrss"])
 
     weights = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
@@ -204,11 +227,15 @@ def peak_rss(loaded: Any, incident: Any, benign: Path) -> None:
     budget = RSS_FACTOR * weights + one_layer
     base, analyse = run("load"), run("analyse")
     print(f"(d) peak RSS, fresh subprocess (goal < 2 x weights + one layer = {budget / MB:.0f} MB)")
-    print(f"    weights {weights / MB:.0f} MB (float32), one layer's activations {one_layer / 1e3:.1f} kB "
-          f"({', '.join(layer)})")
-    print(f"    import + load only {base / MB:.0f} MB ({base / weights:.2f} x weights); "
-          f"load + analyse {analyse / MB:.0f} MB ({analyse / weights:.2f} x weights; analysis adds "
-          f"{(analyse - base) / MB:+.0f} MB): {verdict(analyse < budget)}")
+    print(
+        f"    weights {weights / MB:.0f} MB (float32), one layer's activations {one_layer / 1e3:.1f} kB "
+        f"({', '.join(layer)})"
+    )
+    print(
+        f"    import + load only {base / MB:.0f} MB ({base / weights:.2f} x weights); "
+        f"load + analyse {analyse / MB:.0f} MB ({analyse / weights:.2f} x weights; analysis adds "
+        f"{(analyse - base) / MB:+.0f} MB): {verdict(analyse < budget)}"
+    )
 
 
 def main() -> None:
@@ -225,8 +252,10 @@ def main() -> None:
     from forensics.models import resolve_model
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"transformers {transformers.__version__}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"machine: {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}; load average {os.getloadavg()[0]:.2f}"
+    )
     start = time.perf_counter()
     loaded = resolve_model("smollm2-135m", device="cpu")
     print(f"model load {time.perf_counter() - start:.1f} s (not counted below)")

@@ -57,24 +57,82 @@ MANIFEST = {
     "inputs": {"prompt": "The capital of Australia is", "input_ids": [1, 17, 5, 9]},
     "generation": {"greedy": True, "max_new_tokens": 3, "seed": 0},
     "outputs": {
-        "generated_ids": [9, 4, 2], "text": " Sydney.", "decision_step": 1, "is_failure": True,
-        "observed_id": 4, "target_id": 12,
-        "top_k": [{"ids": [9, 12], "logits": [3.5, 2.0]}, {"ids": [4, 12], "logits": [1.0, 0.5]},
-                  {"ids": [2, 3], "logits": [0.25, -1.0]}],
+        "generated_ids": [9, 4, 2],
+        "text": " Sydney.",
+        "decision_step": 1,
+        "is_failure": True,
+        "observed_id": 4,
+        "target_id": 12,
+        "top_k": [
+            {"ids": [9, 12], "logits": [3.5, 2.0]},
+            {"ids": [4, 12], "logits": [1.0, 0.5]},
+            {"ids": [2, 3], "logits": [0.25, -1.0]},
+        ],
     },
     "failure": {"type": "expected", "text": " Canberra", "token_ids": [9, 12], "regex": False},
     "recorded": {"sites": dict.fromkeys(MODULES, "resid"), "positions": 6, "dtype": "float32"},
-    "external_calls": [{"name": "search", "args": ["q"], "kwargs": {"k": 1}, "result": {"docs": ["a"]},
-                        "error": None, "started_at": 1.5, "duration_s": 0.25}],
+    "external_calls": [
+        {
+            "name": "search",
+            "args": ["q"],
+            "kwargs": {"k": 1},
+            "result": {"docs": ["a"]},
+            "error": None,
+            "started_at": 1.5,
+            "duration_s": 0.25,
+        }
+    ],
     "environment": {"python": "3.11", "torch": "2.4", "device": "cpu"},
 }
 HOSTILE_VALUES: list[Any] = [
-    None, True, False, 0, -1, -100, 1, 7, 10**6, 2**31, 2**53 + 1, 2**63 - 1, 1.5, -0.0, 1.0, "", "abc", "0",
-    "\u202e", "a/b", "../x", [], [-1], [None], [1.5], [True], ["1"], [2**40], {}, {"type": "expected"},
-    [[1]], {"ids": [1]}, "x" * 5000, [0] * 300,
+    None,
+    True,
+    False,
+    0,
+    -1,
+    -100,
+    1,
+    7,
+    10**6,
+    2**31,
+    2**53 + 1,
+    2**63 - 1,
+    1.5,
+    -0.0,
+    1.0,
+    "",
+    "abc",
+    "0",
+    "\u202e",
+    "a/b",
+    "../x",
+    [],
+    [-1],
+    [None],
+    [1.5],
+    [True],
+    ["1"],
+    [2**40],
+    {},
+    {"type": "expected"},
+    [[1]],
+    {"ids": [1]},
+    "x" * 5000,
+    [0] * 300,
 ]
-RAW_VALUES = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity", '"\\ud800"', '"a\\udfffb"', "1" + "0" * 25,
-              "[" * 600 + "]" * 600, '{"a":' * 70 + "1" + "}" * 70, "-" + "9" * 5000]
+RAW_VALUES = [
+    "1e400",
+    "-1e400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    '"\\ud800"',
+    '"a\\udfffb"',
+    "1" + "0" * 25,
+    "[" * 600 + "]" * 600,
+    '{"a":' * 70 + "1" + "}" * 70,
+    "-" + "9" * 5000,
+]
 
 
 @dataclass(frozen=True)
@@ -128,8 +186,11 @@ def rehash(bundle: Path, name: str | None = None) -> None:
     manifest = read_manifest(bundle)
     name = name or str(manifest.get("activations_file", "activations.arrow"))
     data = (bundle / name).read_bytes()
-    manifest["files"][name] = {**manifest["files"].get(name, {}), "bytes": len(data),
-                               "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["files"][name] = {
+        **manifest["files"].get(name, {}),
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     write_manifest(bundle, manifest)
 
 
@@ -213,13 +274,20 @@ def lying_files_table(rng: random.Random, bundle: Path, _: Pristine) -> None:
         lambda: entry.update(sha256=rng.choice(["0" * 64, entry["sha256"].upper(), entry["sha256"][:-1], ""])),
         lambda: entry.update(compression=rng.choice(["lz4", "", None, 1])),
         lambda: m["files"].update({rng.choice(["extra", "x.arrow", "README"]): {"bytes": 1, "sha256": "0" * 64}}),
-        lambda: m["files"].update({rng.choice(["../x", "/etc/passwd", ".hidden", "a/b", "manifest.json", "",
-                                               "c:\\x", "n\x00"]): {"bytes": 0, "sha256": "0" * 64}}),
+        lambda: m["files"].update(
+            {
+                rng.choice(["../x", "/etc/passwd", ".hidden", "a/b", "manifest.json", "", "c:\\x", "n\x00"]): {
+                    "bytes": 0,
+                    "sha256": "0" * 64,
+                }
+            }
+        ),
         lambda: m["files"].update({f"f{i}": {"bytes": 0, "sha256": "0" * 64} for i in range(rng.choice([65, 500]))}),
         lambda: m["files"].pop(data),
         lambda: m.update(files=rng.choice([[], None, {}, "activations.arrow"])),
-        lambda: m.update(activations_file=rng.choice(["manifest.json", "nope.arrow", "../activations.arrow", "",
-                                                      ".arrow", 3, None])),
+        lambda: m.update(
+            activations_file=rng.choice(["manifest.json", "nope.arrow", "../activations.arrow", "", ".arrow", 3, None])
+        ),
         lambda: m.update(encryption={"algorithm": "AES-256-GCM", "key_id": "0" * 16, "files": [data]}),
         lambda: m.update(encryption=rng.choice([{}, [], None, {"algorithm": "ROT13", "key_id": "x", "files": []}])),
     ]
@@ -231,10 +299,39 @@ def lying_files_table(rng: random.Random, bundle: Path, _: Pristine) -> None:
 
 
 def _hostile_row(rng: random.Random, module: str) -> dict[str, Any]:
-    dtype = rng.choice(["float32", "float16", "float64", "int32", "int64", "object", "float8", "", "<f4", "int8",
-                        "bool", "complex64", "V8"])
-    shape = rng.choice([[6, 8], [0, 2**62, 2**62], [-1, 8], [2**40, 2**40], [1] * 65, [], [0], [48], [2**63 - 1],
-                        [6, 8, 0], [3, -3], [1, 1, 1, 1, 1, 1, 1, 1, 1, 192]])
+    dtype = rng.choice(
+        [
+            "float32",
+            "float16",
+            "float64",
+            "int32",
+            "int64",
+            "object",
+            "float8",
+            "",
+            "<f4",
+            "int8",
+            "bool",
+            "complex64",
+            "V8",
+        ]
+    )
+    shape = rng.choice(
+        [
+            [6, 8],
+            [0, 2**62, 2**62],
+            [-1, 8],
+            [2**40, 2**40],
+            [1] * 65,
+            [],
+            [0],
+            [48],
+            [2**63 - 1],
+            [6, 8, 0],
+            [3, -3],
+            [1, 1, 1, 1, 1, 1, 1, 1, 1, 192],
+        ]
+    )
     size = rng.choice([0, 1, 4, 191, 192, 193, 384, 1536])
     return {"module": module, "dtype": dtype, "shape": shape, "data": rng.randbytes(size)}
 
@@ -254,12 +351,20 @@ def lying_arrow(rng: random.Random, bundle: Path, _: Pristine) -> None:
         rows[rng.randrange(len(rows))][0]["module"] = rng.choice(["", "other", modules[0], "\u00e9" * 2000])
     schema = ACTIVATION_SCHEMA
     if rng.random() < 0.15:
-        schema = rng.choice([
-            ACTIVATION_SCHEMA.append(pa.field("x", pa.int8())),
-            pa.schema([pa.field("module", pa.string()), pa.field("dtype", pa.string()),
-                       pa.field("shape", pa.list_(pa.int32())), pa.field("data", pa.binary())]),
-            pa.schema([f.with_nullable(True) for f in ACTIVATION_SCHEMA]),
-        ])
+        schema = rng.choice(
+            [
+                ACTIVATION_SCHEMA.append(pa.field("x", pa.int8())),
+                pa.schema(
+                    [
+                        pa.field("module", pa.string()),
+                        pa.field("dtype", pa.string()),
+                        pa.field("shape", pa.list_(pa.int32())),
+                        pa.field("data", pa.binary()),
+                    ]
+                ),
+                pa.schema([f.with_nullable(True) for f in ACTIVATION_SCHEMA]),
+            ]
+        )
     if twist > 0.9 and schema is not ACTIVATION_SCHEMA:
         rows[0][0]["module"] = None
     _write_arrow(bundle / data, schema, rows, rng.choice([None, None, "zstd", "lz4"]), rng)
@@ -267,8 +372,9 @@ def lying_arrow(rng: random.Random, bundle: Path, _: Pristine) -> None:
         rehash(bundle)
 
 
-def _write_arrow(path: Path, schema: Any, rows: list[list[dict[str, Any]]], compression: str | None,
-                 rng: random.Random) -> None:
+def _write_arrow(
+    path: Path, schema: Any, rows: list[list[dict[str, Any]]], compression: str | None, rng: random.Random
+) -> None:
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
         for batch_rows in rows:
@@ -307,15 +413,24 @@ def special_files(rng: random.Random, bundle: Path, pristine: Pristine) -> None:
         if rng.random() < 0.3:
             target.symlink_to(copy)
             return
-    kind = rng.choice(["pagemap", "mem", "zero", "urandom", "null", "fifo", "dir", "dangling", "loop", "socket",
-                       "proc-dir", "parent"])
+    kind = rng.choice(
+        ["pagemap", "mem", "zero", "urandom", "null", "fifo", "dir", "dangling", "loop", "socket", "proc-dir", "parent"]
+    )
     _make_special(kind, target, pristine)
 
 
 def _make_special(kind: str, target: Path, pristine: Pristine) -> None:
-    links = {"pagemap": "/proc/self/pagemap", "mem": "/proc/self/mem", "zero": "/dev/zero", "urandom": "/dev/urandom",
-             "null": "/dev/null", "dangling": str(target) + ".gone", "loop": str(target), "proc-dir": "/proc/self",
-             "parent": ".."}
+    links = {
+        "pagemap": "/proc/self/pagemap",
+        "mem": "/proc/self/mem",
+        "zero": "/dev/zero",
+        "urandom": "/dev/urandom",
+        "null": "/dev/null",
+        "dangling": str(target) + ".gone",
+        "loop": str(target),
+        "proc-dir": "/proc/self",
+        "parent": "..",
+    }
     if kind in links:
         target.symlink_to(links[kind])
     elif kind == "fifo":
@@ -344,9 +459,32 @@ def _member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: s
 
 def hostile_archive(rng: random.Random, bundle: Path, _: Pristine) -> Path:
     """A tar (or tar.zst) of ``bundle`` plus one hostile twist; returns the archive's path."""
-    twist = rng.choice(["dotdot", "absolute", "symlink", "hardlink", "fifo", "chardev", "blockdev", "bomb",
-                        "truncated-member", "trailing", "second-archive", "cut", "flip", "pax", "longname",
-                        "control-name", "backslash", "two-roots", "no-manifest", "junk", "many", "empty-names"])
+    twist = rng.choice(
+        [
+            "dotdot",
+            "absolute",
+            "symlink",
+            "hardlink",
+            "fifo",
+            "chardev",
+            "blockdev",
+            "bomb",
+            "truncated-member",
+            "trailing",
+            "second-archive",
+            "cut",
+            "flip",
+            "pax",
+            "longname",
+            "control-name",
+            "backslash",
+            "two-roots",
+            "no-manifest",
+            "junk",
+            "many",
+            "empty-names",
+        ]
+    )
     extras, before = _extras(rng, twist), rng.random() < 0.5
     arcname = rng.choice([".", bundle.name])
     for fmt in (rng.choice([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]), tarfile.GNU_FORMAT):
@@ -386,14 +524,29 @@ def _add(tar: tarfile.TarFile, info: Any, data: bytes) -> None:
 
 def _extras(rng: random.Random, twist: str) -> list[tuple[Any, bytes]]:
     if twist in ("dotdot", "absolute", "control-name", "backslash", "empty-names"):
-        name = {"dotdot": "../../escaped", "absolute": "/tmp/escaped-abs", "control-name": "a\x1bb",
-                "backslash": "..\\x", "empty-names": "./"}[twist]
+        name = {
+            "dotdot": "../../escaped",
+            "absolute": "/tmp/escaped-abs",
+            "control-name": "a\x1bb",
+            "backslash": "..\\x",
+            "empty-names": "./",
+        }[twist]
         return [_member(name, b"x")]
     if twist in ("symlink", "hardlink", "fifo", "chardev", "blockdev"):
-        kind = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE,
-                "chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE}[twist]
-        return [_member(rng.choice(["activations.arrow", "link", "manifest.json"]), kind=kind,
-                        link=rng.choice(["/etc/passwd", "/proc/self/pagemap", "../x"]))]
+        kind = {
+            "symlink": tarfile.SYMTYPE,
+            "hardlink": tarfile.LNKTYPE,
+            "fifo": tarfile.FIFOTYPE,
+            "chardev": tarfile.CHRTYPE,
+            "blockdev": tarfile.BLKTYPE,
+        }[twist]
+        return [
+            _member(
+                rng.choice(["activations.arrow", "link", "manifest.json"]),
+                kind=kind,
+                link=rng.choice(["/etc/passwd", "/proc/self/pagemap", "../x"]),
+            )
+        ]
     if twist == "bomb":
         info, _ = _member("pad")
         info.size = rng.choice([2**30, 2**40, 64 << 20])
@@ -513,8 +666,13 @@ def make_case(rng: random.Random, work: Path, pristine: Pristine, index: int) ->
     family, _weight, mutate = rng.choices(FAMILIES, weights=[w for _, w, _ in FAMILIES])[0]
     plain = [pristine.plain, pristine.zstd, pristine.renamed]
     # an encrypted bundle seals inputs/outputs/failure inside the manifest: cross-field lies need them in clear
-    sources = [pristine.encrypted] if family == "encrypted" else \
-        plain if family == "manifest-cross-field" else [*plain, pristine.encrypted]
+    sources = (
+        [pristine.encrypted]
+        if family == "encrypted"
+        else plain
+        if family == "manifest-cross-field"
+        else [*plain, pristine.encrypted]
+    )
     source = rng.choice(sources)
     bundle = work / f"case{index}" / "b"
     shutil.copytree(source, bundle)
@@ -543,8 +701,21 @@ def exercise(path: Path, kwargs: dict[str, Any]) -> str:
 
 
 def _touch(bundle: Any) -> None:
-    values = (bundle.manifest, bundle.id, bundle.kind, bundle.failure, bundle.model, bundle.inputs, bundle.outputs,
-              bundle.modules, bundle.nbytes, bundle.file_sha256(), bundle.encrypted, bundle.path, repr(bundle))
+    values = (
+        bundle.manifest,
+        bundle.id,
+        bundle.kind,
+        bundle.failure,
+        bundle.model,
+        bundle.inputs,
+        bundle.outputs,
+        bundle.modules,
+        bundle.nbytes,
+        bundle.file_sha256(),
+        bundle.encrypted,
+        bundle.path,
+        repr(bundle),
+    )
     assert isinstance(values[8], int) and len(values[9]) == 64
     for name in bundle.modules:
         bundle.activation(name)
@@ -579,7 +750,9 @@ def consumer_reads(bundle: Any) -> None:
     json.dumps(bundle.manifest, allow_nan=False, ensure_ascii=False).encode("utf-8")  # a report can hold it
 
 
-def run(cases: int, seed: int, timeout: float, work: Path) -> tuple[collections.Counter[str], dict[str, collections.Counter[str]]]:
+def run(
+    cases: int, seed: int, timeout: float, work: Path
+) -> tuple[collections.Counter[str], dict[str, collections.Counter[str]]]:
     """Run ``cases`` hostile bundles; (cases per family, outcomes per family)."""
     rng = random.Random(seed)
     scratch = work / "tmp"
@@ -627,8 +800,10 @@ def main() -> None:
     total: collections.Counter[str] = collections.Counter()
     for counter in outcomes.values():
         total.update(counter)
-    print(f"{sum(families.values())} hostile bundles, seed {args.seed}, {elapsed:.1f} s "
-          f"({1000 * elapsed / max(1, args.cases):.1f} ms per case)")
+    print(
+        f"{sum(families.values())} hostile bundles, seed {args.seed}, {elapsed:.1f} s "
+        f"({1000 * elapsed / max(1, args.cases):.1f} ms per case)"
+    )
     for family, count in sorted(families.items()):
         shown = ", ".join(f"{k} {v}" for k, v in outcomes[family].most_common())
         print(f"  {family:22s} {count:6d}   {shown}")

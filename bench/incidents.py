@@ -20,23 +20,52 @@ from typing import Any
 
 # (name, prompt, spec kind, spec text, counterfactual prompt)
 INCIDENTS = [
-    ("australia", "The capital of Australia is", "expected", " Canberra",
-     "Canberra is the capital of Australia. The capital of Australia is"),
-    ("turkey", "The capital of Turkey is", "expected", " Ankara",
-     "Ankara is the capital of Turkey. The capital of Turkey is"),
-    ("india", "The capital of India is", "expected", " New Delhi",
-     "New Delhi is the capital of India. The capital of India is"),
-    ("nigeria", "The capital of Nigeria is", "forbidden", " Lagos",
-     "Abuja is the capital of Nigeria. The capital of Nigeria is"),
+    (
+        "australia",
+        "The capital of Australia is",
+        "expected",
+        " Canberra",
+        "Canberra is the capital of Australia. The capital of Australia is",
+    ),
+    (
+        "turkey",
+        "The capital of Turkey is",
+        "expected",
+        " Ankara",
+        "Ankara is the capital of Turkey. The capital of Turkey is",
+    ),
+    (
+        "india",
+        "The capital of India is",
+        "expected",
+        " New Delhi",
+        "New Delhi is the capital of India. The capital of India is",
+    ),
+    (
+        "nigeria",
+        "The capital of Nigeria is",
+        "forbidden",
+        " Lagos",
+        "Abuja is the capital of Nigeria. The capital of Nigeria is",
+    ),
     ("add_7_8", "7 + 8 =", "expected", " 15", "7 + 8 = 15. 7 + 8 ="),
     ("add_12_9", "12 + 9 =", "expected", " 21", "12 + 9 = 21. 12 + 9 ="),
     ("mul_9_7", "9 x 7 =", "expected", " 63", "9 x 7 = 63. 9 x 7 ="),
-    ("ww2", "World War II ended in", "expected", " 1945",
-     "World War II ended in 1945. World War II ended in"),
-    ("hamlet", "The author of Hamlet is", "expected", " William Shakespeare",
-     "Hamlet was written by William Shakespeare. The author of Hamlet is"),
-    ("switzerland", "The capital of Switzerland is", "expected", " Bern",
-     "Bern is the capital of Switzerland. The capital of Switzerland is"),
+    ("ww2", "World War II ended in", "expected", " 1945", "World War II ended in 1945. World War II ended in"),
+    (
+        "hamlet",
+        "The author of Hamlet is",
+        "expected",
+        " William Shakespeare",
+        "Hamlet was written by William Shakespeare. The author of Hamlet is",
+    ),
+    (
+        "switzerland",
+        "The capital of Switzerland is",
+        "expected",
+        " Bern",
+        "Bern is the capital of Switzerland. The capital of Switzerland is",
+    ),
 ]
 
 
@@ -84,8 +113,9 @@ def run(workdir: Path, only: set[str] | None) -> list[dict[str, Any]]:
             shutil.rmtree(cf_dir)
         cf = record_greedy(loaded, cf_prompt, cf_dir, spec, kind="benign", max_new_tokens=6)
         t0 = time.perf_counter()
-        result = pipeline.analyze_incident(inc.bundle, baseline=str(baseline), model=loaded,
-                                           output=case / "report.json", html=case / "report.html")
+        result = pipeline.analyze_incident(
+            inc.bundle, baseline=str(baseline), model=loaded, output=case / "report.json", html=case / "report.html"
+        )
         seconds = time.perf_counter() - t0
         report = result.to_dict()
         rows.append(_row(name, prompt, inc.text, cf.text, spec, report, seconds))
@@ -93,32 +123,47 @@ def run(workdir: Path, only: set[str] | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(name: str, prompt: str, said: str, cf_said: str, spec: Any, report: dict[str, Any],
-         seconds: float) -> dict[str, Any]:
+def _row(
+    name: str, prompt: str, said: str, cf_said: str, spec: Any, report: dict[str, Any], seconds: float
+) -> dict[str, Any]:
     fix, d = report["fix_set"], report["decision"]
     side = fix["side_effects"] if fix else None
-    return {"incident": name, "prompt": prompt, "said": said, "spec": f"{spec.kind} {spec.text!r}",
-            "counterfactual_said": cf_said, "step": d["step"], "margin": d["margin"],
-            "near_tie": f"{d['near_tie']['flipping_singles']}/{d['near_tie']['evaluated_singles']}",
-            "fix_set": _fix_text(fix), "verdict": fix["verdict"] if fix else None,
-            "regenerated": (fix.get("regenerated") or {}).get("text") if fix else None,
-            "recovery": None if not fix or fix["recovery"] is None else round(fix["recovery"], 2),
-            "recovery_note": d.get("recovery_note"),
-            "side_effects": f"{side['changed']}/{side['checked']}" if side else "n/a",
-            "input_level": [r["fixed"] for r in report["input_level"]],
-            "confidence": report["confidence"], "seconds": round(seconds, 1),
-            "faithful": report["fidelity"]["faithful"]}
+    return {
+        "incident": name,
+        "prompt": prompt,
+        "said": said,
+        "spec": f"{spec.kind} {spec.text!r}",
+        "counterfactual_said": cf_said,
+        "step": d["step"],
+        "margin": d["margin"],
+        "near_tie": f"{d['near_tie']['flipping_singles']}/{d['near_tie']['evaluated_singles']}",
+        "fix_set": _fix_text(fix),
+        "verdict": fix["verdict"] if fix else None,
+        "regenerated": (fix.get("regenerated") or {}).get("text") if fix else None,
+        "recovery": None if not fix or fix["recovery"] is None else round(fix["recovery"], 2),
+        "recovery_note": d.get("recovery_note"),
+        "side_effects": f"{side['changed']}/{side['checked']}" if side else "n/a",
+        "input_level": [r["fixed"] for r in report["input_level"]],
+        "confidence": report["confidence"],
+        "seconds": round(seconds, 1),
+        "faithful": report["fidelity"]["faithful"],
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| incident | model said | spec | fix set | verdict, answer with the fix | recovery | benign changed "
-             "| confidence | time |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| incident | model said | spec | fix set | verdict, answer with the fix | recovery | benign changed "
+        "| confidence | time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         recovery = "n/a" if r["recovery"] is None else f"{r['recovery']:.2f}"
         answer = f"{r['verdict']}, {r['regenerated']!r}" if r["verdict"] else "—"
-        lines.append(f"| {r['incident']} (step {r['step']}, margin {r['margin']:.2f}) | {r['said']!r} | {r['spec']} "
-                     f"| {r['fix_set']} | {answer} | {recovery} | {r['side_effects']} | {r['confidence']:.2f} "
-                     f"| {r['seconds']:.0f} s |")
+        lines.append(
+            f"| {r['incident']} (step {r['step']}, margin {r['margin']:.2f}) | {r['said']!r} | {r['spec']} "
+            f"| {r['fix_set']} | {answer} | {recovery} | {r['side_effects']} | {r['confidence']:.2f} "
+            f"| {r['seconds']:.0f} s |"
+        )
     return "\n".join(lines)
 
 

@@ -107,8 +107,11 @@ class Lab:
 def our_sets(lab: Lab) -> list[tuple[Any, ...]]:
     from forensics.replay.interventions import Intervention
 
-    return [(Intervention(f"model.layers.{layer}", "patch", pos, source=lab.clean.id),)
-            for layer in range(lab.layers) for pos in POSITIONS]
+    return [
+        (Intervention(f"model.layers.{layer}", "patch", pos, source=lab.clean.id),)
+        for layer in range(lab.layers)
+        for pos in POSITIONS
+    ]
 
 
 def ours(lab: Lab, *, prefix_reuse: bool = True, suffix_reuse: bool = True, batch_size: int = 32) -> Engine:
@@ -139,8 +142,9 @@ def ours_first_call(lab: Lab) -> Engine:
 def tl_sweep(lab: Lab) -> Engine:
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(HF_NAME, hf_model=lab.hf_copy(), tokenizer=lab.loaded.tokenizer,
-                                                 device="cpu", dtype=torch.float32)
+    bridge = TransformerBridge.boot_transformers(
+        HF_NAME, hf_model=lab.hf_copy(), tokenizer=lab.loaded.tokenizer, device="cpu", dtype=torch.float32
+    )
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(lab.layers)]
     with torch.no_grad():
         _, cache = bridge.run_with_cache(lab.clean_ids, names_filter=lambda name: name in names)
@@ -217,8 +221,11 @@ def machine() -> str:
     import transformers
 
     info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.exists() else [])
-             if line.startswith("model name")]
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (info.read_text().splitlines() if info.exists() else [])
+        if line.startswith("model name")
+    ]
     cpu = names[0] if names else platform.processor() or "unknown CPU"
     versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
     for dist in ("transformer-lens", "nnsight"):
@@ -227,8 +234,10 @@ def machine() -> str:
         except PackageNotFoundError:
             versions.append(f"{dist} missing")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"machine: {cpu}, {cores} cores, torch threads {torch.get_num_threads()}, "
-            f"python {platform.python_version()}\nversions: {', '.join(versions)}")
+    return (
+        f"machine: {cpu}, {cores} cores, torch threads {torch.get_num_threads()}, "
+        f"python {platform.python_version()}\nversions: {', '.join(versions)}"
+    )
 
 
 def main() -> None:
@@ -244,15 +253,18 @@ def main() -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="patch-sweep-") as work:
         lab = Lab(Path(work))
-        print(f"sweep: {lab.layers} layers x {POSITIONS} = {2 * lab.layers} patches; incident "
-              f"{lab.inc_ids.shape[1]} tokens, clean {lab.clean_ids.shape[1]} tokens; metric = "
-              f"logit({TARGET!r}) - logit({OBSERVED!r})")
+        print(
+            f"sweep: {lab.layers} layers x {POSITIONS} = {2 * lab.layers} patches; incident "
+            f"{lab.inc_ids.shape[1]} tokens, clean {lab.clean_ids.shape[1]} tokens; metric = "
+            f"logit({TARGET!r}) - logit({OBSERVED!r})"
+        )
         peers = {"TransformerLens": tl_sweep(lab), "nnsight": nnsight_sweep(lab)}
-        ablations = {"ours, no suffix reuse": ours(lab, suffix_reuse=False),
-                     "ours, no prefix/suffix reuse": ours(lab, prefix_reuse=False, suffix_reuse=False),
-                     "ours, no reuse, batch_size=1": ours(lab, prefix_reuse=False, suffix_reuse=False,
-                                                          batch_size=1),
-                     "ours, fresh Replayer, 1st call": ours_first_call(lab)}
+        ablations = {
+            "ours, no suffix reuse": ours(lab, suffix_reuse=False),
+            "ours, no prefix/suffix reuse": ours(lab, prefix_reuse=False, suffix_reuse=False),
+            "ours, no reuse, batch_size=1": ours(lab, prefix_reuse=False, suffix_reuse=False, batch_size=1),
+            "ours, fresh Replayer, 1st call": ours_first_call(lab),
+        }
         engines = {"ours": ours(lab), **ablations, **peers}
         times, metrics = timed_rounds(engines, max(3, args.repeats))
     report(lab, times, metrics, list(peers))
@@ -261,10 +273,14 @@ def main() -> None:
 def report(lab: Lab, times: dict[str, list[float]], metrics: dict[str, torch.Tensor], peers: list[str]) -> None:
     base = metrics["ours"]
     worst = {name: float((m - base).abs().max()) for name, m in metrics.items() if name != "ours"}
-    print(f"metrics: layer 0 last {base[0]:+.4f}, all {base[1]:+.4f}; layer {lab.layers - 1} last {base[-2]:+.4f}, "
-          f"all {base[-1]:+.4f}")
-    print("agreement with ours (max |diff| of 60 metrics): "
-          + ", ".join(f"{name} {diff:.2e}" for name, diff in worst.items()))
+    print(
+        f"metrics: layer 0 last {base[0]:+.4f}, all {base[1]:+.4f}; layer {lab.layers - 1} last {base[-2]:+.4f}, "
+        f"all {base[-1]:+.4f}"
+    )
+    print(
+        "agreement with ours (max |diff| of 60 metrics): "
+        + ", ".join(f"{name} {diff:.2e}" for name, diff in worst.items())
+    )
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     fastest_peer = min(peers, key=lambda name: medians[name])
     print(f"{'engine':38s} {'median s':>9s} {'min s':>7s} {'vs ours':>8s}   runs")
@@ -276,8 +292,13 @@ def report(lab: Lab, times: dict[str, list[float]], metrics: dict[str, torch.Ten
     if bad:
         raise SystemExit(f"engines disagree beyond {TOLERANCE}: {bad}")
     speedup = medians[fastest_peer] / medians["ours"]
-    verdict = "PASS" if speedup >= GOAL else ("MISS (goal 10x; above the 5x floor)" if speedup >= FLOOR
-                                               else "MISS (below the 5x floor: issue 4 not done)")
+    verdict = (
+        "PASS"
+        if speedup >= GOAL
+        else (
+            "MISS (goal 10x; above the 5x floor)" if speedup >= FLOOR else "MISS (below the 5x floor: issue 4 not done)"
+        )
+    )
     print(f"goal: >= {GOAL:.0f}x faster than the fastest peer: {verdict}")
     print(f"speedup: {speedup:.2f}x faster than the fastest peer ({fastest_peer})")
 

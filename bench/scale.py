@@ -25,11 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PROMPTS = [
-    ("The capital of Australia is", " Canberra"), ("The capital of Turkey is", " Ankara"),
-    ("The capital of Brazil is", " Brasilia"), ("The capital of Canada is", " Ottawa"),
-    ("The capital of Switzerland is", " Bern"), ("The capital of New Zealand is", " Wellington"),
-    ("The capital of Nigeria is", " Abuja"), ("The capital of Pakistan is", " Islamabad"),
-    ("The capital of Morocco is", " Rabat"), ("The capital of Vietnam is", " Hanoi"),
+    ("The capital of Australia is", " Canberra"),
+    ("The capital of Turkey is", " Ankara"),
+    ("The capital of Brazil is", " Brasilia"),
+    ("The capital of Canada is", " Ottawa"),
+    ("The capital of Switzerland is", " Bern"),
+    ("The capital of New Zealand is", " Wellington"),
+    ("The capital of Nigeria is", " Abuja"),
+    ("The capital of Pakistan is", " Islamabad"),
+    ("The capital of Morocco is", " Rabat"),
+    ("The capital of Vietnam is", " Hanoi"),
 ]
 
 
@@ -75,8 +80,9 @@ def cca_times(bundle: Path, benign: Path, repeats: int = 3) -> tuple[float, floa
 
     def median(pipeline: RCAPipeline) -> float:
         pipeline.analyze_incident(str(bundle), baseline=str(benign))  # warm
-        return statistics.median(pipeline.analyze_incident(str(bundle), baseline=str(benign)).timings["cca"]
-                                 for _ in range(repeats))
+        return statistics.median(
+            pipeline.analyze_incident(str(bundle), baseline=str(benign)).timings["cca"] for _ in range(repeats)
+        )
 
     local = median(RCAPipeline(executor=LocalExecutor()))
     with RayExecutor(num_actors=2) as ex:
@@ -105,8 +111,10 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; {args.bundles} smollm2-135m incidents, demo baselines")
     print(f"batch, 1 actor : {r1:6.1f} bundles/min ({s1:.1f}s)")
     print(f"batch, 2 actors: {r2:6.1f} bundles/min ({s2:.1f}s)  parallel efficiency {eff:.2f} (goal >= 0.80)")
-    print(f"CCA on one bundle: LocalExecutor {local:.2f}s, RayExecutor(2 actors) {remote:.2f}s "
-          f"(ratio {local / remote:.2f}x)")
+    print(
+        f"CCA on one bundle: LocalExecutor {local:.2f}s, RayExecutor(2 actors) {remote:.2f}s "
+        f"(ratio {local / remote:.2f}x)"
+    )
     print(f"prediction: N GPU workers ~ {r1:.0f} x N x {eff:.2f} bundles/min on CPU-sized work per worker")
 
 

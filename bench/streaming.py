@@ -48,17 +48,28 @@ PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # the model keeps counting: n
 def run(tokens: int, streaming: bool, root: Path) -> dict[str, object]:
     out = root / f"t{tokens}-{'on' if streaming else 'off'}"
     env = {**os.environ, "MODEL_FORENSICS_STREAMING_ENABLED": "true" if streaming else "false"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(out), PROMPT, str(tokens)], env=env,
-                          capture_output=True, text=True, check=True, cwd=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), PROMPT, str(tokens)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    )
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     manifest = json.loads((out / "manifest.json").read_text())
     data = sum(int(f["bytes"]) for f in manifest["files"].values())
     leftovers = sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".model-forensics-spill-"))
     if leftovers:
         raise SystemExit(f"spill directories left behind: {leftovers}")
-    return {"max_new_tokens": tokens, "streaming_enabled": streaming, "positions": manifest["recorded"]["positions"],
-            "peak_rss_mb": round(int(child["peak_rss"]) / 1e6, 1), "activations_mb": round(data / 1e6, 1),
-            "wall_s": round(float(child["wall_s"]), 1)}
+    return {
+        "max_new_tokens": tokens,
+        "streaming_enabled": streaming,
+        "positions": manifest["recorded"]["positions"],
+        "peak_rss_mb": round(int(child["peak_rss"]) / 1e6, 1),
+        "activations_mb": round(data / 1e6, 1),
+        "wall_s": round(float(child["wall_s"]), 1),
+    }
 
 
 def main() -> None:
@@ -73,8 +84,10 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     print(f"{'tokens':>6} {'streaming':>9} {'positions':>9} {'peak RSS MB':>11} {'activations MB':>14} {'wall s':>7}")
     for r in rows:
-        print(f"{r['max_new_tokens']:>6} {r['streaming_enabled']!s:>9} {r['positions']:>9} {r['peak_rss_mb']:>11} "
-              f"{r['activations_mb']:>14} {r['wall_s']:>7}")
+        print(
+            f"{r['max_new_tokens']:>6} {r['streaming_enabled']!s:>9} {r['positions']:>9} {r['peak_rss_mb']:>11} "
+            f"{r['activations_mb']:>14} {r['wall_s']:>7}"
+        )
 
 
 if __name__ == "__main__":

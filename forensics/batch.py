@@ -79,9 +79,14 @@ class BatchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         total = len(self.done)
-        return {"done": sorted(self.done), "skipped": sorted(self.skipped),
-                "failed": [{"bundle": n, "error": e} for n, e in sorted(self.failed)],
-                "fixed": self.fixed, "fix_rate": self.fixed / total if total else None, "seconds": self.seconds}
+        return {
+            "done": sorted(self.done),
+            "skipped": sorted(self.skipped),
+            "failed": [{"bundle": n, "error": e} for n, e in sorted(self.failed)],
+            "fixed": self.fixed,
+            "fix_rate": self.fixed / total if total else None,
+            "seconds": self.seconds,
+        }
 
 
 def _model_key(path: str) -> str:
@@ -92,13 +97,24 @@ def _model_key(path: str) -> str:
         return ""
 
 
-def plan_batch(paths: Sequence[str | Path], *, output_dir: str | Path, baseline: str | None = None,
-               model: str | None = None, config: Config | None = None, html: bool = False) -> list[BatchTask]:
+def plan_batch(
+    paths: Sequence[str | Path],
+    *,
+    output_dir: str | Path,
+    baseline: str | None = None,
+    model: str | None = None,
+    config: Config | None = None,
+    html: bool = False,
+) -> list[BatchTask]:
     out = Path(output_dir)
     cfg = to_dict(config or Config())
     key = config.encryption_key if config is not None else None
-    return [BatchTask(str(p), str(out / f"{bundle_name(p)}.json"), baseline, model, cfg, html,
-                      model or _model_key(str(p)), key) for p in paths]
+    return [
+        BatchTask(
+            str(p), str(out / f"{bundle_name(p)}.json"), baseline, model, cfg, html, model or _model_key(str(p)), key
+        )
+        for p in paths
+    ]
 
 
 def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
@@ -112,8 +128,9 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
         state[key] = RCAPipeline(replace(from_dict(Config, task.config), encryption_key=task.encryption_key))
     report, html = Path(task.report), task.html_path
     try:
-        result = state[key].analyze_incident(task.bundle, baseline=task.baseline, model=task.model, output=report,
-                                             html=html)
+        result = state[key].analyze_incident(
+            task.bundle, baseline=task.baseline, model=task.model, output=report, html=html
+        )
     except BaseException:
         for path in (report, html):
             if path is not None:
@@ -123,9 +140,15 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
     return {"bundle": task.name, "fixed": bool(fix and fix.validated), "seconds": result.execution_time}
 
 
-def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str | Path,
-              progress: Callable[[int], None] | None = None, metrics: Any = None,
-              checkpoint: Checkpoint | None = None) -> BatchSummary:
+def run_batch(
+    tasks: Sequence[BatchTask],
+    *,
+    executor: Executor,
+    output_dir: str | Path,
+    progress: Callable[[int], None] | None = None,
+    metrics: Any = None,
+    checkpoint: Checkpoint | None = None,
+) -> BatchSummary:
     """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed.
 
     ``checkpoint(step, name)`` is called after each step of ``STEPS`` (tests kill the process there)."""
@@ -150,8 +173,10 @@ def run_batch(tasks: Sequence[BatchTask], *, executor: Executor, output_dir: str
         if kind == "StorageError":  # a full disk fails every later bundle too: stop with the one line
             raise StorageError(message)
         summary.failed.append((task.name, f"{kind}: {message}"))
-        write_json_atomic(out / f"{task.name}.error.json", {"bundle": task.name, "path": task.bundle, "error": kind,
-                                                            "message": message})
+        write_json_atomic(
+            out / f"{task.name}.error.json",
+            {"bundle": task.name, "path": task.bundle, "error": kind, "message": message},
+        )
         _check(checkpoint, "error-written", task.name)
         if metrics is not None:
             metrics.observe_error(kind)

@@ -64,14 +64,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: one line, the traceback with --debug
         if args.debug:
             raise
-        print(f"error: internal error in {args.command} ({type(exc).__name__}: {str(exc)[:200]}); this is a bug "
-              "of model-forensics, rerun with --debug for the traceback", file=sys.stderr)
+        print(
+            f"error: internal error in {args.command} ({type(exc).__name__}: {str(exc)[:200]}); this is a bug "
+            "of model-forensics, rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
         return 3
 
 
 # Commands that read a bundle or run an analysis, and the argument naming what they read.
-AUDITED = {"record": "out", "replay": "bundle", "analyze": "bundle", "triage": "directory", "batch": "directory",
-           "validate-fix": "report", "build-baseline": "directory", "compress-bundles": "directory"}
+AUDITED = {
+    "record": "out",
+    "replay": "bundle",
+    "analyze": "bundle",
+    "triage": "directory",
+    "batch": "directory",
+    "validate-fix": "report",
+    "build-baseline": "directory",
+    "compress-bundles": "directory",
+}
 
 
 @contextmanager
@@ -104,8 +115,10 @@ def _check_audit_log(path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     except OSError as exc:
-        raise ConfigError(f"audit log {path}: cannot append ({exc.strerror}); fix MODEL_FORENSICS_AUDIT_LOG / "
-                          "audit_log or the directory's permissions") from None
+        raise ConfigError(
+            f"audit log {path}: cannot append ({exc.strerror}); fix MODEL_FORENSICS_AUDIT_LOG / "
+            "audit_log or the directory's permissions"
+        ) from None
 
 
 def _quiet_libraries(debug: bool) -> None:

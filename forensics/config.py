@@ -30,8 +30,22 @@ from forensics.vocab import (
     SearchStrategy,
 )
 
-__all__ = ["AUTH_TYPES", "CONFIG_VERSION", "AuthenticationConfig", "CCAConfig", "CFConfig", "CacheConfig", "Config",
-           "ModulesConfig", "RoleConfig", "RolesConfig", "ToggleConfig", "from_dict", "load_config", "to_dict"]
+__all__ = [
+    "AUTH_TYPES",
+    "CONFIG_VERSION",
+    "AuthenticationConfig",
+    "CCAConfig",
+    "CFConfig",
+    "CacheConfig",
+    "Config",
+    "ModulesConfig",
+    "RoleConfig",
+    "RolesConfig",
+    "ToggleConfig",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]
 
 CONFIG_VERSION = "1.1"  # a file without ``version`` is v1.0 (the guide's format) and still loads
 AUTH_TYPES = ("none", "tokens", "oauth2")
@@ -56,17 +70,31 @@ class CFConfig:
 
     def __post_init__(self) -> None:
         methods = self.compression_methods
-        _check("modules.cf.compression_methods",
-               not isinstance(methods, str) and bool(methods) and all(m in COMPRESSION_METHODS for m in methods),
-               methods, f"a non-empty list of {', '.join(COMPRESSION_METHODS)}")
-        _check("modules.cf.compression_methods", len(set(methods)) == len(methods), methods,
-               "each method at most once")
-        _check("modules.cf.anomaly_threshold", _is_number(self.anomaly_threshold) and self.anomaly_threshold > 0,
-               self.anomaly_threshold, "a number > 0")
-        _check("modules.cf.entropy_window", _is_int(self.entropy_window) and 8 <= self.entropy_window <= 1 << 20,
-               self.entropy_window, "an integer from 8 to 1048576")
-        _check("modules.cf.baseline_samples", _is_int(self.baseline_samples) and self.baseline_samples >= 2,
-               self.baseline_samples, "an integer >= 2")
+        _check(
+            "modules.cf.compression_methods",
+            not isinstance(methods, str) and bool(methods) and all(m in COMPRESSION_METHODS for m in methods),
+            methods,
+            f"a non-empty list of {', '.join(COMPRESSION_METHODS)}",
+        )
+        _check("modules.cf.compression_methods", len(set(methods)) == len(methods), methods, "each method at most once")
+        _check(
+            "modules.cf.anomaly_threshold",
+            _is_number(self.anomaly_threshold) and self.anomaly_threshold > 0,
+            self.anomaly_threshold,
+            "a number > 0",
+        )
+        _check(
+            "modules.cf.entropy_window",
+            _is_int(self.entropy_window) and 8 <= self.entropy_window <= 1 << 20,
+            self.entropy_window,
+            "an integer from 8 to 1048576",
+        )
+        _check(
+            "modules.cf.baseline_samples",
+            _is_int(self.baseline_samples) and self.baseline_samples >= 2,
+            self.baseline_samples,
+            "an integer >= 2",
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -93,17 +121,37 @@ class CCAConfig:
     patch_sources: int = 3
 
     def __post_init__(self) -> None:
-        _check("modules.cca.search_strategy", self.search_strategy in STRATEGIES, self.search_strategy,
-               " | ".join(STRATEGIES))
-        _check("modules.cca.max_fix_set_size", 1 <= self.max_fix_set_size <= 32, self.max_fix_set_size,
-               "an integer from 1 to 32")
-        _check("modules.cca.early_stop_threshold", 0 < self.early_stop_threshold <= 1, self.early_stop_threshold,
-               "a number in (0, 1]")
+        _check(
+            "modules.cca.search_strategy",
+            self.search_strategy in STRATEGIES,
+            self.search_strategy,
+            " | ".join(STRATEGIES),
+        )
+        _check(
+            "modules.cca.max_fix_set_size",
+            1 <= self.max_fix_set_size <= 32,
+            self.max_fix_set_size,
+            "an integer from 1 to 32",
+        )
+        _check(
+            "modules.cca.early_stop_threshold",
+            0 < self.early_stop_threshold <= 1,
+            self.early_stop_threshold,
+            "a number in (0, 1]",
+        )
         bad = [t for t in self.intervention_types if t not in INTERVENTION_KINDS]
-        _check("modules.cca.intervention_types", bool(self.intervention_types) and not bad,
-               list(self.intervention_types), f"a non-empty list of {', '.join(INTERVENTION_KINDS)}")
-        _check("modules.cca.positions", bool(self.positions) and set(self.positions) <= set(POSITION_NAMES),
-               list(self.positions), f"a non-empty list of {', '.join(POSITION_NAMES)}")
+        _check(
+            "modules.cca.intervention_types",
+            bool(self.intervention_types) and not bad,
+            list(self.intervention_types),
+            f"a non-empty list of {', '.join(INTERVENTION_KINDS)}",
+        )
+        _check(
+            "modules.cca.positions",
+            bool(self.positions) and set(self.positions) <= set(POSITION_NAMES),
+            list(self.positions),
+            f"a non-empty list of {', '.join(POSITION_NAMES)}",
+        )
         for key in ("beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
             value = getattr(self, key)
             _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
@@ -131,8 +179,12 @@ class CacheConfig:
     max_bytes: int = 10 * 1000**3
 
     def __post_init__(self) -> None:
-        _check("cache.max_bytes", isinstance(self.max_bytes, int) and self.max_bytes >= 1, self.max_bytes,
-               "an integer number of bytes >= 1")
+        _check(
+            "cache.max_bytes",
+            isinstance(self.max_bytes, int) and self.max_bytes >= 1,
+            self.max_bytes,
+            "an integer number of bytes >= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -160,8 +212,12 @@ class RolesConfig:
             _check(key, all(p in known for p in granted), list(granted), f"permissions from {', '.join(known)}")
             expanded = frozenset(PERMISSIONS) if ALL_PERMISSIONS in granted else frozenset(granted)
             builtin_text = "[all]" if builtin == frozenset(PERMISSIONS) else f"[{', '.join(sorted(builtin))}]"
-            _check(key, expanded == builtin, list(granted),
-                   f"{builtin_text}, the built-in {name} role (roles are fixed; custom permissions are not supported)")
+            _check(
+                key,
+                expanded == builtin,
+                list(granted),
+                f"{builtin_text}, the built-in {name} role (roles are fixed; custom permissions are not supported)",
+            )
 
 
 @dataclass(frozen=True)
@@ -175,7 +231,7 @@ class AuthenticationConfig:
     """
 
     type: str | None = None
-    provider: str | None = None          # informational: okta, auth0, keycloak, ...
+    provider: str | None = None  # informational: okta, auth0, keycloak, ...
     scopes: tuple[str, ...] = ("model_forensics:analyze",)
     tokens_file: str | None = None
     jwks_file: str | None = None
@@ -187,21 +243,39 @@ class AuthenticationConfig:
     def __post_init__(self) -> None:
         if self.type in AUTH_ALIASES:
             object.__setattr__(self, "type", AUTH_ALIASES[self.type])
-        _check("authentication.type", self.type is None or self.type in AUTH_TYPES, self.type,
-               "none, tokens or oauth2 (alias oidc), or null (tokens when a tokens file is configured)")
+        _check(
+            "authentication.type",
+            self.type is None or self.type in AUTH_TYPES,
+            self.type,
+            "none, tokens or oauth2 (alias oidc), or null (tokens when a tokens file is configured)",
+        )
         for key in ("provider", "tokens_file", "jwks_file", "issuer", "audience"):
             value = getattr(self, key)
             _check(f"authentication.{key}", value is None or bool(value.strip()), value, "null or a non-empty string")
-        _check("authentication.scopes", all(s and not any(c.isspace() for c in s) for s in self.scopes),
-               list(self.scopes), "a list of scope names without spaces, e.g. [model_forensics:analyze]")
+        _check(
+            "authentication.scopes",
+            all(s and not any(c.isspace() for c in s) for s in self.scopes),
+            list(self.scopes),
+            "a list of scope names without spaces, e.g. [model_forensics:analyze]",
+        )
         _check("authentication.role_claim", bool(self.role_claim.strip()), self.role_claim, "a JWT claim name")
-        _check("authentication.default_role", self.default_role is None or self.default_role in ROLES,
-               self.default_role, f"null or one of {', '.join(ROLES)}")
+        _check(
+            "authentication.default_role",
+            self.default_role is None or self.default_role in ROLES,
+            self.default_role,
+            f"null or one of {', '.join(ROLES)}",
+        )
         if self.type == "oauth2":
             for key in ("jwks_file", "issuer", "audience"):
-                _check(f"authentication.{key}", getattr(self, key) is not None, None,
-                       "a value when authentication.type is oauth2 (JWTs are checked offline against it)")
-            _check("authentication.scopes", bool(self.scopes), [], "at least one scope when authentication.type is oauth2")
+                _check(
+                    f"authentication.{key}",
+                    getattr(self, key) is not None,
+                    None,
+                    "a value when authentication.type is oauth2 (JWTs are checked offline against it)",
+                )
+            _check(
+                "authentication.scopes", bool(self.scopes), [], "at least one scope when authentication.type is oauth2"
+            )
 
 
 @dataclass(frozen=True)
@@ -229,18 +303,34 @@ class Config:
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
     def __post_init__(self) -> None:
-        _check("version", self.version == CONFIG_VERSION, self.version,
-               f"{CONFIG_VERSION!r} (or no version key for a v1.0 file; "
-               "`model-forensics migrate-config --from v1.0 --to v1.1 FILE` adds it)")
-        _check("device", self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
-               self.device, "auto, cpu, cuda, cuda:N or mps")
+        _check(
+            "version",
+            self.version == CONFIG_VERSION,
+            self.version,
+            f"{CONFIG_VERSION!r} (or no version key for a v1.0 file; "
+            "`model-forensics migrate-config --from v1.0 --to v1.1 FILE` adds it)",
+        )
+        _check(
+            "device",
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            self.device,
+            "auto, cpu, cuda, cuda:N or mps",
+        )
         _check("timeout_minutes", self.timeout_minutes >= 1, self.timeout_minutes, "an integer >= 1")
         _check("fidelity_tolerance", self.fidelity_tolerance > 0, self.fidelity_tolerance, "a number > 0")
         _check("fidelity_rtol", 0 <= self.fidelity_rtol < 1, self.fidelity_rtol, "a number in [0, 1)")
-        _check("log_level", self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
-               self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        _check("max_memory", self.max_memory is None or self.max_memory >= 1, self.max_memory,
-               "null or an integer number of bytes >= 1")
+        _check(
+            "log_level",
+            self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            self.log_level,
+            "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        )
+        _check(
+            "max_memory",
+            self.max_memory is None or self.max_memory >= 1,
+            self.max_memory,
+            "null or an integer number of bytes >= 1",
+        )
 
 
 def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:
@@ -268,15 +358,24 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         origin = typing.get_origin(hint)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
-        _check(key.removesuffix("[]"), isinstance(value, str) and value in allowed, value, f"one of {', '.join(map(str, allowed))}")
+        _check(
+            key.removesuffix("[]"),
+            isinstance(value, str) and value in allowed,
+            value,
+            f"one of {', '.join(map(str, allowed))}",
+        )
         return value
     if origin is tuple:
         _check(key, isinstance(value, list | tuple), value, "a list")
         return tuple(_coerce(f"{key}[]", typing.get_args(hint)[0], v) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    _check(key, isinstance(value, hint) and not (hint is int and isinstance(value, bool)), value,
-           f"a value of type {hint.__name__}")
+    _check(
+        key,
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool)),
+        value,
+        f"a value of type {hint.__name__}",
+    )
     return value
 
 

@@ -39,8 +39,9 @@ BENIGN = [
 ]
 
 
-def _record(loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Path,
-            kind: BundleKind, key: bytes | None) -> Any:
+def _record(
+    loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Path, kind: BundleKind, key: bytes | None
+) -> Any:
     from forensics.bundle import load_bundle
     from forensics.record import record_greedy
 
@@ -50,14 +51,17 @@ def _record(loaded: LoadedModel, name: str, prompt: str, expected: str, dest: Pa
     return record_greedy(loaded, prompt, dest, spec, kind=kind, max_new_tokens=4, encryption_key=key).bundle
 
 
-def record_demo_bundles(loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print, *,
-                        key: bytes | None = None) -> tuple[Any, Path]:
+def record_demo_bundles(
+    loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print, *, key: bytes | None = None
+) -> tuple[Any, Path]:
     """Record (or reuse) the incident and the benign bundles; returns (incident, benign dir)."""
     bundles, benign_dir = workdir / "bundles", workdir / "bundles" / "benign"
     name, prompt, expected = INCIDENT
     incident = _record(loaded, name, prompt, expected, bundles / name, "incident", key)
-    say(f"incident: {prompt!r} -> {loaded.tokenizer.decode(incident.outputs['generated_ids'])!r} "
-        f"(expected {expected!r}; failure: {incident.outputs['is_failure']})")
+    say(
+        f"incident: {prompt!r} -> {loaded.tokenizer.decode(incident.outputs['generated_ids'])!r} "
+        f"(expected {expected!r}; failure: {incident.outputs['is_failure']})"
+    )
     for bname, bprompt, bexpected in BENIGN:
         bundle = _record(loaded, bname, bprompt, bexpected, benign_dir / bname, "benign", key)
         if bundle.outputs["is_failure"]:
@@ -66,7 +70,9 @@ def record_demo_bundles(loaded: LoadedModel, workdir: Path, say: Callable[[str],
     return incident, benign_dir
 
 
-def run_demo(workdir: str | Path, *, say: Callable[[str], None] = print, config: Config | None = None) -> dict[str, Any]:
+def run_demo(
+    workdir: str | Path, *, say: Callable[[str], None] = print, config: Config | None = None
+) -> dict[str, Any]:
     from forensics.commands.analyze_cmd import print_summary
     from forensics.rca.pipeline import RCAPipeline
 
@@ -81,11 +87,14 @@ def run_demo(workdir: str | Path, *, say: Callable[[str], None] = print, config:
     incident, benign_dir = record_demo_bundles(loaded, work, say, key=config.encryption_key)
     t_rec = time.perf_counter()
     reports = work / "reports"
-    result = RCAPipeline(config).analyze_incident(incident, baseline=benign_dir, model=loaded,
-                                            output=reports / "australia.json", html=reports / "australia.html")
+    result = RCAPipeline(config).analyze_incident(
+        incident, baseline=benign_dir, model=loaded, output=reports / "australia.json", html=reports / "australia.html"
+    )
     report = result.to_dict()
     print_summary(report)
     say(f"reports:  {reports / 'australia.json'}  {reports / 'australia.html'}")
-    say(f"time:     model {t_model - t0:.1f}s, recording {t_rec - t_model:.1f}s, "
-        f"analysis {time.perf_counter() - t_rec:.1f}s, total {time.perf_counter() - t0:.1f}s")
+    say(
+        f"time:     model {t_model - t0:.1f}s, recording {t_rec - t_model:.1f}s, "
+        f"analysis {time.perf_counter() - t_rec:.1f}s, total {time.perf_counter() - t0:.1f}s"
+    )
     return report

@@ -1,8 +1,8 @@
 """Durability on disk: atomic replacement of a file, fsync by path, and storage failures as one error.
 
-    write_atomic("results/a.json", data, mode=0o644)   # readers see the old file or the new, never half
-    with storage_errors("results/index.sqlite"):       # disk full / SQLite I/O -> StorageError naming it
-        index_result("results/", report, "results/a.json")
+write_atomic("results/a.json", data, mode=0o644)   # readers see the old file or the new, never half
+with storage_errors("results/index.sqlite"):       # disk full / SQLite I/O -> StorageError naming it
+    index_result("results/", report, "results/a.json")
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def storage_errors(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def _storage_error(path: str, reason: str, code: int | None) -> StorageError:
-    name = f" ({errno.errorcode[code]})" if code is not None and code in errno.errorcode and "SQLite" not in reason \
-        else ""
+    name = (
+        f" ({errno.errorcode[code]})" if code is not None and code in errno.errorcode and "SQLite" not in reason else ""
+    )
     error = StorageError(f"cannot write {path}: {reason}{name}")
     error.errno, error.filename = code, path
     return error

@@ -117,8 +117,10 @@ class FailureSpec:
         keep = target_id if target_id is not None else observed_id
         if not 0 <= keep < logits.shape[-1]:  # a bundle whose spec names a token this model does not have
             which = "target" if target_id is not None else "observed"
-            raise ReplayError(f"failure spec: {which} token id {keep} is outside the model's vocabulary "
-                              f"(expected 0 to {logits.shape[-1] - 1}); was the bundle recorded on another model?")
+            raise ReplayError(
+                f"failure spec: {which} token id {keep} is outside the model's vocabulary "
+                f"(expected 0 to {logits.shape[-1] - 1}); was the bundle recorded on another model?"
+            )
         others = logits.clone()
         others[:, keep] = float("-inf")
         best_other = others.max(dim=-1).values
@@ -142,13 +144,17 @@ def tokenization_warnings(spec: FailureSpec, tokenizer: Any, *, prompt: str | No
     out = []
     glued = _glued_word(spec.text, ids, tokenizer, prompt)
     if glued is not None and spec.kind == "expected":
-        out.append(f"expected text {spec.text!r} has no leading space: it tokenises to {_names(ids, tokenizer)}, so "
-                   f"the target is {_piece(ids[0], tokenizer)!r}, a word glued to the text before it; after a space "
-                   f"the model would say {' ' + spec.text!r} = {_names(glued, tokenizer)}. "
-                   f"Likely intended: {' ' + spec.text!r}")
+        out.append(
+            f"expected text {spec.text!r} has no leading space: it tokenises to {_names(ids, tokenizer)}, so "
+            f"the target is {_piece(ids[0], tokenizer)!r}, a word glued to the text before it; after a space "
+            f"the model would say {' ' + spec.text!r} = {_names(glued, tokenizer)}. "
+            f"Likely intended: {' ' + spec.text!r}"
+        )
     if prompt is not None and prompt[-1:].isspace() and spec.text[:1].isspace() and spec.kind == "expected":
-        out.append(f"the prompt ends with whitespace and expected text {spec.text!r} starts with more: the target "
-                   f"is {_piece(ids[0], tokenizer)!r}. Likely intended: {spec.text.lstrip()!r}")
+        out.append(
+            f"the prompt ends with whitespace and expected text {spec.text!r} starts with more: the target "
+            f"is {_piece(ids[0], tokenizer)!r}. Likely intended: {spec.text.lstrip()!r}"
+        )
     if any(_is_byte_piece(i, tokenizer) for i in ids) and "\ufffd" not in spec.text:
         out.append(_byte_piece_warning(spec, ids, tokenizer))
     return out
@@ -174,6 +180,7 @@ def _is_byte_piece(token_id: int, tokenizer: Any) -> bool:
 
 def _names(ids: list[int], tokenizer: Any) -> str:
     """``[322 'Can', 342 'ber']``; a byte piece shows as its raw vocabulary entry (``<0xC3>``, ``Ã``)."""
+
     def name(i: int) -> str:
         if _is_byte_piece(i, tokenizer):
             return f"{i} {tokenizer.convert_ids_to_tokens(i)!r} (byte piece)"
@@ -208,6 +215,8 @@ def _byte_piece_warning(spec: FailureSpec, ids: list[int], tokenizer: Any) -> st
     if not spec.text.startswith(known) or len(known) >= len(spec.text):
         return text + f"; a decision step there targets the single byte piece {piece}, not a character"
     char = spec.text[len(known)]
-    return text + (f". Likely intended: the character {char!r} (UTF-8 {char.encode('utf-8').hex(' ').upper()}), "
-                   f"which this vocabulary spells only in byte pieces, so a decision step inside it targets the "
-                   f"single byte piece {piece}, not the character")
+    return text + (
+        f". Likely intended: the character {char!r} (UTF-8 {char.encode('utf-8').hex(' ').upper()}), "
+        f"which this vocabulary spells only in byte pieces, so a decision step inside it targets the "
+        f"single byte piece {piece}, not the character"
+    )

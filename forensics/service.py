@@ -151,8 +151,14 @@ def _check_name(name: Any, allow_root: bool) -> None:
 
 
 # -- uploads -------------------------------------------------------------------------------------
-def save_upload(bundle_dir: str | os.PathLike[str], source: IO[bytes], filename: str | None, *,
-                max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, encryption_key: bytes | None = None) -> str:
+def save_upload(
+    bundle_dir: str | os.PathLike[str],
+    source: IO[bytes],
+    filename: str | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    encryption_key: bytes | None = None,
+) -> str:
     """Store an uploaded ``.tar``/``.tar.zst`` bundle under a fresh name; returns that name (relative).
 
     The client's file name only chooses the suffix. The copy is bounded by ``max_bytes``
@@ -202,8 +208,9 @@ def _check_declared_size(archive: Path, limit: int) -> None:
         except (tarfile.TarError, EOFError, OSError, ValueError):
             return  # not a readable tar: load_bundle reports it with the file and the problem
     if total > limit:
-        raise BundleError(f"archive members declare more than {limit} bytes once extracted "
-                          f"({EXTRACT_FACTOR} x the upload limit)")
+        raise BundleError(
+            f"archive members declare more than {limit} bytes once extracted ({EXTRACT_FACTOR} x the upload limit)"
+        )
 
 
 def _copy_bounded(source: IO[bytes], folder: Path, target: Path, max_bytes: int, filename: str | None) -> None:
@@ -237,10 +244,18 @@ def check_result_id(result_id: str) -> str:
     return result_id
 
 
-def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], output_dir: str | os.PathLike[str],
-                 bundle: str, baseline: str | os.PathLike[str] | None = None, result_id: str | None = None,
-                 encryption_key: bytes | None = None, allowed_models: Collection[str] | None = None,
-                 timeout_s: float | None = None) -> dict[str, Any]:
+def run_analysis(
+    pipeline: RCAPipeline,
+    *,
+    bundle_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    bundle: str,
+    baseline: str | os.PathLike[str] | None = None,
+    result_id: str | None = None,
+    encryption_key: bytes | None = None,
+    allowed_models: Collection[str] | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
     """Analyse bundle ``bundle`` (a name under ``bundle_dir``); store the report as ``output_dir/<id>.json``.
 
     ``baseline`` is a path the caller already confined (see ``resolve_baseline``) or configured.
@@ -256,8 +271,10 @@ def run_analysis(pipeline: RCAPipeline, *, bundle_dir: str | os.PathLike[str], o
     incident = load_bundle(path, encryption_key=encryption_key)
     ref = str(incident.model.get("ref"))
     if allowed_models is not None and ref not in allowed_models:
-        raise BundleError(f"bundle {bundle}: manifest.json names model {ref!r}, which this service does not allow "
-                          f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})")
+        raise BundleError(
+            f"bundle {bundle}: manifest.json names model {ref!r}, which this service does not allow "
+            f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})"
+        )
     with _deadline(pipeline, timeout_s, bundle):
         result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
     root = _results_root(output_dir)
@@ -282,8 +299,11 @@ def repair_index(output_dir: str | os.PathLike[str]) -> int:
     root = _results_root(output_dir)
     with storage_errors(root / INDEX_NAME):
         indexed = indexed_paths(root)
-        missing = [p for p in sorted(root.glob("*.json"))
-                   if RESULT_ID_PATTERN.fullmatch(p.stem) and str(p.resolve()) not in indexed]
+        missing = [
+            p
+            for p in sorted(root.glob("*.json"))
+            if RESULT_ID_PATTERN.fullmatch(p.stem) and str(p.resolve()) not in indexed
+        ]
         for path in missing:
             try:
                 index_result(root, json.loads(path.read_text()), path)
@@ -304,8 +324,9 @@ def _deadline(pipeline: RCAPipeline, timeout_s: float | None, bundle: str) -> It
         if before is not None:
             before(phase, n, total)
         if time.monotonic() > end:
-            raise AnalysisTimeoutError(f"analysis of {bundle!r} exceeded the time limit of {timeout_s:g} s "
-                                       "(config timeout_minutes)")
+            raise AnalysisTimeoutError(
+                f"analysis of {bundle!r} exceeded the time limit of {timeout_s:g} s (config timeout_minutes)"
+            )
 
     pipeline.progress = check
     try:
@@ -332,8 +353,9 @@ def _results_root(output_dir: str | os.PathLike[str]) -> Path:
     return root
 
 
-def run_triage(bundle_dir: str | os.PathLike[str], directory: str, *, baseline: str | os.PathLike[str] | None,
-               config: Config) -> list[dict[str, Any]]:
+def run_triage(
+    bundle_dir: str | os.PathLike[str], directory: str, *, baseline: str | os.PathLike[str] | None, config: Config
+) -> list[dict[str, Any]]:
     """CF triage of the bundles in ``directory`` (a name under ``bundle_dir``), most anomalous first.
 
     Each row's ``path`` is rewritten relative to ``bundle_dir`` so it can be sent back to ``/v1/analyze``.
@@ -397,11 +419,19 @@ def error_data(exc: BaseException, request_id: str) -> dict[str, Any]:
     status = http_status(exc)
     if isinstance(exc, StorageError):  # the server's disk, not the caller's input: path in the log only
         log.error("request %s: %s", request_id, exc)
-        return {"type": "InsufficientStorage", "message": "the server cannot store the result (disk full or I/O "
-                f"error); retry later, quote request id {request_id}", "status": status, "request_id": request_id}
+        return {
+            "type": "InsufficientStorage",
+            "message": "the server cannot store the result (disk full or I/O "
+            f"error); retry later, quote request id {request_id}",
+            "status": status,
+            "request_id": request_id,
+        }
     if status >= 500:
         log.error("request %s failed", request_id, exc_info=exc)
-        return {"type": "InternalError", "message": f"internal error; quote request id {request_id}",
-                "status": status, "request_id": request_id}
+        return {
+            "type": "InternalError",
+            "message": f"internal error; quote request id {request_id}",
+            "status": status,
+            "request_id": request_id,
+        }
     return {"type": type(exc).__name__, "message": str(exc), "status": status, "request_id": request_id}
-

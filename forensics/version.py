@@ -1,7 +1,7 @@
 """The package version, written once: ``pyproject.toml`` reads it from here (setuptools ``attr:``).
 
-    >>> isinstance(__version__, str)
-    True
+>>> isinstance(__version__, str)
+True
 """
 
 __all__ = ["__version__"]

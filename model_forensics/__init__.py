@@ -44,16 +44,18 @@ class RCAPipeline(forensics.RCAPipeline):
       and the ``execution_time`` / ``memory_usage`` lines are logged.
     """
 
-    def __init__(self, config: forensics.Config | None = None, *, environ: Mapping[str, str] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, config: forensics.Config | None = None, *, environ: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
         if config is None:
             from forensics.ops.env import config_from_env
 
             config = config_from_env(None, os.environ if environ is None else environ)
         super().__init__(config, **kwargs)
 
-    def analyze_incident(self, bundle: Any, baseline: Any = None, model: Any = None, *,
-                         output: str | Path | None = None, **kwargs: Any) -> forensics.RCAResult:
+    def analyze_incident(
+        self, bundle: Any, baseline: Any = None, model: Any = None, *, output: str | Path | None = None, **kwargs: Any
+    ) -> forensics.RCAResult:
         from forensics.ops.logs import log_analysis
         from forensics.ops.stats import index_result
 

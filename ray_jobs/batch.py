@@ -71,8 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with RayExecutor(address=args.address, num_actors=args.actors) as executor:
         summary = run_batch(tasks, executor=executor, output_dir=args.output, progress=progress)
-    print(f"done: {len(summary.done)} analysed, {len(summary.skipped)} skipped, {len(summary.failed)} failed, "
-          f"{summary.fixed} fixed, {summary.seconds:.1f}s", flush=True)
+    print(
+        f"done: {len(summary.done)} analysed, {len(summary.skipped)} skipped, {len(summary.failed)} failed, "
+        f"{summary.fixed} fixed, {summary.seconds:.1f}s",
+        flush=True,
+    )
     for name, error in summary.failed:
         print(f"  FAILED {name}: {error}", flush=True)
     return 1 if summary.failed else 0

@@ -45,9 +45,9 @@ __all__ = ["APIError", "AnalyzeRequest", "Backend", "TriageRequest", "build_api"
 log = logging.getLogger("serve_app")
 
 MAX_JSON_BYTES = 64 * 1024
-FORM_OVERHEAD_BYTES = 64 * 1024     # multipart boundaries and headers on top of the archive itself
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers on top of the archive itself
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-REALM = "model-forensics"          # of the WWW-Authenticate challenge
+REALM = "model-forensics"  # of the WWW-Authenticate challenge
 RETRY_AFTER_S = "5"
 CLIENT_CLOSED = 499  # the client went away before its request was complete (nginx's code; nobody reads the answer)
 
@@ -68,24 +68,35 @@ class APIError(Exception):
 
 class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    bundle: str = Field(min_length=1, max_length=service.MAX_NAME_CHARS,
-                        description="bundle name under bundle_dir, e.g. incidents/incident_001")
-    baseline: str | None = Field(default=None, max_length=service.MAX_NAME_CHARS,
-                                 description="benign bundle dir or .json under bundle_dir (default: the app's)")
+    bundle: str = Field(
+        min_length=1,
+        max_length=service.MAX_NAME_CHARS,
+        description="bundle name under bundle_dir, e.g. incidents/incident_001",
+    )
+    baseline: str | None = Field(
+        default=None,
+        max_length=service.MAX_NAME_CHARS,
+        description="benign bundle dir or .json under bundle_dir (default: the app's)",
+    )
 
 
 class TriageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # read by hand after auth (see _json_body), not by FastAPI
-    directory: str = Field(default=".", min_length=1, max_length=service.MAX_NAME_CHARS,
-                           description="directory of bundles under bundle_dir")
+    directory: str = Field(
+        default=".",
+        min_length=1,
+        max_length=service.MAX_NAME_CHARS,
+        description="directory of bundles under bundle_dir",
+    )
     baseline: str | None = Field(default=None, max_length=service.MAX_NAME_CHARS)
 
 
 class Backend(Protocol):
     """Runs the heavy work (in the Analyzer deployment); raises ``APIError`` for failures."""
 
-    async def analyze(self, *, bundle: str, baseline: str | None, result_id: str,
-                      request_id: str) -> dict[str, Any]: ...
+    async def analyze(
+        self, *, bundle: str, baseline: str | None, result_id: str, request_id: str
+    ) -> dict[str, Any]: ...
 
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> list[dict[str, Any]]: ...
 
@@ -95,16 +106,26 @@ _ANALYZE_BODY = {
         "required": True,
         "content": {
             "application/json": {"schema": AnalyzeRequest.model_json_schema()},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary",
-                                        "description": "bundle archive (.tar or .tar.zst)"},
-                               "baseline": {"type": "string"}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "bundle archive (.tar or .tar.zst)",
+                        },
+                        "baseline": {"type": "string"},
+                    },
+                }
+            },
         },
     },
 }
-_TRIAGE_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": TriageRequest.model_json_schema()}}}}
+_TRIAGE_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": TriageRequest.model_json_schema()}}}
+}
 _DESCRIPTION = """Root-cause analysis of model incidents: analyse bundles, triage, fetch reports.
 
 Send `Authorization: Bearer <token>` (an API token from `model-forensics tokens add`, or an OAuth2/OIDC JWT
@@ -112,51 +133,67 @@ when configured). Permissions: analyze needs `run_analysis`, triage `read_bundle
 `view_results`. `/healthz`, `/docs` and `/openapi.json` are open."""
 
 
-def build_api(backend: Backend, settings: Settings, metrics: Metrics, *, access: Access | None = None,
-              audit: Audit | None = None) -> FastAPI:
+def build_api(
+    backend: Backend, settings: Settings, metrics: Metrics, *, access: Access | None = None, audit: Audit | None = None
+) -> FastAPI:
     """The FastAPI app of one ingress replica; ``access``/``audit`` default to what ``settings`` configure."""
     api = FastAPI(title="model-forensics", version=_version(), description=_DESCRIPTION)
     api.state.access = access or settings.auth.access()
     api.state.audit = audit or AuditLog.from_path(settings.audit_log)
-    requests = Counter("model_forensics_http_requests", "HTTP requests by endpoint and status",
-                       ["endpoint", "method", "status"], registry=metrics.registry)
+    requests = Counter(
+        "model_forensics_http_requests",
+        "HTTP requests by endpoint and status",
+        ["endpoint", "method", "status"],
+        registry=metrics.registry,
+    )
     _install_errors(api)
     _install_middleware(api, requests)
 
     @api.post("/v1/analyze", openapi_extra=_ANALYZE_BODY, summary="Analyse a bundle (by name or uploaded archive)")
-    async def analyze(request: Request,
-                      principal: Annotated[Principal, requires("run_analysis", "analyze")]) -> dict[str, Any]:
+    async def analyze(
+        request: Request, principal: Annotated[Principal, requires("run_analysis", "analyze")]
+    ) -> dict[str, Any]:
         async with _audited(request, principal, "analyze") as entry:
             bundle, baseline = await _analyze_input(request, settings)
             entry["bundle"] = bundle
             rid = request.state.request_id
             try:
-                done = await backend.analyze(bundle=bundle, baseline=baseline, result_id=service.new_result_id(),
-                                             request_id=rid)
+                done = await backend.analyze(
+                    bundle=bundle, baseline=baseline, result_id=service.new_result_id(), request_id=rid
+                )
             except APIError as exc:
                 if exc.status != 503:  # overload is not a failed analysis
                     metrics.observe_error(exc.kind)
                 raise
             entry["result"] = done["id"]
         metrics.observe_report(done["report"])
-        return {"id": done["id"], "status": "done", "bundle": bundle,
-                "result": service.summarize(done["report"]), "links": {"result": f"/v1/results/{done['id']}"}}
+        return {
+            "id": done["id"],
+            "status": "done",
+            "bundle": bundle,
+            "result": service.summarize(done["report"]),
+            "links": {"result": f"/v1/results/{done['id']}"},
+        }
 
-    @api.post("/v1/triage", openapi_extra=_TRIAGE_BODY,
-              summary="Rank the bundles of a directory by CF anomaly (no replay)")
-    async def triage(request: Request,
-                     principal: Annotated[Principal, requires("read_bundles", "triage")]) -> dict[str, Any]:
+    @api.post(
+        "/v1/triage", openapi_extra=_TRIAGE_BODY, summary="Rank the bundles of a directory by CF anomaly (no replay)"
+    )
+    async def triage(
+        request: Request, principal: Annotated[Principal, requires("read_bundles", "triage")]
+    ) -> dict[str, Any]:
         async with _audited(request, principal, "triage") as entry:
             body = await _json_body(request, TriageRequest)
             entry["bundle"] = body.directory
-            rows = await backend.triage(directory=body.directory, baseline=body.baseline,
-                                        request_id=request.state.request_id)
+            rows = await backend.triage(
+                directory=body.directory, baseline=body.baseline, request_id=request.state.request_id
+            )
             entry["bundles"] = len(rows)
         return {"directory": body.directory, "bundles": rows}
 
     @api.get("/v1/results/{result_id}", summary="The full JSON report of an analysis")
-    async def result(result_id: str, request: Request,
-                     principal: Annotated[Principal, requires("view_results", "view_result")]) -> dict[str, Any]:
+    async def result(
+        result_id: str, request: Request, principal: Annotated[Principal, requires("view_results", "view_result")]
+    ) -> dict[str, Any]:
         async with _audited(request, principal, "view_result", result=result_id[:80]) as entry:
             report = await asyncio.to_thread(service.read_result, settings.output_dir, result_id)
             entry["bundle"] = report.get("bundle_id")
@@ -165,11 +202,11 @@ def build_api(backend: Backend, settings: Settings, metrics: Metrics, *, access:
     @api.get("/healthz", summary="Liveness of this API replica (open: probes send no token)")
     async def healthz() -> JSONResponse:
         problems = settings.problems()
-        return JSONResponse({"status": "fail" if problems else "ok", "problems": problems},
-                            status_code=503 if problems else 200)
+        return JSONResponse(
+            {"status": "fail" if problems else "ok", "problems": problems}, status_code=503 if problems else 200
+        )
 
-    @api.get("/metrics", summary="Prometheus metrics of this API replica (needs view_results)",
-             response_class=Response)
+    @api.get("/metrics", summary="Prometheus metrics of this API replica (needs view_results)", response_class=Response)
     async def prometheus(principal: Annotated[Principal, requires("view_results")]) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -183,8 +220,9 @@ async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str
     if kind == "multipart/form-data":
         return await _upload(request, settings)
     if kind not in ("application/json", ""):
-        raise APIError(415, "UnsupportedMediaType",
-                       f"content type {kind[:80]!r}: send application/json or multipart/form-data")
+        raise APIError(
+            415, "UnsupportedMediaType", f"content type {kind[:80]!r}: send application/json or multipart/form-data"
+        )
     body = await _json_body(request, AnalyzeRequest)
     return body.bundle, body.baseline
 
@@ -217,8 +255,11 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
 
 def _disconnected(received: int | None = None) -> APIError:
     got = "" if received is None else f" after {received} bytes"
-    return APIError(CLIENT_CLOSED, "ClientDisconnect", f"the client closed the connection{got}, before the request "
-                    "body was complete")
+    return APIError(
+        CLIENT_CLOSED,
+        "ClientDisconnect",
+        f"the client closed the connection{got}, before the request body was complete",
+    )
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -245,17 +286,26 @@ async def _upload(request: Request, settings: Settings) -> tuple[str, str | None
             raise APIError(422, "ValidationError", "multipart upload: put the bundle archive in a part named 'file'")
         if baseline is not None and not isinstance(baseline, str):
             raise APIError(422, "ValidationError", "multipart upload: 'baseline' must be a text field")
-        name = await asyncio.to_thread(service.save_upload, settings.bundle_dir, file.file, file.filename,
-                                       max_bytes=settings.max_upload_bytes, encryption_key=settings.encryption_key)
+        name = await asyncio.to_thread(
+            service.save_upload,
+            settings.bundle_dir,
+            file.file,
+            file.filename,
+            max_bytes=settings.max_upload_bytes,
+            encryption_key=settings.encryption_key,
+        )
     finally:
         await form.close()
     return name, baseline or None
 
 
 # -- errors, request ids, request metrics --------------------------------------------------------
-def _error(status: int, kind: str, message: str, request_id: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}, "request_id": request_id},
-                        status_code=status, headers=headers)
+def _error(
+    status: int, kind: str, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"type": kind, "message": message}, "request_id": request_id}, status_code=status, headers=headers
+    )
 
 
 def _rid(request: Request) -> str:
@@ -314,8 +364,14 @@ def _install_middleware(api: FastAPI, requests: Counter) -> None:
         route = request.scope.get("route")
         endpoint = getattr(route, "path", None) or "unmatched"
         requests.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
-        log.info("%s %s -> %s in %.3fs [%s]", request.method, endpoint, response.status_code,
-                 time.perf_counter() - started, rid)
+        log.info(
+            "%s %s -> %s in %.3fs [%s]",
+            request.method,
+            endpoint,
+            response.status_code,
+            time.perf_counter() - started,
+            rid,
+        )
         return response
 
 
@@ -346,11 +402,22 @@ async def _audited(request: Request, principal: Principal, action: str, **fields
     await _audit(request, principal, action, "ok", entry)
 
 
-async def _audit(request: Request, principal: Principal, action: str, outcome: str, entry: dict[str, Any],
-                 **more: Any) -> None:
+async def _audit(
+    request: Request, principal: Principal, action: str, outcome: str, entry: dict[str, Any], **more: Any
+) -> None:
     extra = {k: v for k, v in entry.items() if k != "bundle"}
-    await asyncio.to_thread(record, request, principal.name, principal.role, action, entry["bundle"], outcome,
-                            via=principal.via, **extra, **more)
+    await asyncio.to_thread(
+        record,
+        request,
+        principal.name,
+        principal.role,
+        action,
+        entry["bundle"],
+        outcome,
+        via=principal.via,
+        **extra,
+        **more,
+    )
 
 
 def _status_of(exc: Exception) -> int:

@@ -40,15 +40,19 @@ from serve_app.settings import (
 __all__ = ["Analyzer", "AppArgs", "ForensicsAPI", "app", "build_app"]
 
 HEALTH_CHECK_PERIOD_S = 10
-HEALTH_CHECK_TIMEOUT_S = 30           # analyses run off the event loop, so health checks answer during one
-GRACEFUL_SHUTDOWN_TIMEOUT_S = 60      # let a running analysis finish on scale-down and on SIGTERM of `serve`
+HEALTH_CHECK_TIMEOUT_S = 30  # analyses run off the event loop, so health checks answer during one
+GRACEFUL_SHUTDOWN_TIMEOUT_S = 60  # let a running analysis finish on scale-down and on SIGTERM of `serve`
 INGRESS_GRACEFUL_SHUTDOWN_TIMEOUT_S = GRACEFUL_SHUTDOWN_TIMEOUT_S + 10  # outlives the analyzer: its 503 gets out
 
 
-@serve.deployment(name="Analyzer", max_ongoing_requests=ANALYZER_MAX_ONGOING_REQUESTS,
-                  max_queued_requests=ANALYZER_MAX_QUEUED_REQUESTS, health_check_period_s=HEALTH_CHECK_PERIOD_S,
-                  health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
-                  graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_TIMEOUT_S)
+@serve.deployment(
+    name="Analyzer",
+    max_ongoing_requests=ANALYZER_MAX_ONGOING_REQUESTS,
+    max_queued_requests=ANALYZER_MAX_QUEUED_REQUESTS,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+    graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_TIMEOUT_S,
+)
 class Analyzer:
     """One warm ``RCAPipeline``; analyses run one at a time in a worker thread (the model's hooks are shared)."""
 
@@ -73,10 +77,17 @@ class Analyzer:
 
     def _analyze(self, bundle: str, baseline: str | None, result_id: str) -> dict[str, Any]:
         s = self.settings
-        return service.run_analysis(self.pipeline, bundle_dir=s.bundle_dir, output_dir=s.output_dir, bundle=bundle,
-                                    baseline=self._baseline(baseline), result_id=result_id,
-                                    encryption_key=s.encryption_key, allowed_models=s.allowed_models,
-                                    timeout_s=s.config.timeout_minutes * 60.0)
+        return service.run_analysis(
+            self.pipeline,
+            bundle_dir=s.bundle_dir,
+            output_dir=s.output_dir,
+            bundle=bundle,
+            baseline=self._baseline(baseline),
+            result_id=result_id,
+            encryption_key=s.encryption_key,
+            allowed_models=s.allowed_models,
+            timeout_s=s.config.timeout_minutes * 60.0,
+        )
 
     def _triage(self, directory: str, baseline: str | None) -> list[dict[str, Any]]:
         s = self.settings
@@ -116,23 +127,36 @@ class AnalyzerBackend:
         try:
             reply = await getattr(self.handle, method).remote(**kwargs)
         except BackPressureError:
-            raise APIError(503, "Overloaded", "all analyzers are busy and their queue is full; retry later",
-                           {"Retry-After": RETRY_AFTER_S}) from None
+            raise APIError(
+                503,
+                "Overloaded",
+                "all analyzers are busy and their queue is full; retry later",
+                {"Retry-After": RETRY_AFTER_S},
+            ) from None
         except DeploymentUnavailableError:
-            raise APIError(503, "Unavailable", "no analyzer replica is available; retry later",
-                           {"Retry-After": RETRY_AFTER_S}) from None
+            raise APIError(
+                503, "Unavailable", "no analyzer replica is available; retry later", {"Retry-After": RETRY_AFTER_S}
+            ) from None
         except RayActorError:  # the replica stopped mid-call: shut down past its grace period, or crashed
-            raise APIError(503, "Unavailable", "the analyzer stopped before answering (shutdown or restart); "
-                           "retry later", {"Retry-After": RETRY_AFTER_S}) from None
+            raise APIError(
+                503,
+                "Unavailable",
+                "the analyzer stopped before answering (shutdown or restart); retry later",
+                {"Retry-After": RETRY_AFTER_S},
+            ) from None
         if not reply["ok"]:
             raise APIError.from_data(reply["error"])
         return reply["value"]
 
 
-@serve.deployment(name="ForensicsAPI", max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
-                  max_queued_requests=INGRESS_MAX_QUEUED_REQUESTS, health_check_period_s=HEALTH_CHECK_PERIOD_S,
-                  health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
-                  graceful_shutdown_timeout_s=INGRESS_GRACEFUL_SHUTDOWN_TIMEOUT_S)
+@serve.deployment(
+    name="ForensicsAPI",
+    max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+    max_queued_requests=INGRESS_MAX_QUEUED_REQUESTS,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+    health_check_timeout_s=HEALTH_CHECK_TIMEOUT_S,
+    graceful_shutdown_timeout_s=INGRESS_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+)
 @serve.ingress()
 class ForensicsAPI:
     """HTTP ingress: validates, confines names, saves uploads, and asks the Analyzer deployment."""
@@ -171,9 +195,11 @@ def analyzer_options(args: AppArgs) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": args.analyzer_num_cpus, "num_gpus": analyzer_gpus(args)},
     }
     if args.autoscaling:
-        options["autoscaling_config"] = {"min_replicas": args.autoscaling_min_replicas,
-                                         "max_replicas": args.autoscaling_max_replicas,
-                                         "target_ongoing_requests": args.target_ongoing_requests}
+        options["autoscaling_config"] = {
+            "min_replicas": args.autoscaling_min_replicas,
+            "max_replicas": args.autoscaling_max_replicas,
+            "target_ongoing_requests": args.target_ongoing_requests,
+        }
     else:
         options["num_replicas"] = args.analyzer_replicas
     return options
@@ -186,9 +212,11 @@ def build_app(args: dict[str, Any]) -> Application:
     analyzer_deployment: Any = Analyzer  # a ray.serve Deployment (mypy sees the class)
     ingress_deployment: Any = ForensicsAPI
     analyzer = analyzer_deployment.options(**analyzer_options(parsed)).bind(plain)
-    ingress = ingress_deployment.options(max_ongoing_requests=parsed.ingress_max_ongoing_requests,
-                                   max_queued_requests=parsed.ingress_max_queued_requests,
-                                   ray_actor_options={"num_cpus": parsed.ingress_num_cpus})
+    ingress = ingress_deployment.options(
+        max_ongoing_requests=parsed.ingress_max_ongoing_requests,
+        max_queued_requests=parsed.ingress_max_queued_requests,
+        ray_actor_options={"num_cpus": parsed.ingress_num_cpus},
+    )
     return ingress.bind(analyzer, plain)
 
 

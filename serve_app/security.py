@@ -26,8 +26,17 @@ from forensics.config import AuthenticationConfig
 from forensics.errors import ConfigError
 from forensics.ops.auth import Authenticator, AuthFailure, OIDCConfig, Principal, TokenStore, read_jwks
 
-__all__ = ["ANONYMOUS", "Access", "AccessUnavailable", "AnonymousAccess", "Audit", "AuditFailure", "AuthSetup",
-           "BearerAccess", "requires"]
+__all__ = [
+    "ANONYMOUS",
+    "Access",
+    "AccessUnavailable",
+    "AnonymousAccess",
+    "Audit",
+    "AuditFailure",
+    "AuthSetup",
+    "BearerAccess",
+    "requires",
+]
 
 log = logging.getLogger("serve_app")
 
@@ -39,8 +48,10 @@ NO_AUTH_MESSAGE = (
     "OAuth2/OIDC JWTs (authentication.type: oauth2 with jwks_file, issuer and audience), "
     "or, for a trusted network only, authentication.type: none"
 )
-NONE_WARNING = ("authentication.type is none: EVERY caller is treated as admin and may read bundles, run analyses "
-                "and read results; use this only on a trusted network")
+NONE_WARNING = (
+    "authentication.type is none: EVERY caller is treated as admin and may read bundles, run analyses "
+    "and read results; use this only on a trusted network"
+)
 
 
 class Access(Protocol):
@@ -52,8 +63,9 @@ class Access(Protocol):
 class Audit(Protocol):
     """Where audited actions go: ``forensics.ops.audit.AuditLog`` (a no-op one when no path is configured)."""
 
-    def append(self, principal: str | None, role: str | None, action: str, bundle: str | None, outcome: str,
-               **extra: Any) -> None: ...
+    def append(
+        self, principal: str | None, role: str | None, action: str, bundle: str | None, outcome: str, **extra: Any
+    ) -> None: ...
 
 
 class AccessUnavailable(Exception):
@@ -82,7 +94,9 @@ class BearerAccess:
             return self.authenticator.authenticate(request.headers.get("authorization"))
         except ConfigError as exc:  # tokens file gone or corrupt since start
             log.error("cannot authenticate: %s", exc)
-            raise AccessUnavailable("authentication is unavailable (credential store unreadable); retry later") from None
+            raise AccessUnavailable(
+                "authentication is unavailable (credential store unreadable); retry later"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -109,8 +123,14 @@ class AuthSetup:
                 raise ConfigError("authentication.type oauth2 needs jwks_file, issuer and audience")
             jwks = str(Path(auth.jwks_file).expanduser().resolve())
             read_jwks(jwks)
-            oidc = OIDCConfig(jwks, auth.issuer, auth.audience, scopes=auth.scopes,
-                              role_claim=auth.role_claim, default_role=auth.default_role)
+            oidc = OIDCConfig(
+                jwks,
+                auth.issuer,
+                auth.audience,
+                scopes=auth.scopes,
+                role_claim=auth.role_claim,
+                default_role=auth.default_role,
+            )
             return cls("oauth2", _tokens_file(explicit) if explicit else None, oidc, auth.provider)
         if explicit is None and auth.type is None and not default_tokens_file.is_file():
             raise ConfigError(NO_AUTH_MESSAGE.format(default=default_tokens_file))
@@ -126,8 +146,10 @@ class AuthSetup:
         """One line for the start-up message, e.g. ``API tokens from /etc/mf/tokens.json``."""
         parts = []
         if self.oidc is not None:
-            parts.append(f"OAuth2 JWTs ({self.provider or 'issuer'} {self.oidc.issuer}, audience {self.oidc.audience}, "
-                         f"scopes {' '.join(self.oidc.scopes)})")
+            parts.append(
+                f"OAuth2 JWTs ({self.provider or 'issuer'} {self.oidc.issuer}, audience {self.oidc.audience}, "
+                f"scopes {' '.join(self.oidc.scopes)})"
+            )
         if self.tokens_file is not None:
             parts.append(f"API tokens from {self.tokens_file}")
         return " + ".join(parts) or "NONE (every caller is admin)"
@@ -137,8 +159,10 @@ def _tokens_file(path: str | Path) -> Path:
     """An existing, readable tokens file (absolute); ``ConfigError`` saying how to create one otherwise."""
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
-        raise ConfigError(f"tokens file {str(path)!r}: not found; create it with "
-                          f"`model-forensics tokens add NAME --role analyst --tokens-file {resolved}`")
+        raise ConfigError(
+            f"tokens file {str(path)!r}: not found; create it with "
+            f"`model-forensics tokens add NAME --role analyst --tokens-file {resolved}`"
+        )
     count = len(TokenStore(resolved).list())  # ConfigError when it is not a tokens file
     if count == 0:
         log.warning("tokens file %s has no tokens: every request will be refused", resolved)
@@ -162,8 +186,17 @@ def requires(permission: str, action: str | None = None) -> Any:
             if action is not None:
                 name = principal.name if principal else exc.principal
                 role = principal.role if principal else exc.role
-                record(request, name, role, action, None, "denied", via=principal.via if principal else None,
-                       status=exc.status, reason=str(exc)[:300])
+                record(
+                    request,
+                    name,
+                    role,
+                    action,
+                    None,
+                    "denied",
+                    via=principal.via if principal else None,
+                    status=exc.status,
+                    reason=str(exc)[:300],
+                )
             raise
         request.state.principal = principal
         return principal
@@ -172,13 +205,28 @@ def requires(permission: str, action: str | None = None) -> Any:
     return Depends(dependency)
 
 
-def record(request: Request, principal: str | None, role: str | None, action: str, bundle: str | None, outcome: str,
-           **extra: Any) -> None:
+def record(
+    request: Request,
+    principal: str | None,
+    role: str | None,
+    action: str,
+    bundle: str | None,
+    outcome: str,
+    **extra: Any,
+) -> None:
     """Append one audit line for ``request`` (blocking: fsync); ``AuditFailure`` when it cannot be written."""
     client = request.client.host if request.client else None
     try:
-        request.app.state.audit.append(principal, role, action, bundle, outcome,
-                                       request_id=getattr(request.state, "request_id", None), client=client, **extra)
+        request.app.state.audit.append(
+            principal,
+            role,
+            action,
+            bundle,
+            outcome,
+            request_id=getattr(request.state, "request_id", None),
+            client=client,
+            **extra,
+        )
     except ConfigError as exc:
         log.error("audit log: %s", exc)
         raise AuditFailure(str(exc)) from None

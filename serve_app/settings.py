@@ -26,12 +26,12 @@ __all__ = ["AppArgs", "Settings", "audit_log_path"]
 log = logging.getLogger("serve_app")
 
 # Defaults, named: the k8s RayService config overrides these per deployment.
-ANALYZER_MAX_ONGOING_REQUESTS = 4     # analyses admitted per replica (they run one at a time, the rest wait)
-ANALYZER_MAX_QUEUED_REQUESTS = 16     # callers waiting for an analyzer beyond that get 503
+ANALYZER_MAX_ONGOING_REQUESTS = 4  # analyses admitted per replica (they run one at a time, the rest wait)
+ANALYZER_MAX_QUEUED_REQUESTS = 16  # callers waiting for an analyzer beyond that get 503
 INGRESS_MAX_ONGOING_REQUESTS = 32
 INGRESS_MAX_QUEUED_REQUESTS = 64
 TARGET_ONGOING_REQUESTS = 2.0
-GPU_FRACTION = 0.5                    # two analyzer replicas share one GPU when there is one
+GPU_FRACTION = 0.5  # two analyzer replicas share one GPU when there is one
 MAX_UPLOAD_BYTES = 1024**3
 
 
@@ -40,11 +40,19 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    log_file: str | None = Field(default=None, description="service log file; default: config log_file; relative paths are under output_dir")
-    config_path: str | None = Field(default=None, description="YAML config; default MODEL_FORENSICS_CONFIG, else built-ins")
+    log_file: str | None = Field(
+        default=None, description="service log file; default: config log_file; relative paths are under output_dir"
+    )
+    config_path: str | None = Field(
+        default=None, description="YAML config; default MODEL_FORENSICS_CONFIG, else built-ins"
+    )
     bundle_dir: str | None = Field(default=None, description="root of every bundle name; default: config bundle_dir")
-    output_dir: str | None = Field(default=None, description="where <result id>.json reports go; default: config output_dir")
-    baseline: str | None = Field(default=None, description="default baseline: a benign bundle dir under bundle_dir, or a .json")
+    output_dir: str | None = Field(
+        default=None, description="where <result id>.json reports go; default: config output_dir"
+    )
+    baseline: str | None = Field(
+        default=None, description="default baseline: a benign bundle dir under bundle_dir, or a .json"
+    )
     analyzer_replicas: int = Field(default=1, ge=1, le=1024)
     max_ongoing_requests: int = Field(default=ANALYZER_MAX_ONGOING_REQUESTS, ge=1, le=10_000)
     max_queued_requests: int = Field(default=ANALYZER_MAX_QUEUED_REQUESTS, ge=0, le=100_000)
@@ -58,12 +66,18 @@ class AppArgs(BaseModel):
     ingress_max_queued_requests: int = Field(default=INGRESS_MAX_QUEUED_REQUESTS, ge=0, le=100_000)
     max_upload_bytes: int = Field(default=MAX_UPLOAD_BYTES, ge=1)
     allowed_models: tuple[str, ...] | None = Field(
-        default=None, description="model references a bundle may name (uploads choose the model!); None: any")
+        default=None, description="model references a bundle may name (uploads choose the model!); None: any"
+    )
     tokens_file: str | None = Field(
-        default=None, description="API tokens file; default: config authentication.tokens_file, "
-        "MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json")
-    audit_log: str | None = Field(default=None, description="audit log (JSON lines); default: config audit_log "
-                                  "or MODEL_FORENSICS_AUDIT_LOG; None: no audit log")
+        default=None,
+        description="API tokens file; default: config authentication.tokens_file, "
+        "MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json",
+    )
+    audit_log: str | None = Field(
+        default=None,
+        description="audit log (JSON lines); default: config audit_log "
+        "or MODEL_FORENSICS_AUDIT_LOG; None: no audit log",
+    )
 
     @model_validator(mode="after")
     def _autoscaling_bounds(self) -> AppArgs:
@@ -106,15 +120,24 @@ class Settings:
         if not bundle_dir.is_dir():
             raise ConfigError(f"bundle_dir {str(bundle_dir)!r}: not a directory")
         output_dir.mkdir(parents=True, exist_ok=True)
-        auth = AuthSetup.resolve(config.authentication, tokens_file=args.tokens_file,
-                                 default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser())
+        auth = AuthSetup.resolve(
+            config.authentication,
+            tokens_file=args.tokens_file,
+            default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser(),
+        )
         if auth.kind == "none":
             log.warning(NONE_WARNING)
-        return cls(config=config, bundle_dir=bundle_dir, output_dir=output_dir,
-                   baseline=_baseline(bundle_dir, args.baseline), max_upload_bytes=args.max_upload_bytes,
-                   encryption_key=encryption_key_from_env(os.environ),
-                   allowed_models=None if args.allowed_models is None else frozenset(args.allowed_models),
-                   auth=auth, audit_log=audit_log_path(args.audit_log or config.audit_log))
+        return cls(
+            config=config,
+            bundle_dir=bundle_dir,
+            output_dir=output_dir,
+            baseline=_baseline(bundle_dir, args.baseline),
+            max_upload_bytes=args.max_upload_bytes,
+            encryption_key=encryption_key_from_env(os.environ),
+            allowed_models=None if args.allowed_models is None else frozenset(args.allowed_models),
+            auth=auth,
+            audit_log=audit_log_path(args.audit_log or config.audit_log),
+        )
 
     def problems(self) -> list[str]:
         """Why this replica cannot serve (empty when healthy): directories gone or not writable."""

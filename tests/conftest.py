@@ -20,8 +20,10 @@ LIVE_MODELS: list[torch.nn.Module] = []
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
-    return {fam: build_tiny_model(fam, root / fam, seed=0, layers=2)
-            for fam in ("llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi")}
+    return {
+        fam: build_tiny_model(fam, root / fam, seed=0, layers=2)
+        for fam in ("llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +72,12 @@ def ray_cluster() -> Iterator[object]:
     """One local Ray cluster for the whole session (2 CPUs, no dashboard); shut down at the end."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}},
+        )
     yield ray
     try:
         from ray import serve

@@ -26,8 +26,16 @@ def _payload(writer: int, index: int) -> str:
 def _write_lines(path: str, writer: int) -> None:
     log = AuditLog(path)
     for index in range(LINES):
-        log.append(f"user{writer}", "analyst", "analyze", f"incident_{index}", "ok",
-                   writer=writer, index=index, payload=_payload(writer, index))
+        log.append(
+            f"user{writer}",
+            "analyst",
+            "analyze",
+            f"incident_{index}",
+            "ok",
+            writer=writer,
+            index=index,
+            payload=_payload(writer, index),
+        )
 
 
 def _read(path: Path) -> list[dict[str, object]]:
@@ -77,9 +85,16 @@ def test_line_fields_and_time(tmp_path: Path) -> None:
     log.append("alice", "viewer", "read_bundle", "incident_7", "denied", request_id="r1", status=403)
     (record,) = _read(tmp_path / "audit.jsonl")
     assert list(record)[: len(CORE_FIELDS)] == list(CORE_FIELDS)
-    assert record | {"time": None} == {"time": None, "principal": "alice", "role": "viewer",
-                                       "action": "read_bundle", "bundle": "incident_7", "outcome": "denied",
-                                       "request_id": "r1", "status": 403}
+    assert record | {"time": None} == {
+        "time": None,
+        "principal": "alice",
+        "role": "viewer",
+        "action": "read_bundle",
+        "bundle": "incident_7",
+        "outcome": "denied",
+        "request_id": "r1",
+        "status": 403,
+    }
     when = datetime.fromisoformat(str(record["time"]))
     assert when.utcoffset() == timedelta(0)
     assert abs(when - before) < timedelta(minutes=5)
@@ -87,10 +102,10 @@ def test_line_fields_and_time(tmp_path: Path) -> None:
 
 def test_newlines_and_odd_values_stay_on_one_line(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
-    log.append("eve\n{\"outcome\": \"ok\"}", None, "analyze", "a\nb", "error", path=tmp_path, note="ü\r\n")
+    log.append('eve\n{"outcome": "ok"}', None, "analyze", "a\nb", "error", path=tmp_path, note="ü\r\n")
     records = _read(tmp_path / "audit.jsonl")
     assert len(records) == 1
-    assert records[0]["principal"] == "eve\n{\"outcome\": \"ok\"}" and records[0]["path"] == str(tmp_path)
+    assert records[0]["principal"] == 'eve\n{"outcome": "ok"}' and records[0]["path"] == str(tmp_path)
     assert records[0]["role"] is None and records[0]["note"] == "ü\r\n"
 
 

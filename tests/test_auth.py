@@ -38,11 +38,14 @@ def test_missing_or_bad_credentials_are_401(tmp_path: Path, header: str | None) 
     assert err.value.status == 401  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("role, allowed", [
-    ("viewer", {"view_results"}),
-    ("analyst", {"read_bundles", "run_analysis", "view_results"}),
-    ("admin", {"read_bundles", "run_analysis", "view_results", "admin"}),
-])
+@pytest.mark.parametrize(
+    "role, allowed",
+    [
+        ("viewer", {"view_results"}),
+        ("analyst", {"read_bundles", "run_analysis", "view_results"}),
+        ("admin", {"read_bundles", "run_analysis", "view_results", "admin"}),
+    ],
+)
 def test_roles_map_to_the_guides_permissions(tmp_path: Path, role: str, allowed: set[str]) -> None:
     store = TokenStore(tmp_path / "t.json")
     principal = Authenticator(store).authenticate("Bearer " + store.add("p", role))
@@ -70,8 +73,14 @@ def oidc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _token(oidc: dict[str, Any], **overrides: Any) -> str:
-    claims = {"sub": "alice", "iss": "https://idp.example", "aud": "model-forensics",
-              "scope": "openid model_forensics:analyze", "exp": int(time.time()) + 60, "role": "analyst"}
+    claims = {
+        "sub": "alice",
+        "iss": "https://idp.example",
+        "aud": "model-forensics",
+        "scope": "openid model_forensics:analyze",
+        "exp": int(time.time()) + 60,
+        "role": "analyst",
+    }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}  # None: leave the claim out
     return str(jwt.encode(claims, oidc["key"], algorithm="RS256", headers={"kid": "k1"}))
@@ -82,10 +91,16 @@ def test_valid_jwt_gives_its_role(oidc: dict[str, Any]) -> None:
     assert (principal.name, principal.role, principal.via) == ("alice", "analyst", "oidc")
 
 
-@pytest.mark.parametrize("overrides, status", [
-    ({"iss": "https://evil.example"}, 401), ({"aud": "someone-else"}, 401),
-    ({"exp": int(time.time()) - 10}, 401), ({"scope": "openid"}, 403), ({"role": "root"}, 403),
-])
+@pytest.mark.parametrize(
+    "overrides, status",
+    [
+        ({"iss": "https://evil.example"}, 401),
+        ({"aud": "someone-else"}, 401),
+        ({"exp": int(time.time()) - 10}, 401),
+        ({"scope": "openid"}, 403),
+        ({"role": "root"}, 403),
+    ],
+)
 def test_bad_jwts_are_refused(oidc: dict[str, Any], overrides: dict[str, Any], status: int) -> None:
     with pytest.raises(AuthError) as err:
         Authenticator(oidc=oidc["config"]).authenticate("Bearer " + _token(oidc, **overrides))
@@ -107,11 +122,14 @@ def _config(oidc: dict[str, Any], **changes: Any) -> OIDCConfig:
     return dataclasses.replace(oidc["config"], **changes)
 
 
-@pytest.mark.parametrize("claims", [
-    {"scope": None, "scp": ["openid", "model_forensics:analyze"]},   # Okta access tokens: a list in scp
-    {"scope": "model_forensics:analyze"},
-    {"scope": ["model_forensics:analyze"]},
-])
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"scope": None, "scp": ["openid", "model_forensics:analyze"]},  # Okta access tokens: a list in scp
+        {"scope": "model_forensics:analyze"},
+        {"scope": ["model_forensics:analyze"]},
+    ],
+)
 def test_scope_claim_forms(oidc: dict[str, Any], claims: dict[str, Any]) -> None:
     assert Authenticator(oidc=oidc["config"]).authenticate("Bearer " + _token(oidc, **claims)).role == "analyst"
 
@@ -133,9 +151,16 @@ def test_role_claim_defaults(oidc: dict[str, Any]) -> None:
     assert Authenticator(oidc=_config(oidc, role_claim="groups")).authenticate(groups).role == "viewer"
 
 
-@pytest.mark.parametrize("credential", [
-    "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "e30.e30.e30", "W10.W10.W10", "eyJraWQiOlsxXX0.e30.AAAA",
-])
+@pytest.mark.parametrize(
+    "credential",
+    [
+        "a.b.c",
+        "eyJhbGciOiJub25lIn0.e30.",
+        "e30.e30.e30",
+        "W10.W10.W10",
+        "eyJraWQiOlsxXX0.e30.AAAA",
+    ],
+)
 def test_garbage_jwts_are_401_not_crashes(oidc: dict[str, Any], credential: str) -> None:
     with pytest.raises(AuthFailure) as err:
         Authenticator(oidc=oidc["config"]).authenticate("Bearer " + credential)

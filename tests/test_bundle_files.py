@@ -72,8 +72,10 @@ def test_data_file_symlinked_outside_is_refused_even_with_matching_checksums(bun
     (bundle / "activations.arrow").symlink_to(outside)
     for verify in (True, False):
         message = refused(bundle, verify=verify)
-        assert message == ("bundle inc: activations.arrow: expected a regular file, got a symlink"
-                           " (bundle files are never followed or read unless regular)"), message
+        assert message == (
+            "bundle inc: activations.arrow: expected a regular file, got a symlink"
+            " (bundle files are never followed or read unless regular)"
+        ), message
 
 
 def test_symlinked_manifest_is_refused(bundle: Path, tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ PROMPT = "The capital of Australia is"
 def case(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cca")
     incident = record_greedy(tiny_llama, PROMPT, root / "incident", kind="incident", max_new_tokens=3).bundle
-    benign = [record_greedy(tiny_llama, p, root / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
-              for i, p in enumerate(["The capital of France is", "One plus one is", "The answer is"])]
+    benign = [
+        record_greedy(tiny_llama, p, root / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
+        for i, p in enumerate(["The capital of France is", "One plus one is", "The answer is"])
+    ]
     rp = Replayer(incident, loaded=tiny_llama, baselines=benign)
     return {"incident": incident, "benign": benign, "rp": rp}
 
@@ -34,8 +36,9 @@ def _run(case: dict[str, Any], **cfg: Any) -> Any:
 
 
 def test_candidates_are_modules_x_types_x_positions() -> None:
-    cands = build_candidates(["a.0", "a.1"], CCAConfig(intervention_types=("zero", "patch")), ["s1", "s2"],
-                             prior={"a.1": 5.0})
+    cands = build_candidates(
+        ["a.0", "a.1"], CCAConfig(intervention_types=("zero", "patch")), ["s1", "s2"], prior={"a.1": 5.0}
+    )
     # zero at last/all, patch from each source at the last position only: a patch of every position
     # from another prompt replaces the input and is never a candidate (input-level evidence instead)
     assert len(cands) == 2 * (2 + 2)

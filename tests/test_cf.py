@@ -22,8 +22,14 @@ from forensics.errors import BundleError, ConfigError
 from forensics.rca.cf import BaselineStats, CFConfig, analyze_cf, build_baseline, compression_ratios
 from forensics.rca.coding import ALPHABET, adaptive_code_bits, code_lengths, quantise_planes
 
-MANIFEST: dict[str, Any] = {"kind": "benign", "model": {"ref": "x", "sha256": "0"}, "inputs": {"input_ids": [1, 2]},
-            "outputs": {}, "failure": None, "recorded": {"modules": []}}
+MANIFEST: dict[str, Any] = {
+    "kind": "benign",
+    "model": {"ref": "x", "sha256": "0"},
+    "inputs": {"input_ids": [1, 2]},
+    "outputs": {},
+    "failure": None,
+    "recorded": {"modules": []},
+}
 MODULES = [f"model.layers.{k}{site}" for k in range(3) for site in ("", ".self_attn", ".mlp")]
 D = 64
 
@@ -31,8 +37,9 @@ D = 64
 def _structure() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per-module structure: each module its own per-dimension means and (log-normal) scales."""
     rng = np.random.default_rng(123)
-    return {m: (rng.normal(size=D) * (1 + i), np.exp(0.5 * rng.normal(size=D)) * (1 + i))
-            for i, m in enumerate(MODULES)}
+    return {
+        m: (rng.normal(size=D) * (1 + i), np.exp(0.5 * rng.normal(size=D)) * (1 + i)) for i, m in enumerate(MODULES)
+    }
 
 
 STRUCTURE = _structure()
@@ -58,6 +65,7 @@ def stats(benign: list[Bundle]) -> BaselineStats:
 
 
 # --- arithmetic code length -------------------------------------------------------------------
+
 
 def _slow_bits(row: np.ndarray) -> float:
     """Reference: the adaptive Laplace model, one symbol at a time."""
@@ -99,6 +107,7 @@ def test_coding_docstring_example_runs() -> None:
 
 # --- ratios ----------------------------------------------------------------------------------
 
+
 def test_ratios_are_deterministic_and_fall_with_magnitude_and_noise() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(12, 64)).astype(np.float32)
@@ -123,10 +132,12 @@ def test_quantisation_keeps_x10_out_of_saturation_and_survives_nan() -> None:
 
 # --- baselines and detection on real bundles -------------------------------------------------
 
+
 @pytest.mark.parametrize("corrupt", ["x10", "noise"])
 @pytest.mark.parametrize("k", [1, 7])
 def test_only_the_corrupted_module_is_flagged_and_ranked_first(
-        tmp_path: Path, stats: BaselineStats, corrupt: str, k: int) -> None:
+    tmp_path: Path, stats: BaselineStats, corrupt: str, k: int
+) -> None:
     rng = np.random.default_rng(10 + k)
     acts, module = _sample(rng), MODULES[k]
     noise = STRUCTURE[module][1] * rng.normal(size=(12, D))  # of the benign per-dimension std
@@ -216,6 +227,7 @@ def test_build_baseline_holds_one_activation_at_a_time() -> None:
 
 # --- persistence and config ------------------------------------------------------------------
 
+
 def test_baseline_json_round_trip(tmp_path: Path, stats: BaselineStats) -> None:
     stats.to_json(tmp_path / "cf.json")
     data = json.loads((tmp_path / "cf.json").read_text())
@@ -223,15 +235,18 @@ def test_baseline_json_round_trip(tmp_path: Path, stats: BaselineStats) -> None:
     assert BaselineStats.from_json(tmp_path / "cf.json") == stats
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: {**d, "schema": "other@1"},
-    lambda d: {**d, "symbols": "int8"},
-    lambda d: {k: v for k, v in d.items() if k != "modules"},
-    lambda d: {**d, "methods": ["zip"]},
-    lambda d: {**d, "modules": {m: {**v, "step": -1.0} for m, v in d["modules"].items()}},
-    lambda d: {**d, "modules": {m: {**v, "std": {}} for m, v in d["modules"].items()}},
-    lambda d: [d],
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: {**d, "schema": "other@1"},
+        lambda d: {**d, "symbols": "int8"},
+        lambda d: {k: v for k, v in d.items() if k != "modules"},
+        lambda d: {**d, "methods": ["zip"]},
+        lambda d: {**d, "modules": {m: {**v, "step": -1.0} for m, v in d["modules"].items()}},
+        lambda d: {**d, "modules": {m: {**v, "std": {}} for m, v in d["modules"].items()}},
+        lambda d: [d],
+    ],
+)
 def test_corrupt_baseline_file_names_the_file(tmp_path: Path, stats: BaselineStats, mutate: Any) -> None:
     stats.to_json(tmp_path / "good.json")
     (tmp_path / "bad.json").write_text(json.dumps(mutate(json.loads((tmp_path / "good.json").read_text()))))
@@ -253,17 +268,20 @@ def test_missing_baseline_file_names_it(tmp_path: Path) -> None:
         BaselineStats.from_json(tmp_path / "nowhere.json")
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"compression_methods": ("zip",)}, "compression_methods"),
-    ({"compression_methods": ()}, "compression_methods"),
-    ({"compression_methods": "zlib"}, "compression_methods"),
-    ({"compression_methods": ("zlib", "zlib")}, "compression_methods"),
-    ({"anomaly_threshold": -1.0}, "anomaly_threshold"),
-    ({"anomaly_threshold": 0}, "anomaly_threshold"),
-    ({"entropy_window": 4}, "entropy_window"),
-    ({"entropy_window": 256.0}, "entropy_window"),
-    ({"baseline_samples": 1}, "baseline_samples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"compression_methods": ("zip",)}, "compression_methods"),
+        ({"compression_methods": ()}, "compression_methods"),
+        ({"compression_methods": "zlib"}, "compression_methods"),
+        ({"compression_methods": ("zlib", "zlib")}, "compression_methods"),
+        ({"anomaly_threshold": -1.0}, "anomaly_threshold"),
+        ({"anomaly_threshold": 0}, "anomaly_threshold"),
+        ({"entropy_window": 4}, "entropy_window"),
+        ({"entropy_window": 256.0}, "entropy_window"),
+        ({"baseline_samples": 1}, "baseline_samples"),
+    ],
+)
 def test_cf_config_validation_names_the_key_and_value(kwargs: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"modules\.cf\.{key}.*{re.escape(repr(kwargs[key]))}.*expected"):
         CFConfig(**kwargs)

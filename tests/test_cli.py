@@ -8,10 +8,25 @@ import pytest
 from forensics.cli import main
 
 
-def test_record_then_replay_json(tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_record_then_replay_json(
+    tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "inc"
-    code = main(["record", "--model", str(tiny_dirs["gpt2"]), "--prompt", "The capital of Australia is",
-                 "--expected", " Canberra", "--out", str(out), "--max-new-tokens", "3"])
+    code = main(
+        [
+            "record",
+            "--model",
+            str(tiny_dirs["gpt2"]),
+            "--prompt",
+            "The capital of Australia is",
+            "--expected",
+            " Canberra",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "generated:" in text and "FAILURE at generated token" in text
     iv = '[{"module": "transformer.h.1", "kind": "zero", "positions": "last"}]'
@@ -24,19 +39,37 @@ def test_record_then_replay_json(tiny_dirs: dict[str, Path], tmp_path: Path, cap
 
 def test_replay_text_output(tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "inc"
-    main(["record", "--model", str(tiny_dirs["llama"]), "--prompt", "One plus one is", "--forbidden", "x",
-          "--kind", "incident", "--out", str(out)])
+    main(
+        [
+            "record",
+            "--model",
+            str(tiny_dirs["llama"]),
+            "--prompt",
+            "One plus one is",
+            "--forbidden",
+            "x",
+            "--kind",
+            "incident",
+            "--out",
+            str(out),
+        ]
+    )
     capsys.readouterr()
     assert main(["replay", str(out)]) == 0
     text = capsys.readouterr().out
     assert "fidelity: faithful" in text and "metric" in text and "argmax" in text
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["replay", "/no/such/incident_9"], "incident_9: /no/such/incident_9: no such bundle"),
-    (["record", "--model", "nope", "--prompt", "x", "--expected", "y", "--out", "z"], "accepted references"),
-])
-def test_errors_are_one_line_with_exit_code_2(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["replay", "/no/such/incident_9"], "incident_9: /no/such/incident_9: no such bundle"),
+        (["record", "--model", "nope", "--prompt", "x", "--expected", "y", "--out", "z"], "accepted references"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err and "Traceback" not in err
@@ -49,11 +82,23 @@ def test_bad_intervention_json(tiny_dirs: dict[str, Path], tmp_path: Path, capsy
     assert "--intervene is not valid JSON" in capsys.readouterr().err
 
 
-def test_low_precision_replay_reports_its_fidelity_cost(tiny_dirs: dict[str, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_low_precision_replay_reports_its_fidelity_cost(
+    tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "inc"
-    main(["record", "--model", str(tiny_dirs["llama"]), "--prompt", "One plus one is", "--expected", " two",
-          "--out", str(out)])
+    main(
+        [
+            "record",
+            "--model",
+            str(tiny_dirs["llama"]),
+            "--prompt",
+            "One plus one is",
+            "--expected",
+            " two",
+            "--out",
+            str(out),
+        ]
+    )
     capsys.readouterr()
     code = main(["replay", str(out), "--dtype", "bfloat16", "--format", "json"])
     report = json.loads(capsys.readouterr().out)

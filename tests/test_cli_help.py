@@ -25,8 +25,11 @@ def test_every_verb_has_an_example() -> None:
 @pytest.mark.parametrize("verb", sorted(verbs()))
 def test_every_option_has_a_description(verb: str) -> None:
     parser = verbs()[verb]
-    undocumented = [a.option_strings or [a.dest] for a in parser._actions
-                    if not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS)]
+    undocumented = [
+        a.option_strings or [a.dest]
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS)
+    ]
     assert not undocumented, f"{verb}: options without help: {undocumented}"
 
 

@@ -78,8 +78,11 @@ def _assert_all_intact(root: Path, originals: dict[str, list[tuple[str, np.ndarr
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _statuses(report: maintenance.CompressReport) -> dict[str, str]:
@@ -90,16 +93,22 @@ def test_compresses_old_bundles_losslessly(store: tuple[Path, Any]) -> None:
     root, originals = store
     sizes = {n: (root / n / "activations.arrow").stat().st_size for n in ("old_a", "old_b")}
     report = compress_bundles(root, AGE, now=NOW)
-    assert _statuses(report) == {"old_a": "compressed", "old_b": "compressed", "recent": "skipped",
-                                 "old_zstd": "skipped", "old_secret": "skipped"}
+    assert _statuses(report) == {
+        "old_a": "compressed",
+        "old_b": "compressed",
+        "recent": "skipped",
+        "old_zstd": "skipped",
+        "old_secret": "skipped",
+    }
     assert not report.errors
     for name in ("old_a", "old_b"):
         assert {p.name for p in (root / name).iterdir()} == {"manifest.json", COMPRESSED_NAME}
         manifest = json.loads((root / name / "manifest.json").read_bytes())
         data = (root / name / COMPRESSED_NAME).read_bytes()
         assert manifest["activations_file"] == COMPRESSED_NAME
-        assert manifest["files"] == {COMPRESSED_NAME: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                                                       "compression": "zstd"}}
+        assert manifest["files"] == {
+            COMPRESSED_NAME: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "compression": "zstd"}
+        }
         assert len(data) < sizes[name]
     _assert_all_intact(root, originals)
     assert (root / "recent" / "activations.arrow").exists() and (root / "notes.txt").exists()
@@ -207,8 +216,12 @@ def test_a_hard_crash_at_any_step_loses_nothing(tmp_path: Path) -> None:
     while True:
         shutil.rmtree(root)
         shutil.copytree(pristine, root)
-        done = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(step), NOW.isoformat()],
-                              env=env, capture_output=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(root), str(step), NOW.isoformat()],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
         assert done.returncode in (0, 70), done.stderr.decode()
         _assert_content(root / "old", items)
         report = compress_bundles(root, AGE, now=NOW)
@@ -259,6 +272,7 @@ def test_a_content_difference_stops_the_switch(store: tuple[Path, Any], monkeypa
         def altered() -> Any:
             for name, array in items:
                 yield name, (array + 1 if name == "model.layers.1" else array)
+
         return real(site, path, altered(), compression)
 
     monkeypatch.setattr(maintenance, "write_activations", lossy)

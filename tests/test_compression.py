@@ -62,8 +62,10 @@ class _Fake:
 def _population(n: int, seed: int = 0) -> list[_Fake]:
     rng = np.random.default_rng(seed)
     scales = {f"layers.{k}": 1.0 + k for k in range(6)}
-    return [_Fake(f"b{i}", {m: (rng.normal(size=(12, 64)) * s).astype(np.float32) for m, s in scales.items()})
-            for i in range(n)]
+    return [
+        _Fake(f"b{i}", {m: (rng.normal(size=(12, 64)) * s).astype(np.float32) for m, s in scales.items()})
+        for i in range(n)
+    ]
 
 
 def test_only_the_corrupted_module_is_anomalous_and_ranked_first() -> None:
@@ -81,10 +83,17 @@ def test_only_the_corrupted_module_is_anomalous_and_ranked_first() -> None:
 
 
 def test_baseline_json_round_trip_with_real_bundles(tmp_path: Path) -> None:
-    manifest = {"kind": "benign", "model": {"ref": "x", "sha256": "0"}, "inputs": {"input_ids": [1, 2]},
-                "outputs": {}, "failure": None, "recorded": {"modules": []}}
-    bundles = [write_bundle(tmp_path / f"b{i}", manifest, fake.iter_activations())
-               for i, fake in enumerate(_population(3))]
+    manifest = {
+        "kind": "benign",
+        "model": {"ref": "x", "sha256": "0"},
+        "inputs": {"input_ids": [1, 2]},
+        "outputs": {},
+        "failure": None,
+        "recorded": {"modules": []},
+    }
+    bundles = [
+        write_bundle(tmp_path / f"b{i}", manifest, fake.iter_activations()) for i, fake in enumerate(_population(3))
+    ]
     stats = build_baseline(bundles, CFConfig())
     stats.to_json(tmp_path / "s.json")
     again = BaselineStats.from_json(tmp_path / "s.json")
@@ -96,10 +105,15 @@ def test_baseline_json_round_trip_with_real_bundles(tmp_path: Path) -> None:
         build_baseline(bundles[:1], CFConfig())
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"compression_methods": ("zip",)}, "compression_methods"), ({"anomaly_threshold": -1.0}, "anomaly_threshold"),
-    ({"entropy_window": 4}, "entropy_window"), ({"baseline_samples": 1}, "baseline_samples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"compression_methods": ("zip",)}, "compression_methods"),
+        ({"anomaly_threshold": -1.0}, "anomaly_threshold"),
+        ({"entropy_window": 4}, "entropy_window"),
+        ({"baseline_samples": 1}, "baseline_samples"),
+    ],
+)
 def test_cf_config_validation(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         CFConfig(**kwargs)  # type: ignore[arg-type]

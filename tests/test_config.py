@@ -28,17 +28,20 @@ def test_guide_keys_present() -> None:
     assert not data["modules"]["isc"]["enabled"] and not data["modules"]["provenance"]["enabled"]
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ({"modules.cca.search_strategy": "dfs"}, "'modules.cca.search_strategy': value 'dfs'"),
-    ({"modules.cf.bogus": 1}, "unknown config key 'modules.cf.bogus'"),
-    ({"modules.cf.anomaly_threshold": "high"}, "'modules.cf.anomaly_threshold': value 'high'"),
-    ({"modules.cf.anomaly_threshold": -1}, "a number > 0"),
-    ({"modules.cca.intervention_types": ["zero", "melt"]}, "'modules.cca.intervention_types'"),
-    ({"modules.cca.max_fix_set_size": 0}, "an integer from 1 to 32"),
-    ({"device": "tpu"}, "'device': value 'tpu'"),
-    ({"timeout_minutes": True}, "'timeout_minutes'"),
-    ({"modules": []}, "'modules': expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"modules.cca.search_strategy": "dfs"}, "'modules.cca.search_strategy': value 'dfs'"),
+        ({"modules.cf.bogus": 1}, "unknown config key 'modules.cf.bogus'"),
+        ({"modules.cf.anomaly_threshold": "high"}, "'modules.cf.anomaly_threshold': value 'high'"),
+        ({"modules.cf.anomaly_threshold": -1}, "a number > 0"),
+        ({"modules.cca.intervention_types": ["zero", "melt"]}, "'modules.cca.intervention_types'"),
+        ({"modules.cca.max_fix_set_size": 0}, "an integer from 1 to 32"),
+        ({"device": "tpu"}, "'device': value 'tpu'"),
+        ({"timeout_minutes": True}, "'timeout_minutes'"),
+        ({"modules": []}, "'modules': expected a mapping"),
+    ],
+)
 def test_bad_values_name_key_value_and_allowed(override: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(overrides=override)

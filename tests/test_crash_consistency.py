@@ -48,8 +48,9 @@ os._exit(0)
 @pytest.fixture(scope="module")
 def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("crash")
-    record_greedy(tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident",
-                  max_new_tokens=2)
+    record_greedy(
+        tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident", max_new_tokens=2
+    )
     shutil.copytree(root / "incidents" / "inc0", root / "incidents" / "broken")
     (root / "incidents" / "broken" / "activations.arrow").write_bytes(b"not arrow at all")
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
@@ -59,8 +60,14 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
 
 def _crash_at(step: str, lab: dict[str, Path], output: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    child = subprocess.run([sys.executable, "-c", CHILD, str(lab["incidents"]), str(lab["benign"]), str(output),
-                            step], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(lab["incidents"]), str(lab["benign"]), str(output), step],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert child.returncode == CRASH_CODE, child.stderr[-3000:]
 
 
@@ -75,8 +82,9 @@ def _consistent(output: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_a_batch_killed_at_each_step_is_repaired_by_the_next_run(step: str, lab: dict[str, Path], tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_batch_killed_at_each_step_is_repaired_by_the_next_run(
+    step: str, lab: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "results"
     output.mkdir()
     stale = {"bundle": "inc0", "path": str(lab["incidents"] / "inc0"), "error": "ReplayError", "message": "earlier"}

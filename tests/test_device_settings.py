@@ -28,13 +28,18 @@ def env(tmp_path: Path) -> dict[str, str]:
     """The CLI's environment without MODEL_FORENSICS_* settings, with existing dirs (health otherwise ok)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MODEL_FORENSICS_")}
     (tmp_path / "bundles").mkdir()
-    return {**clean, "MODEL_FORENSICS_BUNDLE_DIR": str(tmp_path / "bundles"),
-            "MODEL_FORENSICS_OUTPUT_DIR": str(tmp_path / "out"), "MODEL_FORENSICS_CACHE_DIR": str(tmp_path / "cache")}
+    return {
+        **clean,
+        "MODEL_FORENSICS_BUNDLE_DIR": str(tmp_path / "bundles"),
+        "MODEL_FORENSICS_OUTPUT_DIR": str(tmp_path / "out"),
+        "MODEL_FORENSICS_CACHE_DIR": str(tmp_path / "cache"),
+    }
 
 
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forensics.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "forensics.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def assert_one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -63,8 +68,23 @@ def test_library_refuses_a_missing_device_by_name() -> None:
 
 
 def test_record_device_flag(env: dict[str, str], tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
-    proc = cli(["record", "--model", str(tiny_dirs["llama"]), "--prompt", "Paris is", "--expected", " big",
-                "--out", str(tmp_path / "b"), "--device", "cuda:999"], env, tmp_path)
+    proc = cli(
+        [
+            "record",
+            "--model",
+            str(tiny_dirs["llama"]),
+            "--prompt",
+            "Paris is",
+            "--expected",
+            " big",
+            "--out",
+            str(tmp_path / "b"),
+            "--device",
+            "cuda:999",
+        ],
+        env,
+        tmp_path,
+    )
     assert_one_line(proc, "device 'cuda:999' is not available on this machine")
     assert not (tmp_path / "b").exists()
 
@@ -77,8 +97,9 @@ def test_environment_variable_is_named(env: dict[str, str], tmp_path: Path) -> N
 def test_config_file_key_is_named(env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "gpu.yaml"
     config.write_text("device: cuda:999\n")
-    proc = cli(["batch", str(tmp_path / "bundles"), "--output", str(tmp_path / "r"), "--config", str(config)],
-               env, tmp_path)
+    proc = cli(
+        ["batch", str(tmp_path / "bundles"), "--output", str(tmp_path / "r"), "--config", str(config)], env, tmp_path
+    )
     assert_one_line(proc, f"config file {config}, key 'device'")
     proc = cli(["test"], {**env, "MODEL_FORENSICS_CONFIG": str(config)}, tmp_path)  # the self-test too
     assert_one_line(proc, f"config file {config} (MODEL_FORENSICS_CONFIG), key 'device'")

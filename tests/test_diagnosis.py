@@ -26,17 +26,24 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
     """An incident whose expected answer one benign run really gives (so recovery has a baseline), and
     one whose expected answer no run gives."""
     root = tmp_path_factory.mktemp("diagnosis")
-    benign = [record_greedy(tiny_llama, p, root / "benign" / f"b{i}", "as-generated", kind="benign",
-                            max_new_tokens=2).bundle for i, p in enumerate(BENIGN)]
+    benign = [
+        record_greedy(tiny_llama, p, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
+        for i, p in enumerate(BENIGN)
+    ]
     own = record_greedy(tiny_llama, PROMPT, root / "probe", "as-generated", max_new_tokens=1).bundle
-    answer = next(b.outputs["generated_ids"][0] for b in benign
-                  if b.outputs["generated_ids"][0] != own.outputs["generated_ids"][0])
-    sourced = record_greedy(tiny_llama, PROMPT, root / "sourced", FailureSpec("expected", "", (answer,)),
-                            kind="incident", max_new_tokens=3).bundle
+    answer = next(
+        b.outputs["generated_ids"][0]
+        for b in benign
+        if b.outputs["generated_ids"][0] != own.outputs["generated_ids"][0]
+    )
+    sourced = record_greedy(
+        tiny_llama, PROMPT, root / "sourced", FailureSpec("expected", "", (answer,)), kind="incident", max_new_tokens=3
+    ).bundle
     given = {b.outputs["generated_ids"][0] for b in benign} | {own.outputs["generated_ids"][0]}
     nobody = next(i for i in own.outputs["top_k"][0]["ids"] if i not in given)  # likely, but no run says it
-    orphan = record_greedy(tiny_llama, PROMPT, root / "orphan", FailureSpec("expected", "", (nobody,)),
-                           kind="incident", max_new_tokens=3).bundle
+    orphan = record_greedy(
+        tiny_llama, PROMPT, root / "orphan", FailureSpec("expected", "", (nobody,)), kind="incident", max_new_tokens=3
+    ).bundle
     return {"root": root, "benign_dir": root / "benign", "benign": benign, "sourced": sourced, "orphan": orphan}
 
 
@@ -52,8 +59,11 @@ def test_input_substitution_is_reported_apart_and_never_a_fix(lab: dict[str, Any
         assert row["interventions"][0]["positions"] == "all" and "replaced by bundle" in row["statement"]
     for fix in report["fix_sets"]:
         assert not any(is_input_substitution(Intervention.from_dict(iv)) for iv in fix["interventions"])
-    assert all(not is_input_substitution(Intervention.from_dict(iv)) for s in report["single_effects"]
-               for iv in s["interventions"])
+    assert all(
+        not is_input_substitution(Intervention.from_dict(iv))
+        for s in report["single_effects"]
+        for iv in s["interventions"]
+    )
 
 
 def test_recovery_is_measured_against_a_run_that_gives_the_target(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
@@ -69,8 +79,9 @@ def test_recovery_is_measured_against_a_run_that_gives_the_target(lab: dict[str,
         assert report["fix_set"]["recovery"] is not None
 
 
-def test_recovery_is_unavailable_not_invented_when_no_run_gives_the_target(lab: dict[str, Any],
-                                                                           tiny_llama: LoadedModel) -> None:
+def test_recovery_is_unavailable_not_invented_when_no_run_gives_the_target(
+    lab: dict[str, Any], tiny_llama: LoadedModel
+) -> None:
     report = _analyze(lab, tiny_llama, "orphan")
     d = report["decision"]
     assert d["recovery_available"] is False and d["m_baseline"] is None
@@ -110,8 +121,11 @@ def test_side_effects_count_what_a_fix_really_changes(lab: dict[str, Any], tiny_
     benign = [Replayer(b, loaded=tiny_llama) for b in lab["benign"]]
     [checked] = check_side_effects([wreck], benign)
     expect = sum(b.outputs["generated_ids"][0] != 0 for b in lab["benign"])
-    assert checked.side_effects == {"checked": len(BENIGN), "changed": expect,
-                                    "changed_bundles": [b.id for b in lab["benign"] if b.outputs["generated_ids"][0] != 0]}
+    assert checked.side_effects == {
+        "checked": len(BENIGN),
+        "changed": expect,
+        "changed_bundles": [b.id for b in lab["benign"] if b.outputs["generated_ids"][0] != 0],
+    }
 
 
 def test_analysis_without_baselines_says_what_it_rests_on(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
@@ -120,8 +134,9 @@ def test_analysis_without_baselines_says_what_it_rests_on(lab: dict[str, Any], t
     assert any(row["what"].startswith("CF") for row in report["not_evaluated"])
 
 
-def test_forbidden_fix_is_judged_on_the_regenerated_answer(lab: dict[str, Any], tiny_llama: LoadedModel,
-                                                           tmp_path: Path) -> None:
+def test_forbidden_fix_is_judged_on_the_regenerated_answer(
+    lab: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path
+) -> None:
     tok = tiny_llama.tokenizer
     first = lab["orphan"].outputs["generated_ids"][0]
     spec = FailureSpec.forbidden(tok.decode([first]))
@@ -144,8 +159,10 @@ def test_regeneration_keeps_the_fix_at_the_decision_position_only(lab: dict[str,
     assert len(new) == 3 or new[-1] == tiny_llama.tokenizer.eos_token_id  # generation stops at an end token
 
 
-@pytest.mark.parametrize(("text", "token", "empty"), [(".", 5, True), ("  ", 5, True), (" Paris", 5, False),
-                                                      ("\n", 5, True), (" 1945", 5, False)])
+@pytest.mark.parametrize(
+    ("text", "token", "empty"),
+    [(".", 5, True), ("  ", 5, True), (" Paris", 5, False), ("\n", 5, True), (" 1945", 5, False)],
+)
 def test_empty_answers_are_suppressions(text: str, token: int, empty: bool) -> None:
     from types import SimpleNamespace
 
@@ -164,8 +181,9 @@ def test_fidelity_is_relative_to_each_modules_scale(lab: dict[str, Any], tiny_ll
         assert m.tolerance == pytest.approx(fid.atol + fid.rtol * m.scale)
     data = fid.to_dict()
     assert set(data["modules"]) == set(lab["orphan"].modules) and data["rtol"] == ReplayOptions().fidelity_rtol
-    strict = Replayer(lab["orphan"], loaded=tiny_llama, options=ReplayOptions(fidelity_tolerance=1e-12,
-                                                                              fidelity_rtol=0.0)).fidelity()
+    strict = Replayer(
+        lab["orphan"], loaded=tiny_llama, options=ReplayOptions(fidelity_tolerance=1e-12, fidelity_rtol=0.0)
+    ).fidelity()
     assert strict.atol == 1e-12 and strict.rtol == 0.0  # the same replay judged by an absolute 1e-12
 
 

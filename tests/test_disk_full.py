@@ -32,17 +32,40 @@ PAGE = 4096
 @pytest.fixture(scope="module")
 def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("disk-full")
-    record_greedy(tiny_llama, "The capital of Australia is", root / "bundles" / "incidents" / "inc0",
-                  kind="incident", max_new_tokens=2)
+    record_greedy(
+        tiny_llama,
+        "The capital of Australia is",
+        root / "bundles" / "incidents" / "inc0",
+        kind="incident",
+        max_new_tokens=2,
+    )
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
-        record_greedy(tiny_llama, prompt, root / "bundles" / "benign" / f"b{i}", "as-generated", kind="benign",
-                      max_new_tokens=2)
+        record_greedy(
+            tiny_llama, prompt, root / "bundles" / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2
+        )
     sizes = root / "sizes"
-    assert main(["analyze", str(root / "bundles" / "incidents" / "inc0"), "--baseline",
-                 str(root / "bundles" / "benign"), "--output", str(sizes / "r.json"), "--html",
-                 str(sizes / "r.html")]) == 0
-    return {"bundles": root / "bundles", "incident": root / "bundles" / "incidents" / "inc0",
-            "benign": root / "bundles" / "benign", "json": sizes / "r.json", "html": sizes / "r.html"}
+    assert (
+        main(
+            [
+                "analyze",
+                str(root / "bundles" / "incidents" / "inc0"),
+                "--baseline",
+                str(root / "bundles" / "benign"),
+                "--output",
+                str(sizes / "r.json"),
+                "--html",
+                str(sizes / "r.html"),
+            ]
+        )
+        == 0
+    )
+    return {
+        "bundles": root / "bundles",
+        "incident": root / "bundles" / "incidents" / "inc0",
+        "benign": root / "bundles" / "benign",
+        "json": sizes / "r.json",
+        "html": sizes / "r.html",
+    }
 
 
 @pytest.fixture
@@ -52,8 +75,9 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (mount -t tmpfs); run the suite as root or in CI")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); needs CAP_SYS_ADMIN")
     try:
@@ -88,26 +112,48 @@ def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
     return errors[0]
 
 
-def test_analyze_on_a_full_disk_is_one_line(lab: dict[str, Path], disk: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_on_a_full_disk_is_one_line(
+    lab: dict[str, Path], disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fill(disk)
     out = disk / "results"
     out.mkdir()
-    code = main(["analyze", str(lab["incident"]), "--baseline", str(lab["benign"]), "--output", str(out / "r.json"),
-                 "--html", str(out / "r.html")])
+    code = main(
+        [
+            "analyze",
+            str(lab["incident"]),
+            "--baseline",
+            str(lab["benign"]),
+            "--output",
+            str(out / "r.json"),
+            "--html",
+            str(out / "r.html"),
+        ]
+    )
     assert code == 2
     err = _one_line(capsys)
     assert str(out / "r.json") in err and "No space left on device" in err
     assert _left(disk) == {"results"}
 
 
-def test_analyze_with_room_for_the_report_but_not_the_index(lab: dict[str, Path], disk: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_with_room_for_the_report_but_not_the_index(
+    lab: dict[str, Path], disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = disk / "results"
     out.mkdir()
     _fill(disk, leave=_pages(lab["json"], lab["html"]))
-    code = main(["analyze", str(lab["incident"]), "--baseline", str(lab["benign"]), "--output", str(out / "r.json"),
-                 "--html", str(out / "r.html")])
+    code = main(
+        [
+            "analyze",
+            str(lab["incident"]),
+            "--baseline",
+            str(lab["benign"]),
+            "--output",
+            str(out / "r.json"),
+            "--html",
+            str(out / "r.html"),
+        ]
+    )
     assert code == 2
     err = _one_line(capsys)
     assert "index.sqlite" in err and "(SQLite)" in err, err
@@ -115,8 +161,9 @@ def test_analyze_with_room_for_the_report_but_not_the_index(lab: dict[str, Path]
     assert not left, left
 
 
-def test_batch_on_a_full_disk_stops_with_one_line(lab: dict[str, Path], disk: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_on_a_full_disk_stops_with_one_line(
+    lab: dict[str, Path], disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = disk / "results"
     out.mkdir()
     _fill(disk)
@@ -132,8 +179,9 @@ def test_the_service_answers_507_and_stores_nothing(lab: dict[str, Path], disk: 
     out.mkdir()
     _fill(disk)
     with pytest.raises(StorageError) as caught:
-        service.run_analysis(RCAPipeline(), bundle_dir=lab["bundles"], output_dir=out, bundle="incidents/inc0",
-                             baseline=lab["benign"])
+        service.run_analysis(
+            RCAPipeline(), bundle_dir=lab["bundles"], output_dir=out, bundle="incidents/inc0", baseline=lab["benign"]
+        )
     assert str(out) in str(caught.value) and "\n" not in str(caught.value)
     data: dict[str, Any] = service.error_data(caught.value, "req-1")
     assert data["status"] == 507 and data["request_id"] == "req-1" and str(out) not in data["message"]

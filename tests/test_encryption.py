@@ -48,8 +48,9 @@ def _files(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("zstd", [False, True])
 def test_round_trip_is_bit_exact(tmp_path: Path, zstd: bool) -> None:
-    written = write_bundle(tmp_path / "b", make_manifest(), sample_activations(), encryption_key=KEY,
-                           compression="zstd" if zstd else None)
+    written = write_bundle(
+        tmp_path / "b", make_manifest(), sample_activations(), encryption_key=KEY, compression="zstd" if zstd else None
+    )
     assert written.encrypted
     bundle = load_bundle(tmp_path / "b", encryption_key=KEY)
     assert bundle.encrypted and bundle.modules == [name for name, _ in sample_activations()]
@@ -187,8 +188,9 @@ def test_bad_key_arguments_never_echo_the_key(tmp_path: Path) -> None:
     _assert_no_key(str(info.value), KEY[:16])
     assert not (tmp_path / "b").exists()
     with pytest.raises(BundleError, match="key_id 'feedfacefeedface' does not match") as info:
-        write_bundle(tmp_path / "b", make_manifest(), sample_activations(), encryption_key=KEY,
-                     key_id="feedfacefeedface")
+        write_bundle(
+            tmp_path / "b", make_manifest(), sample_activations(), encryption_key=KEY, key_id="feedfacefeedface"
+        )
     _assert_no_key(str(info.value))
     good = write_bundle(tmp_path / "b", make_manifest(), sample_activations(), encryption_key=KEY, key_id=key_id(KEY))
     assert good.manifest["encryption"]["key_id"] == key_id(KEY)
@@ -234,7 +236,9 @@ def test_the_library_never_reads_the_key_from_the_environment(tmp_path: Path, mo
     config = config_from_env(None, os.environ)
     assert config.encryption_key == KEY and config.encryption_key_set
     assert "encryption_key" not in to_dict(config) and repr(KEY) not in repr(config)
-    sealed = write_bundle(tmp_path / "sealed", make_manifest(), sample_activations(), encryption_key=config.encryption_key)
+    sealed = write_bundle(
+        tmp_path / "sealed", make_manifest(), sample_activations(), encryption_key=config.encryption_key
+    )
     assert sealed.encrypted
     with pytest.raises(BundleError, match="no\\s+key was given"):
         load_bundle(tmp_path / "sealed")

@@ -39,10 +39,16 @@ def test_metric_and_fixed() -> None:
     assert forb.fixed(logits, observed_id=1, target_id=None).tolist() == [False, True]
 
 
-@pytest.mark.parametrize("bad", [
-    {"type": "nonsense"}, {"type": "expected", "token_ids": []}, {"type": "label", "token_ids": [1, 2]},
-    {"type": "forbidden", "text": ""}, {"text": "x"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "nonsense"},
+        {"type": "expected", "token_ids": []},
+        {"type": "label", "token_ids": [1, 2]},
+        {"type": "forbidden", "text": ""},
+        {"text": "x"},
+    ],
+)
 def test_bad_specs_are_config_errors(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         FailureSpec.from_dict(bad)

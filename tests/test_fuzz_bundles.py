@@ -16,8 +16,14 @@ from hypothesis import strategies as st
 from forensics.bundle import load_bundle, write_bundle
 from forensics.errors import BundleError
 
-MANIFEST = {"kind": "incident", "model": {"ref": "tiny", "sha256": "0" * 64}, "inputs": {"input_ids": [1, 2, 3]},
-            "outputs": {"generated_ids": [4]}, "failure": None, "recorded": {"modules": []}}
+MANIFEST = {
+    "kind": "incident",
+    "model": {"ref": "tiny", "sha256": "0" * 64},
+    "inputs": {"input_ids": [1, 2, 3]},
+    "outputs": {"generated_ids": [4]},
+    "failure": None,
+    "recorded": {"modules": []},
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,9 @@ mutation = st.tuples(
 )
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                    HealthCheck.too_slow])
+@settings(
+    max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(mutation)
 def test_mutated_bundles_load_or_raise_bundle_error(pristine: Path, m: tuple[str, str, int, bytes, bool]) -> None:
     target, op, at, payload, fix_checksum = m

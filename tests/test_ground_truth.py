@@ -22,12 +22,15 @@ def six_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_plant_fault_touches_only_the_named_projection(six_layer: Path) -> None:
     model = resolve_model(str(six_layer), device="cpu").model
     broken = plant_fault(model, Fault(layer=2, site="head", head=1, seed=3))
-    changed = [n for (n, a), (_, b) in zip(model.named_parameters(), broken.named_parameters(), strict=True)
-               if not torch.equal(a, b)]
+    changed = [
+        n
+        for (n, a), (_, b) in zip(model.named_parameters(), broken.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    ]
     assert changed == ["model.layers.2.self_attn.o_proj.weight"]
     diff = (broken.model.layers[2].self_attn.o_proj.weight - model.model.layers[2].self_attn.o_proj.weight).abs()
     width = 64 // 4
-    assert diff[:, width:2 * width].sum() > 0 and diff[:, :width].sum() == 0 and diff[:, 2 * width:].sum() == 0
+    assert diff[:, width : 2 * width].sum() > 0 and diff[:, :width].sum() == 0 and diff[:, 2 * width :].sum() == 0
     with pytest.raises(ConfigError, match="fault layer 9"):
         plant_fault(model, Fault(layer=9))
 

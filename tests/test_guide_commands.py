@@ -14,13 +14,34 @@ import pytest
 from forensics.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-BENIGN = [("The capital of France is", " Paris"), ("The capital of Japan is", " Tokyo"),
-          ("The capital of Italy is", " Rome")]
+BENIGN = [
+    ("The capital of France is", " Paris"),
+    ("The capital of Japan is", " Tokyo"),
+    ("The capital of Italy is", " Rome"),
+]
 
 
 def _record(model: Path, out: Path, prompt: str, expected: str, kind: str) -> None:
-    assert main(["record", "--model", str(model), "--prompt", prompt, "--expected", expected, "--out", str(out),
-                 "--kind", kind, "--max-new-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                str(model),
+                "--prompt",
+                prompt,
+                "--expected",
+                expected,
+                "--out",
+                str(out),
+                "--kind",
+                kind,
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +97,26 @@ def test_build_baseline_without_out(cwd: Path, capsys: pytest.CaptureFixture[str
     assert run("model-forensics build-baseline bundles/benign/") == 0
     written = cwd / "bundles" / "benign" / "baseline.json"
     assert written.is_file() and str(written.relative_to(cwd)) in capsys.readouterr().out.replace("//", "/")
-    assert run("model-forensics analyze bundles/incident_001 --baseline bundles/benign/baseline.json "
-               "--output r.json") == 0
+    assert (
+        run("model-forensics analyze bundles/incident_001 --baseline bundles/benign/baseline.json --output r.json") == 0
+    )
     written.unlink()  # the lab is shared by the other tests
 
 
 def test_stats_finds_a_report_written_elsewhere(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (cwd / "elsewhere").mkdir()
-    assert run("model-forensics analyze bundles/incident_001 --baseline bundles/benign/ "
-               "--output elsewhere/rca.json") == 0
+    assert (
+        run("model-forensics analyze bundles/incident_001 --baseline bundles/benign/ --output elsewhere/rca.json") == 0
+    )
     capsys.readouterr()
     assert run('model-forensics stats --since "24h" --format json') == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["count"] >= 1 and Path(stats["output_dir"]) == Path("analysis_results")
 
 
-def test_log_settings_and_the_lines_the_guide_greps(cwd: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_log_settings_and_the_lines_the_guide_greps(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_BUNDLE_DIR", str(cwd / "bundles"))
     assert run("model-forensics analyze incident_001 --baseline benign --output r.json") == 0  # under bundle_dir
     lines = (cwd / "model_forensics.log").read_text().splitlines()
@@ -108,8 +132,9 @@ def test_log_settings_and_the_lines_the_guide_greps(cwd: Path, monkeypatch: pyte
     assert len((cwd / "model_forensics.log").read_text().splitlines()) == before  # INFO not written
 
 
-def test_max_memory_needs_a_unit_and_a_floor(cwd: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_max_memory_needs_a_unit_and_a_floor(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for value in ("16", "100MB"):
         monkeypatch.setenv("MODEL_FORENSICS_MAX_MEMORY", value)
         assert run("model-forensics analyze bundles/incident_001") == 2

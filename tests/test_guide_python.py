@@ -23,8 +23,24 @@ PROMPT = "The capital of Australia is"
 @pytest.fixture(scope="module")
 def incident(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("guide-py") / "incident_001"
-    assert main(["record", "--model", str(tiny_dirs["llama"]), "--prompt", PROMPT, "--expected", " Canberra",
-                 "--out", str(out), "--max-new-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                str(tiny_dirs["llama"]),
+                "--prompt",
+                PROMPT,
+                "--expected",
+                " Canberra",
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -44,11 +60,14 @@ def test_pipeline_reads_the_environment_unless_given_a_config(monkeypatch: pytes
 
 
 def test_a_torch_model_passed_positionally_is_the_model_analysed(
-        incident: Path, tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    incident: Path, tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_OUTPUT_DIR", str(tmp_path / "results"))
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"])  # a bare nn.Module, as MLflow returns it
     result = RCAPipeline().analyze_incident(str(incident), model)
-    assert result.model["kind"] == "module" and result.model["sha256"] == forensics.load_bundle(incident).model["sha256"]
+    assert (
+        result.model["kind"] == "module" and result.model["sha256"] == forensics.load_bundle(incident).model["sha256"]
+    )
     assert result.export_path == str(tmp_path / "results" / "incident_001.json")
     assert json.loads(Path(result.export_path).read_text())["bundle_id"] == "incident_001"
     assert (tmp_path / "results" / "index.sqlite").is_file()  # `stats` finds it
@@ -71,16 +90,19 @@ def test_library_pipeline_uses_a_model_given_as_model_keyword(incident: Path, ti
         forensics.RCAPipeline().analyze_incident(str(incident), model=42)
 
 
-def test_mlflow_snippet_end_to_end(incident: Path, tiny_dirs: dict[str, Path], tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    mlflow = pytest.importorskip("mlflow", reason="the optional 'mlflow' extra is not installed "
-                                                  "(pip install -e '.[mlflow]')")
+def test_mlflow_snippet_end_to_end(
+    incident: Path, tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mlflow = pytest.importorskip(
+        "mlflow", reason="the optional 'mlflow' extra is not installed (pip install -e '.[mlflow]')"
+    )
     monkeypatch.setenv("MODEL_FORENSICS_OUTPUT_DIR", str(tmp_path / "results"))
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())  # a local file store, no server
     with mlflow.start_run() as run:
-        mlflow.pytorch.log_model(AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), name="model",
-                                 serialization_format="pickle")  # how it was logged is the user's choice
+        mlflow.pytorch.log_model(
+            AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"]), name="model", serialization_format="pickle"
+        )  # how it was logged is the user's choice
 
     # --- the guide's snippet, verbatim from here ---
     def analyze_model_failure(model_run_id, incident_data):  # type: ignore[no-untyped-def]
@@ -93,12 +115,15 @@ def test_mlflow_snippet_end_to_end(incident: Path, tiny_dirs: dict[str, Path], t
 
         # Log results to MLflow
         with mlflow.start_run(run_id=model_run_id):
-            mlflow.log_metrics({
-                "rca_confidence": result.confidence,
-                "anomalous_layers": len([m for m in result.compression_metrics if m.is_anomalous])
-            })
+            mlflow.log_metrics(
+                {
+                    "rca_confidence": result.confidence,
+                    "anomalous_layers": len([m for m in result.compression_metrics if m.is_anomalous]),
+                }
+            )
             mlflow.log_artifact(result.export_path)
         return result
+
     # --- end of the snippet ---
 
     result = analyze_model_failure(run.info.run_id, str(incident))

@@ -39,19 +39,34 @@ from forensics.record import record_greedy
 
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
 OUR_ERRORS = {name for name in errors.__all__ if name.endswith("Error")}
-FAMILIES = ["manifest-json", "manifest-cross-field", "files-table", "arrow", "special-files", "archive",
-            "model-gone", "other-model"]
+FAMILIES = [
+    "manifest-json",
+    "manifest-cross-field",
+    "files-table",
+    "arrow",
+    "special-files",
+    "archive",
+    "model-gone",
+    "other-model",
+]
 
 
 @pytest.fixture(scope="module")
-def lab(tiny_llama: LoadedModel, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def lab(
+    tiny_llama: LoadedModel, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("hostile-runs")
     record_greedy(tiny_llama, "The capital of Australia is", root / "good" / "good", kind="incident", max_new_tokens=2)
     for i, prompt in enumerate(BENIGN):
         record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     (root / "outside").mkdir()
-    return {"root": root, "good": root / "good" / "good", "benign": root / "benign", "gpt2": tiny_dirs["gpt2"],
-            "outside": root / "outside"}
+    return {
+        "root": root,
+        "good": root / "good" / "good",
+        "benign": root / "benign",
+        "gpt2": tiny_dirs["gpt2"],
+        "outside": root / "outside",
+    }
 
 
 def _make_hostile(lab: dict[str, Any], family: str, seed: int, dest: Path) -> Path:
@@ -59,9 +74,14 @@ def _make_hostile(lab: dict[str, Any], family: str, seed: int, dest: Path) -> Pa
     rng = random.Random(seed)
     shutil.copytree(lab["good"], dest)
     pristine = Pristine(dest, dest, dest, dest, lab["outside"])
-    mutations = {"manifest-json": mutate_manifest, "manifest-cross-field": cross_field_lie,
-                 "files-table": lying_files_table, "arrow": lying_arrow, "special-files": special_files,
-                 "archive": hostile_archive}
+    mutations = {
+        "manifest-json": mutate_manifest,
+        "manifest-cross-field": cross_field_lie,
+        "files-table": lying_files_table,
+        "arrow": lying_arrow,
+        "special-files": special_files,
+        "archive": hostile_archive,
+    }
     if family in mutations:
         try:
             made = mutations[family](rng, dest, pristine)
@@ -88,20 +108,31 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.Log
     return code, out.out
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(cases=st.lists(st.tuples(st.sampled_from(FAMILIES), st.integers(0, 2**31)), min_size=2, max_size=3))
-def test_hostile_bundles_never_stop_a_run(lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
-                                          capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
-                                          cases: list[tuple[str, int]]) -> None:
+def test_hostile_bundles_never_stop_a_run(
+    lab: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    cases: list[tuple[str, int]],
+) -> None:
     work = tmp_path_factory.mktemp("case")
     incidents = work / "incidents"
     shutil.copytree(lab["good"], incidents / "good")
     hostile = [_make_hostile(lab, family, seed, incidents / f"h{i}") for i, (family, seed) in enumerate(cases)]
     results = work / "results"
 
-    code, out = _run(["batch", str(incidents), "--baseline", str(lab["benign"]), "--output", str(results)],
-                     capsys, caplog)
+    code, out = _run(
+        ["batch", str(incidents), "--baseline", str(lab["benign"]), "--output", str(results)], capsys, caplog
+    )
     assert code in (0, 1)
     summary = json.loads((results / "summary.json").read_text())
     assert "good" in summary["done"]
@@ -115,12 +146,13 @@ def test_hostile_bundles_never_stop_a_run(lab: dict[str, Any], tmp_path_factory:
     rows = json.loads(out)
     assert code == (1 if any(r.get("error") for r in rows) else 0)
     assert any(r["bundle"] == "good" and "max_score" in r for r in rows)
-    assert [r for r in rows if r.get("error")] == rows[len(rows) - sum(bool(r.get("error")) for r in rows):]
+    assert [r for r in rows if r.get("error")] == rows[len(rows) - sum(bool(r.get("error")) for r in rows) :]
 
     for path in hostile:
         code, _ = _run(["replay", str(path), "--format", "json"], capsys, caplog)
         assert code in (0, 1, 2)
-        code, _ = _run(["analyze", str(path), "--baseline", str(lab["benign"]), "--output", str(work / "one.json")],
-                       capsys, caplog)
+        code, _ = _run(
+            ["analyze", str(path), "--baseline", str(lab["benign"]), "--output", str(work / "one.json")], capsys, caplog
+        )
         assert code in (0, 2)
     shutil.rmtree(work, ignore_errors=True)

@@ -38,17 +38,58 @@ pytestmark = pytest.mark.ray
 
 APP_NAME = "model-forensics-fuzz"
 MAX_UPLOAD = 64 * 1024
-EXAMPLES = 560            # one request each; the test asserts at least 500 were answered
+EXAMPLES = 560  # one request each; the test asserts at least 500 were answered
 TIMEOUT_S = 30
 MARKER = f"mf-fuzz-escape-{uuid.uuid4().hex[:12]}"  # the name an escaping tar member or path would leave behind
 
 ROUTES = {("POST", "/v1/analyze"), ("POST", "/v1/triage"), ("GET", "/metrics"), ("HEAD", "/metrics")}
 RESULTS = re.compile(r"^/v1/results/(?:(?!%2[fF])[^/?#])+$")  # %2F decodes to "/": then no route matches
-HOSTILE_NAMES = ["../x", "../../outside/secret", "/etc/passwd", "escape", "escape/manifest.json", "link.tar",
-                 "incidents/../../outside", "..", "./..", "incidents/..", "C:/Windows", "a\\..\\b", "inc\x00",
-                 "\x1b[31m", "%2e%2e/%2e%2e", "//etc", "~root", "uploads/../../outside", "a" * 2000]
-SEGMENTS = ["..", ".", "%2e%2e", "%2E%2E%2F", "%2F", "%00", "etc", "passwd", "v1", "analyze", "triage", "results",
-            "metrics", "healthz", "", "escape", "link.tar", "~", "..%2f..%2f", "/tmp", "C:", "%5c..%5c", MARKER]
+HOSTILE_NAMES = [
+    "../x",
+    "../../outside/secret",
+    "/etc/passwd",
+    "escape",
+    "escape/manifest.json",
+    "link.tar",
+    "incidents/../../outside",
+    "..",
+    "./..",
+    "incidents/..",
+    "C:/Windows",
+    "a\\..\\b",
+    "inc\x00",
+    "\x1b[31m",
+    "%2e%2e/%2e%2e",
+    "//etc",
+    "~root",
+    "uploads/../../outside",
+    "a" * 2000,
+]
+SEGMENTS = [
+    "..",
+    ".",
+    "%2e%2e",
+    "%2E%2E%2F",
+    "%2F",
+    "%00",
+    "etc",
+    "passwd",
+    "v1",
+    "analyze",
+    "triage",
+    "results",
+    "metrics",
+    "healthz",
+    "",
+    "escape",
+    "link.tar",
+    "~",
+    "..%2f..%2f",
+    "/tmp",
+    "C:",
+    "%5c..%5c",
+    MARKER,
+]
 TEXT = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " é✓", max_size=40)
 HEADER_TEXT = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " \t", max_size=120)
 
@@ -59,7 +100,7 @@ class Probe:
 
     method: str
     path: str
-    credential: str                       # admin | analyst | viewer | none | raw:<header value>
+    credential: str  # admin | analyst | viewer | none | raw:<header value>
     body: bytes | None = None
     content_type: str | None = None
     chunked: bool = False
@@ -82,15 +123,30 @@ BAD_CREDENTIALS = st.one_of(
 )
 # Mostly valid tokens, so most requests get past auth to the code that parses and confines.
 CREDENTIALS = st.sampled_from(["admin"] * 4 + ["analyst"] * 2 + ["viewer"] + ["bad"] * 3).flatmap(
-    lambda c: BAD_CREDENTIALS if c == "bad" else st.just(c))
+    lambda c: BAD_CREDENTIALS if c == "bad" else st.just(c)
+)
 
 
 @st.composite
 def paths(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["route", "segments", "results", "long", "query"]))
     if kind == "route":
-        return draw(st.sampled_from(["/v1/analyze", "/v1/triage", "/metrics", "/healthz", "/docs", "/openapi.json",
-                                     "/v1/results/" + uuid.uuid4().hex, "/", "/v1", "/v1/"]))
+        return draw(
+            st.sampled_from(
+                [
+                    "/v1/analyze",
+                    "/v1/triage",
+                    "/metrics",
+                    "/healthz",
+                    "/docs",
+                    "/openapi.json",
+                    "/v1/results/" + uuid.uuid4().hex,
+                    "/",
+                    "/v1",
+                    "/v1/",
+                ]
+            )
+        )
     if kind == "results":
         return "/v1/results/" + draw(st.one_of(st.sampled_from(HOSTILE_NAMES + SEGMENTS), TEXT))
     if kind == "long":
@@ -107,21 +163,42 @@ def encode(path: str) -> str:
 
 @st.composite
 def route_probes(draw: st.DrawFn) -> Probe:
-    method = draw(st.one_of(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE"]),
-                            st.from_regex(r"\A[A-Z]{1,12}\Z")))
+    method = draw(
+        st.one_of(
+            st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE"]),
+            st.from_regex(r"\A[A-Z]{1,12}\Z"),
+        )
+    )
     path = encode(draw(paths()))
     body = draw(st.one_of(st.none(), st.binary(max_size=512)))
     # Only the open routes (and authorized reads) may answer 2xx; a 404/405/401/... is what the rest must get.
-    benign = (method, path) in {("GET", "/healthz"), ("GET", "/docs"), ("GET", "/openapi.json"), ("HEAD", "/healthz"),
-                                ("HEAD", "/docs"), ("HEAD", "/openapi.json"), ("GET", "/metrics"), ("HEAD", "/metrics"),
-                                ("POST", "/v1/triage")} or bool(RESULTS.match(path))
-    return Probe(method, path, draw(CREDENTIALS), body, draw(st.sampled_from([None, "application/json"])),
-                 hostile=not benign, what="route")
+    benign = (method, path) in {
+        ("GET", "/healthz"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+        ("HEAD", "/healthz"),
+        ("HEAD", "/docs"),
+        ("HEAD", "/openapi.json"),
+        ("GET", "/metrics"),
+        ("HEAD", "/metrics"),
+        ("POST", "/v1/triage"),
+    } or bool(RESULTS.match(path))
+    return Probe(
+        method,
+        path,
+        draw(CREDENTIALS),
+        body,
+        draw(st.sampled_from([None, "application/json"])),
+        hostile=not benign,
+        what="route",
+    )
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
-                           max_leaves=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -130,19 +207,36 @@ def json_probes(draw: st.DrawFn) -> Probe:
     key = "bundle" if route == "/v1/analyze" else "directory"
     # bundle_dir holds no loadable bundle and no benign baseline: each of these names ends in a 4xx
     hostile_name = draw(st.sampled_from([*HOSTILE_NAMES, ".", "incidents", "incidents/broken", "incidents/nope"]))
-    kind = draw(st.sampled_from(["hostile-name", "hostile-name", "hostile-name", "hostile-baseline", "random-json", "extra-key", "junk", "deep",
-                                 "huge", "bad-utf8", "wrong-type"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "hostile-name",
+                "hostile-name",
+                "hostile-name",
+                "hostile-baseline",
+                "random-json",
+                "extra-key",
+                "junk",
+                "deep",
+                "huge",
+                "bad-utf8",
+                "wrong-type",
+            ]
+        )
+    )
     body: Any
     if kind == "hostile-name":
         body = json.dumps({key: hostile_name}).encode()
     elif kind == "hostile-baseline":
-        body = json.dumps({key: "incidents" if key == "directory" else "incidents/broken",
-                           "baseline": hostile_name}).encode()
+        body = json.dumps(
+            {key: "incidents" if key == "directory" else "incidents/broken", "baseline": hostile_name}
+        ).encode()
     elif kind == "random-json":
         body = json.dumps(draw(JSON_VALUES)).encode()
     elif kind == "extra-key":
-        body = json.dumps({key: "incidents", draw(TEXT.filter(lambda k: k not in ("bundle", "directory",
-                                                                                  "baseline"))): 1}).encode()
+        body = json.dumps(
+            {key: "incidents", draw(TEXT.filter(lambda k: k not in ("bundle", "directory", "baseline"))): 1}
+        ).encode()
     elif kind == "junk":
         body = draw(st.binary(max_size=2048))
     elif kind == "deep":
@@ -154,19 +248,49 @@ def json_probes(draw: st.DrawFn) -> Probe:
         body = b'{"' + key.encode() + b'": "\xff\xfe\xc3("}'
     else:
         body = json.dumps({key: draw(st.one_of(st.integers(), st.lists(TEXT, max_size=3), st.booleans()))}).encode()
-    content_type = draw(st.sampled_from(["application/json"] * 6 + [
-        None, "application/json; charset=utf-16", "text/plain", "application/x-www-form-urlencoded",
-        "application/xml", "multipart/form-data", "multipart/form-data; boundary=", "*/*"]))
+    content_type = draw(
+        st.sampled_from(
+            ["application/json"] * 6
+            + [
+                None,
+                "application/json; charset=utf-16",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "application/xml",
+                "multipart/form-data",
+                "multipart/form-data; boundary=",
+                "*/*",
+            ]
+        )
+    )
     # Every analyze request is hostile (bundle_dir holds no loadable bundle); triage only with a bad body.
     hostile = route == "/v1/analyze" or kind != "random-json" or content_type not in ("application/json", None)
-    return Probe("POST", route, draw(CREDENTIALS), body, content_type, chunked=draw(st.booleans()),
-                 hostile=hostile, what=f"json:{kind}")
+    return Probe(
+        "POST",
+        route,
+        draw(CREDENTIALS),
+        body,
+        content_type,
+        chunked=draw(st.booleans()),
+        hostile=hostile,
+        what=f"json:{kind}",
+    )
 
 
 # hostile tar members: (kind, name, extra)
 def _member_names(top: Path) -> st.SearchStrategy[str]:
-    escapes = [f"../{MARKER}", f"../../{MARKER}", f"../../../../../../{MARKER}", f"{top}/outside/{MARKER}",
-               f"/{MARKER}", f"ok/../../{MARKER}", f"..\\{MARKER}", f"C:/{MARKER}", f"ok/\x01{MARKER}", "/etc/cron.d/x"]
+    escapes = [
+        f"../{MARKER}",
+        f"../../{MARKER}",
+        f"../../../../../../{MARKER}",
+        f"{top}/outside/{MARKER}",
+        f"/{MARKER}",
+        f"ok/../../{MARKER}",
+        f"..\\{MARKER}",
+        f"C:/{MARKER}",
+        f"ok/\x01{MARKER}",
+        "/etc/cron.d/x",
+    ]
     plain = ["manifest.json", "bundle/manifest.json", "bundle/activations.arrow", "a", "a/b", "./manifest.json"]
     return st.one_of(st.sampled_from(escapes), st.sampled_from(plain), TEXT.filter(bool))
 
@@ -179,8 +303,11 @@ def tar_archives(draw: st.DrawFn, top: Path) -> tuple[bytes, str]:
     fmt = draw(st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT]))
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for _ in range(draw(st.integers(1, 6))):
-            kind = draw(st.sampled_from(["file", "file", "symlink", "hardlink", "chr", "blk", "fifo", "dir",
-                                         "big", "link-then-write"]))
+            kind = draw(
+                st.sampled_from(
+                    ["file", "file", "symlink", "hardlink", "chr", "blk", "fifo", "dir", "big", "link-then-write"]
+                )
+            )
             name = draw(names)
             info = tarfile.TarInfo(name)
             data = b""
@@ -190,8 +317,10 @@ def tar_archives(draw: st.DrawFn, top: Path) -> tuple[bytes, str]:
             elif kind in ("symlink", "link-then-write"):
                 info.type, info.linkname = tarfile.SYMTYPE, draw(st.sampled_from([str(top / "outside"), "../..", "/"]))
             elif kind == "hardlink":
-                info.type, info.linkname = tarfile.LNKTYPE, draw(st.sampled_from(
-                    [str(top / "outside" / "passwd"), "/etc/passwd", "manifest.json"]))
+                info.type, info.linkname = (
+                    tarfile.LNKTYPE,
+                    draw(st.sampled_from([str(top / "outside" / "passwd"), "/etc/passwd", "manifest.json"])),
+                )
             elif kind in ("chr", "blk"):
                 info.type, info.devmajor, info.devminor = (tarfile.CHRTYPE if kind == "chr" else tarfile.BLKTYPE), 1, 3
             elif kind == "fifo":
@@ -227,8 +356,17 @@ def tar_archives(draw: st.DrawFn, top: Path) -> tuple[bytes, str]:
     elif packing == "garbage":
         raw = draw(st.binary(min_size=1, max_size=4096))
     suffix = ".tar.zst" if packing == "zst" else ".tar"
-    filename = draw(st.sampled_from([f"x{suffix}", f"../../{MARKER}{suffix}", f"/etc/{MARKER}{suffix}",
-                                     f"escape/{MARKER}{suffix}", f"..%2f{MARKER}{suffix}"]))
+    filename = draw(
+        st.sampled_from(
+            [
+                f"x{suffix}",
+                f"../../{MARKER}{suffix}",
+                f"/etc/{MARKER}{suffix}",
+                f"escape/{MARKER}{suffix}",
+                f"..%2f{MARKER}{suffix}",
+            ]
+        )
+    )
     return raw, filename
 
 
@@ -239,17 +377,30 @@ def upload_probes(draw: st.DrawFn, top: Path) -> Probe:
     if draw(st.integers(0, 3)) > 0:
         body, kind = _multipart({}, [(filename, archive)], closed=True)
         return Probe("POST", "/v1/analyze", draw(st.sampled_from(["admin", "analyst"])), body, kind, what="upload")
-    fields = draw(st.dictionaries(st.sampled_from(["baseline", "bundle", "file", "x" * 100]),
-                                  st.sampled_from(HOSTILE_NAMES[:10]), max_size=3))
+    fields = draw(
+        st.dictionaries(
+            st.sampled_from(["baseline", "bundle", "file", "x" * 100]), st.sampled_from(HOSTILE_NAMES[:10]), max_size=3
+        )
+    )
     name = draw(st.sampled_from([filename, "x.zip", "", "x.tar\r\nX-Evil: 1"]))
     body, kind = _multipart(fields, [(name, archive)] * draw(st.sampled_from([0, 1, 2])), closed=draw(st.booleans()))
     if draw(st.booleans()):
         body += b"\0" * (MAX_UPLOAD + 70_000)  # over the upload limit
     boundary = kind.split("boundary=")[1]
-    declared = draw(st.sampled_from([kind, "multipart/form-data", "multipart/form-data; boundary=wrong",
-                                     f"multipart/mixed; boundary={boundary}", f"{kind}; charset=utf-16"]))
-    return Probe("POST", "/v1/analyze", draw(CREDENTIALS), body, declared, chunked=draw(st.booleans()),
-                 what="upload-envelope")
+    declared = draw(
+        st.sampled_from(
+            [
+                kind,
+                "multipart/form-data",
+                "multipart/form-data; boundary=wrong",
+                f"multipart/mixed; boundary={boundary}",
+                f"{kind}; charset=utf-16",
+            ]
+        )
+    )
+    return Probe(
+        "POST", "/v1/analyze", draw(CREDENTIALS), body, declared, chunked=draw(st.booleans()), what="upload-envelope"
+    )
 
 
 def _multipart(fields: dict[str, str], files: list[tuple[str, bytes]], *, closed: bool) -> tuple[bytes, str]:
@@ -258,8 +409,12 @@ def _multipart(fields: dict[str, str], files: list[tuple[str, bytes]], *, closed
     for key, value in fields.items():
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
     for filename, content in files:
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-                  "Content-Type: application/x-tar\r\n\r\n".encode() + content + b"\r\n")
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/x-tar\r\n\r\n".encode()
+            + content
+            + b"\r\n"
+        )
     if closed:
         out.write(f"--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
@@ -289,12 +444,25 @@ def fuzz_app(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     store = TokenStore(auth / "tokens.json")
     tokens = {role: store.add(f"fuzz-{role}", role) for role in ("admin", "analyst", "viewer")}
     (auth / "audit.log").touch()  # the app appends to it; created now so the sentinel snapshot can skip it
-    args = {"bundle_dir": str(root), "output_dir": str(results), "tokens_file": str(auth / "tokens.json"),
-            "audit_log": str(auth / "audit.log"), "max_upload_bytes": MAX_UPLOAD, "num_gpus": 0,
-            "analyzer_num_cpus": 0.5, "ingress_num_cpus": 0.25}
+    args = {
+        "bundle_dir": str(root),
+        "output_dir": str(results),
+        "tokens_file": str(auth / "tokens.json"),
+        "audit_log": str(auth / "audit.log"),
+        "max_upload_bytes": MAX_UPLOAD,
+        "num_gpus": 0,
+        "analyzer_num_cpus": 0.5,
+        "ingress_num_cpus": 0.25,
+    }
     with running_app(args, APP_NAME) as base:
-        yield {"base": base, "top": top, "root": root, "results": results, "tokens": tokens,
-               "audit": auth / "audit.log"}
+        yield {
+            "base": base,
+            "top": top,
+            "root": root,
+            "results": results,
+            "tokens": tokens,
+            "audit": auth / "audit.log",
+        }
 
 
 def snapshot(top: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
@@ -317,8 +485,15 @@ def snapshot(top: Path, skip: tuple[Path, ...]) -> dict[str, tuple[Any, ...]]:
 def escape_sites(top: Path) -> list[Path]:
     """Where a member or name escaping its directory would land (the extraction dir lives in the temp dir)."""
     tmp = Path(tempfile.gettempdir())
-    return [tmp / MARKER, tmp.parent / MARKER, Path("/") / MARKER, top / MARKER, top.parent / MARKER,
-            top / "outside" / MARKER, Path("/etc") / MARKER]
+    return [
+        tmp / MARKER,
+        tmp.parent / MARKER,
+        Path("/") / MARKER,
+        top / MARKER,
+        top.parent / MARKER,
+        top / "outside" / MARKER,
+        Path("/etc") / MARKER,
+    ]
 
 
 def send(base: str, probe: Probe, tokens: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -334,7 +509,7 @@ def send(base: str, probe: Probe, tokens: dict[str, str]) -> tuple[int, dict[str
     try:
         if probe.chunked and probe.body is not None:
             headers["Transfer-Encoding"] = "chunked"
-            chunks = [probe.body[i:i + 8192] for i in range(0, len(probe.body), 8192)] or [b""]
+            chunks = [probe.body[i : i + 8192] for i in range(0, len(probe.body), 8192)] or [b""]
             conn.request(probe.method, probe.path, body=iter(chunks), headers=headers, encode_chunked=True)
         else:
             conn.request(probe.method, probe.path, body=probe.body, headers=headers)
@@ -367,8 +542,14 @@ def test_hostile_requests_get_4xx_and_leave_no_trace(fuzz_app: dict[str, Any]) -
     temp_before = {p.name for p in Path(tempfile.gettempdir()).glob("forensics-bundle-*")}
     tally = Tally()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )
     @given(probe=probes(top))
     def one(probe: Probe) -> None:
         status, headers, data = send(fuzz_app["base"], probe, fuzz_app["tokens"])

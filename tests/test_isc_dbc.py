@@ -36,13 +36,19 @@ LAST = "model.layers.1"  # the last decoder layer's residual
 def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An incident whose expected answer a benign run gives (so there is a patch source and recovery)."""
     root = tmp_path_factory.mktemp("isc-dbc")
-    benign = [record_greedy(tiny_llama, p, root / "benign" / f"b{i}", "as-generated", kind="benign",
-                            max_new_tokens=2).bundle for i, p in enumerate(BENIGN)]
+    benign = [
+        record_greedy(tiny_llama, p, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
+        for i, p in enumerate(BENIGN)
+    ]
     own = record_greedy(tiny_llama, PROMPT, root / "probe", "as-generated", max_new_tokens=1).bundle
-    answer = next(b.outputs["generated_ids"][0] for b in benign
-                  if b.outputs["generated_ids"][0] != own.outputs["generated_ids"][0])
-    incident = record_greedy(tiny_llama, PROMPT, root / "incident", FailureSpec("expected", "", (answer,)),
-                             kind="incident", max_new_tokens=3).bundle
+    answer = next(
+        b.outputs["generated_ids"][0]
+        for b in benign
+        if b.outputs["generated_ids"][0] != own.outputs["generated_ids"][0]
+    )
+    incident = record_greedy(
+        tiny_llama, PROMPT, root / "incident", FailureSpec("expected", "", (answer,)), kind="incident", max_new_tokens=3
+    ).bundle
     return {"root": root, "benign_dir": root / "benign", "benign": benign, "incident": incident}
 
 
@@ -50,8 +56,9 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
 def report(lab: dict[str, Any], tiny_llama: LoadedModel) -> dict[str, Any]:
     on = ToggleConfig(enabled=True)
     config = replace(Config(), modules=replace(Config().modules, isc=on, dbc=on))
-    result = RCAPipeline(config).analyze_incident(lab["incident"], baseline=str(lab["benign_dir"]), model=tiny_llama,
-                                                  output=lab["root"] / "report.json")
+    result = RCAPipeline(config).analyze_incident(
+        lab["incident"], baseline=str(lab["benign_dir"]), model=tiny_llama, output=lab["root"] / "report.json"
+    )
     return result.to_dict()
 
 
@@ -73,9 +80,12 @@ class Counting:
 
 def _members(lab: dict[str, Any]) -> list[Intervention]:
     source = lab["benign"][0].id
-    return [Intervention("model.layers.0.mlp", "zero", "last"), Intervention("model.layers.0", "mean", "last"),
-            Intervention("model.layers.1.self_attn", "patch", "last", source),
-            Intervention("model.layers.0.mlp", "scale", "all", factor=3.0)]
+    return [
+        Intervention("model.layers.0.mlp", "zero", "last"),
+        Intervention("model.layers.0", "mean", "last"),
+        Intervention("model.layers.1.self_attn", "patch", "last", source),
+        Intervention("model.layers.0.mlp", "scale", "all", factor=3.0),
+    ]
 
 
 # -- alpha -----------------------------------------------------------------------------------------
@@ -116,9 +126,11 @@ def test_alpha_zero_changes_nothing(rp: Replayer, lab: dict[str, Any]) -> None:
 def test_alpha_blends_replacements_and_interpolates_scale_factors(rp: Replayer) -> None:
     """zero at α scales by 1 − α; scale(f) at α scales by 1 + α(f − 1): both are scale(0.7) here."""
     module = "model.layers.0.mlp"
-    sets = [(Intervention(module, "zero", "last", alpha=0.3),),
-            (Intervention(module, "scale", "last", factor=0.0, alpha=0.3),),
-            (Intervention(module, "scale", "last", factor=0.7),)]
+    sets = [
+        (Intervention(module, "zero", "last", alpha=0.3),),
+        (Intervention(module, "scale", "last", factor=0.0, alpha=0.3),),
+        (Intervention(module, "scale", "last", factor=0.7),),
+    ]
     logits = rp.logits(sets)
     torch.testing.assert_close(logits[0], logits[2], rtol=0, atol=1e-5)
     torch.testing.assert_close(logits[1], logits[2], rtol=0, atol=1e-5)
@@ -137,7 +149,7 @@ def test_isc_table_every_subset_in_one_call_and_shapley_efficiency(rp: Replayer,
     m_inc = rp.run(()).metric
     evaluate = Counting(rp)
     isc = interactions(evaluate, members, m_incident=m_inc, m_baseline=m_inc + 2.0)
-    assert evaluate.calls == 1 and evaluate.sets == 8 and len(isc["subsets"]) == 2 ** 3
+    assert evaluate.calls == 1 and evaluate.sets == 8 and len(isc["subsets"]) == 2**3
     alone = rp.evaluate([tuple(iv for i, iv in enumerate(members) if mask >> i & 1) for mask in range(8)])
     for row, out in zip(isc["subsets"], alone, strict=True):
         assert row["metric"] == pytest.approx(out.metric, abs=1e-5)
@@ -205,7 +217,7 @@ def test_pipeline_reports_isc_for_the_fix_set(report: dict[str, Any]) -> None:
     assert fix is not None and isc is not None, report["notes"]
     assert not any("not implemented" in n and ("isc" in n or "dbc" in n) for n in report["notes"])
     k = len(fix["interventions"])
-    assert isc["k"] == k and isc["members"] == fix["interventions"] and len(isc["subsets"]) == 2 ** k
+    assert isc["k"] == k and isc["members"] == fix["interventions"] and len(isc["subsets"]) == 2**k
     assert isc["subsets"][-1]["metric"] == pytest.approx(fix["metric"], abs=1e-5)
     assert isc["subsets"][-1]["recovery"] == pytest.approx(fix["recovery"], abs=1e-5)
     assert isc["subsets"][0]["metric"] == pytest.approx(report["decision"]["m_incident"], abs=1e-5)
@@ -241,9 +253,9 @@ def test_report_with_isc_and_dbc_validates_against_the_schema(report: dict[str, 
 def test_html_shows_the_isc_table_and_the_dbc_curves(report: dict[str, Any]) -> None:
     page = render_html(report)
     assert 'id="isc"' in page and "Every subset" in page and "Shapley values" in page
-    isc_part = page[page.index('id="isc"'):page.index('id="dbc"')]
+    isc_part = page[page.index('id="isc"') : page.index('id="dbc"')]
     assert isc_part.count("<tr>") >= 2 ** report["isc"]["k"]
-    dbc_part = page[page.index('id="dbc"'):page.index("</section>", page.index('id="dbc"'))]
+    dbc_part = page[page.index('id="dbc"') : page.index("</section>", page.index('id="dbc"'))]
     assert "<svg" in dbc_part and 'aria-label="decision boundary crossing' in dbc_part
     assert 'class="flip"' in dbc_part  # the flip point is marked
     assert render_html(report) == page  # deterministic

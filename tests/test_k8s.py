@@ -49,6 +49,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # ---------------------------------------------------------------------------------------- helpers
 
+
 def load(name: str) -> Any:
     return yaml.load((K8S / name).read_text(), Loader=_Loader)
 
@@ -76,8 +77,11 @@ def strict(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -91,14 +95,19 @@ def errors(schema: dict[str, Any], doc: Any) -> list[str]:
     # Draft 7 treats the x-kubernetes-* keywords, `nullable` and unknown `format`s (int32,
     # int-or-string, ...) as annotations; formats are not asserted without a format checker.
     validator = jsonschema.Draft7Validator(schema)
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def cluster_spec(name: str, doc: dict[str, Any]) -> dict[str, Any]:
     spec = doc["spec"]
-    return {"raycluster.yaml": spec, "rayjob.yaml": spec.get("rayClusterSpec"),
-            "rayservice.yaml": spec.get("rayClusterConfig")}[name]  # type: ignore[return-value]
+    return {
+        "raycluster.yaml": spec,
+        "rayjob.yaml": spec.get("rayClusterSpec"),
+        "rayservice.yaml": spec.get("rayClusterConfig"),
+    }[name]  # type: ignore[return-value]
 
 
 def groups(cluster: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -124,6 +133,7 @@ def module_file(dotted: str) -> Path:
 
 
 # ------------------------------------------------------------------------------- KubeRay schemas
+
 
 @pytest.mark.parametrize("name", sorted(KUBERAY))
 def test_kuberay_manifest_validates_against_crd(name: str) -> None:
@@ -164,8 +174,17 @@ def _bad_env_entry(doc: dict[str, Any]) -> None:
     doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append({"value": "no name"})
 
 
-@pytest.mark.parametrize("mutate", [_misspelled_required, _missing_group_name, _wrong_type_replicas,
-                                    _wrong_type_start_param, _bad_quantity, _bad_env_entry])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _misspelled_required,
+        _missing_group_name,
+        _wrong_type_replicas,
+        _wrong_type_start_param,
+        _bad_quantity,
+        _bad_env_entry,
+    ],
+)
 def test_validator_rejects_broken_manifest(mutate: Any) -> None:
     doc = _raycluster()
     mutate(doc)
@@ -190,6 +209,7 @@ def test_strict_mode_keeps_open_maps_open() -> None:
 
 # ------------------------------------------------------------------- KubeRay: what the operator checks
 
+
 @pytest.mark.parametrize("name", sorted(KUBERAY))
 def test_operator_side_rules(name: str) -> None:
     """A few of KubeRay's own checks (ray-operator/controllers/ray/utils/validation.go)."""
@@ -205,13 +225,16 @@ def test_operator_side_rules(name: str) -> None:
         seen.add(group_name)
         assert group["template"]["spec"]["containers"], f"{group_name}: no container"
         assert "labels" not in group.get("rayStartParams", {})
-        assert not ({"num-cpus", "num-gpus", "memory", "resources"} & set(group.get("rayStartParams", {}))
-                    and group.get("resources")), f"{group_name}: resources set twice"
+        assert not (
+            {"num-cpus", "num-gpus", "memory", "resources"} & set(group.get("rayStartParams", {}))
+            and group.get("resources")
+        ), f"{group_name}: resources set twice"
         if group_name != "head":
             assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
 
 
 # ---------------------------------------------------------------------------- KubeRay: our choices
+
 
 @pytest.mark.parametrize("name", sorted(KUBERAY))
 def test_ray_cluster_layout(name: str) -> None:
@@ -250,8 +273,9 @@ def test_ray_pods_image_env_and_data_volume(name: str) -> None:
     cluster = cluster_spec(name, load(name))
     for group_name, group in groups(cluster):
         pod = group["template"]["spec"]
-        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
-                  if "persistentVolumeClaim" in v}
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
         assert PVC in claims.values(), group_name
         for container in pod.get("initContainers", []) + pod["containers"]:
             assert container["image"] == IMAGE
@@ -273,7 +297,10 @@ def test_rayjob_entrypoint() -> None:
 
     args = parse_args(argv[3:])
     assert (args.bundles, args.baseline, args.output) == (
-        "/data/bundles/incidents", "/data/bundles/benign", "/data/results/batch")
+        "/data/bundles/incidents",
+        "/data/bundles/benign",
+        "/data/results/batch",
+    )
 
 
 def _serve_config() -> dict[str, Any]:
@@ -318,8 +345,13 @@ def test_serve_import_path_exists() -> None:
     path = module_file(module)
     assert path.is_file(), f"serveConfigV2 imports {module}, but {path.relative_to(ROOT)} does not exist"
     tree = ast.parse(path.read_text())
-    names = {t.id for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)
-             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    names = {
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name)
+    }
     assert attr in names, f"{path.relative_to(ROOT)} has no module-level {attr!r}"
     source = path.read_text()
     for dep in ("ForensicsAPI", "Analyzer"):  # Serve rejects config for deployments the app lacks
@@ -327,6 +359,7 @@ def test_serve_import_path_exists() -> None:
 
 
 # ------------------------------------------------------------------------------- plain Deployment
+
 
 def _deployment_docs() -> dict[str, dict[str, Any]]:
     docs = load_all("deployment.yaml")
@@ -407,6 +440,7 @@ def test_serve_command_accepts_manifest_arguments() -> None:
 
 # ------------------------------------------------------------------------------------ PVC, alerts
 
+
 def test_pvc() -> None:
     (pvc,) = load_all("pvc.yaml")
     assert (pvc["apiVersion"], pvc["kind"], pvc["metadata"]["name"]) == ("v1", "PersistentVolumeClaim", PVC)
@@ -423,7 +457,9 @@ def test_prometheus_rules() -> None:
     alerts = _alerts(doc["spec"]["groups"])
     assert set(alerts) == {"HighAnomalyScore", "LowFixRate"}
     assert (alerts["HighAnomalyScore"]["expr"], alerts["HighAnomalyScore"]["for"]) == (
-        "model_forensics_anomaly_score > 0.8", "5m")
+        "model_forensics_anomaly_score > 0.8",
+        "5m",
+    )
     assert (alerts["LowFixRate"]["expr"], alerts["LowFixRate"]["for"]) == ("model_forensics_fix_rate < 0.5", "10m")
     for rule in alerts.values():
         assert rule["annotations"]["summary"]

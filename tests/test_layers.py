@@ -72,8 +72,12 @@ def imported(tree: ast.AST, module: str, is_package: bool) -> list[tuple[int, st
             if target.split(".")[0] != "forensics":
                 continue
             if target == "forensics":  # `from forensics import x` names submodules or root re-exports
-                found += [(node.lineno, f"forensics.{a.name}") if f"forensics.{a.name}" in LAYERS
-                          else (node.lineno, "forensics") for a in node.names]
+                found += [
+                    (node.lineno, f"forensics.{a.name}")
+                    if f"forensics.{a.name}" in LAYERS
+                    else (node.lineno, "forensics")
+                    for a in node.names
+                ]
             else:
                 found.append((node.lineno, target))
     return found
@@ -91,8 +95,10 @@ def violations() -> list[str]:
             if target.startswith(module + ".") and path.name == "__init__.py":
                 continue  # a package's __init__ re-exports its own submodules
             if layer_of(target) > own:
-                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} {module} (layer {own}) "
-                           f"imports {target} (layer {layer_of(target)})")
+                bad.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} {module} (layer {own}) "
+                    f"imports {target} (layer {layer_of(target)})"
+                )
     return bad
 
 
@@ -106,10 +112,13 @@ def test_no_import_runs_back_up() -> None:
     assert not bad, "imports against the layer order of DESIGN.md:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize(("module", "target", "ok"), [
-    ("forensics.rca.cca", "forensics.replay", True),
-    ("forensics.replay.plan", "forensics.rca.cca", False),
-    ("forensics.rca.batch", "forensics.ops.stats", False),
-])
+@pytest.mark.parametrize(
+    ("module", "target", "ok"),
+    [
+        ("forensics.rca.cca", "forensics.replay", True),
+        ("forensics.replay.plan", "forensics.rca.cca", False),
+        ("forensics.rca.batch", "forensics.ops.stats", False),
+    ],
+)
 def test_the_checker_itself_tells_up_from_down(module: str, target: str, ok: bool) -> None:
     assert (layer_of(target) <= layer_of(module)) is ok

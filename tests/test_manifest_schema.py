@@ -41,18 +41,33 @@ def recorded_manifest() -> dict[str, Any]:
         "outputs": {
             "generated_ids": [9, 4, 2],
             "text": " Sydney.",
-            "top_k": [{"ids": [9, 12], "logits": [3.5, 2.0]}, {"ids": [4, 1], "logits": [1.0, 0.5]},
-                      {"ids": [2, 3], "logits": [0.25, -1.0]}],
+            "top_k": [
+                {"ids": [9, 12], "logits": [3.5, 2.0]},
+                {"ids": [4, 1], "logits": [1.0, 0.5]},
+                {"ids": [2, 3], "logits": [0.25, -1.0]},
+            ],
             "decision_step": 0,
             "is_failure": True,
             "observed_id": 9,
             "target_id": 12,
         },
         "failure": {"type": "expected", "text": " Canberra", "token_ids": [12], "regex": False},
-        "recorded": {"sites": {"model.layers.0": "resid", "model.layers.1": "resid"}, "positions": 5,
-                     "dtype": "float32"},
-        "external_calls": [{"name": "search", "args": ["q"], "kwargs": {}, "result": "r", "error": None,
-                            "started_at": 1.0, "duration_s": 0.5}],
+        "recorded": {
+            "sites": {"model.layers.0": "resid", "model.layers.1": "resid"},
+            "positions": 5,
+            "dtype": "float32",
+        },
+        "external_calls": [
+            {
+                "name": "search",
+                "args": ["q"],
+                "kwargs": {},
+                "result": "r",
+                "error": None,
+                "started_at": 1.0,
+                "duration_s": 0.5,
+            }
+        ],
         "environment": {"python": "3.11", "torch": "2.4"},
     }
 
@@ -114,69 +129,167 @@ def _drop(path: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
 
 CASES = [
     # (change, raw literals, expected message fragment); each from the issue or what a consumer reads
-    pytest.param(_set(("outputs", "decision_step"), 10**6), None,
-                 r"outputs.decision_step: expected a step within outputs.generated_ids \(< 3\), got 1000000",
-                 id="decision-step-1e6"),
-    pytest.param(_set(("outputs", "decision_step"), -100), None,
-                 r"outputs.decision_step: expected a decision step .*, got number -100", id="decision-step-neg"),
-    pytest.param(_set(("outputs", "decision_step"), "@INF@"), {"@INF@": "1e400"},
-                 r"outputs.decision_step: expected a finite number, got 1e400", id="decision-step-1e400"),
-    pytest.param(_set(("outputs", "decision_step"), "abc"), None,
-                 r"outputs.decision_step: expected a decision step .*, got string 'abc'", id="decision-step-str"),
-    pytest.param(_set(("outputs", "decision_step"), 1.0), None,
-                 r"outputs.decision_step: expected a decision step .*, got number 1.0", id="decision-step-float"),
-    pytest.param(_drop(("outputs", "generated_ids")), None,
-                 r"outputs: missing required key 'generated_ids'", id="generated-missing"),
-    pytest.param(_set(("outputs", "generated_ids"), None), None,
-                 r"outputs.generated_ids: expected a non-empty list of token ids, got null", id="generated-null"),
-    pytest.param(_set(("outputs", "generated_ids"), [-1]), None,
-                 r"outputs.generated_ids\[0\]: expected a token id .*, got number -1", id="generated-neg"),
-    pytest.param(_set(("outputs", "generated_ids"), []), None,
-                 r"outputs.generated_ids: expected a non-empty list", id="generated-empty"),
-    pytest.param(_set(("failure", "token_ids"), "12"), None,
-                 r"failure.token_ids: expected a list of token ids, got string '12'", id="token-ids-str"),
-    pytest.param(_set(("failure", "token_ids"), [12, None]), None,
-                 r"failure.token_ids\[1\]: expected a token id .*, got null", id="token-ids-null-item"),
-    pytest.param(_set(("failure", "token_ids"), []), None,
-                 r"failure.token_ids: expected a non-empty list of token ids, got array of 0 items",
-                 id="expected-without-tokens"),
+    pytest.param(
+        _set(("outputs", "decision_step"), 10**6),
+        None,
+        r"outputs.decision_step: expected a step within outputs.generated_ids \(< 3\), got 1000000",
+        id="decision-step-1e6",
+    ),
+    pytest.param(
+        _set(("outputs", "decision_step"), -100),
+        None,
+        r"outputs.decision_step: expected a decision step .*, got number -100",
+        id="decision-step-neg",
+    ),
+    pytest.param(
+        _set(("outputs", "decision_step"), "@INF@"),
+        {"@INF@": "1e400"},
+        r"outputs.decision_step: expected a finite number, got 1e400",
+        id="decision-step-1e400",
+    ),
+    pytest.param(
+        _set(("outputs", "decision_step"), "abc"),
+        None,
+        r"outputs.decision_step: expected a decision step .*, got string 'abc'",
+        id="decision-step-str",
+    ),
+    pytest.param(
+        _set(("outputs", "decision_step"), 1.0),
+        None,
+        r"outputs.decision_step: expected a decision step .*, got number 1.0",
+        id="decision-step-float",
+    ),
+    pytest.param(
+        _drop(("outputs", "generated_ids")),
+        None,
+        r"outputs: missing required key 'generated_ids'",
+        id="generated-missing",
+    ),
+    pytest.param(
+        _set(("outputs", "generated_ids"), None),
+        None,
+        r"outputs.generated_ids: expected a non-empty list of token ids, got null",
+        id="generated-null",
+    ),
+    pytest.param(
+        _set(("outputs", "generated_ids"), [-1]),
+        None,
+        r"outputs.generated_ids\[0\]: expected a token id .*, got number -1",
+        id="generated-neg",
+    ),
+    pytest.param(
+        _set(("outputs", "generated_ids"), []),
+        None,
+        r"outputs.generated_ids: expected a non-empty list",
+        id="generated-empty",
+    ),
+    pytest.param(
+        _set(("failure", "token_ids"), "12"),
+        None,
+        r"failure.token_ids: expected a list of token ids, got string '12'",
+        id="token-ids-str",
+    ),
+    pytest.param(
+        _set(("failure", "token_ids"), [12, None]),
+        None,
+        r"failure.token_ids\[1\]: expected a token id .*, got null",
+        id="token-ids-null-item",
+    ),
+    pytest.param(
+        _set(("failure", "token_ids"), []),
+        None,
+        r"failure.token_ids: expected a non-empty list of token ids, got array of 0 items",
+        id="expected-without-tokens",
+    ),
     pytest.param(_drop(("failure", "type")), None, r"failure: missing required key 'type'", id="failure-no-type"),
-    pytest.param(_set(("failure", "type"), "wrong"), None, r"failure.type: expected one of 'expected'",
-                 id="failure-bad-type"),
-    pytest.param(_set(("failure",), 7), None, r"failure: expected a failure spec object or null, got number 7",
-                 id="failure-number"),
-    pytest.param(_set(("recorded", "sites"), None), None,
-                 r"recorded.sites: expected an object mapping module names to site names, got null",
-                 id="sites-null"),
-    pytest.param(_set(("recorded", "sites"), {"model.layers.0": 3}), None,
-                 r'recorded.sites\["model.layers.0"\]: expected a site name', id="site-not-string"),
-    pytest.param(_set(("outputs", "top_k"), [{"ids": [1], "logits": []}] * 3), None,
-                 r"outputs.top_k\[0\].logits: expected 1 logits \(one per id\), got 0", id="top-k-lengths"),
-    pytest.param(_set(("outputs", "top_k"), [{"ids": [1], "logits": [1.0]}]), None,
-                 None, id="top-k-shorter-is-fine-at-step-0"),
-    pytest.param(_set(("outputs", "decision_step"), 2), None,
-                 r"outputs.observed_id: expected generated_ids\[2\] = 2 \(the token at decision_step\), got 9",
-                 id="observed-id-mismatch"),
-    pytest.param(_set(("model", "vocab_size"), 10), None,
-                 r"inputs.input_ids\[1\]: expected a token id below model.vocab_size 10, got 17", id="vocab"),
-    pytest.param(_set(("model", "dtype"), "float8"), None, r"model.dtype: expected one of 'float32'",
-                 id="model-dtype"),
-    pytest.param(_set(("inputs", "input_ids"), []), None, r"inputs.input_ids: expected a non-empty list",
-                 id="input-ids-empty"),
-    pytest.param(_set(("environment", "x"), "@NAN@"), {"@NAN@": "NaN"},
-                 r"environment.x: expected a finite number \(NaN is not strict JSON\), got NaN", id="nan-anywhere"),
-    pytest.param(_set(("environment", "x"), "@BIG@"), {"@BIG@": "1" + "0" * 30},
-                 r"environment.x: expected an integer of magnitude below 2\*\*63", id="huge-int"),
-    pytest.param(_set(("environment", "x"), "@SUR@"), {"@SUR@": '"\\udc00z"'},
-                 r"environment.x: expected a string of valid Unicode, got a lone surrogate", id="surrogate"),
-    pytest.param(_set(("environment", "deep"), "@DEEP@"), {"@DEEP@": "[" * 600 + "]" * 600},
-                 rf"expected objects and arrays nested at most {MAX_DEPTH} levels deep", id="deep-600"),
-    pytest.param(_set(("external_calls",), [{"args": []}]), None,
-                 r"external_calls\[0\]: missing required key 'name'", id="external-call-name"),
-    pytest.param(_set(("files", "activations.arrow", "bytes"), -1), None,
-                 r'files\["activations.arrow"\].bytes: expected a byte size', id="files-bytes-neg"),
-    pytest.param(_set(("files", "manifest.json"), {"bytes": 1, "sha256": "0" * 64}), None,
-                 r"files: expected a plain file name .*, got string 'manifest.json'", id="files-manifest"),
+    pytest.param(
+        _set(("failure", "type"), "wrong"), None, r"failure.type: expected one of 'expected'", id="failure-bad-type"
+    ),
+    pytest.param(
+        _set(("failure",), 7),
+        None,
+        r"failure: expected a failure spec object or null, got number 7",
+        id="failure-number",
+    ),
+    pytest.param(
+        _set(("recorded", "sites"), None),
+        None,
+        r"recorded.sites: expected an object mapping module names to site names, got null",
+        id="sites-null",
+    ),
+    pytest.param(
+        _set(("recorded", "sites"), {"model.layers.0": 3}),
+        None,
+        r'recorded.sites\["model.layers.0"\]: expected a site name',
+        id="site-not-string",
+    ),
+    pytest.param(
+        _set(("outputs", "top_k"), [{"ids": [1], "logits": []}] * 3),
+        None,
+        r"outputs.top_k\[0\].logits: expected 1 logits \(one per id\), got 0",
+        id="top-k-lengths",
+    ),
+    pytest.param(
+        _set(("outputs", "top_k"), [{"ids": [1], "logits": [1.0]}]), None, None, id="top-k-shorter-is-fine-at-step-0"
+    ),
+    pytest.param(
+        _set(("outputs", "decision_step"), 2),
+        None,
+        r"outputs.observed_id: expected generated_ids\[2\] = 2 \(the token at decision_step\), got 9",
+        id="observed-id-mismatch",
+    ),
+    pytest.param(
+        _set(("model", "vocab_size"), 10),
+        None,
+        r"inputs.input_ids\[1\]: expected a token id below model.vocab_size 10, got 17",
+        id="vocab",
+    ),
+    pytest.param(_set(("model", "dtype"), "float8"), None, r"model.dtype: expected one of 'float32'", id="model-dtype"),
+    pytest.param(
+        _set(("inputs", "input_ids"), []), None, r"inputs.input_ids: expected a non-empty list", id="input-ids-empty"
+    ),
+    pytest.param(
+        _set(("environment", "x"), "@NAN@"),
+        {"@NAN@": "NaN"},
+        r"environment.x: expected a finite number \(NaN is not strict JSON\), got NaN",
+        id="nan-anywhere",
+    ),
+    pytest.param(
+        _set(("environment", "x"), "@BIG@"),
+        {"@BIG@": "1" + "0" * 30},
+        r"environment.x: expected an integer of magnitude below 2\*\*63",
+        id="huge-int",
+    ),
+    pytest.param(
+        _set(("environment", "x"), "@SUR@"),
+        {"@SUR@": '"\\udc00z"'},
+        r"environment.x: expected a string of valid Unicode, got a lone surrogate",
+        id="surrogate",
+    ),
+    pytest.param(
+        _set(("environment", "deep"), "@DEEP@"),
+        {"@DEEP@": "[" * 600 + "]" * 600},
+        rf"expected objects and arrays nested at most {MAX_DEPTH} levels deep",
+        id="deep-600",
+    ),
+    pytest.param(
+        _set(("external_calls",), [{"args": []}]),
+        None,
+        r"external_calls\[0\]: missing required key 'name'",
+        id="external-call-name",
+    ),
+    pytest.param(
+        _set(("files", "activations.arrow", "bytes"), -1),
+        None,
+        r'files\["activations.arrow"\].bytes: expected a byte size',
+        id="files-bytes-neg",
+    ),
+    pytest.param(
+        _set(("files", "manifest.json"), {"bytes": 1, "sha256": "0" * 64}),
+        None,
+        r"files: expected a plain file name .*, got string 'manifest.json'",
+        id="files-manifest",
+    ),
 ]
 
 
@@ -207,9 +320,11 @@ def test_writer_refuses_what_the_loader_refuses(tmp_path: Path) -> None:
     deep: Any = []
     for _ in range(200):
         deep = [deep]
-    bad = [recorded_manifest() | {"environment": {"deep": deep}},
-           recorded_manifest() | {"outputs": {**recorded_manifest()["outputs"], "decision_step": 9}},
-           recorded_manifest() | {"inputs": {"input_ids": [1], "prompt": "\ud800"}}]
+    bad = [
+        recorded_manifest() | {"environment": {"deep": deep}},
+        recorded_manifest() | {"outputs": {**recorded_manifest()["outputs"], "decision_step": 9}},
+        recorded_manifest() | {"inputs": {"input_ids": [1], "prompt": "\ud800"}},
+    ]
     for i, manifest in enumerate(bad):
         with pytest.raises(BundleError, match="manifest.json"):
             write_bundle(tmp_path / f"b{i}", manifest, ACTS)
@@ -243,8 +358,9 @@ def _point_manifest_at(bundle: Path, name: str, modules: list[str]) -> None:
 
 
 def test_empty_huge_shape_is_a_bundle_error_even_unverified(bundle: Path) -> None:
-    _raw_arrow(bundle / "activations.arrow",
-               [{"module": "m", "dtype": "float32", "shape": [0, 2**62, 2**62], "data": b""}])
+    _raw_arrow(
+        bundle / "activations.arrow", [{"module": "m", "dtype": "float32", "shape": [0, 2**62, 2**62], "data": b""}]
+    )
     _point_manifest_at(bundle, "activations.arrow", ["m"])
     view = load_bundle(bundle, verify=False)
     with pytest.raises(BundleError, match=r"activations.arrow: batch 0 \('m'\): shape \[0, 4611686018427387904"):
@@ -255,8 +371,11 @@ def test_empty_huge_shape_is_a_bundle_error_even_unverified(bundle: Path) -> Non
 
 def test_byte_length_error_names_the_real_data_file(bundle: Path) -> None:
     (bundle / "activations.arrow").unlink()
-    _raw_arrow(bundle / "activations.zstd.arrow",
-               [{"module": "m", "dtype": "float32", "shape": [3], "data": b"\0" * 8}], compression="zstd")
+    _raw_arrow(
+        bundle / "activations.zstd.arrow",
+        [{"module": "m", "dtype": "float32", "shape": [3], "data": b"\0" * 8}],
+        compression="zstd",
+    )
     _point_manifest_at(bundle, "activations.zstd.arrow", ["m"])
     assert "bundle inc: activations.zstd.arrow: batch 0 ('m'): shape [3] x float32 needs 12 bytes" in refused(bundle)
 

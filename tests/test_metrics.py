@@ -33,8 +33,14 @@ def test_alert_rules_parse_and_name_real_metrics(path: Path) -> None:
 
 def test_observe_report_and_textfile(tmp_path: Path) -> None:
     m = Metrics()
-    m.observe_report({"execution_time": 1.5, "compression_metrics": [{"is_anomalous": True}, {"is_anomalous": False}],
-                      "fix_set": {"validated": True}, "replays": {"forward_passes": 7, "evaluated": 40}})
+    m.observe_report(
+        {
+            "execution_time": 1.5,
+            "compression_metrics": [{"is_anomalous": True}, {"is_anomalous": False}],
+            "fix_set": {"validated": True},
+            "replays": {"forward_passes": 7, "evaluated": 40},
+        }
+    )
     m.observe_report({"execution_time": 2.5, "compression_metrics": [], "fix_set": None, "replays": {}})
     m.observe_error("BundleError")
     m.write_textfile(tmp_path / "mf.prom")

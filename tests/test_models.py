@@ -33,11 +33,14 @@ def test_tiny_models_are_seeded(tmp_path: Path) -> None:
     assert set(TINY_FAMILIES) >= {"llama", "gpt2"}
 
 
-@pytest.mark.parametrize("ref, fragment", [
-    ("no-such-model", "not a known name"),
-    ("hf:nobody/nothing-here", "not in the local Hugging Face cache"),
-    ("/definitely/missing.gguf", "GGUF file not found"),
-])
+@pytest.mark.parametrize(
+    "ref, fragment",
+    [
+        ("no-such-model", "not a known name"),
+        ("hf:nobody/nothing-here", "not in the local Hugging Face cache"),
+        ("/definitely/missing.gguf", "GGUF file not found"),
+    ],
+)
 def test_unknown_reference_lists_accepted_forms(ref: str, fragment: str) -> None:
     with pytest.raises(ModelError) as err:
         resolve_model(ref)

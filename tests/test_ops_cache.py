@@ -51,16 +51,19 @@ def _comparable(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in ("export_path", "bundle_path")}
 
 
-def test_repeat_is_a_hit_with_zero_forward_passes(lab: dict[str, Path], tiny_llama: LoadedModel,
-                                                  tmp_path: Path) -> None:
+def test_repeat_is_a_hit_with_zero_forward_passes(
+    lab: dict[str, Path], tiny_llama: LoadedModel, tmp_path: Path
+) -> None:
     cache = ResultCache(tmp_path / "cache", 10**8)
     pipeline = RCAPipeline()
     with forward_counter(tiny_llama.model) as calls:
-        first = cached_analyze(pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama,
-                               output=tmp_path / "a.json")
+        first = cached_analyze(
+            pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama, output=tmp_path / "a.json"
+        )
         after_first = calls[0]
-        second = cached_analyze(pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama,
-                                output=tmp_path / "b.json")
+        second = cached_analyze(
+            pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama, output=tmp_path / "b.json"
+        )
         assert calls[0] == after_first  # the hit ran no forward pass
     assert after_first >= first["replays"]["forward_passes"] > 0
     assert (cache.misses, cache.hits, cache.last_hit) == (1, 1, True)
@@ -69,8 +72,9 @@ def test_repeat_is_a_hit_with_zero_forward_passes(lab: dict[str, Path], tiny_lla
     assert first["fix_set"]["validated"]
 
 
-def test_result_changing_inputs_miss_ops_settings_hit(lab: dict[str, Path], tiny_llama: LoadedModel,
-                                                      tmp_path: Path) -> None:
+def test_result_changing_inputs_miss_ops_settings_hit(
+    lab: dict[str, Path], tiny_llama: LoadedModel, tmp_path: Path
+) -> None:
     cache = ResultCache(tmp_path / "cache", 10**8)
     base = Config()
     args = (str(lab["incident"]), str(lab["benign"]), cache)

@@ -16,13 +16,28 @@ PROMPT = "The capital of Australia is"
 
 
 def _record(model: Path, out: Path, prompt: str = PROMPT, kind: str = "incident") -> int:
-    return main(["record", "--model", str(model), "--prompt", prompt, "--expected", " Canberra", "--out", str(out),
-                 "--kind", kind, "--max-new-tokens", "3"])
+    return main(
+        [
+            "record",
+            "--model",
+            str(model),
+            "--prompt",
+            prompt,
+            "--expected",
+            " Canberra",
+            "--out",
+            str(out),
+            "--kind",
+            kind,
+            "--max-new-tokens",
+            "3",
+        ]
+    )
 
 
-def test_encryption_key_from_env_encrypts_and_reads_back(tiny_dirs: dict[str, Path], tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_encryption_key_from_env_encrypts_and_reads_back(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_ENCRYPTION_KEY", KEY)
     out = tmp_path / "inc"
     assert _record(tiny_dirs["llama"], out) == 0
@@ -47,9 +62,9 @@ def test_encryption_key_from_env_encrypts_and_reads_back(tiny_dirs: dict[str, Pa
     assert "MODEL_FORENSICS_ENCRYPTION_KEY" in err and "not-a-key" not in err
 
 
-def test_audit_stats_and_cache_through_the_cli(tiny_dirs: dict[str, Path], tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_stats_and_cache_through_the_cli(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     audit = tmp_path / "audit" / "forensics.log"
     monkeypatch.setenv("MODEL_FORENSICS_AUDIT_LOG", str(audit))
     monkeypatch.setenv("MODEL_FORENSICS_CACHE_ENABLED", "true")
@@ -70,7 +85,8 @@ def test_audit_stats_and_cache_through_the_cli(tiny_dirs: dict[str, Path], tmp_p
 
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(r["action"], r["outcome"], r["role"]) for r in lines] == (
-        [("record", "ok", "cli")] * 4 + [("analyze", "ok", "cli")] * 2)
+        [("record", "ok", "cli")] * 4 + [("analyze", "ok", "cli")] * 2
+    )
     assert lines[-1]["bundle"] == str(incident) and lines[-1]["principal"]
 
     assert main(["replay", str(tmp_path / "missing")]) == 2
@@ -84,9 +100,9 @@ def test_audit_stats_and_cache_through_the_cli(tiny_dirs: dict[str, Path], tmp_p
     assert load_bundle(incident).kind == "incident"
 
 
-def test_an_action_that_cannot_be_audited_does_not_run(tiny_dirs: dict[str, Path], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_action_that_cannot_be_audited_does_not_run(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_AUDIT_LOG", str(tmp_path))  # a directory: cannot append
     out = tmp_path / "inc"
     assert _record(tiny_dirs["llama"], out) == 2

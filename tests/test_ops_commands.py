@@ -32,8 +32,9 @@ def run(module: ModuleType, argv: list[str]) -> int:
     return int(module.run(parser.parse_args(argv)))
 
 
-def test_info_json_has_health(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                              tmp_path: Path) -> None:
+def test_info_json_has_health(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     (tmp_path / "bundles").mkdir()
     monkeypatch.setenv("MODEL_FORENSICS_BUNDLE_DIR", str(tmp_path / "bundles"))
     monkeypatch.setenv("MODEL_FORENSICS_OUTPUT_DIR", str(tmp_path / "results"))
@@ -42,16 +43,22 @@ def test_info_json_has_health(capsys: pytest.CaptureFixture[str], monkeypatch: p
     info = json.loads(capsys.readouterr().out)
     assert info["health"]["status"] == "ok"
     names = {c["name"] for c in info["health"]["checks"]}
-    assert names == {"embedded_model_package", "cache_dir_writable", "output_dir_writable", "bundle_dir_exists",
-                     "device_available"}
+    assert names == {
+        "embedded_model_package",
+        "cache_dir_writable",
+        "output_dir_writable",
+        "bundle_dir_exists",
+        "device_available",
+    }
     assert info["config"]["bundle_dir"] == str(tmp_path / "bundles") and info["config"]["encryption_key_set"]
     assert "A" * 43 not in json.dumps(info)
     assert {"cuda_available", "cuda_count", "cuda_names"} <= set(info["devices"])
     assert info["packages"]["torch"] and info["version"]
 
 
-def test_info_degraded_and_table(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                                 tmp_path: Path) -> None:
+def test_info_degraded_and_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_BUNDLE_DIR", str(tmp_path / "missing"))
     assert run(info_cmd, ["--format", "json"]) == 1  # health not ok: non-zero, for scripts and probes
     health = json.loads(capsys.readouterr().out)["health"]
@@ -78,8 +85,9 @@ def test_selftest_fails_non_zero(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert code == 1 and "FAIL  validated fix set" in out and "self-test: FAIL (7/8 steps" in out
 
 
-def test_migrate_config_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                                tmp_path: Path) -> None:
+def test_migrate_config_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     path = tmp_path / "config.yaml"
     path.write_text((ROOT / "configs" / "high_performance.yaml").read_text())
     monkeypatch.setenv("MODEL_FORENSICS_CONFIG", str(path))
@@ -90,15 +98,19 @@ def test_migrate_config_command(capsys: pytest.CaptureFixture[str], monkeypatch:
         run(migrate_cmd, ["--from", "v1.0", "--to", "v1.1"])
     with pytest.raises(ConfigError, match="'v3' is unknown"):
         run(migrate_cmd, ["--from", "v3", "--to", "v1.1", str(path)])
-    assert run(migrate_cmd, ["--from", "v1.0", "--to", "v1.1", str(ROOT / "configs" / "batch.yaml"),
-                             "--out", "-"]) == 0
+    assert run(migrate_cmd, ["--from", "v1.0", "--to", "v1.1", str(ROOT / "configs" / "batch.yaml"), "--out", "-"]) == 0
     assert capsys.readouterr().out.count('version: "1.1"') == 1
 
 
 def test_stats_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    report = {"schema": "model-forensics/rca@1", "bundle_id": "x", "execution_time": 2.0, "confidence": 0.9,
-              "compression_metrics": [{"module": "model.layers.1.mlp", "score": 3.0, "is_anomalous": True}],
-              "fix_set": {"validated": True}}
+    report = {
+        "schema": "model-forensics/rca@1",
+        "bundle_id": "x",
+        "execution_time": 2.0,
+        "confidence": 0.9,
+        "compression_metrics": [{"module": "model.layers.1.mlp", "score": 3.0, "is_anomalous": True}],
+        "fix_set": {"validated": True},
+    }
     (tmp_path / "x.json").write_text(json.dumps(report))
     assert run(stats_cmd, ["--since", "24h", "--format", "json", "--output-dir", str(tmp_path), "--rebuild"]) == 0
     stats = json.loads(capsys.readouterr().out)
@@ -123,8 +135,11 @@ def test_stats_command_reads_rca2(capsys: pytest.CaptureFixture[str], tmp_path: 
 def test_validate_fix_refuses_unknown_schemas(tmp_path: Path, schema: str | None) -> None:
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"schema": schema, "fix_set": None}))
-    with pytest.raises(ConfigError, match=r"is not one this version reads \(expected one of "
-                                          r"model-forensics/rca@1, model-forensics/rca@2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"is not one this version reads \(expected one of "
+        r"model-forensics/rca@1, model-forensics/rca@2\)",
+    ):
         run(validate_cmd, [str(path)])
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="schema None is not one"):
@@ -138,10 +153,19 @@ def analysed(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) 
     from forensics.record import record_greedy
 
     root = tmp_path_factory.mktemp("validate")
-    incident = record_greedy(tiny_llama, "The capital of Australia is", root / "inc", kind="incident",
-                             max_new_tokens=3).bundle
-    for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is",
-                                "Berlin is the capital of", "A retriever returns", "The model answers"]):
+    incident = record_greedy(
+        tiny_llama, "The capital of Australia is", root / "inc", kind="incident", max_new_tokens=3
+    ).bundle
+    for i, prompt in enumerate(
+        [
+            "The capital of France is",
+            "One plus one is",
+            "The answer is",
+            "Berlin is the capital of",
+            "A retriever returns",
+            "The model answers",
+        ]
+    ):
         record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     report = RCAPipeline().analyze_incident(incident.path, baseline=str(root / "benign"), model=tiny_llama).to_dict()
     assert report["fix_set"] and report["fix_set"]["validated"]
@@ -153,13 +177,17 @@ def _rca1(report: dict[str, Any]) -> dict[str, Any]:
     keys = set(json.loads((ROOT / "docs" / "report-rca1.schema.json").read_text())["properties"])
     old = {k: v for k, v in report.items() if k in keys}
     old["schema"] = "model-forensics/rca@1"
-    old["fix_set"] = {k: v for k, v in report["fix_set"].items()
-                      if k in ("interventions", "validated", "recovery", "metric", "fixed", "argmax_token", "size")}
+    old["fix_set"] = {
+        k: v
+        for k, v in report["fix_set"].items()
+        if k in ("interventions", "validated", "recovery", "metric", "fixed", "argmax_token", "size")
+    }
     return old
 
 
-def test_validate_fix_reads_rca1_and_rca2(analysed: dict[str, Any], capsys: pytest.CaptureFixture[str],
-                                          tmp_path: Path) -> None:
+def test_validate_fix_reads_rca1_and_rca2(
+    analysed: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     rca2 = {**analysed, "schema": "model-forensics/rca@2"}
     rca2["fix_set"] = {**analysed["fix_set"], "recovery": None}  # unavailable recovery does not matter here
     for name, report in (("rca2.json", rca2), ("rca1.json", _rca1(analysed))):

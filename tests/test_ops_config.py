@@ -16,21 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = base64.b64encode(bytes(range(32))).decode()
 
 
-@pytest.mark.parametrize("var, value, attr, expected", [
-    ("DEVICE", "cpu", "device", "cpu"),
-    ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
-    ("OUTPUT_DIR", "/data/analysis_results", "output_dir", "/data/analysis_results"),
-    ("BUNDLE_DIR", "/data/bundles", "bundle_dir", "/data/bundles"),
-    ("CACHE_ENABLED", "true", "cache.enabled", True),
-    ("CACHE_ENABLED", "0", "cache.enabled", False),
-    ("CACHE_SIZE", "10GB", "cache.max_bytes", 10 * 1000**3),
-    ("CACHE_SIZE", "512MB", "cache.max_bytes", 512 * 1000**2),
-    ("CACHE_SIZE", "2GiB", "cache.max_bytes", 2 * 1024**3),
-    ("STREAMING_ENABLED", "yes", "streaming_enabled", True),
-    ("MAX_MEMORY", "16GB", "max_memory", 16 * 1000**3),
-    ("AUDIT_LOG", "/var/log/audit/model_forensics.log", "audit_log", "/var/log/audit/model_forensics.log"),
-    ("ENCRYPTION_KEY", KEY, "encryption_key_set", True),
-])
+@pytest.mark.parametrize(
+    "var, value, attr, expected",
+    [
+        ("DEVICE", "cpu", "device", "cpu"),
+        ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+        ("OUTPUT_DIR", "/data/analysis_results", "output_dir", "/data/analysis_results"),
+        ("BUNDLE_DIR", "/data/bundles", "bundle_dir", "/data/bundles"),
+        ("CACHE_ENABLED", "true", "cache.enabled", True),
+        ("CACHE_ENABLED", "0", "cache.enabled", False),
+        ("CACHE_SIZE", "10GB", "cache.max_bytes", 10 * 1000**3),
+        ("CACHE_SIZE", "512MB", "cache.max_bytes", 512 * 1000**2),
+        ("CACHE_SIZE", "2GiB", "cache.max_bytes", 2 * 1024**3),
+        ("STREAMING_ENABLED", "yes", "streaming_enabled", True),
+        ("MAX_MEMORY", "16GB", "max_memory", 16 * 1000**3),
+        ("AUDIT_LOG", "/var/log/audit/model_forensics.log", "audit_log", "/var/log/audit/model_forensics.log"),
+        ("ENCRYPTION_KEY", KEY, "encryption_key_set", True),
+    ],
+)
 def test_each_variable_overrides(var: str, value: str, attr: str, expected: object) -> None:
     config = config_from_env(None, {f"MODEL_FORENSICS_{var}": value})
     obj: object = config
@@ -39,15 +42,18 @@ def test_each_variable_overrides(var: str, value: str, attr: str, expected: obje
     assert obj == expected
 
 
-@pytest.mark.parametrize("var, value, allowed", [
-    ("DEVICE", "tpu", "auto, cpu, cuda, cuda:N or mps"),
-    ("LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-    ("CACHE_ENABLED", "maybe", "true/false"),
-    ("CACHE_SIZE", "lots", "a size such as 512MB"),
-    ("CACHE_SIZE", "0GB", "a size such as 512MB"),
-    ("STREAMING_ENABLED", "2", "true/false"),
-    ("MAX_MEMORY", "16 parsecs", "a size such as 512MB"),
-])
+@pytest.mark.parametrize(
+    "var, value, allowed",
+    [
+        ("DEVICE", "tpu", "auto, cpu, cuda, cuda:N or mps"),
+        ("LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ("CACHE_ENABLED", "maybe", "true/false"),
+        ("CACHE_SIZE", "lots", "a size such as 512MB"),
+        ("CACHE_SIZE", "0GB", "a size such as 512MB"),
+        ("STREAMING_ENABLED", "2", "true/false"),
+        ("MAX_MEMORY", "16 parsecs", "a size such as 512MB"),
+    ],
+)
 def test_bad_values_name_variable_value_and_allowed(var: str, value: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as err:
         config_from_env(None, {f"MODEL_FORENSICS_{var}": value})
@@ -55,10 +61,13 @@ def test_bad_values_name_variable_value_and_allowed(var: str, value: str, allowe
     assert f"MODEL_FORENSICS_{var}={value!r}" in message and allowed in message
 
 
-@pytest.mark.parametrize("value, fragment", [
-    ("not base64 at all!", "is not valid base64"),
-    (base64.b64encode(b"short").decode(), "exactly 32 bytes (AES-256), got 5 bytes"),
-])
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("not base64 at all!", "is not valid base64"),
+        (base64.b64encode(b"short").decode(), "exactly 32 bytes (AES-256), got 5 bytes"),
+    ],
+)
 def test_bad_encryption_key_is_never_echoed(value: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         config_from_env(None, {"MODEL_FORENSICS_ENCRYPTION_KEY": value})
@@ -110,7 +119,8 @@ def test_migrate_round_trip_keeps_values_and_comments(tmp_path: Path, name: str)
     text = target.read_text()
     assert text.count('version: "1.1"') == 1
     assert text.replace('version: "1.1"   # added by migrate-config --from v1.0 --to v1.1\n', "").replace(
-        "\n\n", "\n") == src.read_text().replace("\n\n", "\n")
+        "\n\n", "\n"
+    ) == src.read_text().replace("\n\n", "\n")
     assert load_config(target) == before
     with pytest.raises(ConfigError, match="is a v1.1 config, not v1.0"):
         migrate_file(target, "v1.0", "v1.1")
@@ -126,11 +136,14 @@ def test_migrate_in_place_keeps_backup(tmp_path: Path) -> None:
     assert load_config(path).timeout_minutes == 30
 
 
-@pytest.mark.parametrize("src, dst, fragment", [
-    ("v0.9", "v1.1", "config version 'v0.9' is unknown; known versions: v1.0, v1.1"),
-    ("v1.0", "v2.0", "config version 'v2.0' is unknown"),
-    ("v1.1", "v1.0", "no migration from v1.1 to v1.0"),
-])
+@pytest.mark.parametrize(
+    "src, dst, fragment",
+    [
+        ("v0.9", "v1.1", "config version 'v0.9' is unknown; known versions: v1.0, v1.1"),
+        ("v1.0", "v2.0", "config version 'v2.0' is unknown"),
+        ("v1.1", "v1.0", "no migration from v1.1 to v1.0"),
+    ],
+)
 def test_migrate_refuses_unknown_versions(src: str, dst: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         migrate_text("device: cpu\n", src, dst)
@@ -139,4 +152,3 @@ def test_migrate_refuses_unknown_versions(src: str, dst: str, fragment: str) -> 
 def test_migrate_refuses_a_file_that_would_not_validate() -> None:
     with pytest.raises(ConfigError, match="migrated file does not validate: .*'device': value 'tpu'"):
         migrate_text("device: tpu\n", "v1.0", "v1.1")
-

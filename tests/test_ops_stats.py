@@ -34,10 +34,13 @@ def analysed(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) 
     pipeline = RCAPipeline()
     reports = []
     for i, prompt in enumerate(INCIDENTS):
-        bundle = record_greedy(tiny_llama, prompt, root / "incidents" / f"inc{i}", kind="incident", max_new_tokens=3).bundle
+        bundle = record_greedy(
+            tiny_llama, prompt, root / "incidents" / f"inc{i}", kind="incident", max_new_tokens=3
+        ).bundle
         path = out / f"inc{i}.json"
-        report = pipeline.analyze_incident(bundle, baseline=str(root / "benign"), model=tiny_llama,
-                                           output=path).to_dict()
+        report = pipeline.analyze_incident(
+            bundle, baseline=str(root / "benign"), model=tiny_llama, output=path
+        ).to_dict()
         index_result(out, report, path)
         reports.append(report)
     return {"out": out, "reports": reports}
@@ -122,8 +125,9 @@ def test_concurrent_writers(analysed: dict[str, Any], tmp_path: Path) -> None:
     assert query_stats(tmp_path, timedelta(hours=1))["count"] == 60
 
 
-@pytest.mark.parametrize("text, seconds", [("24h", 86400), ("7d", 604800), ("90m", 5400), ("1.5h", 5400),
-                                           ("2w", 1209600), ("30s", 30)])
+@pytest.mark.parametrize(
+    "text, seconds", [("24h", 86400), ("7d", 604800), ("90m", 5400), ("1.5h", 5400), ("2w", 1209600), ("30s", 30)]
+)
 def test_parse_since(text: str, seconds: float) -> None:
     assert parse_since(text).total_seconds() == seconds
 

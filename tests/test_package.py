@@ -9,9 +9,29 @@ from pathlib import Path
 import forensics
 
 PINNED = [
-    "AuthError", "Bundle", "BundleError", "Config", "ConfigError", "FailureSpec", "Fidelity", "ForensicsError",
-    "Intervention", "LoadedModel", "ModelError", "ModelInfo", "Outcome", "RCAPipeline", "RCAResult", "Recorder",
-    "ReplayError", "Replayer", "UnknownModuleError", "load_bundle", "load_config", "record", "resolve_model",
+    "AuthError",
+    "Bundle",
+    "BundleError",
+    "Config",
+    "ConfigError",
+    "FailureSpec",
+    "Fidelity",
+    "ForensicsError",
+    "Intervention",
+    "LoadedModel",
+    "ModelError",
+    "ModelInfo",
+    "Outcome",
+    "RCAPipeline",
+    "RCAResult",
+    "Recorder",
+    "ReplayError",
+    "Replayer",
+    "UnknownModuleError",
+    "load_bundle",
+    "load_config",
+    "record",
+    "resolve_model",
     "write_bundle",
 ]
 
@@ -23,8 +43,10 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_imports_without_ray_or_web_frameworks() -> None:
-    code = "import sys, forensics, forensics.cli, forensics.rca; " \
-           "print(sorted(m for m in ('ray', 'fastapi', 'starlette') if m in sys.modules))"
+    code = (
+        "import sys, forensics, forensics.cli, forensics.rca; "
+        "print(sorted(m for m in ('ray', 'fastapi', 'starlette') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -15,8 +15,14 @@ from forensics.models import LoadedModel, resolve_model
 from forensics.rca import RCAPipeline
 from forensics.record import record_greedy
 
-BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of",
-          "A retriever returns", "The model answers"]
+BENIGN = [
+    "The capital of France is",
+    "One plus one is",
+    "The answer is",
+    "Berlin is the capital of",
+    "A retriever returns",
+    "The model answers",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +37,14 @@ def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 def test_analyze_incident_result_fields(lab: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path) -> None:
-    result = RCAPipeline().analyze_incident(str(lab["incidents"] / "inc0"), baseline=str(lab["benign"]),
-                                            model=tiny_llama, output=tmp_path / "r.json")
+    result = RCAPipeline().analyze_incident(
+        str(lab["incidents"] / "inc0"), baseline=str(lab["benign"]), model=tiny_llama, output=tmp_path / "r.json"
+    )
     assert 0.0 <= result.confidence <= 1.0 and result.execution_time > 0
     assert len(result.compression_metrics) == 6
-    assert all(hasattr(m, "module") and hasattr(m, "score") and hasattr(m, "is_anomalous")
-               for m in result.compression_metrics)
+    assert all(
+        hasattr(m, "module") and hasattr(m, "score") and hasattr(m, "is_anomalous") for m in result.compression_metrics
+    )
     assert result.fix_set is not None and result.fix_set.validated and result.fix_set.interventions
     assert result.replays["forward_passes"] > 0 and result.replays["evaluated"] > 0
     assert result.export_path == str(tmp_path / "r.json")
@@ -57,8 +65,9 @@ def test_no_baseline_still_analyses_with_zero_ablation(lab: dict[str, Any], tiny
 def test_unfaithful_replay_refuses_cca(lab: dict[str, Any], tiny_dirs: dict[str, Path]) -> None:
     other = resolve_model(str(tiny_dirs["llama"]), device="cpu")
     other.model.model.layers[1].mlp.down_proj.weight.data.mul_(1.5)
-    result = RCAPipeline().analyze_incident(str(lab["incidents"] / "inc0"), baseline=str(lab["benign"]),
-                                            model=other, allow_model_mismatch=True)
+    result = RCAPipeline().analyze_incident(
+        str(lab["incidents"] / "inc0"), baseline=str(lab["benign"]), model=other, allow_model_mismatch=True
+    )
     assert result.fidelity["faithful"] is False
     assert result.fidelity["first_divergent"] == "model.layers.1.mlp"
     assert result.fix_set is None and result.replays["evaluated"] == 0
@@ -68,16 +77,30 @@ def test_unfaithful_replay_refuses_cca(lab: dict[str, Any], tiny_dirs: dict[str,
 @pytest.mark.parametrize("strategy", ["beam", "random"])
 def test_strategies_through_config(lab: dict[str, Any], tiny_llama: LoadedModel, strategy: str) -> None:
     config = load_config(overrides={"modules.cca.search_strategy": strategy, "modules.cca.max_fix_set_size": 2})
-    result = RCAPipeline(config).analyze_incident(str(lab["incidents"] / "inc1"), baseline=str(lab["benign"]),
-                                                  model=tiny_llama)
+    result = RCAPipeline(config).analyze_incident(
+        str(lab["incidents"] / "inc1"), baseline=str(lab["benign"]), model=tiny_llama
+    )
     assert result.search["strategy"] == strategy
 
 
-def test_cli_analyze_validate_triage_baseline(lab: dict[str, Any], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_analyze_validate_triage_baseline(
+    lab: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "rca.json"
-    assert main(["analyze", str(lab["incidents"] / "inc0"), "--baseline", str(lab["benign"]),
-                 "--output", str(out), "--profile"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(lab["incidents"] / "inc0"),
+                "--baseline",
+                str(lab["benign"]),
+                "--output",
+                str(out),
+                "--profile",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr()
     assert "fix set" in text.out and "confidence" in text.out and "profile (s)" in text.err
     assert main(["validate-fix", str(out)]) == 0
@@ -95,21 +118,23 @@ def test_cli_analyze_validate_triage_baseline(lab: dict[str, Any], tmp_path: Pat
     assert "inc0" in capsys.readouterr().out
 
 
-def test_validate_fix_fails_on_a_model_it_does_not_fix(lab: dict[str, Any], tmp_path: Path,
-                                                       tiny_dirs: dict[str, Path],
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_fix_fails_on_a_model_it_does_not_fix(
+    lab: dict[str, Any], tmp_path: Path, tiny_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "rca.json"
     main(["analyze", str(lab["incidents"] / "inc0"), "--baseline", str(lab["benign"]), "--output", str(out)])
     report = json.loads(out.read_text())
-    report["fix_set"]["interventions"] = [{"module": "model.layers.0.mlp", "kind": "scale", "positions": "last",
-                                           "factor": 1.0}]  # a no-op cannot fix anything
+    report["fix_set"]["interventions"] = [
+        {"module": "model.layers.0.mlp", "kind": "scale", "positions": "last", "factor": 1.0}
+    ]  # a no-op cannot fix anything
     out.write_text(json.dumps(report))
     assert main(["validate-fix", str(out)]) == 1
     assert "DOES NOT FIX" in capsys.readouterr().out
 
 
-def test_batch_resumes_and_survives_a_bad_bundle(lab: dict[str, Any], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_resumes_and_survives_a_bad_bundle(
+    lab: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "incidents"
     shutil.copytree(lab["incidents"], work)
     bad = work / "broken"

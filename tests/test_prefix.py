@@ -31,8 +31,12 @@ def _sets(rp: Replayer) -> list[tuple[Intervention, ...]]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
-    bundle = record_greedy(loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3).bundle
-    fast = Replayer(bundle, loaded=loaded, options=ReplayOptions(batch_size=4))  # small chunks: sets of late layers share none
+    bundle = record_greedy(
+        loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3
+    ).bundle
+    fast = Replayer(
+        bundle, loaded=loaded, options=ReplayOptions(batch_size=4)
+    )  # small chunks: sets of late layers share none
     full = Replayer(bundle, loaded=loaded, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=4))
     assert fast.fidelity().faithful
     sets = _sets(fast)
@@ -80,7 +84,9 @@ def _suffix_sets(rp: Replayer) -> list[tuple[Intervention, ...]]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_suffix_reuse_equals_full_replay(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
     loaded = resolve_model(str(tiny_dirs[family]), device="cpu")
-    bundle = record_greedy(loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3).bundle
+    bundle = record_greedy(
+        loaded, "The capital of Australia is", tmp_path / "b", kind="incident", max_new_tokens=3
+    ).bundle
     fast = Replayer(bundle, loaded=loaded, options=ReplayOptions(batch_size=3))
     full = Replayer(bundle, loaded=loaded, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=3))
     fast.pass_cost = 0.0  # a tiny model never pays for an extra pass; force the split to test it
@@ -108,7 +114,9 @@ def test_small_savings_keep_one_pass(tiny_llama: LoadedModel, tmp_path: Path) ->
 @pytest.mark.slow
 def test_suffix_reuse_on_smollm_splits_and_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
     """On a 135M model a group of last-position sets saves more than a pass costs: it gets its own pass."""
-    bundle = record_greedy(smol, "The capital of Australia is", tmp_path / "a", kind="incident", max_new_tokens=2).bundle
+    bundle = record_greedy(
+        smol, "The capital of Australia is", tmp_path / "a", kind="incident", max_new_tokens=2
+    ).bundle
     fast = Replayer(bundle, loaded=smol, options=ReplayOptions(batch_size=64))
     full = Replayer(bundle, loaded=smol, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=64))
     sets = [(Intervention(f"model.layers.{i}", "zero", pos),) for i in range(30) for pos in ("last", "all")]

@@ -23,8 +23,14 @@ from forensics.record import record_greedy
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
-INCIDENTS = ["The capital of Australia is", "Two plus two is", "A retriever returns", "Paris is",
-             "The model answers", "Rome is the capital of"]
+INCIDENTS = [
+    "The capital of Australia is",
+    "Two plus two is",
+    "A retriever returns",
+    "Paris is",
+    "The model answers",
+    "Rome is the capital of",
+]
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +100,26 @@ def test_batch_survives_a_killed_actor(lab: dict[str, Path], ray_pool: Any, tmp_
     assert not list(out.glob(".*"))
 
 
-def test_cli_batch_on_ray_reports_bad_bundle(lab: dict[str, Path], ray_cluster: Any, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_batch_on_ray_reports_bad_bundle(
+    lab: dict[str, Path], ray_cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "incidents"
     shutil.copytree(lab["incidents"] / "inc1", work / "inc1")
     shutil.copytree(lab["incidents"] / "inc1", work / "corrupt")
     (work / "corrupt" / "manifest.json").write_text("{not json")
-    code = main(["batch", str(work), "--baseline", str(lab["benign"]), "--output", str(tmp_path / "r"),
-                 "--ray", "--actors", "2"])
+    code = main(
+        [
+            "batch",
+            str(work),
+            "--baseline",
+            str(lab["benign"]),
+            "--output",
+            str(tmp_path / "r"),
+            "--ray",
+            "--actors",
+            "2",
+        ]
+    )
     assert code == 1
     text = capsys.readouterr().out
     assert "1 analysed" in text and "FAILED corrupt" in text and "manifest.json" in text
@@ -111,9 +129,26 @@ def test_cli_batch_on_ray_reports_bad_bundle(lab: dict[str, Path], ray_cluster: 
 def test_ray_job_entrypoint_joins_the_cluster(lab: dict[str, Path], ray_cluster: Any, tmp_path: Path) -> None:
     address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.run(
-        [sys.executable, "-m", "ray_jobs.batch", "--bundles", f"file://{lab['incidents']}", "--baseline",
-         str(lab["benign"]), "--output", str(tmp_path / "job"), "--actors", "1", "--address", address],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "ray_jobs.batch",
+            "--bundles",
+            f"file://{lab['incidents']}",
+            "--baseline",
+            str(lab["benign"]),
+            "--output",
+            str(tmp_path / "job"),
+            "--actors",
+            "1",
+            "--address",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"done: {len(INCIDENTS)} analysed" in proc.stdout
     assert len(list((tmp_path / "job").glob("inc*.json"))) == len(INCIDENTS)
@@ -132,8 +167,9 @@ def test_a_real_incident_replays_faithfully_on_ray_actors(smol: LoadedModel, ray
     record_greedy(smol, "7 + 8 =", tmp_path / "incidents" / "add_7_8", spec, max_new_tokens=3)
     for i, prompt in enumerate(["2 + 2 =", "The capital of France is"]):
         record_greedy(smol, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
-    tasks = plan_batch(list_bundle_paths(tmp_path / "incidents"), output_dir=tmp_path / "out",
-                       baseline=str(tmp_path / "benign"))
+    tasks = plan_batch(
+        list_bundle_paths(tmp_path / "incidents"), output_dir=tmp_path / "out", baseline=str(tmp_path / "benign")
+    )
     summary = run_batch(tasks, executor=ray_pool, output_dir=tmp_path / "out")
     assert summary.done == ["add_7_8"] and not summary.failed
     report = json.loads((tmp_path / "out" / "add_7_8.json").read_text())

@@ -44,8 +44,14 @@ def free_port() -> int:
 
 def own_ports() -> list[str]:
     """Every fixed-default port of a node, chosen free (the defaults would collide with other clusters)."""
-    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-             "metrics-export-port", "node-manager-port", "object-manager-port")
+    names = (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
     return [f"--{name}={free_port()}" for name in names]
 
 
@@ -55,9 +61,21 @@ class RayNode:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         with log.open("w") as out:
-            self.proc = subprocess.Popen([str(VENV_BIN / "ray"), "start", "--block", "--disable-usage-stats",
-                                          "--node-ip-address=127.0.0.1", *own_ports(), *args],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [
+                    str(VENV_BIN / "ray"),
+                    "start",
+                    "--block",
+                    "--disable-usage-stats",
+                    "--node-ip-address=127.0.0.1",
+                    *own_ports(),
+                    *args,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -87,15 +105,28 @@ class Cluster:
         self.root, self.token = root, secrets.token_hex(32)
         self.gcs = f"127.0.0.1:{free_port()}"
         self.dashboard = f"http://127.0.0.1:{free_port()}"
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                    "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` is the project's
-                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` is the project's
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+        }
         self.nodes: list[RayNode] = []
-        self.head = self._start(["--head", f"--port={self.gcs.split(':')[1]}", f"--temp-dir={root / 'head'}",
-                                 "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                                 f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
-                                 f"--ray-client-server-port={free_port()}", f"--num-cpus={head_cpus}"], "head")
+        self.head = self._start(
+            [
+                "--head",
+                f"--port={self.gcs.split(':')[1]}",
+                f"--temp-dir={root / 'head'}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard.rsplit(':', 1)[1]}",
+                f"--ray-client-server-port={free_port()}",
+                f"--num-cpus={head_cpus}",
+            ],
+            "head",
+        )
         try:
             self.wait_nodes(1)
         except BaseException:
@@ -103,8 +134,9 @@ class Cluster:
             raise
 
     def add_worker(self, name: str, cpus: int) -> RayNode:
-        return self._start([f"--address={self.gcs}", f"--num-cpus={cpus}", f"--resources={json.dumps({name: 1})}"],
-                           name)
+        return self._start(
+            [f"--address={self.gcs}", f"--num-cpus={cpus}", f"--resources={json.dumps({name: 1})}"], name
+        )
 
     def _start(self, args: list[str], name: str) -> RayNode:
         node = RayNode(args, self.env, self.root / f"{name}.log")
@@ -135,8 +167,10 @@ class Cluster:
         raise TimeoutError(f"{count} Ray nodes not alive after {START_S}s: {self.alive_nodes()}")
 
     def actors(self, class_name: str) -> list[dict[str, Any]]:
-        data = self.get(f"/api/v0/actors?limit=1000&detail=1&filter_keys=class_name&filter_predicates=%3D"
-                        f"&filter_values={class_name}")
+        data = self.get(
+            f"/api/v0/actors?limit=1000&detail=1&filter_keys=class_name&filter_predicates=%3D"
+            f"&filter_values={class_name}"
+        )
         return list(data["data"]["result"]["result"])
 
     def stop(self) -> None:
@@ -154,13 +188,22 @@ def cluster_root() -> Iterator[Path]:
 
 @pytest.fixture
 def bundles(tiny_llama: LoadedModel, tmp_path: Path) -> dict[str, Path]:
-    prompts = ["The capital of Australia is", "Two plus two is", "A retriever returns", "Paris is",
-               "The model answers", "Rome is the capital of", "One plus one is", "The answer is"]
+    prompts = [
+        "The capital of Australia is",
+        "Two plus two is",
+        "A retriever returns",
+        "Paris is",
+        "The model answers",
+        "Rome is the capital of",
+        "One plus one is",
+        "The answer is",
+    ]
     for i, prompt in enumerate(prompts):
         record_greedy(tiny_llama, prompt, tmp_path / "incidents" / f"inc{i}", kind="incident", max_new_tokens=3)
     for i, prompt in enumerate(["The capital of France is", "Berlin is the capital of"]):
-        record_greedy(tiny_llama, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign",
-                      max_new_tokens=2)
+        record_greedy(
+            tiny_llama, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2
+        )
     return {"incidents": tmp_path / "incidents", "benign": tmp_path / "benign"}
 
 
@@ -185,10 +228,31 @@ def test_ray_job_submit_as_the_readme_says(bundles: dict[str, Path], cluster_roo
             cluster.get("/api/jobs/", token=False)
         assert refused.value.code == 401  # token authentication is on: no token, no job
         out = tmp_path / "results"
-        command = ["ray", "job", "submit", "--working-dir", ".", "--", "python", "-m", "ray_jobs.batch",
-                   "--bundles", str(incidents), "--baseline", str(bundles["benign"]), "--output", str(out)]
-        proc = subprocess.run(command, cwd=ROOT, env={**cluster.env, "RAY_ADDRESS": cluster.dashboard},
-                              capture_output=True, text=True, timeout=240)
+        command = [
+            "ray",
+            "job",
+            "submit",
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "-m",
+            "ray_jobs.batch",
+            "--bundles",
+            str(incidents),
+            "--baseline",
+            str(bundles["benign"]),
+            "--output",
+            str(out),
+        ]
+        proc = subprocess.run(
+            command,
+            cwd=ROOT,
+            env={**cluster.env, "RAY_ADDRESS": cluster.dashboard},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "succeeded" in proc.stdout and f"done: {len(names)} analysed, 0 skipped, 0 failed" in proc.stdout
         one_result_per_bundle(out, names)
@@ -203,8 +267,9 @@ def wait_for_layout(cluster: Cluster, batch: subprocess.Popen[bytes], out: Path,
     """Once the batch has written a result and all three actors are up: the two actors on worker_a."""
     worker_a = ""
     while time.monotonic() < deadline and batch.poll() is None:
-        worker_a = worker_a or next((n["node_id"] for n in cluster.alive_nodes() if "worker_a" in n["resources_total"]),
-                                    "")
+        worker_a = worker_a or next(
+            (n["node_id"] for n in cluster.alive_nodes() if "worker_a" in n["resources_total"]), ""
+        )
         actors = cluster.actors("ReplayWorker")
         if list(out.glob("inc*.json")) and len(actors) == 3 and all(a["state"] == "ALIVE" for a in actors):
             return [a for a in actors if a["node_id"] == worker_a]
@@ -225,9 +290,24 @@ def test_batch_survives_losing_a_worker_node(bundles: dict[str, Path], cluster_r
         out = tmp_path / "results"
         with (tmp_path / "batch.log").open("w") as log:
             batch = subprocess.Popen(
-                [str(VENV_BIN / "model-forensics"), "batch", str(bundles["incidents"]), "--baseline",
-                 str(bundles["benign"]), "--output", str(out), "--address", cluster.gcs, "--actors", "3"],
-                env=cluster.env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+                [
+                    str(VENV_BIN / "model-forensics"),
+                    "batch",
+                    str(bundles["incidents"]),
+                    "--baseline",
+                    str(bundles["benign"]),
+                    "--output",
+                    str(out),
+                    "--address",
+                    cluster.gcs,
+                    "--actors",
+                    "3",
+                ],
+                env=cluster.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
             on_worker = wait_for_layout(cluster, batch, out, deadline=time.monotonic() + 180)
             assert len(on_worker) == 2  # the layout the test relies on: 1 CPU on the head, 2 on worker_a
             done_before_kill = len(list(out.glob("inc*.json")))
@@ -241,8 +321,10 @@ def test_batch_survives_losing_a_worker_node(bundles: dict[str, Path], cluster_r
         one_result_per_bundle(out, names)
         restarted = [a for a in cluster.actors("ReplayWorker") if int(a["num_restarts"]) >= 1]
         assert {a["actor_id"] for a in restarted} == {a["actor_id"] for a in on_worker}
-        calls = ("/api/v0/tasks?limit=1000&detail=1&filter_keys=func_or_class_name&filter_predicates=%3D"
-                 "&filter_values=ReplayWorker.call")
+        calls = (
+            "/api/v0/tasks?limit=1000&detail=1&filter_keys=func_or_class_name&filter_predicates=%3D"
+            "&filter_values=ReplayWorker.call"
+        )
         tasks = cluster.get(calls)["data"]["result"]["result"]  # Ray's task events: every attempt of every call
         finished = [t for t in tasks if t["state"] == "FINISHED"]
         assert len({t["task_id"] for t in finished}) == len(names)  # one finished call per bundle

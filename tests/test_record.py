@@ -24,7 +24,10 @@ def test_records_every_layer_attention_and_mlp(tiny_dirs: dict[str, Path], famil
     prompt_len = len(bundle.inputs["input_ids"])
     assert bundle.outputs["generated_ids"] == greedy_ids(loaded, PROMPT, 4)
     assert len(bundle.modules) == 6 and {*bundle.manifest["recorded"]["sites"].values()} == {
-        "resid", "attn_out", "mlp_out"}
+        "resid",
+        "attn_out",
+        "mlp_out",
+    }
     for name in bundle.modules:
         act = bundle.activation(name)
         assert act.shape == (prompt_len + 3, 64) and act.dtype == np.float32
@@ -48,7 +51,7 @@ def test_use_cache_false_generation_is_stitched_too(tiny_llama: LoadedModel) -> 
     enc = tok(PROMPT, return_tensors="pt")
     with record(model, tok) as rec, torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=3, do_sample=False, use_cache=False, pad_token_id=0)
-    assert rec.generated_ids == out[0, enc.input_ids.shape[1]:].tolist()
+    assert rec.generated_ids == out[0, enc.input_ids.shape[1] :].tolist()
     acts = dict(rec.activations())
     assert acts["model.layers.1"].shape[0] == enc.input_ids.shape[1] + 2
 
@@ -82,8 +85,9 @@ def test_external_calls_are_recorded(tiny_llama: LoadedModel, tmp_path: Path) ->
         with pytest.raises(ValueError):
             rec.external("api")(broken)(3)
         with torch.inference_mode():
-            model.generate(**tok(PROMPT + docs[0], return_tensors="pt"), max_new_tokens=2, do_sample=False,
-                           pad_token_id=0)
+            model.generate(
+                **tok(PROMPT + docs[0], return_tensors="pt"), max_new_tokens=2, do_sample=False, pad_token_id=0
+            )
     bundle = rec.save(tmp_path / "b", failure=None, kind="benign", prompt=PROMPT)
     calls = bundle.manifest["external_calls"]
     assert [c["name"] for c in calls] == ["retriever", "api"]

@@ -19,8 +19,10 @@ def llama_case(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory
     root = tmp_path_factory.mktemp("llama-case")
     return {
         "incident": record_greedy(tiny_llama, PROMPT, root / "incident", kind="incident", max_new_tokens=4).bundle,
-        "benign": [record_greedy(tiny_llama, p, root / f"benign{i}", "as-generated", kind="benign", max_new_tokens=3).bundle
-                   for i, p in enumerate(["The capital of France is", "Ankara is the capital of Turkey."])],
+        "benign": [
+            record_greedy(tiny_llama, p, root / f"benign{i}", "as-generated", kind="benign", max_new_tokens=3).bundle
+            for i, p in enumerate(["The capital of France is", "Ankara is the capital of Turkey."])
+        ],
     }
 
 
@@ -68,8 +70,10 @@ def test_batched_evaluate_equals_sequential_runs(rp: Replayer, llama_case: dict[
         (Intervention("model.layers.0", "zero", "last"),),
         (Intervention("model.layers.1.self_attn", "mean", "all"),),
         (Intervention("model.layers.0.mlp", "patch", "all", source=src),),
-        (Intervention("model.layers.1", "patch", "last", source=src),
-         Intervention("model.layers.0.mlp", "scale", (0, -1), factor=0.5)),
+        (
+            Intervention("model.layers.1", "patch", "last", source=src),
+            Intervention("model.layers.0.mlp", "scale", (0, -1), factor=0.5),
+        ),
         (Intervention("model.layers.0", "zero", "all"), Intervention("model.layers.0", "scale", "last", factor=2.0)),
     ]
     before = rp.forward_passes
@@ -120,15 +124,25 @@ def test_model_mismatch_is_refused_unless_allowed(llama_case: dict[str, Any], ti
     other = other._replace(info=other.info.__class__(**{**other.info.to_dict(), "sha256": "f" * 64}))
     with pytest.raises(ReplayError, match="allow_model_mismatch"):
         Replayer(llama_case["incident"], loaded=other)
-    assert Replayer(llama_case["incident"], loaded=other, options=ReplayOptions(allow_model_mismatch=True)).run(()).argmax_id >= 0
+    assert (
+        Replayer(llama_case["incident"], loaded=other, options=ReplayOptions(allow_model_mismatch=True))
+        .run(())
+        .argmax_id
+        >= 0
+    )
 
 
 def test_intervention_json_round_trip_and_validation() -> None:
     ivs = Intervention.parse_sets('[{"module": "a.b", "kind": "patch", "positions": [0, -1], "source": "x"}]')
     assert ivs[0].positions == (0, -1)
     assert Intervention.from_dict(ivs[0].to_dict()) == ivs[0]
-    for bad in ['{"module": "a", "kind": "explode"}', '[{"kind": "zero"}]', "not json",
-                '{"module": "a", "kind": "zero", "positions": "first"}', '{"module": "a", "kind": "scale"}',
-                '{"module": "a", "kind": "zero", "wat": 1}']:
+    for bad in [
+        '{"module": "a", "kind": "explode"}',
+        '[{"kind": "zero"}]',
+        "not json",
+        '{"module": "a", "kind": "zero", "positions": "first"}',
+        '{"module": "a", "kind": "scale"}',
+        '{"module": "a", "kind": "zero", "wat": 1}',
+    ]:
         with pytest.raises(ConfigError):
             Intervention.parse_sets(bad)

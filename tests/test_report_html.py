@@ -20,63 +20,141 @@ from forensics.replay.interventions import Intervention
 
 HOSTILE = "<script>alert(1)</script>"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SCHEMA_FILES = {"model-forensics/rca@1": DOCS / "report-rca1.schema.json",
-                "model-forensics/rca@2": DOCS / "report.schema.json"}
+SCHEMA_FILES = {
+    "model-forensics/rca@1": DOCS / "report-rca1.schema.json",
+    "model-forensics/rca@2": DOCS / "report.schema.json",
+}
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report_rca2.json"
 RCA1 = "model-forensics/rca@1"
 
 
 def _metric(module: str, score: float, threshold: float = 2.0) -> dict[str, Any]:
-    return {"module": module, "ratios": {"zlib": 0.41, "lzma": 0.38}, "baseline_mean": {"zlib": 0.45, "lzma": 0.40},
-            "baseline_std": {"zlib": 0.01, "lzma": 0.01}, "z_scores": {"zlib": -score, "lzma": -score / 2},
-            "score": score, "is_anomalous": score > threshold}
+    return {
+        "module": module,
+        "ratios": {"zlib": 0.41, "lzma": 0.38},
+        "baseline_mean": {"zlib": 0.45, "lzma": 0.40},
+        "baseline_std": {"zlib": 0.01, "lzma": 0.01},
+        "z_scores": {"zlib": -score, "lzma": -score / 2},
+        "score": score,
+        "is_anomalous": score > threshold,
+    }
 
 
-def _single(module: str, kind: str, recovery: float, *, fixed: bool = False, source: str | None = None,
-            token: str = " Sydney") -> dict[str, Any]:
+def _single(
+    module: str, kind: str, recovery: float, *, fixed: bool = False, source: str | None = None, token: str = " Sydney"
+) -> dict[str, Any]:
     iv: dict[str, Any] = {"module": module, "kind": kind, "positions": "last"}
     if source is not None:
         iv["source"] = source
-    return {"interventions": [iv], "metric": -2.0 + 3.5 * recovery, "recovery": recovery, "fixed": fixed,
-            "argmax_token": token}
+    return {
+        "interventions": [iv],
+        "metric": -2.0 + 3.5 * recovery,
+        "recovery": recovery,
+        "fixed": fixed,
+        "argmax_token": token,
+    }
 
 
 @pytest.fixture
 def report() -> dict[str, Any]:
     """An rca@1 report of a 3-layer llama-style incident: the fault is planted in layer 1's MLP."""
     mods = [f"model.layers.{i}.{s}" for i in range(3) for s in ("self_attn", "mlp")] + ["model.layers.2"]
-    scores = {"model.layers.0.self_attn": 0.4, "model.layers.0.mlp": 0.9, "model.layers.1.self_attn": 1.1,
-              "model.layers.1.mlp": 6.3, "model.layers.2.self_attn": 1.7, "model.layers.2.mlp": 2.4,
-              "model.layers.2": 3.1}
+    scores = {
+        "model.layers.0.self_attn": 0.4,
+        "model.layers.0.mlp": 0.9,
+        "model.layers.1.self_attn": 1.1,
+        "model.layers.1.mlp": 6.3,
+        "model.layers.2.self_attn": 1.7,
+        "model.layers.2.mlp": 2.4,
+        "model.layers.2": 3.1,
+    }
     singles = [_single(m, k, 0.05 * i - 0.2) for i, (m, k) in enumerate((m, k) for m in mods for k in ("zero", "mean"))]
     singles[6] = _single("model.layers.1.mlp", "zero", 1.12, fixed=True, token=" Canberra")
     singles.append(_single("model.layers.1.mlp", "patch", 1.4, fixed=True, source="benign_3", token=" Canberra"))
     fix_iv = {"module": "model.layers.1.mlp", "kind": "zero", "positions": "last"}
     return {
-        "schema": RCA1, "version": "0.1.0", "bundle_id": "australia", "bundle_path": "/b/australia",
-        "confidence": 1.0, "execution_time": 3.21,
+        "schema": RCA1,
+        "version": "0.1.0",
+        "bundle_id": "australia",
+        "bundle_path": "/b/australia",
+        "confidence": 1.0,
+        "execution_time": 3.21,
         "compression_metrics": [_metric(m, scores[m]) for m in mods],
-        "fix_set": {"interventions": [fix_iv], "validated": True, "recovery": 1.12, "metric": 1.92, "fixed": True,
-                    "argmax_token": " Canberra", "size": 1},
+        "fix_set": {
+            "interventions": [fix_iv],
+            "validated": True,
+            "recovery": 1.12,
+            "metric": 1.92,
+            "fixed": True,
+            "argmax_token": " Canberra",
+            "size": 1,
+        },
         "replays": {"forward_passes": 12, "candidates": 15, "evaluated": 17, "budget_exhausted": False},
-        "fidelity": {"faithful": True, "tolerance": 1e-4, "max_logit_diff": 2e-6, "max_activation_diff": 3e-6,
-                     "first_divergent": None, "module_diffs": {m: 1e-6 for m in mods}},
-        "decision": {"step": 0, "observed": " Sydney", "observed_id": 11, "target": " Canberra", "target_id": 12,
-                     "failure": {"type": "expected", "text": " Canberra", "token_ids": [12], "regex": False},
-                     "m_incident": -2.0, "m_baseline": 1.5},
-        "localisation": [{"layer": 1, "score": 6.3, "onset": 5.2, "anomalous": True, "rank": 1,
-                          "modules": ["model.layers.1.mlp", "model.layers.1.self_attn"]},
-                         {"layer": 0, "score": 0.9, "onset": 0.9, "anomalous": False, "rank": 2,
-                          "modules": ["model.layers.0.mlp", "model.layers.0.self_attn"]},
-                         {"layer": 2, "score": 3.1, "onset": 0.0, "anomalous": True, "rank": 3,
-                          "modules": ["model.layers.2", "model.layers.2.mlp", "model.layers.2.self_attn"]}],
+        "fidelity": {
+            "faithful": True,
+            "tolerance": 1e-4,
+            "max_logit_diff": 2e-6,
+            "max_activation_diff": 3e-6,
+            "first_divergent": None,
+            "module_diffs": {m: 1e-6 for m in mods},
+        },
+        "decision": {
+            "step": 0,
+            "observed": " Sydney",
+            "observed_id": 11,
+            "target": " Canberra",
+            "target_id": 12,
+            "failure": {"type": "expected", "text": " Canberra", "token_ids": [12], "regex": False},
+            "m_incident": -2.0,
+            "m_baseline": 1.5,
+        },
+        "localisation": [
+            {
+                "layer": 1,
+                "score": 6.3,
+                "onset": 5.2,
+                "anomalous": True,
+                "rank": 1,
+                "modules": ["model.layers.1.mlp", "model.layers.1.self_attn"],
+            },
+            {
+                "layer": 0,
+                "score": 0.9,
+                "onset": 0.9,
+                "anomalous": False,
+                "rank": 2,
+                "modules": ["model.layers.0.mlp", "model.layers.0.self_attn"],
+            },
+            {
+                "layer": 2,
+                "score": 3.1,
+                "onset": 0.0,
+                "anomalous": True,
+                "rank": 3,
+                "modules": ["model.layers.2", "model.layers.2.mlp", "model.layers.2.self_attn"],
+            },
+        ],
         "single_effects": singles,
-        "search": {"strategy": "greedy", "steps": [{"size": 1, "evaluated": 15, "best_recovery": 1.4}],
-                   "best_partial": None},
-        "baselines": {"population": ["benign_1", "benign_2", "benign_3"], "patch_sources": ["benign_3"],
-                      "paths": {"benign_3": "/b/benign_3"}},
-        "model": {"ref": "tiny-llama", "kind": "hf_dir", "path": "/m/tiny", "sha256": "3fa2c0ffee" * 6 + "abcd",
-                  "family": "llama", "dtype": "float32", "device": "cpu", "num_layers": 3},
+        "search": {
+            "strategy": "greedy",
+            "steps": [{"size": 1, "evaluated": 15, "best_recovery": 1.4}],
+            "best_partial": None,
+        },
+        "baselines": {
+            "population": ["benign_1", "benign_2", "benign_3"],
+            "patch_sources": ["benign_3"],
+            "paths": {"benign_3": "/b/benign_3"},
+        },
+        "model": {
+            "ref": "tiny-llama",
+            "kind": "hf_dir",
+            "path": "/m/tiny",
+            "sha256": "3fa2c0ffee" * 6 + "abcd",
+            "family": "llama",
+            "dtype": "float32",
+            "device": "cpu",
+            "num_layers": 3,
+        },
         "cf": {"anomaly_threshold": 2.0},
         "timings": {"load": 0.4, "cf": 0.3, "cca": 2.5},
         "notes": ["no counterfactual baseline for benign_9"],
@@ -114,8 +192,19 @@ def _part(page: str, css_id: str) -> str:
 def test_page_is_self_contained(report: dict[str, Any], rca2: dict[str, Any], which: str) -> None:
     page = render_html(report if which == "rca1" else rca2)
     assert page.startswith("<!DOCTYPE html>")
-    for needle in ("http://", "https://", "src=", "<script", "<link", "@import", "<img", "<iframe", "<image",
-                   "data:", "<style type"):
+    for needle in (
+        "http://",
+        "https://",
+        "src=",
+        "<script",
+        "<link",
+        "@import",
+        "<img",
+        "<iframe",
+        "<image",
+        "data:",
+        "<style type",
+    ):
         assert needle not in page.lower(), needle
     assert re.findall(r'href="(?!#)', page) == [] and re.findall(r"url\((?!#)", page) == []  # in-page refs only
     assert "script-src" not in page and "default-src 'none'" in page  # CSP forbids scripts outright
@@ -125,7 +214,10 @@ def test_page_is_self_contained(report: dict[str, Any], rca2: dict[str, Any], wh
 def test_plots_are_matplotlib_svgs(report: dict[str, Any]) -> None:
     svgs = _svgs(render_html(report))
     assert [re.search(r'aria-label="([^"]*)"', s).group(1) for s in svgs] == [  # type: ignore[union-attr]
-        "recovery of single interventions", "top single effects by recovery", "CF anomaly score per module"]
+        "recovery of single interventions",
+        "top single effects by recovery",
+        "CF anomaly score per module",
+    ]
     assert all('class="plot"' in s and "<text" in s for s in svgs)  # text stays text (searchable, small)
     ids = re.findall(r'\bid="([^"]*)"', "".join(svgs))
     assert len(ids) == len(set(ids))  # two plots on one page never share an id
@@ -207,8 +299,11 @@ def test_heatmap_separates_patch_sources_only_when_needed() -> None:
     assert column_label(iv) == "attn/patch/p3,4"
     assert column_label(iv, with_source=True) == "attn/patch[b1]/p3,4"
     assert column_label({**iv, "head": 5}) == "attn.h5/patch/p3,4"
-    assert [site_of(m) for m in ("model.layers.7", "model.layers.7.mlp.down_proj", "lm_head")] == \
-        ["block", "mlp.down_proj", "lm_head"]
+    assert [site_of(m) for m in ("model.layers.7", "model.layers.7.mlp.down_proj", "lm_head")] == [
+        "block",
+        "mlp.down_proj",
+        "lm_head",
+    ]
 
 
 def test_two_patch_sources_get_two_cells(report: dict[str, Any]) -> None:
@@ -222,7 +317,9 @@ def test_unavailable_recovery_colours_by_margin_share(rca2: dict[str, Any]) -> N
     """No baseline produces the target: cells show the share of the incident's margin closed, labelled so."""
     for e in rca2["single_effects"]:
         e["recovery"] = None
-    rca2["decision"].update(m_baseline=None, recovery_available=False, recovery_note="no counterfactual says ' Canberra'")
+    rca2["decision"].update(
+        m_baseline=None, recovery_available=False, recovery_note="no counterfactual says ' Canberra'"
+    )
     for fix in (rca2["fix_set"], *rca2["fix_sets"]):
         fix["recovery"] = None
     page = render_html(rca2)
@@ -239,7 +336,7 @@ def test_rca2_page_tells_the_story(rca2: dict[str, Any]) -> None:
     incident = _part(page, "incident")
     assert "The capital of Australia is" in incident
     assert '<mark title="decision step 0: the first wrong token"> Sydney</mark>. It is' in incident
-    assert "expected <span class=\"tok\">&quot; Canberra&quot;</span>, observed" in incident
+    assert 'expected <span class="tok">&quot; Canberra&quot;</span>, observed' in incident
     assert "2.310 logits" in incident and "2 of 24 single interventions flip the answer on their own" in incident
     fix = _part(page, "fix")
     assert fix.count('<div class="card">') == 2 and "correction" in fix
@@ -262,8 +359,12 @@ def test_rca2_page_tells_the_story(rca2: dict[str, Any]) -> None:
 
 def test_suppression_and_no_side_effect_check(rca2: dict[str, Any]) -> None:
     fix = rca2["fix_set"]
-    fix.update(verdict="suppression", argmax_token=".", side_effects=None,
-               regenerated={"text": ".", "contains_expected": None, "contains_forbidden": False})
+    fix.update(
+        verdict="suppression",
+        argmax_token=".",
+        side_effects=None,
+        regenerated={"text": ".", "contains_expected": None, "contains_forbidden": False},
+    )
     rca2["incident"]["failure"] = {"type": "forbidden", "text": " Sydney", "token_ids": [28640], "regex": False}
     rca2["fix_sets"] = [fix]  # fix_set is fix_sets[0]
     text, css = verdict(rca2)
@@ -275,16 +376,25 @@ def test_suppression_and_no_side_effect_check(rca2: dict[str, Any]) -> None:
 
 
 def test_unfaithful_replay_shows_the_advice(rca2: dict[str, Any]) -> None:
-    rca2["fidelity"].update(faithful=False, first_divergent="model.layers.14.mlp",
-                            advice="check that the model's weights are the recording's")
+    rca2["fidelity"].update(
+        faithful=False,
+        first_divergent="model.layers.14.mlp",
+        advice="check that the model's weights are the recording's",
+    )
     rca2["fidelity"]["modules"]["model.layers.14.mlp"].update(abs=None, rel=None, ok=False)
-    rca2.update(fix_set=None, fix_sets=[], input_level=[], confidence=0.0, confidence_terms=None,
-                confidence_explanation="confidence 0: the replay is not faithful.")
+    rca2.update(
+        fix_set=None,
+        fix_sets=[],
+        input_level=[],
+        confidence=0.0,
+        confidence_terms=None,
+        confidence_explanation="confidence 0: the replay is not faithful.",
+    )
     page = render_html(rca2)
     assert verdict(rca2)[0].startswith("No fix set found: replay not faithful")
     fid = _part(page, "fidelity")
     assert "check that the model&#x27;s weights are the recording&#x27;s" in fid
-    assert fid.index("model.layers.14.mlp</code></td><td class=\"num\">—") > 0  # shape mismatch listed first
+    assert fid.index('model.layers.14.mlp</code></td><td class="num">—') > 0  # shape mismatch listed first
     assert "No fix set: confidence is 0." in _part(page, "confidence")
 
 
@@ -294,8 +404,7 @@ def test_confidence_that_departs_from_the_formula_is_flagged(rca2: dict[str, Any
     assert documented_confidence(rca2["confidence_terms"]) == rca2["confidence"]
     rca2["confidence"] = 0.6
     conf = _part(render_html(rca2), "confidence")
-    assert "The report's confidence 0.6000 differs from the documented formula applied to these terms (0.7219)" \
-        in conf
+    assert "The report's confidence 0.6000 differs from the documented formula applied to these terms (0.7219)" in conf
 
 
 def test_head_shown_when_present(rca2: dict[str, Any]) -> None:
@@ -324,7 +433,7 @@ def test_header_and_fix_table(report: dict[str, Any]) -> None:
     assert "1.00" in page and "3.21 s" in page
     fix = _part(page, "fix")
     assert "<code>model.layers.1.mlp</code></td><td>zero</td><td>last</td>" in fix
-    assert "validated</dt><dd><span class=\"yes\">yes" in fix
+    assert 'validated</dt><dd><span class="yes">yes' in fix
     assert "no counterfactual baseline for benign_9" in page
     assert "forward passes</dt><dd>12" in page and "15 / 17" in page
 
@@ -347,13 +456,14 @@ def test_hostile_text_is_escaped(report: dict[str, Any], rca2: dict[str, Any], w
     r["fix_set"]["argmax_token"] = HOSTILE
     r["single_effects"][0]["argmax_token"] = HOSTILE
     r["single_effects"][0]["interventions"][0]["module"] = f"model.layers.0.{HOSTILE}$\\frac{{1}}{{0}}$"
-    r["compression_metrics"][0]["module"] = f"model.layers.0.{HOSTILE}\"onload=\"x"
+    r["compression_metrics"][0]["module"] = f'model.layers.0.{HOSTILE}"onload="x'
     r["notes"].append(HOSTILE)
     r["model"]["ref"] = HOSTILE
     r["provenance"] = {"tokens": [HOSTILE]}
     if which == "rca2":
-        r["incident"].update(prompt=f"Ignore this. {HOSTILE}</pre><b>", generated_tokens=[HOSTILE, "&amp;"],
-                             observed=HOSTILE)
+        r["incident"].update(
+            prompt=f"Ignore this. {HOSTILE}</pre><b>", generated_tokens=[HOSTILE, "&amp;"], observed=HOSTILE
+        )
         r["commands"]["reproduce"] = f"model-forensics analyze '{HOSTILE}'"
         r["input_level"][0]["statement"] = HOSTILE
         r["not_evaluated"].append({"what": HOSTILE, "why": HOSTILE})
@@ -363,7 +473,7 @@ def test_hostile_text_is_escaped(report: dict[str, Any], rca2: dict[str, Any], w
     assert re.search(r"<[^>]*\sonload=", page) is None  # no attribute injected (a quote in text is inert)
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= (8 if which == "rca1" else 15)
     if which == "rca2":
-        assert "<mark title=\"decision step 0: the first wrong token\">&lt;script&gt;" in page
+        assert '<mark title="decision step 0: the first wrong token">&lt;script&gt;' in page
         assert "&amp;amp;" in page  # a token that looks like an entity stays literal
 
 
@@ -386,9 +496,19 @@ def test_best_partial_shown_without_fix(report: dict[str, Any]) -> None:
 @pytest.mark.parametrize("schema", [RCA1, "model-forensics/rca@2"])
 def test_minimal_report_renders(schema: str) -> None:
     """Only the required rca@1 keys; fidelity, decision, search and model absent (CCA never ran)."""
-    page = render_html({"schema": schema, "version": "0.1.0", "bundle_id": "x", "confidence": 0.0,
-                        "execution_time": 0.1, "compression_metrics": [], "fix_set": None, "replays": {},
-                        "export_path": None})
+    page = render_html(
+        {
+            "schema": schema,
+            "version": "0.1.0",
+            "bundle_id": "x",
+            "confidence": 0.0,
+            "execution_time": 0.1,
+            "compression_metrics": [],
+            "fix_set": None,
+            "replays": {},
+            "export_path": None,
+        }
+    )
     assert "No fix set found" in page and "</html>" in page
 
 
@@ -401,15 +521,23 @@ def test_write_html_atomic_from_dict_and_result(report: dict[str, Any], tmp_path
     assert target.read_text(encoding="utf-8") == render_html(report)
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]  # no temp file left
     assert target.stat().st_mode & 0o777 == 0o644
-    result = RCAResult(bundle_id="r1", confidence=0.7, execution_time=1.0, compression_metrics=[],
-                       fix_set=FixSet((Intervention("model.layers.0.mlp", "zero"),), True, 1.0, 0.5, True, " a"),
-                       replays={"forward_passes": 3, "candidates": 2, "evaluated": 2}, fidelity={}, decision={})
+    result = RCAResult(
+        bundle_id="r1",
+        confidence=0.7,
+        execution_time=1.0,
+        compression_metrics=[],
+        fix_set=FixSet((Intervention("model.layers.0.mlp", "zero"),), True, 1.0, 0.5, True, " a"),
+        replays={"forward_passes": 3, "candidates": 2, "evaluated": 2},
+        fidelity={},
+        decision={},
+    )
     path = write_html(result, tmp_path / "new" / "r1.html")
     assert "Validated minimal fix set of 1 intervention" in Path(path).read_text(encoding="utf-8")
 
 
-def test_write_html_failure_keeps_old_file(report: dict[str, Any], tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_html_failure_keeps_old_file(
+    report: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "report.html"
     target.write_text("old")
 
@@ -428,11 +556,20 @@ def test_pipeline_report_validates_and_renders(tiny_llama: LoadedModel, tmp_path
     """A real analysis on a tiny model: its JSON report matches the schema and its page has both plots."""
     from forensics.record import record_greedy
 
-    incident = record_greedy(tiny_llama, "The capital of Australia is", tmp_path / "inc", kind="incident", max_new_tokens=3).bundle
+    incident = record_greedy(
+        tiny_llama, "The capital of Australia is", tmp_path / "inc", kind="incident", max_new_tokens=3
+    ).bundle
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
-        record_greedy(tiny_llama, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
-    result = RCAPipeline().analyze_incident(incident.path, baseline=str(tmp_path / "benign"), model=tiny_llama,
-                                            output=tmp_path / "r.json", html=tmp_path / "r.html")
+        record_greedy(
+            tiny_llama, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2
+        )
+    result = RCAPipeline().analyze_incident(
+        incident.path,
+        baseline=str(tmp_path / "benign"),
+        model=tiny_llama,
+        output=tmp_path / "r.json",
+        html=tmp_path / "r.html",
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator(json.loads(SCHEMA_FILES[report["schema"]].read_text())).validate(report)

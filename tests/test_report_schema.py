@@ -15,8 +15,10 @@ jsonschema = pytest.importorskip("jsonschema")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report_rca2.json"
-SCHEMA_FILES = {"model-forensics/rca@1": DOCS / "report-rca1.schema.json",
-                "model-forensics/rca@2": DOCS / "report.schema.json"}
+SCHEMA_FILES = {
+    "model-forensics/rca@1": DOCS / "report-rca1.schema.json",
+    "model-forensics/rca@2": DOCS / "report.schema.json",
+}
 
 
 def schema_for(schema_id: str) -> dict[str, Any]:
@@ -62,8 +64,9 @@ def test_golden_is_consistent_with_the_documented_formulas() -> None:
     report = golden()
     d, fix, terms = report["decision"], report["fix_set"], report["confidence_terms"]
     assert fix == report["fix_sets"][0]
-    assert fix["recovery"] == pytest.approx((fix["metric"] - d["m_incident"]) / (d["m_baseline"] - d["m_incident"]),
-                                            abs=1e-4)
+    assert fix["recovery"] == pytest.approx(
+        (fix["metric"] - d["m_incident"]) / (d["m_baseline"] - d["m_incident"]), abs=1e-4
+    )
     assert terms["recovery"] == fix["recovery"] and terms["margin"] == fix["metric"] and terms["size"] == fix["size"]
     effects = fix["side_effects"]
     assert terms["specificity"] == 1 - effects["changed"] / effects["checked"]
@@ -73,16 +76,59 @@ def test_golden_is_consistent_with_the_documented_formulas() -> None:
     assert d["near_tie"]["flipping_singles"] == sum(e["fixed"] for e in report["single_effects"])
 
 
-@pytest.mark.parametrize("terms, expected", [
-    ({"faithful": True, "validated": True, "recovery": 1.0, "margin": 1e9, "specificity": 1.0, "size": 1,
-      "suppression": False}, 1.0),
-    ({"faithful": False, "validated": True, "recovery": 1.0, "margin": 3.0, "specificity": 1.0, "size": 1,
-      "suppression": False}, 0.0),
-    ({"faithful": True, "validated": True, "recovery": None, "margin": 1.0, "specificity": None, "size": 2,
-      "suppression": False}, 0.1375),  # 0.5 x (0 + 0.175 + 0.1)
-    ({"faithful": True, "validated": True, "recovery": 2.3, "margin": -0.2, "specificity": 0.5, "size": 1,
-      "suppression": True}, 0.1625),  # 0.5 x (0.45 + 0 + 0.2) x 0.5
-])
+@pytest.mark.parametrize(
+    "terms, expected",
+    [
+        (
+            {
+                "faithful": True,
+                "validated": True,
+                "recovery": 1.0,
+                "margin": 1e9,
+                "specificity": 1.0,
+                "size": 1,
+                "suppression": False,
+            },
+            1.0,
+        ),
+        (
+            {
+                "faithful": False,
+                "validated": True,
+                "recovery": 1.0,
+                "margin": 3.0,
+                "specificity": 1.0,
+                "size": 1,
+                "suppression": False,
+            },
+            0.0,
+        ),
+        (
+            {
+                "faithful": True,
+                "validated": True,
+                "recovery": None,
+                "margin": 1.0,
+                "specificity": None,
+                "size": 2,
+                "suppression": False,
+            },
+            0.1375,
+        ),  # 0.5 x (0 + 0.175 + 0.1)
+        (
+            {
+                "faithful": True,
+                "validated": True,
+                "recovery": 2.3,
+                "margin": -0.2,
+                "specificity": 0.5,
+                "size": 1,
+                "suppression": True,
+            },
+            0.1625,
+        ),  # 0.5 x (0.45 + 0 + 0.2) x 0.5
+    ],
+)
 def test_confidence_formula_examples(terms: dict[str, Any], expected: float) -> None:
     """The documented formula and the implementation agree (forensics.rca.confidence)."""
     from forensics.rca.confidence import ConfidenceTerms, confidence
@@ -91,12 +137,20 @@ def test_confidence_formula_examples(terms: dict[str, Any], expected: float) -> 
     assert confidence(ConfidenceTerms(**terms)) == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("broken", [
-    {"schema": "model-forensics/rca@1"}, {"confidence": 1.5}, {"fix_set": {"interventions": []}},
-    {"compression_metrics": [{"module": "m"}]}, {"input_level": [{"source": "b"}]},
-    {"not_evaluated": [{"what": "layers 0-3"}]}, {"commands": {"reproduce": "model-forensics analyze b"}},
-    {"confidence_terms": {"faithful": True}}, {"confidence_terms": {**golden()["confidence_terms"], "size": 0}},
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"schema": "model-forensics/rca@1"},
+        {"confidence": 1.5},
+        {"fix_set": {"interventions": []}},
+        {"compression_metrics": [{"module": "m"}]},
+        {"input_level": [{"source": "b"}]},
+        {"not_evaluated": [{"what": "layers 0-3"}]},
+        {"commands": {"reproduce": "model-forensics analyze b"}},
+        {"confidence_terms": {"faithful": True}},
+        {"confidence_terms": {**golden()["confidence_terms"], "size": 0}},
+    ],
+)
 def test_rca2_schema_rejects(broken: dict[str, Any]) -> None:
     assert not validator_for("model-forensics/rca@2").is_valid({**golden(), **broken})
 
@@ -127,8 +181,9 @@ def test_rca1_schema_still_reads_rca1_reports() -> None:
     report = {k: v for k, v in golden().items() if k in rca1_keys}
     report["schema"] = "model-forensics/rca@1"
     fix = report["fix_set"]
-    report["fix_set"] = {k: fix[k] for k in ("interventions", "validated", "recovery", "metric", "fixed",
-                                             "argmax_token", "size")}
+    report["fix_set"] = {
+        k: fix[k] for k in ("interventions", "validated", "recovery", "metric", "fixed", "argmax_token", "size")
+    }
     validator_for("model-forensics/rca@1").validate(report)
 
 

@@ -24,8 +24,17 @@ def _secret_manifest() -> dict[str, object]:
         inputs={"prompt": SECRETS[0], "input_ids": [1, 17, 5]},
         outputs={"generated_ids": [9], "text": SECRETS[1]},
         failure={"type": "forbidden", "text": SECRETS[1], "regex": False},
-        external_calls=[{"name": "lookup", "args": [SECRETS[2]], "kwargs": {}, "result": SECRETS[3],
-                         "error": None, "started_at": 0.0, "duration_s": 0.1}],
+        external_calls=[
+            {
+                "name": "lookup",
+                "args": [SECRETS[2]],
+                "kwargs": {},
+                "result": SECRETS[3],
+                "error": None,
+                "started_at": 0.0,
+                "duration_s": 0.1,
+            }
+        ],
     )
 
 
@@ -80,14 +89,30 @@ def test_sealed_manifest_with_plaintext_sections_beside_it_is_refused(tmp_path: 
         load_bundle(tmp_path / "b", encryption_key=KEY)
 
 
-def test_cli_recording_with_the_key_leaves_no_prompt_anywhere(tiny_dirs: dict[str, Path], tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_recording_with_the_key_leaves_no_prompt_anywhere(
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The issue's check: grep every file of an encrypted bundle for the prompt text."""
     monkeypatch.setenv("MODEL_FORENSICS_ENCRYPTION_KEY", KEY_B64)
     out = tmp_path / "inc"
-    assert main(["record", "--model", str(tiny_dirs["llama"]), "--prompt", PROMPT, "--expected", " Canberra",
-                 "--out", str(out), "--max-new-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                str(tiny_dirs["llama"]),
+                "--prompt",
+                PROMPT,
+                "--expected",
+                " Canberra",
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     blob = _all_bytes(out)
     for needle in (PROMPT, "Australia", "Canberra"):
         assert needle.encode() not in blob
@@ -113,14 +138,31 @@ def test_results_cache_is_encrypted_with_the_key(tmp_path: Path) -> None:
 
 
 def test_cli_cache_entries_are_ciphertext_and_the_report_stays_readable(
-        tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MODEL_FORENSICS_ENCRYPTION_KEY", KEY_B64)
     monkeypatch.setenv("MODEL_FORENSICS_CACHE_ENABLED", "true")
     monkeypatch.setenv("MODEL_FORENSICS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MODEL_FORENSICS_OUTPUT_DIR", str(tmp_path / "results"))
     inc = tmp_path / "inc"
-    assert main(["record", "--model", str(tiny_dirs["llama"]), "--prompt", PROMPT, "--expected", " Canberra",
-                 "--out", str(inc), "--max-new-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                str(tiny_dirs["llama"]),
+                "--prompt",
+                PROMPT,
+                "--expected",
+                " Canberra",
+                "--out",
+                str(inc),
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert main(["analyze", str(inc), "--output", str(tmp_path / "rca.json")]) == 0
     entries = list((tmp_path / "cache" / "results").iterdir())
     assert entries and all(p.name.endswith(".json.enc") for p in entries)

@@ -32,8 +32,14 @@ from forensics.record import record_greedy
 pytestmark = pytest.mark.ray
 
 APP_NAME = "model-forensics-test"
-BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of",
-          "A retriever returns", "The model answers"]
+BENIGN = [
+    "The capital of France is",
+    "One plus one is",
+    "The answer is",
+    "Berlin is the capital of",
+    "A retriever returns",
+    "The model answers",
+]
 START_TIMEOUT_S = 90
 FLOOD = 8
 
@@ -75,9 +81,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(ray_cluster: Any, lab: dict[str, Path]) -> Iterator[Server]:
     token = TokenStore(lab["tokens"]).add("serve-tests", "analyst")
-    args = {"bundle_dir": str(lab["root"]), "output_dir": str(lab["results"]), "baseline": "benign",
-            "max_ongoing_requests": 1, "max_queued_requests": 1, "num_gpus": 0,
-            "analyzer_num_cpus": 0.5, "ingress_num_cpus": 0.25, "tokens_file": str(lab["tokens"])}
+    args = {
+        "bundle_dir": str(lab["root"]),
+        "output_dir": str(lab["results"]),
+        "baseline": "benign",
+        "max_ongoing_requests": 1,
+        "max_queued_requests": 1,
+        "num_gpus": 0,
+        "analyzer_num_cpus": 0.5,
+        "ingress_num_cpus": 0.25,
+        "tokens_file": str(lab["tokens"]),
+    }
     with running_app(args, APP_NAME) as base:
         yield Server(base, token)
 
@@ -114,13 +128,25 @@ def _wait_healthy(server: Server) -> None:
         time.sleep(0.5)
 
 
-def call(server: Server, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-         content_type: str | None = None, timeout: float = 60, headers: dict[str, str] | None = None,
-         auth: bool = True) -> tuple[int, Any, bytes]:
+def call(
+    server: Server,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    content_type: str | None = None,
+    timeout: float = 60,
+    headers: dict[str, str] | None = None,
+    auth: bool = True,
+) -> tuple[int, Any, bytes]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     bearer = {"Authorization": f"Bearer {server.token}"} if auth and server.token else {}
-    headers = {**({"Content-Type": content_type or "application/json"} if data is not None else {}), **bearer,
-               **(headers or {})}
+    headers = {
+        **({"Content-Type": content_type or "application/json"} if data is not None else {}),
+        **bearer,
+        **(headers or {}),
+    }
     req = urllib.request.Request(server.base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -143,8 +169,10 @@ def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[by
     out = io.BytesIO()
     for key, value in fields.items():
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-              "Content-Type: application/x-tar\r\n\r\n".encode())
+    out.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/x-tar\r\n\r\n".encode()
+    )
     out.write(content + f"\r\n--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
@@ -153,10 +181,16 @@ def multipart(fields: dict[str, str], filename: str, content: bytes) -> tuple[by
 def test_healthz_docs_and_openapi(server: Server) -> None:
     """Open without a token: probes send none, and the API docs say how to get one."""
     status, headers, body = call(server, "GET", "/healthz", auth=False)
-    assert status == 200 and json.loads(body)["status"] == "ok" and headers.get_all("X-Request-ID") == [headers["X-Request-ID"]]
+    assert (
+        status == 200
+        and json.loads(body)["status"] == "ok"
+        and headers.get_all("X-Request-ID") == [headers["X-Request-ID"]]
+    )
     status, _, body = call(server, "GET", "/openapi.json", auth=False)
     paths = json.loads(body)["paths"]
-    assert status == 200 and {"/v1/analyze", "/v1/triage", "/v1/results/{result_id}", "/healthz", "/metrics"} <= set(paths)
+    assert status == 200 and {"/v1/analyze", "/v1/triage", "/v1/results/{result_id}", "/healthz", "/metrics"} <= set(
+        paths
+    )
     assert "multipart/form-data" in paths["/v1/analyze"]["post"]["requestBody"]["content"]
     status, _, body = call(server, "GET", "/docs", auth=False)
     assert status == 200 and b"swagger" in body.lower()
@@ -190,14 +224,26 @@ def test_unknown_or_malformed_result_id_is_404(server: Server, result_id: str) -
     assert status == 404 and reply["error"]["type"] in ("ResultNotFoundError", "HTTPError")  # the last: no route
 
 
-@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "escape", "incidents/../../outside/secret",
-                                  "incidents/..", "C:/Windows", "a\\..\\b", "inc\x00"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "/etc/passwd",
+        "escape",
+        "incidents/../../outside/secret",
+        "incidents/..",
+        "C:/Windows",
+        "a\\..\\b",
+        "inc\x00",
+    ],
+)
 def test_names_that_leave_bundle_dir_are_refused(server: Server, lab: dict[str, Path], name: str) -> None:
     status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": name})
     assert status == 400, reply
     assert reply["error"]["type"] == "BundleError" and "bundle name" in reply["error"]["message"]
-    assert not list(lab["results"].glob("*.json")) or all("secret" not in p.read_text()
-                                                          for p in lab["results"].glob("*.json"))
+    assert not list(lab["results"].glob("*.json")) or all(
+        "secret" not in p.read_text() for p in lab["results"].glob("*.json")
+    )
 
 
 def test_baseline_names_are_confined_too(server: Server) -> None:
@@ -257,13 +303,17 @@ def test_upload_a_tar_archive_and_analyse_it(server: Server, lab: dict[str, Path
     assert reply["result"]["fix_set"]["validated"] is True
 
 
-@pytest.mark.parametrize(("filename", "content", "status", "needle"), [
-    ("inc0.zip", b"PK\x03\x04", 400, ".tar or .tar.zst"),
-    ("junk.tar", b"\x00" * 2048, 400, "manifest.json"),
-    ("junk.tar", b"this is not a tar archive at all" * 40, 400, "junk.tar"),
-])
-def test_bad_uploads_are_refused_and_not_kept(server: Server, lab: dict[str, Path], filename: str, content: bytes,
-                                              status: int, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("filename", "content", "status", "needle"),
+    [
+        ("inc0.zip", b"PK\x03\x04", 400, ".tar or .tar.zst"),
+        ("junk.tar", b"\x00" * 2048, 400, "manifest.json"),
+        ("junk.tar", b"this is not a tar archive at all" * 40, 400, "junk.tar"),
+    ],
+)
+def test_bad_uploads_are_refused_and_not_kept(
+    server: Server, lab: dict[str, Path], filename: str, content: bytes, status: int, needle: str
+) -> None:
     before = set((lab["root"] / "uploads").glob("*")) if (lab["root"] / "uploads").exists() else set()
     body, kind = multipart({}, filename, content)
     got, reply = call_json(server, "POST", "/v1/analyze", raw=body, content_type=kind)
@@ -388,24 +438,32 @@ def test_a_bundle_cannot_pick_a_model_outside_the_allow_list(lab: dict[str, Path
     from forensics.service import run_analysis
 
     with pytest.raises(BundleError, match="does not allow"):
-        run_analysis(RCAPipeline(), bundle_dir=lab["root"], output_dir=tmp_path, bundle="incidents/inc0",
-                     allowed_models={"smollm2-135m"})
+        run_analysis(
+            RCAPipeline(),
+            bundle_dir=lab["root"],
+            output_dir=tmp_path,
+            bundle="incidents/inc0",
+            allowed_models={"smollm2-135m"},
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
-def test_a_real_incident_replays_faithfully_through_the_serve_app(server: Server, lab: dict[str, Path],
-                                                                  smol: LoadedModel) -> None:
+def test_a_real_incident_replays_faithfully_through_the_serve_app(
+    server: Server, lab: dict[str, Path], smol: LoadedModel
+) -> None:
     """The smollm2 incident decided after the first token analysed by a Serve replica: faithful there too."""
     from forensics.failure import FailureSpec
 
     spec = FailureSpec.expected(" 15", smol.tokenizer)
     record_greedy(smol, "7 + 8 =", lab["root"] / "smol" / "add_7_8", spec, max_new_tokens=3)
     for i, prompt in enumerate(["2 + 2 =", "The capital of France is"]):
-        record_greedy(smol, prompt, lab["root"] / "smol_benign" / f"b{i}", "as-generated", kind="benign",
-                      max_new_tokens=2)
-    status, reply = call_json(server, "POST", "/v1/analyze", {"bundle": "smol/add_7_8", "baseline": "smol_benign"},
-                              timeout=600)
+        record_greedy(
+            smol, prompt, lab["root"] / "smol_benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2
+        )
+    status, reply = call_json(
+        server, "POST", "/v1/analyze", {"bundle": "smol/add_7_8", "baseline": "smol_benign"}, timeout=600
+    )
     assert status == 200, reply
     stored = json.loads((lab["results"] / f"{reply['id']}.json").read_text())
     assert stored["decision"]["step"] > 0 and stored["fidelity"]["faithful"] is True, stored["fidelity"]["advice"]

@@ -59,8 +59,13 @@ ENDPOINTS: dict[str, tuple[str, str, Any, str | None]] = {
 # results and metrics: view_results).
 GRANTS = {"viewer": {"results", "metrics"}, "analyst": set(ENDPOINTS), "admin": set(ENDPOINTS)}
 # credential -> (principal the audit log names, role) for credentials that authenticate
-KNOWN = {"viewer": ("viewer-1", "viewer"), "analyst": ("analyst-1", "analyst"), "admin": ("admin-1", "admin"),
-         "jwt": ("alice", "analyst"), "jwt_viewer": ("victor", "viewer")}
+KNOWN = {
+    "viewer": ("viewer-1", "viewer"),
+    "analyst": ("analyst-1", "analyst"),
+    "admin": ("admin-1", "admin"),
+    "jwt": ("alice", "analyst"),
+    "jwt_viewer": ("victor", "viewer"),
+}
 UNAUTHENTICATED = ("none", "malformed", "revoked", "jwt_wrong_audience", "jwt_expired", "jwt_foreign_key")
 CREDENTIALS = (*KNOWN, *UNAUTHENTICATED, "jwt_no_scope")
 
@@ -81,8 +86,14 @@ def _rsa_key() -> Any:
 
 
 def _jwt(key: Any, **overrides: Any) -> str:
-    claims = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "scope": f"openid {SCOPE}",
-              "exp": int(time.time()) + 3600, "role": "analyst"}
+    claims = {
+        "sub": "alice",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "scope": f"openid {SCOPE}",
+        "exp": int(time.time()) + 3600,
+        "role": "analyst",
+    }
     claims.update(overrides)
     return str(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"}))
 
@@ -92,7 +103,9 @@ def secured(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
     """Bundles, a JWKS file, a tokens file (one revoked), a stored result, and the guide-style config."""
     top = tmp_path_factory.mktemp("serve-auth")
     root = top / "bundles"
-    record_greedy(tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident", max_new_tokens=3)
+    record_greedy(
+        tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident", max_new_tokens=3
+    )
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
         record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     key = _rsa_key()
@@ -107,13 +120,21 @@ def secured(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
     (top / "results").mkdir()
     (top / "results" / f"{result}.json").write_text(json.dumps({"bundle_id": "incident-stored", "schema": "x"}))
     config = yaml.safe_load(GUIDE_SECURITY)
-    config["authentication"].update({"jwks_file": str(top / "jwks.json"), "issuer": ISSUER, "audience": AUDIENCE,
-                                     "tokens_file": str(top / "tokens.json")})
+    config["authentication"].update(
+        {
+            "jwks_file": str(top / "jwks.json"),
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "tokens_file": str(top / "tokens.json"),
+        }
+    )
     config["audit_log"] = str(top / "audit" / "model_forensics.log")
     (top / "config.yaml").write_text(yaml.safe_dump(config))
     headers: dict[str, str | None] = {
         **{role: f"Bearer {token}" for role, token in tokens.items()},
-        "none": None, "malformed": "Basic YWxpY2U6c2VjcmV0", "revoked": f"Bearer {revoked}",
+        "none": None,
+        "malformed": "Basic YWxpY2U6c2VjcmV0",
+        "revoked": f"Bearer {revoked}",
         "jwt": f"Bearer {_jwt(key)}",
         "jwt_viewer": f"Bearer {_jwt(key, sub='victor', role='viewer')}",
         "jwt_no_scope": f"Bearer {_jwt(key, scope='openid profile')}",
@@ -121,15 +142,28 @@ def secured(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
         "jwt_expired": f"Bearer {_jwt(key, exp=int(time.time()) - 60)}",
         "jwt_foreign_key": f"Bearer {_jwt(_rsa_key())}",
     }
-    return {"top": top, "root": root, "result": result, "headers": headers, "store": store,
-            "config": top / "config.yaml", "audit": top / "audit" / "model_forensics.log"}
+    return {
+        "top": top,
+        "root": root,
+        "result": result,
+        "headers": headers,
+        "store": store,
+        "config": top / "config.yaml",
+        "audit": top / "audit" / "model_forensics.log",
+    }
 
 
 @pytest.fixture(scope="module")
 def app(ray_cluster: Any, secured: dict[str, Any]) -> Iterator[Server]:
-    args = {"config_path": str(secured["config"]), "bundle_dir": str(secured["root"]),
-            "output_dir": str(secured["top"] / "results"), "baseline": "benign", "num_gpus": 0,
-            "analyzer_num_cpus": 0.5, "ingress_num_cpus": 0.25}
+    args = {
+        "config_path": str(secured["config"]),
+        "bundle_dir": str(secured["root"]),
+        "output_dir": str(secured["top"] / "results"),
+        "baseline": "benign",
+        "num_gpus": 0,
+        "analyzer_num_cpus": 0.5,
+        "ingress_num_cpus": 0.25,
+    }
     with running_app(args, APP_NAME) as base:
         yield Server(base)
 
@@ -142,8 +176,9 @@ def audit_lines(path: Path) -> list[dict[str, Any]]:
 @pytest.mark.ray
 @pytest.mark.parametrize("credential", CREDENTIALS)
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
-def test_every_endpoint_with_every_credential(app: Server, secured: dict[str, Any], endpoint: str,
-                                             credential: str) -> None:
+def test_every_endpoint_with_every_credential(
+    app: Server, secured: dict[str, Any], endpoint: str, credential: str
+) -> None:
     method, path, body, action = ENDPOINTS[endpoint]
     rid = f"auth-{endpoint}-{credential}"
     header = secured["headers"][credential]
@@ -171,8 +206,10 @@ def test_every_endpoint_with_every_credential(app: Server, secured: dict[str, An
     assert line["action"] == action
     if status == 200:
         assert line["outcome"] == "ok"
-        assert line["bundle"] == {"analyze": "incidents/inc0", "triage": "incidents",
-                                  "results": "incident-stored"}[endpoint]
+        assert (
+            line["bundle"]
+            == {"analyze": "incidents/inc0", "triage": "incidents", "results": "incident-stored"}[endpoint]
+        )
         assert (line["principal"], line["role"]) == KNOWN[credential]
     else:
         assert line["outcome"] == "denied" and line["status"] == status and line["bundle"] is None
@@ -183,16 +220,20 @@ def test_every_endpoint_with_every_credential(app: Server, secured: dict[str, An
 @pytest.mark.ray
 def test_failed_actions_are_audited_as_errors(app: Server, secured: dict[str, Any]) -> None:
     analyst = {"Authorization": secured["headers"]["analyst"]}
-    status, _, _ = call(app, "POST", "/v1/analyze", {"bundle": "incidents/nope"},
-                        headers={**analyst, "X-Request-ID": "audit-missing"})
+    status, _, _ = call(
+        app, "POST", "/v1/analyze", {"bundle": "incidents/nope"}, headers={**analyst, "X-Request-ID": "audit-missing"}
+    )
     assert status == 404
-    status, _, _ = call(app, "POST", "/v1/analyze", {"bundle": "../outside"},
-                        headers={**analyst, "X-Request-ID": "audit-escape"})
+    status, _, _ = call(
+        app, "POST", "/v1/analyze", {"bundle": "../outside"}, headers={**analyst, "X-Request-ID": "audit-escape"}
+    )
     assert status == 400
     lines = {line["request_id"]: line for line in audit_lines(secured["audit"])}
     assert lines["audit-missing"]["outcome"] == "error"
-    assert (lines["audit-missing"]["bundle"], lines["audit-missing"]["error"]) == ("incidents/nope",
-                                                                                  "BundleNotFoundError")
+    assert (lines["audit-missing"]["bundle"], lines["audit-missing"]["error"]) == (
+        "incidents/nope",
+        "BundleNotFoundError",
+    )
     assert (lines["audit-escape"]["bundle"], lines["audit-escape"]["error"]) == ("../outside", "BundleError")
 
 
@@ -213,36 +254,63 @@ def test_open_endpoints_need_no_token(app: Server) -> None:
 @pytest.mark.ray
 def test_an_unauthenticated_caller_cannot_make_the_server_parse_a_body(app: Server) -> None:
     """Auth runs before the body is read: junk bodies from strangers get 401, not 413/415/422."""
-    for raw, kind in [(b"{not json", "application/json"), (b"x" * 200_000, "application/json"),
-                      (b"<xml/>", "text/xml"), (b"--b\r\n", "multipart/form-data; boundary=b")]:
+    for raw, kind in [
+        (b"{not json", "application/json"),
+        (b"x" * 200_000, "application/json"),
+        (b"<xml/>", "text/xml"),
+        (b"--b\r\n", "multipart/form-data; boundary=b"),
+    ]:
         for path in ("/v1/analyze", "/v1/triage"):
             assert call(app, "POST", path, raw=raw, content_type=kind)[0] == 401, (path, kind)
 
 
 # -- configuration and start-up, without Ray ----------------------------------------------------
 def test_the_guides_security_section_loads() -> None:
-    config = load_config(overrides={"authentication": {"type": "oauth2", "provider": "okta", "scopes": [SCOPE],
-                                                       "jwks_file": "/etc/jwks.json", "issuer": ISSUER,
-                                                       "audience": AUDIENCE},
-                                    "roles": yaml.safe_load(GUIDE_SECURITY)["roles"]})
+    config = load_config(
+        overrides={
+            "authentication": {
+                "type": "oauth2",
+                "provider": "okta",
+                "scopes": [SCOPE],
+                "jwks_file": "/etc/jwks.json",
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+            },
+            "roles": yaml.safe_load(GUIDE_SECURITY)["roles"],
+        }
+    )
     assert config.authentication.type == "oauth2" and config.authentication.scopes == (SCOPE,)
     assert config.roles == Config().roles
-    assert load_config(overrides={"authentication.type": "oidc", "authentication.jwks_file": "j",
-                                  "authentication.issuer": "i", "authentication.audience": "a"}
-                       ).authentication.type == "oauth2"
+    assert (
+        load_config(
+            overrides={
+                "authentication.type": "oidc",
+                "authentication.jwks_file": "j",
+                "authentication.issuer": "i",
+                "authentication.audience": "a",
+            }
+        ).authentication.type
+        == "oauth2"
+    )
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ({"authentication.type": "basic"}, "'authentication.type': value 'basic' not allowed; expected none, tokens or oauth2"),
-    ({"authentication.type": "oauth2"}, "'authentication.jwks_file': value None not allowed"),
-    ({"authentication.tenant": "x"}, "unknown config key 'authentication.tenant'"),
-    ({"authentication.scopes": "model_forensics:analyze"}, "'authentication.scopes'"),
-    ({"authentication.scopes": ["two words"]}, "scope names without spaces"),
-    ({"authentication.default_role": "root"}, "'authentication.default_role': value 'root'"),
-    ({"roles.analyst.permissions": ["run_analysis"]}, "the built-in analyst role"),
-    ({"roles.viewer.permissions": ["view_results", "delete_bundles"]}, "permissions from read_bundles"),
-    ({"roles.auditor": {"permissions": ["view_results"]}}, "unknown config key 'roles.auditor'"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        (
+            {"authentication.type": "basic"},
+            "'authentication.type': value 'basic' not allowed; expected none, tokens or oauth2",
+        ),
+        ({"authentication.type": "oauth2"}, "'authentication.jwks_file': value None not allowed"),
+        ({"authentication.tenant": "x"}, "unknown config key 'authentication.tenant'"),
+        ({"authentication.scopes": "model_forensics:analyze"}, "'authentication.scopes'"),
+        ({"authentication.scopes": ["two words"]}, "scope names without spaces"),
+        ({"authentication.default_role": "root"}, "'authentication.default_role': value 'root'"),
+        ({"roles.analyst.permissions": ["run_analysis"]}, "the built-in analyst role"),
+        ({"roles.viewer.permissions": ["view_results", "delete_bundles"]}, "permissions from read_bundles"),
+        ({"roles.auditor": {"permissions": ["view_results"]}}, "unknown config key 'roles.auditor'"),
+    ],
+)
 def test_bad_security_config_names_key_value_and_allowed(override: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(overrides=override)
@@ -261,8 +329,11 @@ def test_no_auth_source_refuses_to_start_and_says_how_to_fix_it(tmp_path: Path) 
         AuthSetup.resolve(AuthenticationConfig(type="tokens"), tokens_file=None, default_tokens_file=tmp_path / "x")
     (tmp_path / "jwks.json").write_text("{not json")
     with pytest.raises(ConfigError, match="JWKS file .*unusable"):
-        AuthSetup.resolve(AuthenticationConfig(type="oauth2", jwks_file=str(tmp_path / "jwks.json"), issuer="i",
-                                               audience="a"), tokens_file=None, default_tokens_file=tmp_path / "x")
+        AuthSetup.resolve(
+            AuthenticationConfig(type="oauth2", jwks_file=str(tmp_path / "jwks.json"), issuer="i", audience="a"),
+            tokens_file=None,
+            default_tokens_file=tmp_path / "x",
+        )
 
 
 def test_auth_sources_in_order(tmp_path: Path) -> None:
@@ -279,8 +350,9 @@ def test_auth_sources_in_order(tmp_path: Path) -> None:
     from_env = config_from_env(None, {"MODEL_FORENSICS_TOKENS_FILE": str(env_file)}).authentication
     setup = AuthSetup.resolve(from_env, tokens_file=None, default_tokens_file=home)
     assert setup.tokens_file == env_file and isinstance(setup.access(), BearerAccess)
-    none = AuthSetup.resolve(AuthenticationConfig(type="none", tokens_file=str(env_file)), tokens_file=None,
-                             default_tokens_file=home)
+    none = AuthSetup.resolve(
+        AuthenticationConfig(type="none", tokens_file=str(env_file)), tokens_file=None, default_tokens_file=home
+    )
     assert none.kind == "none" and isinstance(none.access(), AnonymousAccess)
 
 
@@ -292,8 +364,9 @@ def _serve_args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_the_cli_refuses_to_serve_without_auth_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_refuses_to_serve_without_auth_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from forensics.cli import main
 
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -305,8 +378,9 @@ def test_the_cli_refuses_to_serve_without_auth_in_one_line(tmp_path: Path, monke
     assert "no authentication configured" in err and len(err.strip().splitlines()) == 1
 
 
-def test_type_none_must_be_explicit_and_is_warned_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_type_none_must_be_explicit_and_is_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from forensics.commands import serve_cmd
 
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -344,11 +418,24 @@ def open_api(secured: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Server, 
     from serve_app.settings import AppArgs, Settings
 
     (tmp_path / "open.yaml").write_text(f"authentication: {{type: none}}\naudit_log: {tmp_path / 'audit.log'}\n")
-    settings = Settings.load(AppArgs(config_path=str(tmp_path / "open.yaml"), bundle_dir=str(secured["root"]),
-                                     output_dir=str(tmp_path / "results"), baseline="benign"))
+    settings = Settings.load(
+        AppArgs(
+            config_path=str(tmp_path / "open.yaml"),
+            bundle_dir=str(secured["root"]),
+            output_dir=str(tmp_path / "results"),
+            baseline="benign",
+        )
+    )
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(build_api(LocalBackend(settings), settings, Metrics()), host="127.0.0.1",
-                                           port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_api(LocalBackend(settings), settings, Metrics()),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -364,8 +451,9 @@ def open_api(secured: dict[str, Any], tmp_path: Path) -> Iterator[tuple[Server, 
 
 def test_type_none_lets_anyone_in_as_anonymous_admin_and_audits_it(open_api: tuple[Server, Path]) -> None:
     server, audit = open_api
-    status, _, data = call(server, "POST", "/v1/triage", {"directory": "incidents"},
-                           headers={"X-Request-ID": "open-triage"})
+    status, _, data = call(
+        server, "POST", "/v1/triage", {"directory": "incidents"}, headers={"X-Request-ID": "open-triage"}
+    )
     assert status == 200 and json.loads(data)["bundles"][0]["path"] == "incidents/inc0"
     assert call(server, "GET", "/metrics")[0] == 200
     (line,) = [line for line in audit_lines(audit) if line["request_id"] == "open-triage"]

@@ -38,13 +38,19 @@ STOP_TIMEOUT_S = 150
 def lab(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     top = tmp_path_factory.mktemp("serve-stop")
     root = top / "bundles"
-    record_greedy(tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident",
-                  max_new_tokens=2)
+    record_greedy(
+        tiny_llama, "The capital of Australia is", root / "incidents" / "inc0", kind="incident", max_new_tokens=2
+    )
     for i, prompt in enumerate(["The capital of France is", "One plus one is", "The answer is"]):
         record_greedy(tiny_llama, prompt, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
     (top / "app.json").write_text(json.dumps({"num_gpus": 0, "analyzer_num_cpus": 0.5, "ingress_num_cpus": 0.25}))
-    return {"top": top, "root": root, "tokens": top / "tokens.json", "audit": top / "audit.log",
-            "app": top / "app.json"}
+    return {
+        "top": top,
+        "root": root,
+        "tokens": top / "tokens.json",
+        "audit": top / "audit.log",
+        "app": top / "app.json",
+    }
 
 
 @pytest.fixture
@@ -52,14 +58,38 @@ def served(lab: dict[str, Path]) -> Iterator[tuple[subprocess.Popen[str], Server
     token = TokenStore(lab["tokens"]).add("stop-tests", "analyst")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
-                "MODEL_FORENSICS_AUDIT_LOG": str(lab["audit"])})
-    argv = [sys.executable, "-m", "forensics.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--bundle-dir", str(lab["root"]), "--output-dir", str(lab["top"] / "results"), "--baseline", "benign",
-            "--tokens-file", str(lab["tokens"]), "--app-args", str(lab["app"])]
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT),
+            "MODEL_FORENSICS_AUDIT_LOG": str(lab["audit"]),
+        }
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "forensics.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--bundle-dir",
+        str(lab["root"]),
+        "--output-dir",
+        str(lab["top"] / "results"),
+        "--baseline",
+        "benign",
+        "--tokens-file",
+        str(lab["tokens"]),
+        "--app-args",
+        str(lab["app"]),
+    ]
     log = open(lab["top"] / "serve.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         _wait_healthy(Server(f"http://127.0.0.1:{port}"))
         yield proc, Server(f"http://127.0.0.1:{port}", token)
@@ -85,8 +115,10 @@ def _group(pgid: int) -> list[int]:
 
 def _disconnect_mid_upload(server: Server) -> None:
     host, port = server.base.removeprefix("http://").split(":")
-    head = (f"POST /v1/analyze HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.token}\r\n"
-            "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 200000\r\n\r\n")
+    head = (
+        f"POST /v1/analyze HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.token}\r\n"
+        "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 200000\r\n\r\n"
+    )
     body = '--XyZ\r\nContent-Disposition: form-data; name="file"; filename="b.tar"\r\n\r\n' + "x" * 4000
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.encode() + body.encode())
@@ -99,8 +131,9 @@ def _audit(lab: dict[str, Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_sigterm_answers_in_flight_and_stops_every_ray_process(served: tuple[subprocess.Popen[str], Server],
-                                                               lab: dict[str, Path]) -> None:
+def test_sigterm_answers_in_flight_and_stops_every_ray_process(
+    served: tuple[subprocess.Popen[str], Server], lab: dict[str, Path]
+) -> None:
     import psutil
 
     proc, server = served

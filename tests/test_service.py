@@ -18,17 +18,27 @@ from forensics.record import record_greedy
 @pytest.fixture(scope="module")
 def served(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("served")
-    record_greedy(tiny_llama, "The capital of Australia is", root / "bundles" / "incident", kind="incident", max_new_tokens=3)
+    record_greedy(
+        tiny_llama, "The capital of Australia is", root / "bundles" / "incident", kind="incident", max_new_tokens=3
+    )
     for i, prompt in enumerate(("One plus one is", "The sky is", "Paris is in")):
-        record_greedy(tiny_llama, prompt, root / "bundles" / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2)
+        record_greedy(
+            tiny_llama, prompt, root / "bundles" / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2
+        )
     return root
 
 
 def test_analysis_past_its_time_limit_is_a_504(served: Path) -> None:
     pipeline = RCAPipeline(Config())
     with pytest.raises(service.AnalysisTimeoutError, match="exceeded the time limit of 0 s") as info:
-        service.run_analysis(pipeline, bundle_dir=served / "bundles", output_dir=served / "out-timeout",
-                             bundle="incident", baseline=served / "bundles" / "benign", timeout_s=0.0)
+        service.run_analysis(
+            pipeline,
+            bundle_dir=served / "bundles",
+            output_dir=served / "out-timeout",
+            bundle="incident",
+            baseline=served / "bundles" / "benign",
+            timeout_s=0.0,
+        )
     assert service.http_status(info.value) == 504
     assert pipeline.progress is None  # the deadline is gone: the next analysis is not cut short
     assert not list((served / "out-timeout").rglob("*.json"))
@@ -36,8 +46,14 @@ def test_analysis_past_its_time_limit_is_a_504(served: Path) -> None:
 
 def test_every_served_analysis_is_indexed_for_stats(served: Path) -> None:
     out = served / "out"
-    record = service.run_analysis(RCAPipeline(Config()), bundle_dir=served / "bundles", output_dir=out,
-                                  bundle="incident", baseline=served / "bundles" / "benign", timeout_s=600.0)
+    record = service.run_analysis(
+        RCAPipeline(Config()),
+        bundle_dir=served / "bundles",
+        output_dir=out,
+        bundle="incident",
+        baseline=served / "bundles" / "benign",
+        timeout_s=600.0,
+    )
     stats = query_stats(out, timedelta(hours=1))
     assert stats["count"] == 1 and record["report"]["bundle_id"] == "incident"
     assert rebuild_index(out) == 1  # the index can be re-derived from the stored report

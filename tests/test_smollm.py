@@ -35,11 +35,16 @@ def test_australia_incident_records_replays_and_responds(smol: LoadedModel, tmp_
 def test_prefix_reuse_on_smollm_equals_full_replay(smol: LoadedModel, tmp_path: Path) -> None:
     spec = FailureSpec.expected(" Canberra", smol.tokenizer)
     bundle = record_greedy(smol, "The capital of Australia is", tmp_path / "a", spec, max_new_tokens=2).bundle
-    fast = Replayer(bundle, loaded=smol, options=ReplayOptions(suffix_reuse=False, batch_size=2))  # prefix reuse alone; chunks of 2
+    fast = Replayer(
+        bundle, loaded=smol, options=ReplayOptions(suffix_reuse=False, batch_size=2)
+    )  # prefix reuse alone; chunks of 2
     full = Replayer(bundle, loaded=smol, options=ReplayOptions(prefix_reuse=False, suffix_reuse=False, batch_size=2))
     fast.fidelity()
-    sets = [(), *[(Intervention(f"model.layers.{i}", "zero", "last"),) for i in (0, 10, 20, 29)],
-            (Intervention("model.layers.25.mlp", "scale", "all", factor=0.0),)]
+    sets = [
+        (),
+        *[(Intervention(f"model.layers.{i}", "zero", "last"),) for i in (0, 10, 20, 29)],
+        (Intervention("model.layers.25.mlp", "scale", "all", factor=0.0),),
+    ]
     for s in sets:  # same batch shape: prefix reuse is exact to 1e-4
         assert torch.allclose(fast.logits([s]), full.logits([s]), atol=1e-4)
     full.layers_run = fast.layers_run = 0
@@ -71,8 +76,9 @@ def test_an_incident_decided_after_the_first_token_replays_faithfully(smol: Load
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_same_bundle_replays_faithfully_with_other_thread_counts(smol: LoadedModel, arithmetic: Path,
-                                                                     threads: int) -> None:
+def test_the_same_bundle_replays_faithfully_with_other_thread_counts(
+    smol: LoadedModel, arithmetic: Path, threads: int
+) -> None:
     from forensics.bundle import load_bundle
 
     before = torch.get_num_threads()
@@ -91,7 +97,9 @@ def test_other_weights_are_still_caught_on_the_real_model(smol: LoadedModel, ari
     saved = down.data.clone()
     down.data.mul_(1.05)  # a 5 % change of one layer: a different model, not rounding
     try:
-        fid = Replayer(load_bundle(arithmetic), loaded=smol, options=ReplayOptions(allow_model_mismatch=True)).fidelity()
+        fid = Replayer(
+            load_bundle(arithmetic), loaded=smol, options=ReplayOptions(allow_model_mismatch=True)
+        ).fidelity()
     finally:
         down.data.copy_(saved)
     assert not fid.faithful and fid.first_divergent == "model.layers.5.mlp"

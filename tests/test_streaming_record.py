@@ -40,8 +40,9 @@ def assert_same_bundle(a: Bundle, b: Bundle) -> None:
 
 def test_streamed_recording_is_bit_identical_and_leaves_nothing(tiny_llama: LoadedModel, tmp_path: Path) -> None:
     plain = record_greedy(tiny_llama, PROMPT, tmp_path / "mem" / "b", kind="incident", max_new_tokens=6).bundle
-    streamed = record_greedy(tiny_llama, PROMPT, tmp_path / "disk" / "b", kind="incident", max_new_tokens=6,
-                             streaming=True).bundle
+    streamed = record_greedy(
+        tiny_llama, PROMPT, tmp_path / "disk" / "b", kind="incident", max_new_tokens=6, streaming=True
+    ).bundle
     assert_same_bundle(plain, streamed)
     assert [p.name for p in (tmp_path / "disk").iterdir()] == ["b"]  # the spill directory is gone
     assert streamed.activation("model.layers.1").shape[0] == len(streamed.inputs["input_ids"]) + 5
@@ -115,8 +116,19 @@ def test_cli_record_streams_with_the_environment_setting(
 ) -> None:
     from forensics.bundle import load_bundle
 
-    args = ["record", "--model", str(tiny_dirs["llama"]), "--prompt", PROMPT, "--forbidden", "zzzq",
-            "--max-new-tokens", "5", "--device", "cpu"]
+    args = [
+        "record",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--prompt",
+        PROMPT,
+        "--forbidden",
+        "zzzq",
+        "--max-new-tokens",
+        "5",
+        "--device",
+        "cpu",
+    ]
     monkeypatch.setenv("MODEL_FORENSICS_STREAMING_ENABLED", "false")
     assert main([*args, "--out", str(tmp_path / "off" / "b")]) == 0
     monkeypatch.setenv("MODEL_FORENSICS_STREAMING_ENABLED", "true")

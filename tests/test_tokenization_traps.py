@@ -83,18 +83,50 @@ def test_smollm2_canberra_without_space(smol: LoadedModel) -> None:
 
 
 def test_record_cli_prints_the_warning_and_records_what_was_asked(
-        tiny_dirs: dict[str, Path], tiny_llama: LoadedModel, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_dirs: dict[str, Path], tiny_llama: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from forensics.bundle import load_bundle
     from forensics.cli import main
 
     model, prompt = str(tiny_dirs["llama"]), "The capital of Australia is"
-    assert main(["record", "--model", model, "--prompt", prompt, "--expected", "Canberra",
-                 "--out", str(tmp_path / "bare"), "--max-new-tokens", "2"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                model,
+                "--prompt",
+                prompt,
+                "--expected",
+                "Canberra",
+                "--out",
+                str(tmp_path / "bare"),
+                "--max-new-tokens",
+                "2",
+            ]
+        )
+        == 0
+    )
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: ")]
     assert "expected text 'Canberra' has no leading space" in line and "Likely intended: ' Canberra'" in line
     failure = load_bundle(tmp_path / "bare").failure
     assert failure is not None and failure["token_ids"] == ids(tiny_llama.tokenizer, "Canberra")
-    assert main(["record", "--model", model, "--prompt", prompt, "--expected", " Canberra",
-                 "--out", str(tmp_path / "spaced"), "--max-new-tokens", "2"]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--model",
+                model,
+                "--prompt",
+                prompt,
+                "--expected",
+                " Canberra",
+                "--out",
+                str(tmp_path / "spaced"),
+                "--max-new-tokens",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "warning:" not in capsys.readouterr().err

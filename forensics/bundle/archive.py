@@ -79,9 +79,12 @@ def extract_archive(site: Site, raw: Any, archive: str, dest: str, max_bytes: in
                 if count > MAX_MEMBERS:
                     raise site.error(file, f"more than {MAX_MEMBERS} members")
                 if total + max(0, int(member.size)) > max_bytes:  # from the header, before a byte is written
-                    raise site.error(file, f"members exceed the size limit of {max_bytes} bytes"
-                                           f" (member {member.name!r} declares {member.size} bytes;"
-                                           " raise it with load_bundle(..., max_archive_bytes=...))")
+                    raise site.error(
+                        file,
+                        f"members exceed the size limit of {max_bytes} bytes"
+                        f" (member {member.name!r} declares {member.size} bytes;"
+                        " raise it with load_bundle(..., max_archive_bytes=...))",
+                    )
                 total += _extract_member(site, file, tar, member, dest)
             stream.check_end(tar.offset)
 
@@ -116,8 +119,9 @@ class _Watched:
             if rest.strip(b"\0"):
                 at = offset + padding + len(rest) - len(rest.lstrip(b"\0"))
                 raise self._site.error(
-                    self._file, f"malformed tar header or trailing data at offset {at}: expected only zero"
-                                " padding after the last member"
+                    self._file,
+                    f"malformed tar header or trailing data at offset {at}: expected only zero"
+                    " padding after the last member",
                 )
             padding += len(rest)
             if padding > MAX_PADDING:

@@ -101,7 +101,9 @@ def _decrypt(site: Site, location: Location, manifest: dict[str, Any], data: str
         )
     key = check_key(site, data, key)
     if key_id(key) != wanted:
-        raise site.error(data, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(key)}")
+        raise site.error(
+            data, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(key)}"
+        )
     size = int(manifest["files"][data]["bytes"])
     aad = associated_data(str(manifest["bundle_id"]), data)
     with site.guard(data, "cannot read encrypted file"), location.open_stream(data) as stream:

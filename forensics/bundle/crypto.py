@@ -69,9 +69,7 @@ def parse_key(text: str) -> bytes:
             " e.g. from `openssl rand -base64 32`"
         ) from None
     if len(key) != KEY_BYTES:
-        raise ConfigError(
-            f"encryption key must be base64 of exactly {KEY_BYTES} bytes (AES-256), got {len(key)} bytes"
-        )
+        raise ConfigError(f"encryption key must be base64 of exactly {KEY_BYTES} bytes (AES-256), got {len(key)} bytes")
     return key
 
 
@@ -185,7 +183,7 @@ def decrypt_stream(site: Site, file: str, stream: Any, size: int, key: bytes, aa
         raise site.error(file, f"encrypted file is {size} bytes, shorter than its {OVERHEAD}-byte header and tag")
     header = _read_exact(site, file, stream, len(MAGIC) + NONCE_BYTES)
     if header[: len(MAGIC)] != MAGIC:
-        raise site.error(file, f"not an encrypted bundle file (magic {header[:len(MAGIC)]!r}, expected {MAGIC!r})")
+        raise site.error(file, f"not an encrypted bundle file (magic {header[: len(MAGIC)]!r}, expected {MAGIC!r})")
     decryptor = Cipher(algorithms.AES(key), modes.GCM(header[len(MAGIC) :])).decryptor()
     decryptor.authenticate_additional_data(aad)
     plain = bytearray(size - OVERHEAD)

@@ -122,8 +122,11 @@ def resolve(
 def _extract(site: Site, fs: Any, path: str, display: str, max_bytes: int | None) -> Location:
     file = os.path.basename(path)
     with site.guard(file, "cannot stat archive"):
-        size = regular_size(site, file, os.stat(path)) if isinstance(fs, pafs.LocalFileSystem) \
+        size = (
+            regular_size(site, file, os.stat(path))
+            if isinstance(fs, pafs.LocalFileSystem)
             else int(fs.get_file_info(path).size)
+        )
     limit = extract_limit(size) if max_bytes is None else max_bytes
     tmpdir = tempfile.mkdtemp(prefix="forensics-bundle-")
     try:
@@ -143,8 +146,9 @@ def regular_size(site: Site, file: str, info: os.stat_result) -> int:
     """``info``'s size if it describes a regular file, else a ``BundleError`` saying what it is."""
     if not stat.S_ISREG(info.st_mode):
         kind = next((word for test, word in _KINDS if test(info.st_mode)), "a special file")
-        raise site.error(file, f"expected a regular file, got {kind} (bundle files are never followed or read"
-                               " unless regular)")
+        raise site.error(
+            file, f"expected a regular file, got {kind} (bundle files are never followed or read unless regular)"
+        )
     return int(info.st_size)
 
 

@@ -51,8 +51,13 @@ def _nullable(schema: dict[str, Any], title: str) -> dict[str, Any]:
 TOKEN = _int("a token id (an integer from 0 to 2147483647)")
 TOKENS = {"type": "array", "items": TOKEN, "maxItems": _MAX_TOKENS, "title": "a list of token ids"}
 NUMBER = {"type": "number", "title": "a finite number"}
-PLAIN_NAME = _str("a plain file name of the bundle (no separators, no leading dot, not manifest.json)", 255,
-                  pattern=_PLAIN_NAME, minLength=1, **{"not": {"const": _MANIFEST}})
+PLAIN_NAME = _str(
+    "a plain file name of the bundle (no separators, no leading dot, not manifest.json)",
+    255,
+    pattern=_PLAIN_NAME,
+    minLength=1,
+    **{"not": {"const": _MANIFEST}},
+)
 SHA256 = _str("64 lowercase hex digits", 64, pattern="^[0-9a-f]{64}$")
 MODULE = _str("a non-empty module name of at most 1024 characters", 1024, minLength=1)
 
@@ -92,8 +97,12 @@ _OUTPUTS = {
     "properties": {
         "generated_ids": {**TOKENS, "minItems": 1, "title": "a non-empty list of token ids"},
         "text": _nullable(_str("a string", 1 << 24), "a string or null"),
-        "top_k": {"type": "array", "items": _TOP_K_STEP, "maxItems": _MAX_TOKENS,
-                  "title": "a list of top-k entries, one per generated token"},
+        "top_k": {
+            "type": "array",
+            "items": _TOP_K_STEP,
+            "maxItems": _MAX_TOKENS,
+            "title": "a list of top-k entries, one per generated token",
+        },
         "decision_step": _nullable(_int("an integer"), "a decision step (an integer from 0 to 2147483647, or null)"),
         "is_failure": {"type": "boolean", "title": "a boolean"},
         "observed_id": _nullable(TOKEN, "a token id or null"),
@@ -121,13 +130,30 @@ _FAILURE = {
         "regex": {"type": "boolean", "title": "a boolean"},
     },
     "allOf": [
-        _failure_kind("expected", {"required": ["token_ids"], "reason": "the spec is of type 'expected'",
-                                   "properties": {"token_ids": {"minItems": 1, "title": "a non-empty list of token ids"}}}),
-        _failure_kind("label", {"required": ["token_ids"], "reason": "the spec is of type 'label'",
-                                "properties": {"token_ids": {"minItems": 1, "maxItems": 1,
-                                                             "title": "exactly one label token id"}}}),
-        _failure_kind("forbidden", {"required": ["text"], "reason": "the spec is of type 'forbidden'",
-                                    "properties": {"text": {"minLength": 1, "title": "a non-empty text or regex"}}}),
+        _failure_kind(
+            "expected",
+            {
+                "required": ["token_ids"],
+                "reason": "the spec is of type 'expected'",
+                "properties": {"token_ids": {"minItems": 1, "title": "a non-empty list of token ids"}},
+            },
+        ),
+        _failure_kind(
+            "label",
+            {
+                "required": ["token_ids"],
+                "reason": "the spec is of type 'label'",
+                "properties": {"token_ids": {"minItems": 1, "maxItems": 1, "title": "exactly one label token id"}},
+            },
+        ),
+        _failure_kind(
+            "forbidden",
+            {
+                "required": ["text"],
+                "reason": "the spec is of type 'forbidden'",
+                "properties": {"text": {"minLength": 1, "title": "a non-empty text or regex"}},
+            },
+        ),
     ],
 }
 
@@ -136,14 +162,27 @@ _RECORDED = {
     "title": "an object",
     "required": ["modules"],
     "properties": {
-        "modules": {"type": "array", "items": MODULE, "uniqueItems": True, "maxItems": _MAX_MODULES,
-                    "title": "a list of unique module names (batch order)"},
-        "sites": {"type": "object", "maxProperties": _MAX_MODULES,
-                  "additionalProperties": _str("a site name (a string)", 64),
-                  "propertyNames": {"maxLength": 1024},
-                  "title": "an object mapping module names to site names"},
-        "positions": {"type": ["integer", "string"], "minimum": 0, "maximum": _INT32, "maxLength": 64,
-                      "title": "a position count (an integer >= 0) or a name"},
+        "modules": {
+            "type": "array",
+            "items": MODULE,
+            "uniqueItems": True,
+            "maxItems": _MAX_MODULES,
+            "title": "a list of unique module names (batch order)",
+        },
+        "sites": {
+            "type": "object",
+            "maxProperties": _MAX_MODULES,
+            "additionalProperties": _str("a site name (a string)", 64),
+            "propertyNames": {"maxLength": 1024},
+            "title": "an object mapping module names to site names",
+        },
+        "positions": {
+            "type": ["integer", "string"],
+            "minimum": 0,
+            "maximum": _INT32,
+            "maxLength": 64,
+            "title": "a position count (an integer >= 0) or a name",
+        },
         "dtype": _str("a dtype name", 32),
     },
 }
@@ -170,8 +209,13 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "required": ["schema", "bundle_id", "created_at", "kind", "model", "recorded", "files"],
     "properties": {
         "schema": {"const": "model-forensics/bundle@1", "title": "'model-forensics/bundle@1'"},
-        "bundle_id": _str("a non-empty name without separators or control characters", 255, minLength=1,
-                          pattern=f"^[^/\\\\{_CONTROL}]+$", **{"not": {"enum": [".", ".."]}}),
+        "bundle_id": _str(
+            "a non-empty name without separators or control characters",
+            255,
+            minLength=1,
+            pattern=f"^[^/\\\\{_CONTROL}]+$",
+            **{"not": {"enum": [".", ".."]}},
+        ),
         "created_at": _str("an ISO-8601 timestamp", 64),
         "kind": {"enum": ["incident", "benign"], "title": "one of 'incident', 'benign'"},
         "model": {
@@ -182,7 +226,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "ref": _str("a model reference (a string)"),
                 "sha256": _str("a weights digest (a string)", 128),
                 "family": _str("an architecture family name", 64),
-                "dtype": {"enum": ["float32", "float16", "bfloat16"], "title": "one of 'float32', 'float16', 'bfloat16'"},
+                "dtype": {
+                    "enum": ["float32", "float16", "bfloat16"],
+                    "title": "one of 'float32', 'float16', 'bfloat16'",
+                },
                 "vocab_size": _int("a vocabulary size (an integer from 1 to 2147483647)", 1),
             },
         },
@@ -210,8 +257,14 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "recorded": _RECORDED,
         "external_calls": {"type": "array", "items": _EXTERNAL_CALL, "title": "a list of external calls"},
         "environment": {"type": "object", "title": "an object"},
-        "files": {"type": "object", "title": "an object mapping file names to entries", "minProperties": 1,
-                  "maxProperties": 64, "propertyNames": PLAIN_NAME, "additionalProperties": _FILE_ENTRY},
+        "files": {
+            "type": "object",
+            "title": "an object mapping file names to entries",
+            "minProperties": 1,
+            "maxProperties": 64,
+            "propertyNames": PLAIN_NAME,
+            "additionalProperties": _FILE_ENTRY,
+        },
         "activations_file": PLAIN_NAME,
         "encryption": {
             "type": "object",
@@ -220,8 +273,13 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "algorithm": {"const": "AES-256-GCM", "title": "'AES-256-GCM'"},
                 "key_id": _str("16 lowercase hex digits", 16, pattern="^[0-9a-f]{16}$"),
-                "files": {"type": "array", "items": PLAIN_NAME, "uniqueItems": True, "maxItems": 64,
-                          "title": "a list of file names from the files table"},
+                "files": {
+                    "type": "array",
+                    "items": PLAIN_NAME,
+                    "uniqueItems": True,
+                    "maxItems": 64,
+                    "title": "a list of file names from the files table",
+                },
             },
         },
         "sealed": {
@@ -231,8 +289,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "algorithm": {"const": "AES-256-GCM", "title": "'AES-256-GCM'"},
-                "keys": {"type": "array", "items": {"enum": list(SEALED_KEYS)}, "uniqueItems": True,
-                         "title": f"a list of section names from {list(SEALED_KEYS)}"},
+                "keys": {
+                    "type": "array",
+                    "items": {"enum": list(SEALED_KEYS)},
+                    "uniqueItems": True,
+                    "title": f"a list of section names from {list(SEALED_KEYS)}",
+                },
                 "nonce": _str("base64 of a 12-byte nonce", 16, minLength=16),
                 "ciphertext": _str("base64 ciphertext", 1 << 26, minLength=24),
             },
@@ -242,15 +304,19 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         {  # a plain manifest holds its content sections; a sealed one holds them only inside ``sealed``
             "if": {"not": {"required": ["sealed"]}},
             "then": {"required": ["inputs", "outputs", "failure"]},
-            "else": {"required": ["encryption"], "reason": "the manifest has a sealed section",
-                     "not": {"anyOf": [{"required": [k]} for k in SEALED_KEYS]},
-                     "title": f"no {', '.join(SEALED_KEYS)} beside sealed (they live inside it)"},
+            "else": {
+                "required": ["encryption"],
+                "reason": "the manifest has a sealed section",
+                "not": {"anyOf": [{"required": [k]} for k in SEALED_KEYS]},
+                "title": f"no {', '.join(SEALED_KEYS)} beside sealed (they live inside it)",
+            },
         },
         {
             "if": {"properties": {"failure": {"type": "object"}}, "required": ["failure"]},
-            "then": {"properties": {"outputs": {"required": ["generated_ids"],
-                                                "reason": "the bundle has a failure spec"}}},
-        }
+            "then": {
+                "properties": {"outputs": {"required": ["generated_ids"], "reason": "the bundle has a failure spec"}}
+            },
+        },
     ],
 }
 
@@ -271,8 +337,11 @@ def _decision_step(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...]
     elif "top_k" in outputs and step >= len(outputs["top_k"]):
         yield ("outputs", "decision_step"), f"a step within outputs.top_k (< {len(outputs['top_k'])})", str(step)
     elif outputs.get("observed_id") is not None and outputs["observed_id"] != generated[step]:
-        yield (("outputs", "observed_id"), f"generated_ids[{step}] = {generated[step]} (the token at decision_step)",
-               str(outputs["observed_id"]))
+        yield (
+            ("outputs", "observed_id"),
+            f"generated_ids[{step}] = {generated[step]} (the token at decision_step)",
+            str(outputs["observed_id"]),
+        )
 
 
 def _top_k_lengths(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
@@ -280,8 +349,11 @@ def _top_k_lengths(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...]
         return
     for index, entry in enumerate(m["outputs"].get("top_k", ())):
         if len(entry["ids"]) != len(entry["logits"]):
-            yield (("outputs", "top_k", index, "logits"), f"{len(entry['ids'])} logits (one per id)",
-                   f"{len(entry['logits'])}")
+            yield (
+                ("outputs", "top_k", index, "logits"),
+                f"{len(entry['ids'])} logits (one per id)",
+                f"{len(entry['logits'])}",
+            )
 
 
 def _token_ids(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], list[Any]]]:

@@ -44,8 +44,7 @@ def seal(manifest: Mapping[str, Any], key: bytes) -> dict[str, Any]:
     plain = json.dumps(payload, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8")
     nonce = os.urandom(_NONCE_BYTES)
     cipher = AESGCM(key).encrypt(nonce, plain, associated_data(str(manifest["bundle_id"]), SEALED_FILE))
-    out["sealed"] = {"algorithm": ALGORITHM, "keys": sorted(payload), "nonce": _b64(nonce),
-                     "ciphertext": _b64(cipher)}
+    out["sealed"] = {"algorithm": ALGORITHM, "keys": sorted(payload), "nonce": _b64(nonce), "ciphertext": _b64(cipher)}
     return out
 
 
@@ -60,24 +59,34 @@ def unseal(site: Site, manifest: Mapping[str, Any], key: bytes | None) -> dict[s
 
     wanted = manifest["encryption"]["key_id"]
     if key is None:
-        raise site.error(_MANIFEST, f"encrypted ({ALGORITHM}, key id {wanted}, content sealed) and no key was given; set "
-                                    "MODEL_FORENSICS_ENCRYPTION_KEY (library: load_bundle(..., encryption_key=...))")
+        raise site.error(
+            _MANIFEST,
+            f"encrypted ({ALGORITHM}, key id {wanted}, content sealed) and no key was given; set "
+            "MODEL_FORENSICS_ENCRYPTION_KEY (library: load_bundle(..., encryption_key=...))",
+        )
     key = check_key(site, _MANIFEST, key)
     if key_id(key) != wanted:
-        raise site.error(_MANIFEST, f"wrong encryption key: bundle needs key id {wanted}, the key given has id "
-                                    f"{key_id(key)}")
+        raise site.error(
+            _MANIFEST, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(key)}"
+        )
     sealed = manifest["sealed"]
     nonce, cipher = _unb64(site, sealed, "nonce"), _unb64(site, sealed, "ciphertext")
     try:
         plain = AESGCM(key).decrypt(nonce, cipher, associated_data(str(manifest["bundle_id"]), SEALED_FILE))
     except (InvalidTag, ValueError):
-        raise site.error(_MANIFEST, f"sealed: {ALGORITHM} authentication failed (tag mismatch): the block was "
-                                    "modified or copied from another bundle") from None
+        raise site.error(
+            _MANIFEST,
+            f"sealed: {ALGORITHM} authentication failed (tag mismatch): the block was "
+            "modified or copied from another bundle",
+        ) from None
     with site.guard(_MANIFEST, "sealed: not valid UTF-8 JSON"):
         payload = loads_strict(plain)
     if not isinstance(payload, dict) or sorted(payload) != list(sealed["keys"]) or set(payload) - set(SEALED_KEYS):
-        raise site.error(_MANIFEST, f"sealed: expected the sections {list(sealed['keys'])}, got "
-                                    f"{sorted(payload) if isinstance(payload, dict) else type(payload).__name__}")
+        raise site.error(
+            _MANIFEST,
+            f"sealed: expected the sections {list(sealed['keys'])}, got "
+            f"{sorted(payload) if isinstance(payload, dict) else type(payload).__name__}",
+        )
     out = {k: v for k, v in manifest.items() if k != "sealed"}
     out.update(payload)
     validate_manifest(site, out)
@@ -92,5 +101,6 @@ def _unb64(site: Site, sealed: Mapping[str, Any], field: str) -> bytes:
     try:
         return base64.b64decode(sealed[field].encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise site.error(_MANIFEST, f"sealed.{field}: expected base64, got a string of {len(sealed[field])} "
-                                    "characters that is not") from None
+        raise site.error(
+            _MANIFEST, f"sealed.{field}: expected base64, got a string of {len(sealed[field])} characters that is not"
+        ) from None

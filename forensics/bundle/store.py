@@ -147,8 +147,11 @@ def _view(site: Site, file: str, where: str, buffer: Any, dtype: np.dtype[Any], 
         raise site.error(file, f"{where}: shape {list(shape)} has {count} elements, limit {MAX_ELEMENTS}")
     span = math.prod(max(dim, 1) for dim in shape)  # numpy refuses [0, 2**62, 2**62] although it is empty
     if span > MAX_ELEMENTS:
-        raise site.error(file, f"{where}: shape {list(shape)} spans {span} elements once its zero dimensions"
-                               f" are ignored, limit {MAX_ELEMENTS}")
+        raise site.error(
+            file,
+            f"{where}: shape {list(shape)} spans {span} elements once its zero dimensions"
+            f" are ignored, limit {MAX_ELEMENTS}",
+        )
     have = 0 if buffer is None else int(buffer.size)
     if count * dtype.itemsize != have:
         raise site.error(

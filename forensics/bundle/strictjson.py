@@ -83,8 +83,10 @@ def _check_depth(data: bytes) -> None:
         steps[(chunk == ord("]")) | (chunk == ord("}"))] = -1
         levels = np.cumsum(steps, dtype=np.int64) + depth
         if levels.size and int(levels.max()) > MAX_DEPTH:
-            raise LimitError(f"expected objects and arrays nested at most {MAX_DEPTH} levels deep,"
-                             f" got {int(levels.max())} levels or more")
+            raise LimitError(
+                f"expected objects and arrays nested at most {MAX_DEPTH} levels deep,"
+                f" got {int(levels.max())} levels or more"
+            )
         depth = int(levels[-1]) if levels.size else depth
 
 
@@ -106,8 +108,9 @@ def check_value(root: Any) -> None:
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict | list) and len(path) >= MAX_DEPTH:
-            raise LimitError(f"{json_path(path)}: expected objects and arrays nested at most {MAX_DEPTH} levels"
-                             f" deep, got more")
+            raise LimitError(
+                f"{json_path(path)}: expected objects and arrays nested at most {MAX_DEPTH} levels deep, got more"
+            )
         if isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(key, str):
@@ -127,12 +130,13 @@ def check_value(root: Any) -> None:
 
 def _check_string(path: tuple[str | int, ...], value: str, what: str) -> None:
     if len(value) > MAX_STRING:
-        raise LimitError(f"{json_path(path)}: expected a {what} of at most {MAX_STRING} characters,"
-                         f" got {len(value)}")
+        raise LimitError(f"{json_path(path)}: expected a {what} of at most {MAX_STRING} characters, got {len(value)}")
     found = _SURROGATE.search(value)
     if found is not None:
-        raise LimitError(f"{json_path(path)}: expected a {what} of valid Unicode, got a lone surrogate"
-                         f" {found.group()!r} at character {found.start()}")
+        raise LimitError(
+            f"{json_path(path)}: expected a {what} of valid Unicode, got a lone surrogate"
+            f" {found.group()!r} at character {found.start()}"
+        )
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -28,13 +28,33 @@ def register_all(sub: Any) -> None:
         validate_cmd,
     )
 
-    modules = (record_cmd, replay_cmd, analyze_cmd, triage_cmd, batch_cmd, validate_cmd, baseline_cmd, demo_cmd,
-               eval_cmd, serve_cmd, tokens_cmd, info_cmd, stats_cmd, migrate_cmd, selftest_cmd, compress_cmd)
+    modules = (
+        record_cmd,
+        replay_cmd,
+        analyze_cmd,
+        triage_cmd,
+        batch_cmd,
+        validate_cmd,
+        baseline_cmd,
+        demo_cmd,
+        eval_cmd,
+        serve_cmd,
+        tokens_cmd,
+        info_cmd,
+        stats_cmd,
+        migrate_cmd,
+        selftest_cmd,
+        compress_cmd,
+    )
     from forensics.commands.examples import epilog
 
     for module in modules:
         parser: argparse.ArgumentParser = sub.add_parser(
-            module.NAME, help=module.HELP, description=module.HELP, epilog=epilog(module.NAME),
-            formatter_class=argparse.RawDescriptionHelpFormatter)  # keeps the example's line as written
+            module.NAME,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=epilog(module.NAME),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # keeps the example's line as written
         module.configure(parser)
         parser.set_defaults(run=module.run)

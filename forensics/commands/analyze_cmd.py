@@ -22,10 +22,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="JSON report path (default: OUTPUT_DIR/<bundle>.json)")
     p.add_argument("--html", help="also write a self-contained HTML report here")
     p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
-    p.add_argument("--allow-model-mismatch", action="store_true",
-                   help="analyse although the model's weights sha256 differs from the recording's")
-    p.add_argument("--allow-baseline-mismatch", action="store_true",
-                   help="use baselines recorded on another model version (a known-good reference)")
+    p.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="analyse although the model's weights sha256 differs from the recording's",
+    )
+    p.add_argument(
+        "--allow-baseline-mismatch",
+        action="store_true",
+        help="use baselines recorded on another model version (a known-good reference)",
+    )
     add_config_arg(p)
 
 
@@ -44,10 +50,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         with progress_bar("analysing", unit="sets") as advance:
             pipeline = RCAPipeline(config, progress=lambda phase, n, total: advance(n, total))
-            report = cached_analyze(pipeline, args.bundle, args.baseline, cache, model=args.model,
-                                    patch_source=args.patch_source, output=output, html=args.html,
-                                    allow_model_mismatch=args.allow_model_mismatch,
-                                    allow_baseline_mismatch=args.allow_baseline_mismatch)
+            report = cached_analyze(
+                pipeline,
+                args.bundle,
+                args.baseline,
+                cache,
+                model=args.model,
+                patch_source=args.patch_source,
+                output=output,
+                html=args.html,
+                allow_model_mismatch=args.allow_model_mismatch,
+                allow_baseline_mismatch=args.allow_baseline_mismatch,
+            )
         with storage_errors(output.parent / INDEX_NAME):
             index_result(output.parent, report, output)  # the SQLite index `stats` reads sits next to the reports
     except StorageError:  # disk full: a failed analyze leaves no report of its own without its page or index row
@@ -74,12 +88,17 @@ def _inode(path: Path) -> int | None:
 def print_summary(report: dict[str, Any]) -> None:
     d = report["decision"]
     margin = d.get("margin")
-    print(f"incident {report['bundle_id']}: observed {d['observed']!r}" +
-          (f", expected {d['target']!r}" if d.get("target") else "") + f" at step {d['step']}" +
-          (f" (margin {margin:.3f} logits)" if isinstance(margin, float) else ""))
+    print(
+        f"incident {report['bundle_id']}: observed {d['observed']!r}"
+        + (f", expected {d['target']!r}" if d.get("target") else "")
+        + f" at step {d['step']}"
+        + (f" (margin {margin:.3f} logits)" if isinstance(margin, float) else "")
+    )
     anomalous = [m["module"] for m in report["compression_metrics"] if m["is_anomalous"]]
-    top = ", ".join(f"layer {r['layer']} (score {r['score']:.1f}, onset +{r.get('onset', 0.0):.1f})"
-                    for r in report["localisation"][:3])
+    top = ", ".join(
+        f"layer {r['layer']} (score {r['score']:.1f}, onset +{r.get('onset', 0.0):.1f})"
+        for r in report["localisation"][:3]
+    )
     print(f"CF: {len(anomalous)} anomalous modules; layers by onset: {top or 'n/a'}")
     for row in report.get("input_level", []):
         print(f"input level: {row['statement']}")
@@ -102,16 +121,20 @@ def print_summary(report: dict[str, Any]) -> None:
 
 
 def _describe(fix: dict[str, Any]) -> str:
-    ivs = "; ".join(f"{iv['kind']} {iv['module']} @{iv['positions']}" + (f" from {iv['source']}" if iv.get("source")
-                    else "") for iv in fix["interventions"])
+    ivs = "; ".join(
+        f"{iv['kind']} {iv['module']} @{iv['positions']}" + (f" from {iv['source']}" if iv.get("source") else "")
+        for iv in fix["interventions"]
+    )
     state = "validated" if fix["validated"] else "NOT validated"
     recovery = "n/a" if fix.get("recovery") is None else f"{fix['recovery']:.2f}"
     side = fix.get("side_effects")
     side_text = f", changes {side['changed']} of {side['checked']} benign answers" if side else ""
     regen = fix.get("regenerated") or {}
     said = f", says {regen['text']!r}" if regen.get("text") is not None else f", now {fix['argmax_token']!r}"
-    return (f"{fix.get('verdict', 'correction')} ({fix['size']}, {state}, recovery {recovery}, margin "
-            f"{fix['metric']:+.2f}{side_text}{said}): {ivs}")
+    return (
+        f"{fix.get('verdict', 'correction')} ({fix['size']}, {state}, recovery {recovery}, margin "
+        f"{fix['metric']:+.2f}{side_text}{said}): {ivs}"
+    )
 
 
 def _start_profile() -> Any:

@@ -13,8 +13,11 @@ HELP = "build CF baseline statistics from a directory of benign bundles"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="directory of benign bundles")
-    p.add_argument("--out", help="statistics file to write (.json; default: DIR/baseline.json, which "
-                                 "--baseline DIR/baseline.json then reads)")
+    p.add_argument(
+        "--out",
+        help="statistics file to write (.json; default: DIR/baseline.json, which "
+        "--baseline DIR/baseline.json then reads)",
+    )
     add_config_arg(p)
 
 

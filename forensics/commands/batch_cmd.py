@@ -14,10 +14,16 @@ HELP = "analyse every incident bundle in a directory (resumable; bad bundles are
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="directory of bundles")
-    p.add_argument("--baseline", help="benign bundles directory or a build-baseline .json file (default: a "
-                                      "subdirectory of DIR holding benign bundles, e.g. DIR/benign/)")
-    p.add_argument("--output", help="output directory for <bundle>.json results (default: config output_dir, "
-                                    "./analysis_results or MODEL_FORENSICS_OUTPUT_DIR)")
+    p.add_argument(
+        "--baseline",
+        help="benign bundles directory or a build-baseline .json file (default: a "
+        "subdirectory of DIR holding benign bundles, e.g. DIR/benign/)",
+    )
+    p.add_argument(
+        "--output",
+        help="output directory for <bundle>.json results (default: config output_dir, "
+        "./analysis_results or MODEL_FORENSICS_OUTPUT_DIR)",
+    )
     p.add_argument("--model", help="model reference to use instead of each bundle's")
     p.add_argument("--html", action="store_true", help="also write <bundle>.html next to each result")
     p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster, or --address")
@@ -35,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     args.output = args.output or config.output_dir
     paths = [p for p in list_bundle_paths(args.directory) if not _is_benign(p)]
-    tasks = plan_batch(paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config,
-                       html=args.html)
+    tasks = plan_batch(
+        paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config, html=args.html
+    )
     executor: Executor
     if args.ray or args.address:
         from forensics.exec.ray_executor import RayExecutor
@@ -50,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     with executor, progress_bar("bundles", total=len(tasks), unit="bundle") as advance:
         summary = run_batch(tasks, executor=executor, output_dir=args.output, progress=advance, metrics=metrics)
     metrics.write_textfile(args.metrics_file or Path(args.output) / "model_forensics.prom")
-    print(f"batch: {len(summary.done)} analysed, {len(summary.skipped)} already done, {len(summary.failed)} failed, "
-          f"{summary.fixed} with a validated fix, {summary.seconds:.1f}s")
+    print(
+        f"batch: {len(summary.done)} analysed, {len(summary.skipped)} already done, {len(summary.failed)} failed, "
+        f"{summary.fixed} with a validated fix, {summary.seconds:.1f}s"
+    )
     for name, error in summary.failed:
         print(f"  FAILED {name}: {error}")
     print(f"results: {args.output}/ (summary.json)")

@@ -13,8 +13,16 @@ from typing import Any
 
 from forensics.config import Config
 
-__all__ = ["BUNDLE_ARGS", "add_config_arg", "apply_log_settings", "config_from_args", "default_baseline_arg",
-           "print_json", "progress_bar", "resolve_bundle_args"]
+__all__ = [
+    "BUNDLE_ARGS",
+    "add_config_arg",
+    "apply_log_settings",
+    "config_from_args",
+    "default_baseline_arg",
+    "print_json",
+    "progress_bar",
+    "resolve_bundle_args",
+]
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:
@@ -48,13 +56,16 @@ def default_baseline_arg(args: argparse.Namespace) -> None:
     root = Path(directory)
     if not root.is_dir() or _benign_count(root) >= 2:
         return
-    found = [d for d in sorted(root.iterdir()) if d.is_dir() and not (d / "manifest.json").exists()
-             and _benign_count(d) >= 2]
+    found = [
+        d for d in sorted(root.iterdir()) if d.is_dir() and not (d / "manifest.json").exists() and _benign_count(d) >= 2
+    ]
     if found:
         chosen = next((d for d in found if d.name == "benign"), found[0])
         args.baseline = str(chosen)
-        print(f"{args.command}: no --baseline; using the {_benign_count(chosen)} benign bundles in {chosen}/",
-              file=sys.stderr)
+        print(
+            f"{args.command}: no --baseline; using the {_benign_count(chosen)} benign bundles in {chosen}/",
+            file=sys.stderr,
+        )
 
 
 def _benign_count(directory: Path) -> int:

@@ -16,7 +16,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model reference (a tiny HF dir is fastest)")
     p.add_argument("--faults", type=int, default=12, help="number of planted faults (cycling layers and sites)")
     p.add_argument("--magnitude", type=float, default=3.0, help="fault size in units of the weight's std")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first fault's noise; fault i uses seed + i (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the first fault's noise; fault i uses seed + i (default 0)"
+    )
     p.add_argument("--workdir", required=True, help="where faulty models, bundles and the report go")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     add_config_arg(p)
@@ -31,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
     layers = resolve_model(args.model, device="cpu", cache_dir=config.cache_dir).info.num_layers
     faults = default_faults(layers, n=args.faults, seed=args.seed, magnitude=args.magnitude)
     with progress_bar("faults", total=len(faults), unit="fault") as advance:
-        report = evaluate_faults(args.model, faults, PROMPTS, workdir=args.workdir, config=config,
-                                 progress=advance)
+        report = evaluate_faults(args.model, faults, PROMPTS, workdir=args.workdir, config=config, progress=advance)
     data = report.to_dict()
     write_json_atomic(Path(args.workdir) / "eval.json", data)
     if args.format == "json":
@@ -40,8 +41,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for c in data["cases"]:
         f = c["fault"]
-        print(f"fault {f['site']:<4} layer {f['layer']:>2} seed {f['seed']:>2}: CF top layers {c['top_layers'][:3]}, "
-              f"fix layers {c['fix_layers']}{'' if c['prompt'] else '  (no failure induced)'}")
-    print(f"{data['induced']}/{data['faults']} faults induced a failure; CF top-1 {data['top1']:.0%}, "
-          f"top-3 {data['top3']:.0%}; fix sets containing the faulty layer {data['fix_hit']:.0%}")
+        print(
+            f"fault {f['site']:<4} layer {f['layer']:>2} seed {f['seed']:>2}: CF top layers {c['top_layers'][:3]}, "
+            f"fix layers {c['fix_layers']}{'' if c['prompt'] else '  (no failure induced)'}"
+        )
+    print(
+        f"{data['induced']}/{data['faults']} faults induced a failure; CF top-1 {data['top1']:.0%}, "
+        f"top-3 {data['top3']:.0%}; fix sets containing the faulty layer {data['fix_hit']:.0%}"
+    )
     return 0

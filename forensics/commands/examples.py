@@ -1,6 +1,6 @@
 """One worked example per verb, shown at the end of its ``--help`` (a test parses each with the real parser).
 
-    epilog("triage")   # 'example:\n  model-forensics triage bundles/ --sort-by anomaly'
+epilog("triage")   # 'example:\n  model-forensics triage bundles/ --sort-by anomaly'
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ __all__ = ["EXAMPLES", "epilog"]
 
 EXAMPLES: dict[str, str] = {
     "record": 'model-forensics record --model smollm2-135m --prompt "The capital of Australia is" '
-              '--expected " Canberra" --out bundles/australia',
+    '--expected " Canberra" --out bundles/australia',
     "replay": "model-forensics replay bundles/australia "
-              "--intervene '[{\"module\": \"model.layers.10\", \"kind\": \"zero\", \"positions\": \"last\"}]'",
+    '--intervene \'[{"module": "model.layers.10", "kind": "zero", "positions": "last"}]\'',
     "analyze": "model-forensics analyze bundles/australia --baseline bundles/benign/ --output rca.json --html rca.html",
     "triage": "model-forensics triage bundles/ --sort-by anomaly",
     "batch": "model-forensics batch bundles/ --baseline bundles/benign/ --output results/ --ray --actors 2",

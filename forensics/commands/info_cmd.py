@@ -1,6 +1,6 @@
 """`info`: version, devices, the resolved config (no secrets) and health checks; exit 1 unless health is ok.
 
-    model-forensics info --format json | jq '.health'
+model-forensics info --format json | jq '.health'
 """
 
 from __future__ import annotations
@@ -37,15 +37,23 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(info: dict[str, Any]) -> None:
     d = info["devices"]
-    rows = [("version", info["version"]), ("python", info["python"]), ("platform", info["platform"]),
-            *((name, v or "not installed") for name, v in info["packages"].items()),
-            ("device", f"{d['configured']} -> {d['resolved']}"),
-            ("cuda", f"{d['cuda_count']} device(s) {', '.join(d['cuda_names'])}".strip() if d["cuda_available"]
-             else "not available"),
-            ("config", info["config_source"] or "built-in defaults"),
-            *((f"  {k}", v) for k, v in _flat(info["config"])),
-            ("results cache", info["results_cache_dir"]),
-            ("health", info["health"]["status"].upper())]
+    rows = [
+        ("version", info["version"]),
+        ("python", info["python"]),
+        ("platform", info["platform"]),
+        *((name, v or "not installed") for name, v in info["packages"].items()),
+        ("device", f"{d['configured']} -> {d['resolved']}"),
+        (
+            "cuda",
+            f"{d['cuda_count']} device(s) {', '.join(d['cuda_names'])}".strip()
+            if d["cuda_available"]
+            else "not available",
+        ),
+        ("config", info["config_source"] or "built-in defaults"),
+        *((f"  {k}", v) for k, v in _flat(info["config"])),
+        ("results cache", info["results_cache_dir"]),
+        ("health", info["health"]["status"].upper()),
+    ]
     rows += [(f"  {c['name']}", f"{'ok' if c['ok'] else 'FAIL'}  {c['detail']}") for c in info["health"]["checks"]]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

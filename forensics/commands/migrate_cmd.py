@@ -1,6 +1,6 @@
 """`migrate-config`: rewrite a config file from an older version (values and comments kept).
 
-    model-forensics migrate-config --from v1.0 --to v1.1 /etc/model-forensics/config.yaml
+model-forensics migrate-config --from v1.0 --to v1.1 /etc/model-forensics/config.yaml
 """
 
 from __future__ import annotations

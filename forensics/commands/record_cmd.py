@@ -23,14 +23,27 @@ def configure(p: argparse.ArgumentParser) -> None:
     spec.add_argument("--forbidden", help="text that must not be produced")
     p.add_argument("--regex", action="store_true", help="treat --forbidden as a regular expression")
     p.add_argument("--out", required=True, help="bundle directory to create")
-    p.add_argument("--kind", choices=("incident", "benign"), default=None,
-                   help="bundle kind (default: incident if the spec is violated, else benign)")
-    p.add_argument("--max-new-tokens", type=int, default=8,
-                   help="tokens to generate greedily after the prompt (default 8); the decision step must fall inside")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="torch seed set before generating, kept in the manifest (decoding is greedy; default 0)")
+    p.add_argument(
+        "--kind",
+        choices=("incident", "benign"),
+        default=None,
+        help="bundle kind (default: incident if the spec is violated, else benign)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=8,
+        help="tokens to generate greedily after the prompt (default 8); the decision step must fall inside",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="torch seed set before generating, kept in the manifest (decoding is greedy; default 0)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:
@@ -48,9 +61,17 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     loaded = resolve_model(args.model, device=args.device, cache_dir=config.cache_dir)
     spec = spec_from_args(args, loaded.tokenizer)
-    run_ = record_greedy(loaded, args.prompt, args.out, spec, kind=args.kind,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed, encryption_key=config.encryption_key,
-                         streaming=config.streaming_enabled)
+    run_ = record_greedy(
+        loaded,
+        args.prompt,
+        args.out,
+        spec,
+        kind=args.kind,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        encryption_key=config.encryption_key,
+        streaming=config.streaming_enabled,
+    )
     bundle, text, failed = run_.bundle, run_.text, run_.failed
     outputs = bundle.outputs
     print(f"prompt:    {args.prompt!r}")

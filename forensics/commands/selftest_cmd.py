@@ -1,6 +1,6 @@
 """`test`: self-test after install or upgrade: record and analyse a tiny incident with a config.
 
-    model-forensics test --config /etc/model-forensics/config.yaml     # exit 0 only when all pass
+model-forensics test --config /etc/model-forensics/config.yaml     # exit 0 only when all pass
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_env(args.config, os.environ)
     require_device(config, args.config, os.environ)
-    print(f"self-test with {args.config or os.environ.get('MODEL_FORENSICS_CONFIG') or 'built-in defaults'} "
-          f"(device {config.device})")
+    print(
+        f"self-test with {args.config or os.environ.get('MODEL_FORENSICS_CONFIG') or 'built-in defaults'} "
+        f"(device {config.device})"
+    )
 
     def say(step: Step) -> None:
         print(f"{step.label}  {step.name:<28} {step.seconds:6.2f}s  {step.detail}", flush=True)
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="model-forensics-test-") as work:
             steps = run_selftest(config, work, say=say)
     ok = all(s.ok for s in steps)
-    print(f"self-test: {'PASS' if ok else 'FAIL'} ({sum(bool(s.ok) for s in steps)}/{len(steps)} steps, "
-          f"{time.perf_counter() - t0:.1f}s)")
+    print(
+        f"self-test: {'PASS' if ok else 'FAIL'} ({sum(bool(s.ok) for s in steps)}/{len(steps)} steps, "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
     return 0 if ok else 1

@@ -32,14 +32,20 @@ STOP_WAIT_S = 10.0  # after ray.shutdown, how long Ray's processes get before SI
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--address", help="join this Ray cluster (e.g. auto, ray://head:10001); default: $RAY_ADDRESS, "
-                   "else a local Ray started (and stopped) by this command")
+    p.add_argument(
+        "--address",
+        help="join this Ray cluster (e.g. auto, ray://head:10001); default: $RAY_ADDRESS, "
+        "else a local Ray started (and stopped) by this command",
+    )
     p.add_argument("--bundle-dir", help="root of the bundle names clients send (default: config bundle_dir)")
     p.add_argument("--output-dir", help="where <result id>.json reports go (default: config output_dir)")
     p.add_argument("--baseline", help="default baseline: benign bundle dir under bundle_dir, or a .json")
     p.add_argument("--app-args", help="YAML/JSON file of Serve app args (replicas, queue limits, autoscaling, ...)")
-    p.add_argument("--tokens-file", help="API tokens file (default: config authentication.tokens_file, "
-                   "$MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json if it exists)")
+    p.add_argument(
+        "--tokens-file",
+        help="API tokens file (default: config authentication.tokens_file, "
+        "$MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json if it exists)",
+    )
     add_config_arg(p)
 
 
@@ -66,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)  # after ray.init, which installs its own (sys.exit, abort)
         started = _descendants() if address == "local" else []  # the Ray processes this command started
         serve.start(http_options={"host": args.host, "port": args.port})
-        print(f"model-forensics API starting on http://{args.host}:{args.port}/ (docs: /docs; Ctrl-C stops)", flush=True)
+        print(
+            f"model-forensics API starting on http://{args.host}:{args.port}/ (docs: /docs; Ctrl-C stops)", flush=True
+        )
         print(_describe_security(app_args), flush=True)
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=True)
     except (KeyboardInterrupt, Shutdown, SystemExit):  # SystemExit: Ray's handler, for a SIGTERM during ray.init
@@ -181,8 +189,9 @@ def _auth_setup(config: Config, tokens_file: str | None) -> Any:  # serve_app.se
     from forensics.ops.auth import DEFAULT_TOKENS_FILE
     from serve_app.security import AuthSetup
 
-    return AuthSetup.resolve(config.authentication, tokens_file=_abs(tokens_file),
-                             default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser())
+    return AuthSetup.resolve(
+        config.authentication, tokens_file=_abs(tokens_file), default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser()
+    )
 
 
 def _load_app_args(path: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """`stats`: counts, duration percentiles, fix rate and anomalous layers of recent analyses.
 
-    model-forensics stats --since 24h --format json
+model-forensics stats --since 24h --format json
 """
 
 from __future__ import annotations

@@ -17,14 +17,23 @@ def default_tokens_file() -> str:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("add", "list", "revoke"),
-                   help="add: create a token and print it once; list: names, roles, dates; revoke: delete by name")
+    p.add_argument(
+        "action",
+        choices=("add", "list", "revoke"),
+        help="add: create a token and print it once; list: names, roles, dates; revoke: delete by name",
+    )
     p.add_argument("name", nargs="?", help="token name (add, revoke)")
-    p.add_argument("--role", choices=("viewer", "analyst", "admin"), default="viewer",
-                   help="role of a new token: viewer (results), analyst (+ bundles, analyses), admin (all); "
-                        "default viewer")
-    p.add_argument("--tokens-file", default=None, help="default: $MODEL_FORENSICS_TOKENS_FILE or "
-                   "~/.config/model-forensics/tokens.json")
+    p.add_argument(
+        "--role",
+        choices=("viewer", "analyst", "admin"),
+        default="viewer",
+        help="role of a new token: viewer (results), analyst (+ bundles, analyses), admin (all); default viewer",
+    )
+    p.add_argument(
+        "--tokens-file",
+        default=None,
+        help="default: $MODEL_FORENSICS_TOKENS_FILE or ~/.config/model-forensics/tokens.json",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     store = TokenStore(args.tokens_file or default_tokens_file())
     if args.action == "list":
         for t in store.list():
-            print(f"{t['name']:<24} {t['role']:<8} created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(t['created_at']))}")
+            print(
+                f"{t['name']:<24} {t['role']:<8} created {time.strftime('%Y-%m-%d %H:%M', time.gmtime(t['created_at']))}"
+            )
         return 0
     if not args.name:
         raise ConfigError(f"tokens {args.action} needs a NAME")

@@ -13,10 +13,16 @@ HELP = "rank incident bundles by CF anomaly (fast: no replay, no search)"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory", help="directory of bundles")
-    p.add_argument("--baseline", help="benign bundles directory or build-baseline .json (default: benign bundles in DIR)")
-    p.add_argument("--sort-by", choices=("anomaly", "time", "size"), default="anomaly",
-                   help="anomaly: highest CF score first (default); time: oldest recording first (created_at); "
-                        "size: largest bundle on disk first")
+    p.add_argument(
+        "--baseline", help="benign bundles directory or build-baseline .json (default: benign bundles in DIR)"
+    )
+    p.add_argument(
+        "--sort-by",
+        choices=("anomaly", "time", "size"),
+        default="anomaly",
+        help="anomaly: highest CF score first (default); time: oldest recording first (created_at); "
+        "size: largest bundle on disk first",
+    )
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
     add_config_arg(p)
 
@@ -26,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     with progress_bar("triage", unit="bundle") as advance:
-        rows = sort_rows(triage(args.directory, baseline=args.baseline, config=config, progress=advance),
-                         args.sort_by)
+        rows = sort_rows(triage(args.directory, baseline=args.baseline, config=config, progress=advance), args.sort_by)
     if args.format == "json":
         print_json(rows)
     else:
@@ -41,5 +46,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
         if r.get("error"):
             print(f"{r['bundle']:<28} ERROR {r['error']}")
             continue
-        print(f"{r['bundle']:<28} {r['kind']:<9} {r['max_score']:>9.2f} {r['anomalous']:>9} "
-              f"{(r['top_module'] or '-'):<28} {r['bytes'] / 1e6:>7.2f}  {r['created_at']}")
+        print(
+            f"{r['bundle']:<28} {r['kind']:<9} {r['max_score']:>9.2f} {r['anomalous']:>9} "
+            f"{(r['top_module'] or '-'):<28} {r['bytes'] / 1e6:>7.2f}  {r['created_at']}"
+        )

@@ -17,10 +17,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("report", help="JSON report written by analyze/batch")
     p.add_argument("--model", help="model reference to validate on (default: the bundle's)")
     p.add_argument("--bundle", help="incident bundle path (default: the one named in the report)")
-    p.add_argument("--allow-model-mismatch", action="store_true",
-                   help="validate on a model whose weights differ from the recording")
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="validate on a model whose weights differ from the recording",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,16 +45,24 @@ def run(args: argparse.Namespace) -> int:
     paths = info.get("paths", {})
     baselines = [load_bundle(paths[i], encryption_key=key) for i in info.get("population", []) if i in paths]
     counterfactuals = [load_bundle(paths[i], encryption_key=key) for i in info.get("patch_sources", []) if i in paths]
-    loaded = resolve_model(args.model, device=args.device, dtype=bundle.model.get("dtype", "float32"),
-                           cache_dir=config.cache_dir) if args.model else None
-    options = ReplayOptions(device=args.device, cache_dir=config.cache_dir,
-                            allow_model_mismatch=args.allow_model_mismatch)
+    loaded = (
+        resolve_model(
+            args.model, device=args.device, dtype=bundle.model.get("dtype", "float32"), cache_dir=config.cache_dir
+        )
+        if args.model
+        else None
+    )
+    options = ReplayOptions(
+        device=args.device, cache_dir=config.cache_dir, allow_model_mismatch=args.allow_model_mismatch
+    )
     rp = Replayer(bundle, loaded=loaded, baselines=baselines, counterfactuals=counterfactuals, options=options)
     ivs = tuple(Intervention.from_dict(iv) for iv in fix["interventions"])
     out = rp.run(ivs)
     verdict = "STILL FIXES" if out.fixed else "DOES NOT FIX"
-    print(f"{verdict} the failure of {bundle.id}: argmax {out.argmax_token!r}, metric {out.metric:+.4f}, "
-          f"hooks fired {list(out.hook_fires)}")
+    print(
+        f"{verdict} the failure of {bundle.id}: argmax {out.argmax_token!r}, metric {out.metric:+.4f}, "
+        f"hooks fired {list(out.hook_fires)}"
+    )
     return 0 if out.fixed else 1
 
 
@@ -64,6 +76,8 @@ def _read(path: str) -> dict[str, Any]:
         raise ConfigError(f"report {path}: cannot be read as JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("schema") not in REPORT_SCHEMAS:
         schema = data.get("schema") if isinstance(data, dict) else None
-        raise ConfigError(f"report {path}: schema {schema!r} is not one this version reads "
-                          f"(expected one of {', '.join(REPORT_SCHEMAS)})")
+        raise ConfigError(
+            f"report {path}: schema {schema!r} is not one this version reads "
+            f"(expected one of {', '.join(REPORT_SCHEMAS)})"
+        )
     return data

@@ -1,7 +1,7 @@
 """Where work runs: ``LocalExecutor`` (default, in-process); ``RayExecutor`` when a cluster is wanted.
 
-    with LocalExecutor() as ex:
-        evaluate = ex.evaluator(ReplayJob("bundles/australia"))
+with LocalExecutor() as ex:
+    evaluate = ex.evaluator(ReplayJob("bundles/australia"))
 """
 
 from forensics.exec.base import Evaluator, Executor, ReplayJob, TaskError

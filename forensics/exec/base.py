@@ -39,13 +39,23 @@ class ReplayJob:
     options: ReplayOptions = DEFAULT_OPTIONS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": self.bundle, "baselines": list(self.baselines), "counterfactuals": list(self.counterfactuals),
-                "model": self.model, "options": self.options.to_dict()}
+        return {
+            "bundle": self.bundle,
+            "baselines": list(self.baselines),
+            "counterfactuals": list(self.counterfactuals),
+            "model": self.model,
+            "options": self.options.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReplayJob:
-        return cls(str(data["bundle"]), tuple(data["baselines"]), tuple(data["counterfactuals"]), data["model"],
-                   ReplayOptions.from_dict(data["options"]))
+        return cls(
+            str(data["bundle"]),
+            tuple(data["baselines"]),
+            tuple(data["counterfactuals"]),
+            data["model"],
+            ReplayOptions.from_dict(data["options"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -74,8 +84,14 @@ class Executor(ABC):
         """An evaluator for ``job``; ``local`` is an already-built Replayer to reuse if useful."""
 
     @abstractmethod
-    def map(self, fn: Work[T, R], items: Sequence[T], *, key: Callable[[T], Hashable] | None = None,
-            progress: Callable[[int], None] | None = None) -> Iterator[tuple[T, R | None, TaskError | None]]:
+    def map(
+        self,
+        fn: Work[T, R],
+        items: Sequence[T],
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[T, R | None, TaskError | None]]:
         """``fn(item, state)`` for each item; yields (item, result, error) as each finishes, exactly once per
         item. Items with the same ``key`` go to the same worker (its models stay warm). One failure
         loses nothing else."""

@@ -1,7 +1,7 @@
 """In-process execution: the default, no cluster and no server.
 
-    ex = LocalExecutor()
-    evaluate = ex.evaluator(ReplayJob("bundles/australia"))
+ex = LocalExecutor()
+evaluate = ex.evaluator(ReplayJob("bundles/australia"))
 """
 
 from __future__ import annotations
@@ -32,10 +32,16 @@ def build_replayer(job: ReplayJob, loaded: LoadedModel | None = None) -> Replaye
     key = opts.encryption_key
     bundle = load_bundle(job.bundle, encryption_key=key)
     if loaded is None and job.model is not None:
-        loaded = resolve_model(job.model, device=opts.device, dtype=bundle.model.get("dtype", "float32"),
-                               cache_dir=opts.cache_dir)
-    return Replayer(bundle, loaded=loaded, baselines=[load_bundle(b, encryption_key=key) for b in job.baselines],
-                    counterfactuals=[load_bundle(b, encryption_key=key) for b in job.counterfactuals], options=opts)
+        loaded = resolve_model(
+            job.model, device=opts.device, dtype=bundle.model.get("dtype", "float32"), cache_dir=opts.cache_dir
+        )
+    return Replayer(
+        bundle,
+        loaded=loaded,
+        baselines=[load_bundle(b, encryption_key=key) for b in job.baselines],
+        counterfactuals=[load_bundle(b, encryption_key=key) for b in job.counterfactuals],
+        options=opts,
+    )
 
 
 def run_task(fn: Work[T, R], item: T, state: dict[Any, Any]) -> tuple[R | None, TaskError | None]:
@@ -76,8 +82,14 @@ class LocalExecutor(Executor):
     def evaluator(self, job: ReplayJob, local: Any = None) -> Evaluator:
         return LocalEvaluator(local if local is not None else build_replayer(job))
 
-    def map(self, fn: Work[T, R], items: Sequence[T], *, key: Callable[[T], Hashable] | None = None,
-            progress: Callable[[int], None] | None = None) -> Iterator[tuple[T, R | None, TaskError | None]]:
+    def map(
+        self,
+        fn: Work[T, R],
+        items: Sequence[T],
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[T, R | None, TaskError | None]]:
         for item in items:
             result, error = run_task(fn, item, self.state)
             if progress:

@@ -69,8 +69,14 @@ class ReplayWorker:
 
 
 def _outcome(data: dict[str, Any]) -> Outcome:
-    return Outcome(tuple(Intervention.from_dict(iv) for iv in data["interventions"]), float(data["metric"]),
-                   bool(data["fixed"]), int(data["argmax_id"]), str(data["argmax_token"]), tuple(data["hook_fires"]))
+    return Outcome(
+        tuple(Intervention.from_dict(iv) for iv in data["interventions"]),
+        float(data["metric"]),
+        bool(data["fixed"]),
+        int(data["argmax_id"]),
+        str(data["argmax_token"]),
+        tuple(data["hook_fires"]),
+    )
 
 
 class RayEvaluator:
@@ -101,8 +107,15 @@ class RayEvaluator:
 class RayExecutor(Executor):
     """An actor pool on a local or remote Ray cluster."""
 
-    def __init__(self, *, address: str | None = None, num_actors: int = 2, num_cpus: float = 1.0,
-                 num_gpus: float | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_actors: int = 2,
+        num_cpus: float = 1.0,
+        num_gpus: float | None = None,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         import ray
 
         self.ray = ray
@@ -111,7 +124,8 @@ class RayExecutor(Executor):
             ray.init(address=address, include_dashboard=False, **(init_kwargs or {}))
         gpus = _gpus_per_actor(ray, num_actors) if num_gpus is None else num_gpus
         remote = ray.remote(ReplayWorker).options(
-            num_cpus=num_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)
+            num_cpus=num_cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1
+        )
         self.actors = [remote.remote() for _ in range(max(1, num_actors))]
         self.num_gpus = gpus
         self._per_key: dict[Hashable, int] = {}
@@ -120,8 +134,14 @@ class RayExecutor(Executor):
     def evaluator(self, job: ReplayJob, local: Any = None) -> Evaluator:
         return RayEvaluator(self, job)
 
-    def map(self, fn: Work[T, R], items: Sequence[T], *, key: Callable[[T], Hashable] | None = None,
-            progress: Callable[[int], None] | None = None) -> Iterator[tuple[T, R | None, TaskError | None]]:
+    def map(
+        self,
+        fn: Work[T, R],
+        items: Sequence[T],
+        *,
+        key: Callable[[T], Hashable] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[T, R | None, TaskError | None]]:
         pending: dict[Any, tuple[int, int]] = {}  # ref -> (item index, attempt)
         self._per_key = {}
         for index, item in enumerate(items):

@@ -30,10 +30,22 @@ __all__ = ["PROMPTS", "EvalReport", "FaultCase", "default_faults", "evaluate_fau
 log = logging.getLogger(__name__)
 
 PROMPTS = [
-    "The capital of France is", "The capital of Italy is", "Ankara is the capital of", "One plus one is",
-    "Two plus two is", "The answer is", "Berlin is the capital of", "A retriever returns",
-    "The model answers", "Sydney is the largest city of", "a tool returns", "The capital of Germany is",
-    "Paris is", "Rome is the capital of", "The largest city of Australia is", "Four is two plus",
+    "The capital of France is",
+    "The capital of Italy is",
+    "Ankara is the capital of",
+    "One plus one is",
+    "Two plus two is",
+    "The answer is",
+    "Berlin is the capital of",
+    "A retriever returns",
+    "The model answers",
+    "Sydney is the largest city of",
+    "a tool returns",
+    "The capital of Germany is",
+    "Paris is",
+    "Rome is the capital of",
+    "The largest city of Australia is",
+    "Four is two plus",
 ]
 
 
@@ -58,9 +70,17 @@ class FaultCase:
         return self.validated and self.fault.layer in self.fix_layers
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fault": self.fault.to_dict(), "prompt": self.prompt, "top_layers": self.top_layers,
-                "fix_layers": self.fix_layers, "validated": self.validated, "top1": self.hit(1),
-                "top3": self.hit(3), "fix_hit": self.fix_hit, "note": self.note}
+        return {
+            "fault": self.fault.to_dict(),
+            "prompt": self.prompt,
+            "top_layers": self.top_layers,
+            "fix_layers": self.fix_layers,
+            "validated": self.validated,
+            "top1": self.hit(1),
+            "top3": self.hit(3),
+            "fix_hit": self.fix_hit,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -88,15 +108,23 @@ class EvalReport:
         return self._rate(lambda c: c.fix_hit)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"faults": len(self.cases), "induced": len(self.induced), "top1": self.top1, "top3": self.top3,
-                "fix_hit": self.fix_hit, "cases": [c.to_dict() for c in self.cases]}
+        return {
+            "faults": len(self.cases),
+            "induced": len(self.induced),
+            "top1": self.top1,
+            "top3": self.top3,
+            "fix_hit": self.fix_hit,
+            "cases": [c.to_dict() for c in self.cases],
+        }
 
 
 def default_faults(num_layers: int, n: int = 12, *, seed: int = 0, magnitude: float = 3.0) -> list[Fault]:
     """``n`` faults cycling through layers and sites (mlp, attn, head), seeded."""
     sites = ("mlp", "attn", "head")
-    return [Fault(layer=i % num_layers, site=sites[i % 3], magnitude=magnitude, head=i % 2, seed=seed + i)  # type: ignore[arg-type]
-            for i in range(n)]
+    return [
+        Fault(layer=i % num_layers, site=sites[i % 3], magnitude=magnitude, head=i % 2, seed=seed + i)  # type: ignore[arg-type]
+        for i in range(n)
+    ]
 
 
 def _greedy_first(loaded: LoadedModel, prompt: str) -> int:
@@ -106,8 +134,15 @@ def _greedy_first(loaded: LoadedModel, prompt: str) -> int:
         return int(model(ids).logits[0, -1].argmax())
 
 
-def evaluate_faults(model_ref: str, faults: Sequence[Fault], prompts: Sequence[str], *, workdir: str | Path,
-                    config: Config | None = None, progress: Callable[[int], None] | None = None) -> EvalReport:
+def evaluate_faults(
+    model_ref: str,
+    faults: Sequence[Fault],
+    prompts: Sequence[str],
+    *,
+    workdir: str | Path,
+    config: Config | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalReport:
     from forensics.rca.pipeline import RCAPipeline
 
     work = Path(workdir)
@@ -129,8 +164,16 @@ def evaluate_faults(model_ref: str, faults: Sequence[Fault], prompts: Sequence[s
     return EvalReport(cases)
 
 
-def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], answers: dict[str, int],
-              work: Path, clean_dir: Path, pipeline: Any) -> FaultCase:
+def _one_case(
+    i: int,
+    fault: Fault,
+    clean: LoadedModel,
+    prompts: Sequence[str],
+    answers: dict[str, int],
+    work: Path,
+    clean_dir: Path,
+    pipeline: Any,
+) -> FaultCase:
     case = FaultCase(fault)
     faulty_dir = work / "faulty" / f"f{i:02d}"
     broken: Any = plant_fault(clean.model, fault)
@@ -143,8 +186,9 @@ def _one_case(i: int, fault: Fault, clean: LoadedModel, prompts: Sequence[str], 
         return case
     case.prompt = prompt
     spec = FailureSpec("expected", "", (answers[prompt],))
-    incident = record_greedy(faulty, prompt, work / "incidents" / f"f{i:02d}", spec,
-                             kind="incident", max_new_tokens=2).bundle
+    incident = record_greedy(
+        faulty, prompt, work / "incidents" / f"f{i:02d}", spec, kind="incident", max_new_tokens=2
+    ).bundle
     result = pipeline.analyze_incident(incident, baseline=clean_dir, model=faulty, allow_baseline_mismatch=True)
     case.top_layers = [row["layer"] for row in result.localisation]
     if result.fix_set is not None:

@@ -1,6 +1,6 @@
 """Model references -> loaded (model, tokenizer, info): embedded demo, HF dir, GGUF, HF cache, tiny.
 
-    model, tokenizer, info = resolve_model("smollm2-135m")
+model, tokenizer, info = resolve_model("smollm2-135m")
 """
 
 from forensics.models.arch import FAMILIES, ArchSpec, arch_for, get_module

@@ -46,7 +46,7 @@ class ArchSpec:
     def layer_of(self, module: str) -> int | None:
         """Decoder layer of ``module`` (``model.layers.7.mlp`` -> 7); None outside the decoder layers."""
         head = self.layers + "."
-        index = module[len(head):].split(".", 1)[0] if module.startswith(head) else ""
+        index = module[len(head) :].split(".", 1)[0] if module.startswith(head) else ""
         return int(index) if index.isdigit() else None
 
     def sites(self, model: nn.Module) -> dict[str, Site]:
@@ -62,18 +62,27 @@ class ArchSpec:
 
 
 def _llama_like(family: str) -> ArchSpec:
-    return ArchSpec(family, "model.layers", "self_attn", "mlp", "model.norm", "model.embed_tokens",
-                    "o_proj", "down_proj")
+    return ArchSpec(
+        family, "model.layers", "self_attn", "mlp", "model.norm", "model.embed_tokens", "o_proj", "down_proj"
+    )
 
 
 FAMILIES: dict[str, ArchSpec] = {
     **{f: _llama_like(f) for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")},
-    "phi": ArchSpec("phi", "model.layers", "self_attn", "mlp", "model.final_layernorm", "model.embed_tokens",
-                    "dense", "fc2"),
-    "gpt2": ArchSpec("gpt2", "transformer.h", "attn", "mlp", "transformer.ln_f", "transformer.wte",
-                     "c_proj", "c_proj"),
-    "gpt_neox": ArchSpec("gpt_neox", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm",
-                         "gpt_neox.embed_in", "dense", "dense_4h_to_h"),
+    "phi": ArchSpec(
+        "phi", "model.layers", "self_attn", "mlp", "model.final_layernorm", "model.embed_tokens", "dense", "fc2"
+    ),
+    "gpt2": ArchSpec("gpt2", "transformer.h", "attn", "mlp", "transformer.ln_f", "transformer.wte", "c_proj", "c_proj"),
+    "gpt_neox": ArchSpec(
+        "gpt_neox",
+        "gpt_neox.layers",
+        "attention",
+        "mlp",
+        "gpt_neox.final_layer_norm",
+        "gpt_neox.embed_in",
+        "dense",
+        "dense_4h_to_h",
+    ),
 }
 
 

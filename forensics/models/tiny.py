@@ -42,8 +42,12 @@ def _configs(layers: int) -> dict[str, Callable[[], Any]]:
 
     common: dict[str, Any] = dict(vocab_size=VOCAB_SIZE, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     decoder: dict[str, Any] = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-        max_position_embeddings=256, **common,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        **common,
     )
     return {
         "llama": lambda: LlamaConfig(num_key_value_heads=2, **decoder),

@@ -26,8 +26,18 @@ from forensics.durable import write_atomic
 from forensics.errors import AuthError, ConfigError
 from forensics.vocab import PERMISSIONS, ROLES
 
-__all__ = ["DEFAULT_TOKENS_FILE", "PERMISSIONS", "ROLES", "AuthFailure", "Authenticator", "OIDCConfig", "Principal",
-           "TokenStore", "hash_token", "read_jwks"]
+__all__ = [
+    "DEFAULT_TOKENS_FILE",
+    "PERMISSIONS",
+    "ROLES",
+    "AuthFailure",
+    "Authenticator",
+    "OIDCConfig",
+    "Principal",
+    "TokenStore",
+    "hash_token",
+    "read_jwks",
+]
 
 TOKEN_SCHEMA = "model-forensics/tokens@1"
 DEFAULT_TOKENS_FILE = "~/.config/model-forensics/tokens.json"  # `tokens add` writes here unless told otherwise
@@ -56,8 +66,12 @@ class Principal:
 
     def require(self, permission: str) -> None:
         if permission not in self.permissions and "admin" not in self.permissions:
-            raise AuthFailure(f"principal {self.name!r} (role {self.role}) lacks permission {permission!r}", 403,
-                              principal=self.name, role=self.role)
+            raise AuthFailure(
+                f"principal {self.name!r} (role {self.role}) lacks permission {permission!r}",
+                403,
+                principal=self.name,
+                role=self.role,
+            )
 
 
 def hash_token(token: str) -> str:
@@ -181,9 +195,14 @@ class Authenticator:
 
         try:
             key = self._signing_key(credential, oidc)
-            claims: Mapping[str, Any] = jwt.decode(credential, key=key, algorithms=list(oidc.algorithms),
-                                                   audience=oidc.audience, issuer=oidc.issuer,
-                                                   options={"require": ["exp"]})
+            claims: Mapping[str, Any] = jwt.decode(
+                credential,
+                key=key,
+                algorithms=list(oidc.algorithms),
+                audience=oidc.audience,
+                issuer=oidc.issuer,
+                options={"require": ["exp"]},
+            )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:  # a hostile token may trip the parsers anywhere
             raise AuthFailure(f"invalid bearer JWT: {exc}", 401) from None
         subject = str(claims.get("sub", "unknown"))

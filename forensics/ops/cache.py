@@ -34,8 +34,21 @@ __all__ = ["OPS_ONLY_KEYS", "ResultCache", "cache_key", "cached_analyze", "confi
 log = logging.getLogger(__name__)
 # Config keys that cannot change an analysis' result; everything else is hashed (a new key counts
 # until listed here: a cache that misses too often beats one that answers stale).
-OPS_ONLY_KEYS = frozenset({"version", "bundle_dir", "output_dir", "timeout_minutes", "log_level", "log_file", "cache",
-                           "streaming_enabled", "max_memory", "audit_log", "encryption_key_set"})
+OPS_ONLY_KEYS = frozenset(
+    {
+        "version",
+        "bundle_dir",
+        "output_dir",
+        "timeout_minutes",
+        "log_level",
+        "log_file",
+        "cache",
+        "streaming_enabled",
+        "max_memory",
+        "audit_log",
+        "encryption_key_set",
+    }
+)
 
 
 def default_results_dir(environ: Mapping[str, str]) -> Path:
@@ -167,9 +180,15 @@ def _stamp(path: Path) -> None:
     os.utime(path, ns=(now, now))
 
 
-def input_identity(bundle: Any, baseline: Any, model: Any, patch_source: Any,
-                   allow_model_mismatch: bool, allow_baseline_mismatch: bool,
-                   key: bytes | None = None) -> dict[str, Any]:
+def input_identity(
+    bundle: Any,
+    baseline: Any,
+    model: Any,
+    patch_source: Any,
+    allow_model_mismatch: bool,
+    allow_baseline_mismatch: bool,
+    key: bytes | None = None,
+) -> dict[str, Any]:
     """What besides the bundle and config decides the result, as plain data."""
     from forensics.models.registry import LoadedModel
 
@@ -178,9 +197,13 @@ def input_identity(bundle: Any, baseline: Any, model: Any, patch_source: Any,
     else:
         model_id = None if model is None else str(model)
     sources = patch_source if isinstance(patch_source, list | tuple) else [patch_source] if patch_source else []
-    return {"baseline": _baseline_identity(baseline, key), "model": model_id,
-            "patch_sources": [_bundle_sha(p, key) for p in sources],
-            "allow_model_mismatch": allow_model_mismatch, "allow_baseline_mismatch": allow_baseline_mismatch}
+    return {
+        "baseline": _baseline_identity(baseline, key),
+        "model": model_id,
+        "patch_sources": [_bundle_sha(p, key) for p in sources],
+        "allow_model_mismatch": allow_model_mismatch,
+        "allow_baseline_mismatch": allow_baseline_mismatch,
+    }
 
 
 def _bundle_sha(obj: Any, key: bytes | None) -> str:
@@ -205,10 +228,19 @@ def _baseline_identity(baseline: Any, key: bytes | None) -> Any:
     return [_bundle_sha(p, key) for p in list_bundle_paths(path)]
 
 
-def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: ResultCache | None, *,
-                   model: Any = None, patch_source: Any = None, output: str | Path | None = None,
-                   html: str | Path | None = None, allow_model_mismatch: bool = False,
-                   allow_baseline_mismatch: bool = False) -> dict[str, Any]:
+def cached_analyze(
+    pipeline: Any,
+    bundle_path: Any,
+    baseline: Any,
+    cache: ResultCache | None,
+    *,
+    model: Any = None,
+    patch_source: Any = None,
+    output: str | Path | None = None,
+    html: str | Path | None = None,
+    allow_model_mismatch: bool = False,
+    allow_baseline_mismatch: bool = False,
+) -> dict[str, Any]:
     """``pipeline.analyze_incident(...).to_dict()``, answered from ``cache`` when the same inputs were
     analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses.
     Either way a written report is indexed in ``output_dir`` and the analysis logged (``log_analysis``)."""
@@ -221,8 +253,9 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
     incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path, encryption_key=key_bytes)
     key = None
     if cache is not None:
-        extra = input_identity(incident, baseline, model, patch_source, allow_model_mismatch,
-                               allow_baseline_mismatch, key_bytes)
+        extra = input_identity(
+            incident, baseline, model, patch_source, allow_model_mismatch, allow_baseline_mismatch, key_bytes
+        )
         key = cache_key(incident.file_sha256(), config_hash(pipeline.config), __version__, extra)
         hit = cache.get(key)
         if hit is not None:
@@ -231,9 +264,16 @@ def cached_analyze(pipeline: Any, bundle_path: Any, baseline: Any, cache: Result
             delivered = _deliver(hit, output, html)
             _index(pipeline.config, delivered, output)
             return delivered
-    result = pipeline.analyze_incident(incident, baseline=baseline, model=model, patch_source=patch_source,
-                                       output=output, html=html, allow_model_mismatch=allow_model_mismatch,
-                                       allow_baseline_mismatch=allow_baseline_mismatch)
+    result = pipeline.analyze_incident(
+        incident,
+        baseline=baseline,
+        model=model,
+        patch_source=patch_source,
+        output=output,
+        html=html,
+        allow_model_mismatch=allow_model_mismatch,
+        allow_baseline_mismatch=allow_baseline_mismatch,
+    )
     report: dict[str, Any] = result.to_dict()
     log_analysis(report)
     _index(pipeline.config, report, output)

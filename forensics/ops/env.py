@@ -21,12 +21,31 @@ from forensics.bundle.crypto import environment_key
 from forensics.config import Config, load_config
 from forensics.errors import ConfigError
 
-__all__ = ["ENV_VARS", "MIN_MEMORY", "PREFIX", "config_from_env", "encryption_key_from_env", "env_overrides",
-           "parse_bool", "parse_duration", "parse_memory", "parse_size"]
+__all__ = [
+    "ENV_VARS",
+    "MIN_MEMORY",
+    "PREFIX",
+    "config_from_env",
+    "encryption_key_from_env",
+    "env_overrides",
+    "parse_bool",
+    "parse_duration",
+    "parse_memory",
+    "parse_size",
+]
 
 PREFIX = "MODEL_FORENSICS_"
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 SIZE_ALLOWED = "a size such as 512MB, 10GB, 16GiB or a number of bytes (KB/MB/GB/TB = 1000^n, KiB/MiB/GiB = 1024^n)"
@@ -47,8 +66,10 @@ def parse_size(text: str) -> int:
 #: Below this a memory budget cannot hold even the embedded 135M-parameter model (~540 MB of float32
 #: weights) plus one replay batch, so a smaller MODEL_FORENSICS_MAX_MEMORY is a typo (16 for 16GB), not a plan.
 MIN_MEMORY = 256 * 1024**2
-MEMORY_ALLOWED = ("a size such as 512MB, 16GB or 16GiB, with its unit and at least 256MiB (KB/MB/GB/TB = 1000^n, "
-                  "KiB/MiB/GiB = 1024^n; a bare number is refused: 16 is not 16GB)")
+MEMORY_ALLOWED = (
+    "a size such as 512MB, 16GB or 16GiB, with its unit and at least 256MiB (KB/MB/GB/TB = 1000^n, "
+    "KiB/MiB/GiB = 1024^n; a bare number is refused: 16 is not 16GB)"
+)
 _HAS_UNIT = re.compile(r"[kmgt]i?b?\s*$|b\s*$", re.IGNORECASE)
 
 
@@ -77,8 +98,9 @@ def parse_duration(text: str, option: str, example: str) -> timedelta:
     """
     match = _DURATION.match(text)
     if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"{option} {text!r} not allowed; expected a number > 0 followed by s, m, h, d or w"
-                          f" (e.g. {example})")
+        raise ConfigError(
+            f"{option} {text!r} not allowed; expected a number > 0 followed by s, m, h, d or w (e.g. {example})"
+        )
     return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
 
 

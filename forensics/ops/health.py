@@ -1,8 +1,8 @@
 """What ``info`` reports: versions, devices, the resolved config (no secrets) and health checks.
 
-    report = system_info(config, results_dir=Path("~/.cache/model-forensics/results"))
-    report["health"]["status"]       # "ok" or "degraded"
-    require_device(config, "configs/high_performance.yaml", os.environ)   # ConfigError: cuda wanted, none here
+report = system_info(config, results_dir=Path("~/.cache/model-forensics/results"))
+report["health"]["status"]       # "ok" or "degraded"
+require_device(config, "configs/high_performance.yaml", os.environ)   # ConfigError: cuda wanted, none here
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ def devices(device: str) -> dict[str, Any]:
         resolved: str | None = str(resolve_device(device))
     except ModelError:
         resolved = None
-    return {"cuda_available": torch.cuda.is_available(), "cuda_count": count,
-            "cuda_names": [torch.cuda.get_device_name(i) for i in range(count)],
-            "configured": device, "resolved": resolved}
+    return {
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_count": count,
+        "cuda_names": [torch.cuda.get_device_name(i) for i in range(count)],
+        "configured": device,
+        "resolved": resolved,
+    }
 
 
 def check_device(device: str) -> tuple[bool, str]:

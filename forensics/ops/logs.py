@@ -62,6 +62,11 @@ def log_analysis(report: Mapping[str, Any], *, cached: bool = False) -> None:
     """The two INFO lines the deployment guide greps for, after each analysis."""
     bundle = report.get("bundle_id")
     seconds = float(report.get("execution_time") or 0.0)
-    log.info("execution_time %.3f bundle=%s confidence=%s cached=%s", seconds, bundle, report.get("confidence"),
-             str(cached).lower())
+    log.info(
+        "execution_time %.3f bundle=%s confidence=%s cached=%s",
+        seconds,
+        bundle,
+        report.get("confidence"),
+        str(cached).lower(),
+    )
     log.info("memory_usage %s bundle=%s (peak RSS of the process, bytes)", peak_rss_bytes(), bundle)

@@ -43,7 +43,9 @@ __all__ = ["COMPRESSED_NAME", "BundleResult", "CompressReport", "compress_bundle
 
 COMPRESSED_NAME = "activations.zstd.arrow"
 Status = Literal["compressed", "would-compress", "skipped", "error"]
-_TEMP = re.compile(r"^\.(compress-[0-9a-f]+\.arrow|manifest-.*|manifest\.json\..*)\.tmp$")  # write_atomic temp names, old and new
+_TEMP = re.compile(
+    r"^\.(compress-[0-9a-f]+\.arrow|manifest-.*|manifest\.json\..*)\.tmp$"
+)  # write_atomic temp names, old and new
 _DATA_NAMES = (ACTIVATIONS, COMPRESSED_NAME)
 
 
@@ -87,8 +89,10 @@ class CompressReport:
             lines.append(f"total: {len(done)} bundle(s) would be compressed, {_size(self.before)} now (dry run)")
         else:
             saved = self.before - self.after
-            lines.append(f"total: {len(done)} bundle(s) compressed, {_size(self.before)} -> {_size(self.after)}"
-                         f" (saved {_size(saved)})")
+            lines.append(
+                f"total: {len(done)} bundle(s) compressed, {_size(self.before)} -> {_size(self.after)}"
+                f" (saved {_size(saved)})"
+            )
         if self.errors:
             lines.append(f"{len(self.errors)} bundle(s) failed; they were left as they were")
         return "\n".join(lines)
@@ -209,8 +213,9 @@ def _rewrite(
         size, digest = sha256_file(temp)
         _check_same_content(site, bundle, temp, new)
         if size >= manifest["files"][old]["bytes"]:
-            return BundleResult(name, "skipped", f"zstd would not shrink it ({size} bytes vs"
-                                f" {manifest['files'][old]['bytes']})", before)
+            return BundleResult(
+                name, "skipped", f"zstd would not shrink it ({size} bytes vs {manifest['files'][old]['bytes']})", before
+            )
         os.replace(temp, new_path)
         fsync_path(path)
         if sha256_file(new_path) != (size, digest):
@@ -254,9 +259,7 @@ def _bit_equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
     return bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
 
-def _new_manifest(
-    site: Site, manifest: dict[str, Any], old: str, new: str, size: int, digest: str
-) -> dict[str, Any]:
+def _new_manifest(site: Site, manifest: dict[str, Any], old: str, new: str, size: int, digest: str) -> dict[str, Any]:
     updated = dict(manifest)
     files = {k: v for k, v in manifest["files"].items() if k != old}
     files[new] = {"bytes": size, "sha256": digest, "compression": "zstd"}

@@ -1,9 +1,9 @@
 """Prometheus metrics of model-forensics (names from the deployment guide), on a registry you own.
 
-    m = Metrics()                         # a fresh CollectorRegistry: no global state
-    m.observe_report(report_dict)         # after each analysis
-    m.write_textfile("/var/lib/node_exporter/model_forensics.prom")   # CLI batch runs
-    m.exposition()                        # bytes for GET /metrics
+m = Metrics()                         # a fresh CollectorRegistry: no global state
+m.observe_report(report_dict)         # after each analysis
+m.write_textfile("/var/lib/node_exporter/model_forensics.prom")   # CLI batch runs
+m.exposition()                        # bytes for GET /metrics
 """
 
 from __future__ import annotations
@@ -31,11 +31,17 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.duration = Histogram("model_forensics_analysis_duration_seconds", "Wall time of one analysis",
-                                  buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
-        self.anomaly = Gauge("model_forensics_anomaly_score",
-                             "Anomaly of the last analysed incident: share of CF modules flagged anomalous (0-1)",
-                             registry=r)
+        self.duration = Histogram(
+            "model_forensics_analysis_duration_seconds",
+            "Wall time of one analysis",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.anomaly = Gauge(
+            "model_forensics_anomaly_score",
+            "Anomaly of the last analysed incident: share of CF modules flagged anomalous (0-1)",
+            registry=r,
+        )
         self.fix_rate = Gauge("model_forensics_fix_rate", "Share of analyses with a validated fix set", registry=r)
         self.bundle_size = Gauge("model_forensics_bundle_size_bytes", "Size of the last analysed bundle", registry=r)
         self.analyses = Counter("model_forensics_analyses", "Analyses finished", ["outcome"], registry=r)

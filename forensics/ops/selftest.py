@@ -39,8 +39,15 @@ def _record(loaded: Any, prompt: str, dest: Path, *, incident: bool, n: int, key
     expects what the model says."""
     from forensics.record import record_greedy
 
-    return record_greedy(loaded, prompt, dest, "runner-up" if incident else "as-generated",
-                         kind="incident" if incident else "benign", max_new_tokens=n, encryption_key=key).bundle
+    return record_greedy(
+        loaded,
+        prompt,
+        dest,
+        "runner-up" if incident else "as-generated",
+        kind="incident" if incident else "benign",
+        max_new_tokens=n,
+        encryption_key=key,
+    ).bundle
 
 
 def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:
@@ -58,14 +65,26 @@ def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, 
         return f"device {state['loaded'].info.device}"
 
     def incident() -> str:
-        state["incident"] = _record(state["loaded"], INCIDENT_PROMPT, work / "bundles" / "incident", incident=True, n=3,
-                                    key=config.encryption_key)
+        state["incident"] = _record(
+            state["loaded"],
+            INCIDENT_PROMPT,
+            work / "bundles" / "incident",
+            incident=True,
+            n=3,
+            key=config.encryption_key,
+        )
         return f"{state['incident'].nbytes} bytes, failure: {state['incident'].outputs['is_failure']}"
 
     def benign() -> str:
         for i, prompt in enumerate(BENIGN_PROMPTS):
-            _record(state["loaded"], prompt, work / "bundles" / "benign" / f"b{i}", incident=False, n=2,
-                    key=config.encryption_key)
+            _record(
+                state["loaded"],
+                prompt,
+                work / "bundles" / "benign" / f"b{i}",
+                incident=False,
+                n=2,
+                key=config.encryption_key,
+            )
         return f"{len(BENIGN_PROMPTS)} bundles"
 
     def integrity() -> str:
@@ -79,8 +98,12 @@ def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, 
 
     def analyse() -> str:
         cfg = replace(config, output_dir=str(work / "results"))
-        result = RCAPipeline(cfg).analyze_incident(state["incident"], baseline=str(work / "bundles" / "benign"),
-                                                   model=state["loaded"], output=work / "results" / "report.json")
+        result = RCAPipeline(cfg).analyze_incident(
+            state["incident"],
+            baseline=str(work / "bundles" / "benign"),
+            model=state["loaded"],
+            output=work / "results" / "report.json",
+        )
         state["report"] = result.to_dict()
         return f"{result.execution_time:.1f}s, {result.replays['forward_passes']} forward passes"
 
@@ -89,9 +112,16 @@ def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, 
         _require(bool(fix and fix["validated"]), f"no validated fix set (notes: {state['report']['notes']})")
         return f"{fix['size']} intervention(s), recovery {fix['recovery']:.2f}"
 
-    return [("build tiny model", build), ("load model", load), ("record incident", incident),
-            ("record 3 benign bundles", benign), ("reload bundles (checksums)", integrity),
-            ("replay fidelity", fidelity), ("analyse (CF + CCA)", analyse), ("validated fix set", fixed)]
+    return [
+        ("build tiny model", build),
+        ("load model", load),
+        ("record incident", incident),
+        ("record 3 benign bundles", benign),
+        ("reload bundles (checksums)", integrity),
+        ("replay fidelity", fidelity),
+        ("analyse (CF + CCA)", analyse),
+        ("validated fix set", fixed),
+    ]
 
 
 class SelfTestFailure(AssertionError):

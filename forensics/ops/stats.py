@@ -24,8 +24,16 @@ from typing import Any
 from forensics.errors import ConfigError
 from forensics.ops.env import parse_duration
 
-__all__ = ["INDEX_NAME", "index_result", "indexed_paths", "is_fixed", "parse_since", "percentile", "query_stats",
-           "rebuild_index"]
+__all__ = [
+    "INDEX_NAME",
+    "index_result",
+    "indexed_paths",
+    "is_fixed",
+    "parse_since",
+    "percentile",
+    "query_stats",
+    "rebuild_index",
+]
 
 INDEX_NAME = "index.sqlite"
 BUSY_TIMEOUT_S = 30.0
@@ -81,9 +89,18 @@ def _row(report: dict[str, Any], report_path: str, created: float) -> tuple[Any,
     modules = [str(m["module"]) for m in report.get("compression_metrics") or [] if m.get("is_anomalous")]
     # a decoder layer index as text, or the module name for modules outside the layer stack
     layers = sorted({str(layer) if (layer := layer_of(m)) is not None else m for m in modules}, key=_layer_order)
-    return (report_path, str(report["bundle_id"]), _bundle_sha(report), created,
-            float(report.get("execution_time") or 0.0), float(report.get("confidence") or 0.0),
-            int(is_fixed(report)), len(modules), json.dumps(layers), json.dumps(modules))
+    return (
+        report_path,
+        str(report["bundle_id"]),
+        _bundle_sha(report),
+        created,
+        float(report.get("execution_time") or 0.0),
+        float(report.get("confidence") or 0.0),
+        int(is_fixed(report)),
+        len(modules),
+        json.dumps(layers),
+        json.dumps(modules),
+    )
 
 
 def is_fixed(report: dict[str, Any]) -> bool:
@@ -173,8 +190,11 @@ def query_stats(output_dir: str | Path, since: timedelta, *, now: float | None =
     end = time.time() if now is None else now
     start = end - since.total_seconds()
     with _connect(root) as db:
-        rows = db.execute("SELECT duration, confidence, fixed, anomalous_layers, anomalous_count FROM analyses "
-                          "WHERE created >= ? AND created <= ? ORDER BY created", (start, end)).fetchall()
+        rows = db.execute(
+            "SELECT duration, confidence, fixed, anomalous_layers, anomalous_count FROM analyses "
+            "WHERE created >= ? AND created <= ? ORDER BY created",
+            (start, end),
+        ).fetchall()
     return _summarise(rows, start, end, root)
 
 
@@ -194,8 +214,11 @@ def _summarise(rows: list[tuple[Any, ...]], start: float, end: float, root: Path
         "count": len(rows),
         "fixed": fixed,
         "fix_rate": fixed / len(rows) if rows else None,
-        "duration_seconds": {"p50": percentile(durations, 0.5), "p95": percentile(durations, 0.95),
-                             "max": max(durations) if durations else None},
+        "duration_seconds": {
+            "p50": percentile(durations, 0.5),
+            "p95": percentile(durations, 0.95),
+            "max": max(durations) if durations else None,
+        },
         "confidence_mean": sum(float(r[1]) for r in rows) / len(rows) if rows else None,
         "with_anomalies": sum(1 for r in rows if int(r[4])),
         "anomalous_layers": {k: layers[k] for k in sorted(layers, key=_layer_order)},

@@ -1,7 +1,7 @@
 """RCA engine: failure metrics, CF (where), CCA (minimal validated fix sets), pipeline and reports.
 
-    result = RCAPipeline(config).analyze_incident("bundles/australia", baseline="bundles/benign/")
-    result.fix_set.interventions, result.confidence, result.export_path
+result = RCAPipeline(config).analyze_incident("bundles/australia", baseline="bundles/benign/")
+result.fix_set.interventions, result.confidence, result.export_path
 """
 
 from forensics.rca.cca import CCAResult, FixSet, find_fix_set

@@ -22,8 +22,16 @@ from forensics.rca.search import Scored, Scorer, beam, closeness, greedy, random
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome
 
-__all__ = ["CCAResult", "FixSet", "build_candidates", "find_fix_set", "is_input_substitution", "prune",
-           "strength", "validate"]
+__all__ = [
+    "CCAResult",
+    "FixSet",
+    "build_candidates",
+    "find_fix_set",
+    "is_input_substitution",
+    "prune",
+    "strength",
+    "validate",
+]
 
 Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
@@ -45,14 +53,25 @@ class FixSet:
     @property
     def positions(self) -> int:
         """Positions the members touch (``last`` counts 1, ``all`` counts as many as it can)."""
-        return sum(1 if iv.positions == "last" else 1_000 if iv.positions == "all" else len(iv.positions)
-                   for iv in self.interventions)
+        return sum(
+            1 if iv.positions == "last" else 1_000 if iv.positions == "all" else len(iv.positions)
+            for iv in self.interventions
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"interventions": [iv.to_dict() for iv in self.interventions], "validated": self.validated,
-                "recovery": self.recovery, "metric": self.metric, "fixed": self.fixed,
-                "argmax_token": self.argmax_token, "size": len(self.interventions), "positions": self.positions,
-                "verdict": self.verdict, "regenerated": self.regenerated, "side_effects": self.side_effects}
+        return {
+            "interventions": [iv.to_dict() for iv in self.interventions],
+            "validated": self.validated,
+            "recovery": self.recovery,
+            "metric": self.metric,
+            "fixed": self.fixed,
+            "argmax_token": self.argmax_token,
+            "size": len(self.interventions),
+            "positions": self.positions,
+            "verdict": self.verdict,
+            "regenerated": self.regenerated,
+            "side_effects": self.side_effects,
+        }
 
 
 @dataclass
@@ -82,9 +101,15 @@ def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozens
     return iv.kind in ("patch", "mean") and iv.positions == "all"
 
 
-def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: Sequence[str],
-                     prior: dict[str, float], *, output_module: str | None = None,
-                     same_input: frozenset[str] = frozenset()) -> list[Intervention]:
+def build_candidates(
+    modules: Sequence[str],
+    config: CCAConfig,
+    patch_sources: Sequence[str],
+    prior: dict[str, float],
+    *,
+    output_module: str | None = None,
+    same_input: frozenset[str] = frozenset(),
+) -> list[Intervention]:
     """Every single intervention that can name a cause, the most CF-anomalous modules first.
 
     ``output_module`` (the last decoder layer's residual) is never patched: its state at a position IS the
@@ -102,20 +127,37 @@ def build_candidates(modules: Sequence[str], config: CCAConfig, patch_sources: S
     return out
 
 
-def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], modules: Sequence[str],
-                 config: CCAConfig, *, m_incident: float, m_baseline: float | None,
-                 patch_sources: Sequence[str] = (), prior: dict[str, float] | None = None,
-                 progress: Callable[[int, int | None], None] | None = None,
-                 deadline: float | None = None, output_module: str | None = None,
-                 same_input: frozenset[str] = frozenset()) -> CCAResult:
+def find_fix_set(
+    evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
+    modules: Sequence[str],
+    config: CCAConfig,
+    *,
+    m_incident: float,
+    m_baseline: float | None,
+    patch_sources: Sequence[str] = (),
+    prior: dict[str, float] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    deadline: float | None = None,
+    output_module: str | None = None,
+    same_input: frozenset[str] = frozenset(),
+) -> CCAResult:
     """``m_baseline`` None: no baseline produces the target, so recovery is reported as unavailable
     (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search."""
     prior = prior or {}
-    candidates = build_candidates(modules, config, patch_sources, prior, output_module=output_module,
-                                  same_input=same_input)
-    scorer = Scorer(evaluate, m_incident=m_incident, m_baseline=m_baseline, budget=config.max_replays,
-                    batch_size=config.batch_size, prior={c: prior.get(c.module, 0.0) for c in candidates},
-                    progress=progress, saturate=config.early_stop_threshold, deadline=deadline)
+    candidates = build_candidates(
+        modules, config, patch_sources, prior, output_module=output_module, same_input=same_input
+    )
+    scorer = Scorer(
+        evaluate,
+        m_incident=m_incident,
+        m_baseline=m_baseline,
+        budget=config.max_replays,
+        batch_size=config.batch_size,
+        prior={c: prior.get(c.module, 0.0) for c in candidates},
+        progress=progress,
+        saturate=config.early_stop_threshold,
+        deadline=deadline,
+    )
     singles = scorer.score([(c,) for c in candidates], stop_at=config.early_stop_threshold)
     best, steps = _search(scorer, candidates, singles, config)
     result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
@@ -132,14 +174,16 @@ def find_fix_set(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
     return result
 
 
-def _search(scorer: Scorer, candidates: list[Intervention], singles: list[Scored],
-            config: CCAConfig) -> tuple[Scored | None, list[dict[str, Any]]]:
+def _search(
+    scorer: Scorer, candidates: list[Intervention], singles: list[Scored], config: CCAConfig
+) -> tuple[Scored | None, list[dict[str, Any]]]:
     size, thr = config.max_fix_set_size, config.early_stop_threshold
     if config.search_strategy == "beam":
         return beam(scorer, candidates, singles, max_size=size, threshold=thr, width=config.beam_width)
     if config.search_strategy == "random":
-        return random_search(scorer, candidates, singles, max_size=size, samples=config.random_samples,
-                             seed=config.seed)
+        return random_search(
+            scorer, candidates, singles, max_size=size, samples=config.random_samples, seed=config.seed
+        )
     return greedy(scorer, candidates, singles, max_size=size, threshold=thr)
 
 
@@ -155,13 +199,19 @@ def prune(scorer: Scorer, found: Scored) -> Scored:
     return current
 
 
-def validate(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], scorer: Scorer,
-             found: Scored) -> FixSet:
+def validate(evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], scorer: Scorer, found: Scored) -> FixSet:
     """A fresh replay of the set alone: the fix counts only if it holds again and every hook fired."""
     outcome = evaluate([found.interventions])[0]
     fires_ok = all(f > 0 for f in outcome.hook_fires)
-    return FixSet(found.interventions, outcome.fixed and fires_ok, scorer.recovery(outcome.metric),
-                  outcome.metric, outcome.fixed, outcome.argmax_token, gain=scorer.gain(outcome.metric))
+    return FixSet(
+        found.interventions,
+        outcome.fixed and fires_ok,
+        scorer.recovery(outcome.metric),
+        outcome.metric,
+        outcome.fixed,
+        outcome.argmax_token,
+        gain=scorer.gain(outcome.metric),
+    )
 
 
 def strength(fix: FixSet) -> float:

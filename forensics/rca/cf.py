@@ -63,27 +63,43 @@ class CompressionMetric:
     is_anomalous: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "ratios": dict(self.ratios), "baseline_mean": dict(self.baseline_mean),
-                "baseline_std": dict(self.baseline_std), "z_scores": dict(self.z_scores), "score": self.score,
-                "is_anomalous": self.is_anomalous}
+        return {
+            "module": self.module,
+            "ratios": dict(self.ratios),
+            "baseline_mean": dict(self.baseline_mean),
+            "baseline_std": dict(self.baseline_std),
+            "z_scores": dict(self.z_scores),
+            "score": self.score,
+            "is_anomalous": self.is_anomalous,
+        }
 
 
 def _methods(baseline: BaselineStats, config: CFConfig) -> list[CompressionMethod]:
     """The config's methods the baseline has statistics for, in config order."""
     methods = [m for m in config.compression_methods if m in baseline.methods]
     if not methods:
-        raise ConfigError(f"config key 'modules.cf.compression_methods': {list(config.compression_methods)} "
-                          f"share no method with the CF baseline ({list(baseline.methods)}); rebuild it")
+        raise ConfigError(
+            f"config key 'modules.cf.compression_methods': {list(config.compression_methods)} "
+            f"share no method with the CF baseline ({list(baseline.methods)}); rebuild it"
+        )
     return methods
 
 
-def _metric(module: str, act: Any, base: ModuleBaseline, methods: Sequence[CompressionMethod], window: int,
-            threshold: float) -> CompressionMetric:
+def _metric(
+    module: str, act: Any, base: ModuleBaseline, methods: Sequence[CompressionMethod], window: int, threshold: float
+) -> CompressionMetric:
     ratios = compression_ratios(act, base.step, methods, window)
     z: dict[str, float] = {k: (ratios[k] - base.mean[k]) / base.std[k] for k in methods}
     score = max(abs(v) for v in z.values())
-    return CompressionMetric(module, ratios, {k: base.mean[k] for k in methods},
-                             {k: base.std[k] for k in methods}, z, score, score > threshold)
+    return CompressionMetric(
+        module,
+        ratios,
+        {k: base.mean[k] for k in methods},
+        {k: base.std[k] for k in methods},
+        z,
+        score,
+        score > threshold,
+    )
 
 
 def analyze_cf(bundle: BundleLike, baseline: BaselineStats, config: CFConfig) -> list[CompressionMetric]:
@@ -96,8 +112,11 @@ def analyze_cf(bundle: BundleLike, baseline: BaselineStats, config: CFConfig) ->
     out = []
     for module, act in bundle.iter_activations(shared):
         try:
-            out.append(_metric(module, act, baseline.modules[module], methods, baseline.entropy_window,
-                               config.anomaly_threshold))
+            out.append(
+                _metric(
+                    module, act, baseline.modules[module], methods, baseline.entropy_window, config.anomaly_threshold
+                )
+            )
         except BundleError as exc:
             raise BundleError(f"bundle {bundle.id}: module {module}: {exc}") from exc
     return out

@@ -105,13 +105,16 @@ def _stats_from_dict(data: Any) -> BaselineStats:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"schema {found!r}, expected {BASELINE_SCHEMA!r}")
     if data.get("symbols") != SYMBOLS:
-        raise ValueError(f"ratios measured as {data.get('symbols')!r}, this version measures {SYMBOLS!r}; "
-                         "rebuild it (model-forensics build-baseline)")
+        raise ValueError(
+            f"ratios measured as {data.get('symbols')!r}, this version measures {SYMBOLS!r}; "
+            "rebuild it (model-forensics build-baseline)"
+        )
     modules = {k: _module_from_dict(v) for k, v in data["modules"].items()}
     methods = tuple(data["methods"])
     CFConfig(compression_methods=methods, entropy_window=data["entropy_window"])  # same checks as config
-    return BaselineStats(modules, int(data["n_bundles"]), [str(b) for b in data["bundle_ids"]], methods,
-                         int(data["entropy_window"]))
+    return BaselineStats(
+        modules, int(data["n_bundles"]), [str(b) for b in data["bundle_ids"]], methods, int(data["entropy_window"])
+    )
 
 
 def _module_from_dict(v: dict[str, Any]) -> ModuleBaseline:
@@ -159,20 +162,26 @@ def build_baseline(bundles: Iterable[BundleLike], config: CFConfig, *, progress:
     memory. Modules recorded by fewer than 2 of the bundles are left out (no spread to compare with)."""
     chosen = list(itertools.islice(bundles, config.baseline_samples))
     if len(chosen) < 2:
-        raise ConfigError(f"CF baseline needs ≥ 2 benign bundles (modules.cf.baseline_samples="
-                          f"{config.baseline_samples}), got {len(chosen)}")
+        raise ConfigError(
+            f"CF baseline needs ≥ 2 benign bundles (modules.cf.baseline_samples="
+            f"{config.baseline_samples}), got {len(chosen)}"
+        )
     steps = _steps(chosen)
     samples: dict[str, _Samples] = {}
     for i, bundle in enumerate(chosen, 1):
         _add_ratios(bundle, steps, config, samples)
         if progress:
             log.info("CF baseline: bundle %d/%d (%s)", i, len(chosen), bundle.id)
-    modules = {m: _module_baseline(m, steps[m], s.per_method) for m, s in samples.items()
-               if len(next(iter(s.per_method.values()))) >= 2}
+    modules = {
+        m: _module_baseline(m, steps[m], s.per_method)
+        for m, s in samples.items()
+        if len(next(iter(s.per_method.values()))) >= 2
+    }
     if len(modules) < len(samples):
         log.warning("CF baseline: %d module(s) recorded by fewer than 2 bundles left out", len(samples) - len(modules))
-    return BaselineStats(modules, len(chosen), [b.id for b in chosen], tuple(config.compression_methods),
-                         config.entropy_window)
+    return BaselineStats(
+        modules, len(chosen), [b.id for b in chosen], tuple(config.compression_methods), config.entropy_window
+    )
 
 
 def _add_ratios(bundle: BundleLike, steps: dict[str, float], config: CFConfig, samples: dict[str, _Samples]) -> None:
@@ -187,6 +196,5 @@ def _add_ratios(bundle: BundleLike, steps: dict[str, float], config: CFConfig, s
 
 def _module_baseline(module: str, step: float, per_method: dict[str, list[float]]) -> ModuleBaseline:
     mean = {k: float(np.mean(v)) for k, v in per_method.items()}
-    std = {k: max(float(np.std(v, ddof=1)), REL_STD_FLOOR * abs(mean[k]), ABS_STD_FLOOR)
-           for k, v in per_method.items()}
+    std = {k: max(float(np.std(v, ddof=1)), REL_STD_FLOOR * abs(mean[k]), ABS_STD_FLOOR) for k, v in per_method.items()}
     return ModuleBaseline(module, step, mean, std, len(next(iter(per_method.values()))))

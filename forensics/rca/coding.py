@@ -118,7 +118,9 @@ def code_lengths(rows: U8, method: CompressionMethod, *, planes: int = 1) -> npt
     return np.array([len(compress(row.tobytes())) for row in rows], dtype=np.float64)
 
 
-def compression_ratios(values: npt.ArrayLike, step: float, methods: Sequence[CompressionMethod], window: int) -> dict[str, float]:
+def compression_ratios(
+    values: npt.ArrayLike, step: float, methods: Sequence[CompressionMethod], window: int
+) -> dict[str, float]:
     """Mean over windows of (raw bytes / compressed bytes) per method; raw = 2 bytes per value (int16).
 
     Deterministic: the same values, step and window always give the same ratios."""

@@ -43,10 +43,12 @@ class ConfidenceTerms:
 
 def _parts(t: ConfidenceTerms) -> dict[str, float]:
     margin = max(0.0, t.margin)
-    return {"recovery": min(1.0, max(0.0, t.recovery)) if t.recovery is not None else 0.0,
-            "margin": margin / (margin + 1.0),
-            "specificity": t.specificity if t.specificity is not None else 0.5,
-            "size": 1.0 / max(1, t.size)}
+    return {
+        "recovery": min(1.0, max(0.0, t.recovery)) if t.recovery is not None else 0.0,
+        "margin": margin / (margin + 1.0),
+        "specificity": t.specificity if t.specificity is not None else 0.5,
+        "size": 1.0 / max(1, t.size),
+    }
 
 
 def confidence(t: ConfidenceTerms) -> float:
@@ -65,12 +67,21 @@ def explain(t: ConfidenceTerms | None) -> str:
         return "confidence 0: the replay is not faithful, so no intervention on it explains the incident."
     if not t.validated:
         return "confidence 0: the fix set did not hold on a fresh replay."
-    recovery = (f"recovers {t.recovery:.2f} of the gap to a run that answers correctly" if t.recovery is not None
-                else "recovery unavailable (no baseline produces the expected answer)")
-    side = ("no benign answer checked" if t.specificity is None
-            else f"keeps {t.specificity:.0%} of the benign answers")
+    recovery = (
+        f"recovers {t.recovery:.2f} of the gap to a run that answers correctly"
+        if t.recovery is not None
+        else "recovery unavailable (no baseline produces the expected answer)"
+    )
+    side = "no benign answer checked" if t.specificity is None else f"keeps {t.specificity:.0%} of the benign answers"
     members = "1 member" if t.size == 1 else f"{t.size} members"
-    tail = ("; halved: the new answer is punctuation or an end token (a suppression)" if t.suppression
-            else "; halved: the regenerated answer is not the expected text (a partial fix)" if t.partial else "")
-    return (f"confidence {confidence(t):.2f}: validated on a faithful replay, {recovery}, margin "
-            f"{t.margin:+.2f} logits, {side}, {members}{tail}.")
+    tail = (
+        "; halved: the new answer is punctuation or an end token (a suppression)"
+        if t.suppression
+        else "; halved: the regenerated answer is not the expected text (a partial fix)"
+        if t.partial
+        else ""
+    )
+    return (
+        f"confidence {confidence(t):.2f}: validated on a faithful replay, {recovery}, margin "
+        f"{t.margin:+.2f} logits, {side}, {members}{tail}."
+    )

@@ -35,7 +35,9 @@ def alphas(points: int = POINTS) -> list[float]:
     return [i / (points - 1) for i in range(points)]
 
 
-def flip_point(grid: Sequence[float], metric: Sequence[float], fixed: Sequence[bool]) -> tuple[float | None, int | None]:
+def flip_point(
+    grid: Sequence[float], metric: Sequence[float], fixed: Sequence[bool]
+) -> tuple[float | None, int | None]:
     """(the α where the decision flips, the first grid index that is fixed); (None, None) if it never does.
 
     >>> flip_point([0.0, 0.5, 1.0], [-2.0, -1.0, 3.0], [False, False, True])  # -1 -> 3 crosses 0 a quarter in
@@ -52,10 +54,17 @@ def flip_point(grid: Sequence[float], metric: Sequence[float], fixed: Sequence[b
 def _curve(name: str, members: list[int], grid: Sequence[float], rows: Sequence[Outcome]) -> dict[str, Any]:
     metric, fixed = [o.metric for o in rows], [o.fixed for o in rows]
     flip, index = flip_point(grid, metric, fixed)
-    return {"label": name, "members": members, "metric": metric, "fixed": fixed,
-            "argmax_token": [o.argmax_token for o in rows], "flip_alpha": flip, "flip_index": index,
-            "stays_fixed": index is not None and all(fixed[index:]),
-            "monotone": all(b >= a for a, b in pairwise(metric))}
+    return {
+        "label": name,
+        "members": members,
+        "metric": metric,
+        "fixed": fixed,
+        "argmax_token": [o.argmax_token for o in rows],
+        "flip_alpha": flip,
+        "flip_index": index,
+        "stays_fixed": index is not None and all(fixed[index:]),
+        "monotone": all(b >= a for a, b in pairwise(metric)),
+    }
 
 
 def boundary(evaluate: Evaluate, members: Sequence[Intervention], *, points: int = POINTS) -> dict[str, Any]:
@@ -68,8 +77,13 @@ def boundary(evaluate: Evaluate, members: Sequence[Intervention], *, points: int
     sets = [tuple(replace(members[i], alpha=a) for i in idx) for _, idx in curves for a in grid]
     outcomes = evaluate(sets)
     out = [_curve(name, idx, grid, outcomes[c * points : (c + 1) * points]) for c, (name, idx) in enumerate(curves)]
-    result = {"members": [iv.to_dict() for iv in members], "labels": [label(iv) for iv in members],
-              "alphas": grid, "points": points, "curves": out}
+    result = {
+        "members": [iv.to_dict() for iv in members],
+        "labels": [label(iv) for iv in members],
+        "alphas": grid,
+        "points": points,
+        "curves": out,
+    }
     result["summary"] = _summary(out)
     return result
 
@@ -82,8 +96,7 @@ def _summary(curves: Sequence[dict[str, Any]]) -> str:
         return f"flips at α = {c['flip_alpha']:.3f}{back}"
 
     whole = curves[0]
-    text = (f"the fix set {said(whole)} (metric {whole['metric'][0]:+.3f} at α = 0, {whole['metric'][-1]:+.3f} "
-            f"at α = 1)")
+    text = f"the fix set {said(whole)} (metric {whole['metric'][0]:+.3f} at α = 0, {whole['metric'][-1]:+.3f} at α = 1)"
     alone = [f"#{c['members'][0]} alone {said(c)}" for c in curves[1:]]
     return text + ("; " + "; ".join(alone) if alone else "")
 

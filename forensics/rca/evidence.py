@@ -16,8 +16,15 @@ from forensics.rca.population import coverage
 from forensics.replay.interventions import Intervention
 from forensics.replay.replayer import Replayer
 
-__all__ = ["SAME_QUESTION", "baseline_metric", "input_level", "output_module", "produces_target", "same_input",
-           "target_sources"]
+__all__ = [
+    "SAME_QUESTION",
+    "baseline_metric",
+    "input_level",
+    "output_module",
+    "produces_target",
+    "same_input",
+    "target_sources",
+]
 
 SAME_QUESTION = 0.75  # forbidden specs: a source must hold this share of the incident's prompt tokens
 
@@ -32,21 +39,28 @@ def produces_target(rp: Replayer, bundle: Bundle) -> bool:
     if rp.target_id is not None:
         return token == rp.target_id
     # forbidden: any other answer would do, so only a run of the same question shows a correct one
-    return token != rp.observed_id and coverage(rp.bundle.inputs["input_ids"], bundle.inputs["input_ids"]) >= SAME_QUESTION
+    return (
+        token != rp.observed_id and coverage(rp.bundle.inputs["input_ids"], bundle.inputs["input_ids"]) >= SAME_QUESTION
+    )
 
 
 def target_sources(rp: Replayer, counterfactuals: Sequence[Bundle]) -> tuple[list[Bundle], str | None]:
     """The counterfactuals that produce the target, and, when some or all do not, a note saying so."""
     good = [b for b in counterfactuals if produces_target(rp, b)]
     left = [b.id for b in counterfactuals if b not in good]
-    want = (repr(rp.tokenizer.decode([rp.target_id])) if rp.target_id is not None
-            else "a non-forbidden token to the same question")
+    want = (
+        repr(rp.tokenizer.decode([rp.target_id]))
+        if rp.target_id is not None
+        else "a non-forbidden token to the same question"
+    )
     if not counterfactuals:
         return [], "recovery unavailable: no counterfactual baseline was given (--baseline or --patch-source)"
     if not good:
-        return [], (f"recovery unavailable: none of the counterfactual baselines ({', '.join(left)}) answers {want} "
-                    "at the decision step, so none shows what a correct run looks like; 'patch' interventions "
-                    "were left out")
+        return [], (
+            f"recovery unavailable: none of the counterfactual baselines ({', '.join(left)}) answers {want} "
+            "at the decision step, so none shows what a correct run looks like; 'patch' interventions "
+            "were left out"
+        )
     if left:
         return good, f"patch sources that do not answer {want} were left out: {', '.join(left)}"
     return good, None
@@ -90,8 +104,15 @@ def input_level(rp: Replayer, counterfactuals: Sequence[Bundle]) -> list[dict[st
         theirs = len(b.inputs["input_ids"]) + rp.step
         span = "its input" if theirs >= rp.length else f"the last {theirs} of the incident's {rp.length} positions"
         cut = f" (its last {rp.length} of {theirs} positions)" if theirs > rp.length else ""
-        rows.append({"source": b.id, "interventions": [iv.to_dict() for iv in out.interventions],
-                     "fixed": out.fixed, "argmax_token": out.argmax_token, "metric": out.metric,
-                     "statement": f"the failure {verdict} when {span} is replaced by bundle {b.id}{cut} "
-                                  f"({resid[0]} patched at every position): now {out.argmax_token!r}"})
+        rows.append(
+            {
+                "source": b.id,
+                "interventions": [iv.to_dict() for iv in out.interventions],
+                "fixed": out.fixed,
+                "argmax_token": out.argmax_token,
+                "metric": out.metric,
+                "statement": f"the failure {verdict} when {span} is replaced by bundle {b.id}{cut} "
+                f"({resid[0]} patched at every position): now {out.argmax_token!r}",
+            }
+        )
     return rows

@@ -22,8 +22,17 @@ from forensics.rca.story import Story
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome, Replayer
 
-__all__ = ["ABS_TOLERANCE", "ADDITIVE_TOLERANCE", "MAX_MEMBERS", "interactions", "isc_for", "label", "shapley",
-           "subsets", "verdict"]
+__all__ = [
+    "ABS_TOLERANCE",
+    "ADDITIVE_TOLERANCE",
+    "MAX_MEMBERS",
+    "interactions",
+    "isc_for",
+    "label",
+    "shapley",
+    "subsets",
+    "verdict",
+]
 
 MAX_MEMBERS = 5  # 2^5 = 32 subsets: one batch; beyond that the table stops being readable
 ADDITIVE_TOLERANCE = 0.05  # |interaction| within 5 % of the whole set's effect on the metric reads as additive
@@ -74,9 +83,16 @@ def _pair(v: Sequence[float], i: int, j: int) -> float:
 
 
 def _pairs(metric: Sequence[float], recovery: Sequence[float] | None, k: int, tol: float) -> list[dict[str, Any]]:
-    return [{"members": [i, j], "interaction": _pair(metric, i, j),
-             "interaction_recovery": _pair(recovery, i, j) if recovery is not None else None,
-             "verdict": verdict(_pair(metric, i, j), tol)} for i in range(k) for j in range(i + 1, k)]
+    return [
+        {
+            "members": [i, j],
+            "interaction": _pair(metric, i, j),
+            "interaction_recovery": _pair(recovery, i, j) if recovery is not None else None,
+            "verdict": verdict(_pair(metric, i, j), tol),
+        }
+        for i in range(k)
+        for j in range(i + 1, k)
+    ]
 
 
 def _overall(v: Sequence[float], k: int) -> tuple[float, float]:
@@ -84,8 +100,9 @@ def _overall(v: Sequence[float], k: int) -> tuple[float, float]:
     return v[-1] - v[0], sum(v[1 << i] - v[0] for i in range(k))
 
 
-def interactions(evaluate: Evaluate, members: Sequence[Intervention], *, m_incident: float | None,
-                 m_baseline: float | None) -> dict[str, Any]:
+def interactions(
+    evaluate: Evaluate, members: Sequence[Intervention], *, m_incident: float | None, m_baseline: float | None
+) -> dict[str, Any]:
     """The ISC table of ``members`` (k ≤ MAX_MEMBERS): ONE ``evaluate`` call over the 2^k subsets.
 
     Recovery uses ``m_incident`` (None: the empty subset's metric) and ``m_baseline`` (None: unavailable)."""
@@ -96,21 +113,40 @@ def interactions(evaluate: Evaluate, members: Sequence[Intervention], *, m_incid
     recovery = None if m_baseline is None else [(m - m_inc) / (m_baseline - m_inc) for m in metric]
     whole, parts = _overall(metric, k)
     tol = max(ABS_TOLERANCE, ADDITIVE_TOLERANCE * abs(whole))
-    rows = [{"members": [i for i in range(k) if mask >> i & 1], "metric": o.metric,
-             "recovery": recovery[mask] if recovery is not None else None, "fixed": o.fixed,
-             "argmax_token": o.argmax_token} for mask, o in enumerate(outcomes)]
+    rows = [
+        {
+            "members": [i for i in range(k) if mask >> i & 1],
+            "metric": o.metric,
+            "recovery": recovery[mask] if recovery is not None else None,
+            "fixed": o.fixed,
+            "argmax_token": o.argmax_token,
+        }
+        for mask, o in enumerate(outcomes)
+    ]
     phi = shapley(metric, k)
     phi_rec = shapley(recovery, k) if recovery is not None else None
-    overall: dict[str, Any] = {"whole": whole, "sum_of_parts": parts, "interaction": whole - parts,
-                               "verdict": verdict(whole - parts, tol) if k > 1 else None}
+    overall: dict[str, Any] = {
+        "whole": whole,
+        "sum_of_parts": parts,
+        "interaction": whole - parts,
+        "verdict": verdict(whole - parts, tol) if k > 1 else None,
+    }
     if recovery is not None:
         w, p = _overall(recovery, k)
         overall.update(whole_recovery=w, sum_of_parts_recovery=p, interaction_recovery=w - p)
-    result = {"members": [iv.to_dict() for iv in members], "labels": [label(iv) for iv in members], "k": k,
-              "recovery_available": recovery is not None, "tolerance": tol, "subsets": rows,
-              "shapley": [{"member": i, "metric": phi[i], "recovery": phi_rec[i] if phi_rec is not None else None}
-                          for i in range(k)],
-              "pairs": _pairs(metric, recovery, k, tol), "overall": overall}
+    result = {
+        "members": [iv.to_dict() for iv in members],
+        "labels": [label(iv) for iv in members],
+        "k": k,
+        "recovery_available": recovery is not None,
+        "tolerance": tol,
+        "subsets": rows,
+        "shapley": [
+            {"member": i, "metric": phi[i], "recovery": phi_rec[i] if phi_rec is not None else None} for i in range(k)
+        ],
+        "pairs": _pairs(metric, recovery, k, tol),
+        "overall": overall,
+    }
     result["summary"] = _summary(result)
     return result
 
@@ -120,9 +156,11 @@ def _summary(isc: dict[str, Any]) -> str:
     shares = ", ".join(f"#{s['member']} {s['metric']:+.3f}" for s in isc["shapley"])
     if k == 1:
         return f"one member: nothing interacts; it moves the metric by {overall['whole']:+.3f}"
-    return (f"{k} members act {'additively' if overall['verdict'] == 'additive' else 'in ' + overall['verdict']}: "
-            f"together they move the metric by {overall['whole']:+.3f}, alone by {overall['sum_of_parts']:+.3f} in "
-            f"sum (interaction {overall['interaction']:+.3f}, tolerance ±{tol:.3f}); Shapley {shares}")
+    return (
+        f"{k} members act {'additively' if overall['verdict'] == 'additive' else 'in ' + overall['verdict']}: "
+        f"together they move the metric by {overall['whole']:+.3f}, alone by {overall['sum_of_parts']:+.3f} in "
+        f"sum (interaction {overall['interaction']:+.3f}, tolerance ±{tol:.3f}); Shapley {shares}"
+    )
 
 
 def isc_for(rp: Replayer, fix: FixSet | None, story: Story) -> dict[str, Any] | None:
@@ -131,8 +169,9 @@ def isc_for(rp: Replayer, fix: FixSet | None, story: Story) -> dict[str, Any] | 
         story.notes.append("isc: no fix set to analyse; skipped")
         return None
     if len(fix.interventions) > MAX_MEMBERS:
-        story.notes.append(f"isc: the fix set has {len(fix.interventions)} members, more than {MAX_MEMBERS} "
-                           f"(2^k subsets); skipped")
+        story.notes.append(
+            f"isc: the fix set has {len(fix.interventions)} members, more than {MAX_MEMBERS} (2^k subsets); skipped"
+        )
         return None
     before = rp.forward_passes
     out = interactions(rp.evaluate, fix.interventions, m_incident=story.m_incident, m_baseline=story.m_baseline)

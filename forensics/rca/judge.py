@@ -52,8 +52,13 @@ def judge_answer(rp: Replayer, fix: FixSet) -> FixSet:
     suppression = bool(new) and is_empty_answer(tok.decode([new[0]]), new[0], tok)
     verdict = "suppression" if suppression else "partial" if contains_expected is False else "correction"
     regenerated = {"text": text, "contains_expected": contains_expected, "contains_forbidden": contains_forbidden}
-    return judged(fix, validated=fix.validated and not still_forbidden, fixed=fix.fixed and not still_forbidden,
-                  verdict=verdict, regenerated=regenerated)
+    return judged(
+        fix,
+        validated=fix.validated and not still_forbidden,
+        fixed=fix.fixed and not still_forbidden,
+        verdict=verdict,
+        regenerated=regenerated,
+    )
 
 
 def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> list[FixSet]:
@@ -70,9 +75,10 @@ def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> l
             checked[i] += 1
             if out.argmax_id != plain:
                 changed[i].append(rp.bundle.id)
-    return [judged(fix, side_effects={"checked": checked[i], "changed": len(changed[i]),
-                                      "changed_bundles": changed[i]})
-            for i, fix in enumerate(fixes)]
+    return [
+        judged(fix, side_effects={"checked": checked[i], "changed": len(changed[i]), "changed_bundles": changed[i]})
+        for i, fix in enumerate(fixes)
+    ]
 
 
 def _applies(fix: FixSet, rp: Replayer) -> bool:
@@ -84,9 +90,18 @@ def _applies(fix: FixSet, rp: Replayer) -> bool:
 def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
     is the expected text, fewer members, the stronger fix (``strength``), fewer positions, the larger margin."""
+
     def key(f: FixSet) -> tuple[bool, bool, int, bool, int, float, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
-        return (not f.validated, f.verdict == "suppression", broken, f.verdict == "partial", len(f.interventions),
-                -strength(f), f.positions, -f.metric)
+        return (
+            not f.validated,
+            f.verdict == "suppression",
+            broken,
+            f.verdict == "partial",
+            len(f.interventions),
+            -strength(f),
+            f.positions,
+            -f.metric,
+        )
 
     return sorted(fixes, key=key)

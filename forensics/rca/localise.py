@@ -1,6 +1,6 @@
 """From per-module CF scores to a ranking of decoder layers: where the failure shows.
 
-    rank_layers(metrics)   # [{"layer": 7, "score": 9.3, "modules": [...], "anomalous": True}, ...]
+rank_layers(metrics)   # [{"layer": 7, "score": 9.3, "modules": [...], "anomalous": True}, ...]
 """
 
 from __future__ import annotations
@@ -27,9 +27,15 @@ def rank_layers(metrics: Sequence[Any]) -> list[dict[str, Any]]:
     running = 0.0
     for layer in sorted(per_layer):
         score = max(float(m.score) for m in per_layer[layer])
-        rows.append({"layer": layer, "score": score, "onset": max(0.0, score - running),
-                     "anomalous": any(m.is_anomalous for m in per_layer[layer]),
-                     "modules": [m.module for m in sorted(per_layer[layer], key=lambda m: -float(m.score))]})
+        rows.append(
+            {
+                "layer": layer,
+                "score": score,
+                "onset": max(0.0, score - running),
+                "anomalous": any(m.is_anomalous for m in per_layer[layer]),
+                "modules": [m.module for m in sorted(per_layer[layer], key=lambda m: -float(m.score))],
+            }
+        )
         running = max(running, score)
     rows.sort(key=lambda r: (-float(r["onset"]), -float(r["score"])))
     for rank, row in enumerate(rows, start=1):

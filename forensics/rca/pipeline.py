@@ -49,18 +49,27 @@ Progress = Callable[[str, int, int | None], None]  # (phase, advance, total)
 class RCAPipeline:
     """Analyse incidents; holds config, executor and a warm model between calls."""
 
-    def __init__(self, config: Config | None = None, *, executor: Executor | None = None,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self, config: Config | None = None, *, executor: Executor | None = None, progress: Progress | None = None
+    ) -> None:
         self.config = config or Config()
         self.executor = executor or LocalExecutor()
         self.progress = progress
         self._models: dict[tuple[str, str], LoadedModel] = {}
 
     # -- public --------------------------------------------------------------------------------
-    def analyze_incident(self, bundle: Any, baseline: Any = None, model: Any = None, *,
-                         patch_source: Any = None, output: str | Path | None = None,
-                         html: str | Path | None = None, allow_model_mismatch: bool = False,
-                         allow_baseline_mismatch: bool = False) -> RCAResult:
+    def analyze_incident(
+        self,
+        bundle: Any,
+        baseline: Any = None,
+        model: Any = None,
+        *,
+        patch_source: Any = None,
+        output: str | Path | None = None,
+        html: str | Path | None = None,
+        allow_model_mismatch: bool = False,
+        allow_baseline_mismatch: bool = False,
+    ) -> RCAResult:
         if model is None and _is_model(baseline):  # the guide's analyze_incident(incident_data, model)
             baseline, model = None, baseline
         t0 = time.perf_counter()
@@ -71,24 +80,29 @@ class RCAPipeline:
         loaded = self._model(incident, model)
         timings["load"] = time.perf_counter() - t0
         cfs = self._counterfactuals(incident, population, patch_source)
-        options = replay_options(self.config, allow_model_mismatch=allow_model_mismatch,
-                                 allow_baseline_mismatch=allow_baseline_mismatch)
+        options = replay_options(
+            self.config, allow_model_mismatch=allow_model_mismatch, allow_baseline_mismatch=allow_baseline_mismatch
+        )
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
         fidelity = rp.fidelity()
         story = Story(rp)
         if self.config.modules.provenance.enabled:
-            story.notes.append("modules.provenance.enabled is set but provenance is not implemented in this version; "
-                               "skipped")
+            story.notes.append(
+                "modules.provenance.enabled is set but provenance is not implemented in this version; skipped"
+            )
         if rp.spec is not None:
             story.notes += tokenization_warnings(rp.spec, rp.tokenizer, prompt=incident.inputs.get("prompt"))
         if not population:
-            story.notes.append("analysis without baselines: CF skipped, 'mean' unavailable and no side-effect "
-                               "check; confidence rests on fidelity, validation, margin and size only")
+            story.notes.append(
+                "analysis without baselines: CF skipped, 'mean' unavailable and no side-effect "
+                "check; confidence rests on fidelity, validation, margin and size only"
+            )
         metrics = self._cf(incident, population, stats, story, timings)
         advanced: dict[str, Any] = {}  # isc / dbc, when on and a fix set was found
         if not fidelity.faithful:
-            story.notes.append(f"replay not faithful (first divergent: {fidelity.first_divergent}); CCA skipped: "
-                               f"{fidelity.advice()}")
+            story.notes.append(
+                f"replay not faithful (first divergent: {fidelity.first_divergent}); CCA skipped: {fidelity.advice()}"
+            )
             story.skip("the CCA search (every intervention)", "the replay is not faithful")
         elif self.config.modules.cca.enabled and rp.spec is not None:
             t = time.perf_counter()
@@ -98,8 +112,9 @@ class RCAPipeline:
             story.skip("the CCA search", "modules.cca.enabled is false")
         result = self._result(rp, incident, metrics, fidelity, story, population, cfs, timings, t0)
         result.isc, result.dbc = advanced.get("isc"), advanced.get("dbc")
-        result.commands = commands(incident.path, baseline, patch_source, model, output, allow_model_mismatch,
-                                   allow_baseline_mismatch)
+        result.commands = commands(
+            incident.path, baseline, patch_source, model, output, allow_model_mismatch, allow_baseline_mismatch
+        )
         if output is not None:
             result.export(output)
         if html is not None:
@@ -118,20 +133,26 @@ class RCAPipeline:
         is refused by the replay unless ``allow_model_mismatch``); a reference; None: the bundle's."""
         if isinstance(model, LoadedModel):
             return model
-        module, tokenizer = (model if isinstance(model, tuple) and len(model) == 2 else (model, None))
+        module, tokenizer = model if isinstance(model, tuple) and len(model) == 2 else (model, None)
         if isinstance(module, nn.Module):
-            return wrap_model(module, tokenizer, ref=f"<torch model {type(module).__name__}>",
-                              tokenizer_ref=(incident.manifest.get("tokenizer") or {}).get("ref",
-                                                                                           incident.model["ref"]),
-                              cache_dir=self.config.cache_dir)
+            return wrap_model(
+                module,
+                tokenizer,
+                ref=f"<torch model {type(module).__name__}>",
+                tokenizer_ref=(incident.manifest.get("tokenizer") or {}).get("ref", incident.model["ref"]),
+                cache_dir=self.config.cache_dir,
+            )
         if model is not None and not isinstance(model, str):
-            raise ModelError(f"model: expected a reference (str), a LoadedModel, a torch nn.Module or "
-                             f"(nn.Module, tokenizer), got {type(model).__name__}")
+            raise ModelError(
+                f"model: expected a reference (str), a LoadedModel, a torch nn.Module or "
+                f"(nn.Module, tokenizer), got {type(model).__name__}"
+            )
         ref = model if isinstance(model, str) else incident.model["ref"]
         key = (ref, incident.model.get("dtype", "float32"))
         if key not in self._models:
-            self._models[key] = resolve_model(ref, device=self.config.device, dtype=key[1],
-                                              cache_dir=self.config.cache_dir)
+            self._models[key] = resolve_model(
+                ref, device=self.config.device, dtype=key[1], cache_dir=self.config.cache_dir
+            )
         return self._models[key]
 
     def _baselines(self, baseline: Any) -> tuple[list[Any], Any]:
@@ -155,14 +176,17 @@ class RCAPipeline:
             return [self._bundle(p) for p in (patch_source if isinstance(patch_source, list) else [patch_source])]
         return pick_counterfactuals(incident, population, k=self.config.modules.cca.patch_sources)
 
-    def _cf(self, incident: Any, population: Sequence[Any], stats: Any, story: Story,
-            timings: dict[str, float]) -> list[Any]:
+    def _cf(
+        self, incident: Any, population: Sequence[Any], stats: Any, story: Story, timings: dict[str, float]
+    ) -> list[Any]:
         if not self.config.modules.cf.enabled:
             story.skip("CF (compression forensics)", "modules.cf.enabled is false")
             return []
         if stats is None:
-            story.notes.append(f"CF skipped: needs ≥ 2 benign baseline bundles or a baseline statistics file "
-                               f"(got {len(population)} bundles)")
+            story.notes.append(
+                f"CF skipped: needs ≥ 2 benign baseline bundles or a baseline statistics file "
+                f"(got {len(population)} bundles)"
+            )
             story.skip("CF (compression forensics)", f"needs ≥ 2 benign baseline bundles, got {len(population)}")
             return []
         from forensics.rca.cf import analyze_cf
@@ -172,8 +196,16 @@ class RCAPipeline:
         timings["cf"] = time.perf_counter() - t
         return metrics
 
-    def _diagnose(self, rp: Replayer, incident: Bundle, metrics: Sequence[Any], cfs: Sequence[Bundle],
-                  population: Sequence[Bundle], story: Story, deadline: float) -> dict[str, Any]:
+    def _diagnose(
+        self,
+        rp: Replayer,
+        incident: Bundle,
+        metrics: Sequence[Any],
+        cfs: Sequence[Bundle],
+        population: Sequence[Bundle],
+        story: Story,
+        deadline: float,
+    ) -> dict[str, Any]:
         """Input-level evidence, the CCA search, then each fix judged (regenerated answer, side effects);
         returns the advanced modules' results (isc, dbc) where they are on."""
         story.m_incident = rp.run(()).metric
@@ -193,45 +225,70 @@ class RCAPipeline:
             raise ConfigError("no usable intervention types: 'mean'/'patch' need baseline bundles")
         cfg = replace(cca_cfg, intervention_types=tuple(types))
         evaluate = self.executor.evaluator(self._job(rp, incident, sources), local=rp)
-        story.cca = cca = find_fix_set(evaluate, incident.modules, cfg, m_incident=story.m_incident,
-                                       m_baseline=story.m_baseline, patch_sources=story.sources,
-                                       prior=cf_prior(metrics), progress=self._tick("cca"), deadline=deadline,
-                                       output_module=output_module(rp), same_input=same_input(rp, sources))
+        story.cca = cca = find_fix_set(
+            evaluate,
+            incident.modules,
+            cfg,
+            m_incident=story.m_incident,
+            m_baseline=story.m_baseline,
+            patch_sources=story.sources,
+            prior=cf_prior(metrics),
+            progress=self._tick("cca"),
+            deadline=deadline,
+            output_module=output_module(rp),
+            same_input=same_input(rp, sources),
+        )
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
         story.fixes = rank(check_side_effects(judged_fixes, benign))[:MAX_FIX_SETS]
         modules, fix = self.config.modules, (story.fixes[0] if story.fixes else None)
-        advanced = {"isc": isc_for(rp, fix, story) if modules.isc.enabled else None,
-                    "dbc": dbc_for(rp, fix, story) if modules.dbc.enabled else None}
+        advanced = {
+            "isc": isc_for(rp, fix, story) if modules.isc.enabled else None,
+            "dbc": dbc_for(rp, fix, story) if modules.dbc.enabled else None,
+        }
         near = story.near_tie()
         if near["evaluated_singles"] and near["flipping_singles"] > NEAR_TIE_SHARE * near["evaluated_singles"]:
-            story.notes.append(f"near tie: the incident's margin is {-story.m_incident:.3f} logits and "
-                               f"{near['flipping_singles']} of {near['evaluated_singles']} single interventions "
-                               "flip the answer; many small pushes change it, so read any one fix as weak evidence")
+            story.notes.append(
+                f"near tie: the incident's margin is {-story.m_incident:.3f} logits and "
+                f"{near['flipping_singles']} of {near['evaluated_singles']} single interventions "
+                "flip the answer; many small pushes change it, so read any one fix as weak evidence"
+            )
         return advanced
 
     def _unevaluated(self, incident: Bundle, cca: CCAResult, story: Story) -> None:
         seen = {iv.module for s in cca.singles for iv in s.interventions}
         missing = [m for m in incident.modules if m not in seen]
         if missing:
-            why = ("timeout_minutes reached" if cca.timed_out else "the max_replays budget ran out"
-                   if cca.budget_exhausted else "the scan stopped early: a single intervention already fixed the "
-                   "failure with recovery above early_stop_threshold")
-            story.skip(f"{len(missing)} of {len(incident.modules)} modules as single interventions "
-                       f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})", why)
+            why = (
+                "timeout_minutes reached"
+                if cca.timed_out
+                else "the max_replays budget ran out"
+                if cca.budget_exhausted
+                else "the scan stopped early: a single intervention already fixed the "
+                "failure with recovery above early_stop_threshold"
+            )
+            story.skip(
+                f"{len(missing)} of {len(incident.modules)} modules as single interventions "
+                f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''})",
+                why,
+            )
         if cca.timed_out:
-            story.notes.append(f"timeout_minutes ({self.config.timeout_minutes}) reached: the search stopped "
-                               f"after {cca.evaluated} sets; the result is the best found so far")
+            story.notes.append(
+                f"timeout_minutes ({self.config.timeout_minutes}) reached: the search stopped "
+                f"after {cca.evaluated} sets; the result is the best found so far"
+            )
 
-    def _benign_replayers(self, rp: Replayer, population: Sequence[Bundle], sources: Sequence[Bundle],
-                          story: Story) -> list[Replayer]:
+    def _benign_replayers(
+        self, rp: Replayer, population: Sequence[Bundle], sources: Sequence[Bundle], story: Story
+    ) -> list[Replayer]:
         """One replayer per benign bundle of the same model, for the side-effect check."""
         out = []
         for b in population:
             try:
-                out.append(Replayer(b, loaded=rp.loaded, baselines=population, counterfactuals=sources,
-                                    options=rp.options))
+                out.append(
+                    Replayer(b, loaded=rp.loaded, baselines=population, counterfactuals=sources, options=rp.options)
+                )
             except ReplayError as exc:
                 story.skip(f"side effects on {b.id}", str(exc))
         return out
@@ -240,9 +297,11 @@ class RCAPipeline:
         """The replay session as plain data, so a remote worker can rebuild it."""
         info = rp.loaded.info
         return ReplayJob(
-            bundle=incident.path, baselines=tuple(b.path for b in rp.bank.population.values()),
+            bundle=incident.path,
+            baselines=tuple(b.path for b in rp.bank.population.values()),
             counterfactuals=tuple(b.path for b in cfs),
-            model=info.path if info.kind in ("hf_dir", "gguf") else info.ref, options=rp.options,
+            model=info.path if info.kind in ("hf_dir", "gguf") else info.ref,
+            options=rp.options,
         )
 
     def _tick(self, phase: str) -> Callable[[int, int | None], None] | None:
@@ -251,29 +310,63 @@ class RCAPipeline:
             return None
         return lambda n, total: progress(phase, n, total)
 
-    def _result(self, rp: Replayer, incident: Bundle, metrics: list[Any], fidelity: Fidelity, story: Story,
-                population: Sequence[Bundle], cfs: Sequence[Bundle], timings: dict[str, float],
-                t0: float) -> RCAResult:
+    def _result(
+        self,
+        rp: Replayer,
+        incident: Bundle,
+        metrics: list[Any],
+        fidelity: Fidelity,
+        story: Story,
+        population: Sequence[Bundle],
+        cfs: Sequence[Bundle],
+        timings: dict[str, float],
+        t0: float,
+    ) -> RCAResult:
         cca, fix = story.cca, (story.fixes[0] if story.fixes else None)
         layers = rank_layers(metrics)
         terms = confidence_terms(fidelity, fix)
-        replays = {"forward_passes": rp.forward_passes, "candidates": cca.candidates if cca else 0,
-                   "evaluated": cca.evaluated if cca else 0, "budget_exhausted": cca.budget_exhausted if cca else False,
-                   "timed_out": cca.timed_out if cca else False}
+        replays = {
+            "forward_passes": rp.forward_passes,
+            "candidates": cca.candidates if cca else 0,
+            "evaluated": cca.evaluated if cca else 0,
+            "budget_exhausted": cca.budget_exhausted if cca else False,
+            "timed_out": cca.timed_out if cca else False,
+        }
         return RCAResult(
-            bundle_id=incident.id, confidence=confidence(terms) if terms else 0.0,
-            execution_time=time.perf_counter() - t0, compression_metrics=metrics, fix_set=fix, replays=replays,
-            fidelity=fidelity.to_dict(), decision=story.decision(), localisation=layers,
+            bundle_id=incident.id,
+            confidence=confidence(terms) if terms else 0.0,
+            execution_time=time.perf_counter() - t0,
+            compression_metrics=metrics,
+            fix_set=fix,
+            replays=replays,
+            fidelity=fidelity.to_dict(),
+            decision=story.decision(),
+            localisation=layers,
             single_effects=[s.to_dict() for s in cca.singles] if cca else [],
-            search={"strategy": cca.strategy, "steps": cca.steps,
-                    "best_partial": cca.best_partial.to_dict() if cca.best_partial else None} if cca else {},
-            baselines={"population": [b.id for b in population], "patch_sources": story.sources,
-                       "counterfactuals": [b.id for b in cfs],
-                       "paths": {b.id: b.path for b in [*population, *cfs]}},
-            bundle_path=incident.path, cf={"anomaly_threshold": self.config.modules.cf.anomaly_threshold},
-            model=rp.loaded.info.to_dict(), timings=timings, notes=story.notes, incident=incident_section(rp),
-            fix_sets=story.fixes, input_level=story.input_level, not_evaluated=story.not_evaluated,
-            confidence_terms=terms.to_dict() if terms else None, confidence_explanation=explain(terms),
+            search={
+                "strategy": cca.strategy,
+                "steps": cca.steps,
+                "best_partial": cca.best_partial.to_dict() if cca.best_partial else None,
+            }
+            if cca
+            else {},
+            baselines={
+                "population": [b.id for b in population],
+                "patch_sources": story.sources,
+                "counterfactuals": [b.id for b in cfs],
+                "paths": {b.id: b.path for b in [*population, *cfs]},
+            },
+            bundle_path=incident.path,
+            cf={"anomaly_threshold": self.config.modules.cf.anomaly_threshold},
+            model=rp.loaded.info.to_dict(),
+            timings=timings,
+            notes=story.notes,
+            incident=incident_section(rp),
+            fix_sets=story.fixes,
+            input_level=story.input_level,
+            not_evaluated=story.not_evaluated,
+            confidence_terms=terms.to_dict() if terms else None,
+            confidence_explanation=explain(terms),
         )
 
 
@@ -289,18 +382,33 @@ def confidence_terms(fidelity: Fidelity, fix: FixSet | None) -> ConfidenceTerms 
         return None
     side = fix.side_effects
     specificity = 1.0 - side["changed"] / side["checked"] if side and side["checked"] else None
-    return ConfidenceTerms(fidelity.faithful, fix.validated, fix.recovery, fix.metric, specificity,
-                           len(fix.interventions), fix.verdict == "suppression", fix.verdict == "partial")
+    return ConfidenceTerms(
+        fidelity.faithful,
+        fix.validated,
+        fix.recovery,
+        fix.metric,
+        specificity,
+        len(fix.interventions),
+        fix.verdict == "suppression",
+        fix.verdict == "partial",
+    )
 
 
-def replay_options(config: Config, *, allow_model_mismatch: bool = False,
-                   allow_baseline_mismatch: bool = False) -> ReplayOptions:
+def replay_options(
+    config: Config, *, allow_model_mismatch: bool = False, allow_baseline_mismatch: bool = False
+) -> ReplayOptions:
     """The replay settings a config implies (device, cache, batch size, tolerance, memory, key)."""
-    return ReplayOptions(device=config.device, cache_dir=config.cache_dir, allow_model_mismatch=allow_model_mismatch,
-                         allow_baseline_mismatch=allow_baseline_mismatch, batch_size=config.modules.cca.batch_size,
-                         fidelity_tolerance=config.fidelity_tolerance, fidelity_rtol=config.fidelity_rtol,
-                         max_memory=config.max_memory,
-                         encryption_key=config.encryption_key)
+    return ReplayOptions(
+        device=config.device,
+        cache_dir=config.cache_dir,
+        allow_model_mismatch=allow_model_mismatch,
+        allow_baseline_mismatch=allow_baseline_mismatch,
+        batch_size=config.modules.cca.batch_size,
+        fidelity_tolerance=config.fidelity_tolerance,
+        fidelity_rtol=config.fidelity_rtol,
+        max_memory=config.max_memory,
+        encryption_key=config.encryption_key,
+    )
 
 
 def cf_prior(metrics: Sequence[Any]) -> dict[str, float]:

@@ -33,13 +33,17 @@ def list_bundle_paths(directory: str | Path) -> list[Path]:
     root = Path(directory)
     if not root.is_dir():
         raise ConfigError(f"baseline/bundle directory {directory}: not a directory")
-    found = [p for p in sorted(root.iterdir())
-             if (p.is_dir() and (p / "manifest.json").is_file()) or p.name.endswith((".tar", ".tar.zst"))]
+    found = [
+        p
+        for p in sorted(root.iterdir())
+        if (p.is_dir() and (p / "manifest.json").is_file()) or p.name.endswith((".tar", ".tar.zst"))
+    ]
     return found
 
 
-def load_population(source: str | Path | Sequence[Any], *, limit: int | None = None,
-                    encryption_key: bytes | None = None) -> list[Bundle]:
+def load_population(
+    source: str | Path | Sequence[Any], *, limit: int | None = None, encryption_key: bytes | None = None
+) -> list[Bundle]:
     """Benign bundles from a directory, a single bundle path, or a list of bundles/paths.
 
     Bundles that fail to load are skipped with a warning naming them; incidents are left out."""

@@ -14,8 +14,21 @@ from typing import Any, TypeGuard
 
 from forensics.rca.report_plot import esc, fmt
 
-__all__ = ["MISSING", "code", "empty", "facts", "flag", "interventions_table", "is_number", "positions", "section", "small",
-           "table", "tok", "yes"]
+__all__ = [
+    "MISSING",
+    "code",
+    "empty",
+    "facts",
+    "flag",
+    "interventions_table",
+    "is_number",
+    "positions",
+    "section",
+    "small",
+    "table",
+    "tok",
+    "yes",
+]
 
 MISSING = '<span class="muted">not in this report</span>'
 
@@ -54,8 +67,12 @@ def flag(value: Any) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
     """Cells are HTML already; ``numeric`` column indexes are right-aligned."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 

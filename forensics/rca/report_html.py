@@ -71,17 +71,27 @@ ul.legend{list-style:none;padding:0;margin:6px 0}ul.legend li{margin:3px 0}
 .swatch{display:inline-block;width:14px;height:12px;border:1px solid #8a909c;vertical-align:middle;margin-right:6px}
 """
 _CSP = "default-src 'none'; style-src 'unsafe-inline'"
-_NAV = (("incident", "incident"), ("fix", "fix"), ("confidence", "confidence"), ("input-level", "input level"),
-        ("singles", "single interventions"), ("cf", "CF"), ("fidelity", "fidelity"),
-        ("not-evaluated", "not evaluated"), ("notes", "notes"), ("commands", "reproduce"))
+_NAV = (
+    ("incident", "incident"),
+    ("fix", "fix"),
+    ("confidence", "confidence"),
+    ("input-level", "input level"),
+    ("singles", "single interventions"),
+    ("cf", "CF"),
+    ("fidelity", "fidelity"),
+    ("not-evaluated", "not evaluated"),
+    ("notes", "notes"),
+    ("commands", "reproduce"),
+)
 
 
 class _HasToDict(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-def write_html(result_or_dict: _HasToDict | Mapping[str, Any], path: str | os.PathLike[str], *,
-               threshold: float | None = None) -> str:
+def write_html(
+    result_or_dict: _HasToDict | Mapping[str, Any], path: str | os.PathLike[str], *, threshold: float | None = None
+) -> str:
     """Render and write atomically (tmp file in the same directory, fsync, rename); returns the path."""
     report = result_or_dict if isinstance(result_or_dict, Mapping) else result_or_dict.to_dict()
     target = Path(path)
@@ -94,16 +104,31 @@ def write_html(result_or_dict: _HasToDict | Mapping[str, Any], path: str | os.Pa
 def render_html(report: Mapping[str, Any], *, threshold: float | None = None) -> str:
     """The whole page as one string (deterministic: the same report renders byte-identical)."""
     thr = threshold if threshold is not None else threshold_of(report)
-    body = "".join([_header(report), incident_section(report), fixes_section(report), isc_section(report),
-                    dbc_section(report), confidence_section(report),
-                    input_level_section(report), _singles_section(report), _cf_section(report, thr),
-                    _localisation_section(report), _fidelity_section(report), not_evaluated_section(report),
-                    _notes_section(report), commands_section(report)])
+    body = "".join(
+        [
+            _header(report),
+            incident_section(report),
+            fixes_section(report),
+            isc_section(report),
+            dbc_section(report),
+            confidence_section(report),
+            input_level_section(report),
+            _singles_section(report),
+            _cf_section(report, thr),
+            _localisation_section(report),
+            _fidelity_section(report),
+            not_evaluated_section(report),
+            _notes_section(report),
+            commands_section(report),
+        ]
+    )
     title = f"RCA {report.get('bundle_id', '?')}"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n{body}</main></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n{body}</main></body></html>\n"
+    )
 
 
 def threshold_of(report: Mapping[str, Any]) -> float:
@@ -123,13 +148,22 @@ def verdict(report: Mapping[str, Any]) -> tuple[str, str]:
         n = int(fix.get("size", len(fix.get("interventions") or [])))
         found = f"minimal fix set of {n} {'intervention' if n == 1 else 'interventions'}"
         if not fix.get("validated"):
-            return f"Fix set of {n} {'intervention' if n == 1 else 'interventions'} found but NOT validated by a " \
-                   "fresh replay", "warn"
+            return (
+                f"Fix set of {n} {'intervention' if n == 1 else 'interventions'} found but NOT validated by a "
+                "fresh replay",
+                "warn",
+            )
         if fix.get("verdict") == "suppression":
-            return (f"Validated {found}, but only a suppression: the new answer {fix.get('argmax_token', '?')!r} "
-                    "is punctuation, whitespace or an end token", "warn")
-        tail = f": a correction, the model now says {fix.get('argmax_token', '?')!r}" \
-            if fix.get("verdict") == "correction" else ""
+            return (
+                f"Validated {found}, but only a suppression: the new answer {fix.get('argmax_token', '?')!r} "
+                "is punctuation, whitespace or an end token",
+                "warn",
+            )
+        tail = (
+            f": a correction, the model now says {fix.get('argmax_token', '?')!r}"
+            if fix.get("verdict") == "correction"
+            else ""
+        )
         return f"Validated {found}{tail}", "ok"
     fidelity = report.get("fidelity") or {}
     if fidelity.get("faithful") is False:
@@ -144,19 +178,23 @@ def _header(report: Mapping[str, Any]) -> str:
     text, css = verdict(report)
     model = report.get("model") or {}
     sha = str(model.get("sha256") or "")
-    pairs = [("bundle", code(report.get("bundle_id", "?"))),
-             ("model", code(model.get("ref", "?")) + (f" · sha256 {code(sha[:12] + '…')}" if sha else "")),
-             ("confidence", f"<b>{esc(fmt(report.get('confidence'), 2))}</b> — {esc(_without_number(explanation(report)))}"),
-             ("execution time", _timing(report))]
+    pairs = [
+        ("bundle", code(report.get("bundle_id", "?"))),
+        ("model", code(model.get("ref", "?")) + (f" · sha256 {code(sha[:12] + '…')}" if sha else "")),
+        ("confidence", f"<b>{esc(fmt(report.get('confidence'), 2))}</b> — {esc(_without_number(explanation(report)))}"),
+        ("execution time", _timing(report)),
+    ]
     schema = f"{report.get('schema', '?')} · model-forensics {report.get('version', '?')}"
     nav = "<nav>" + "".join(f'<a href="#{css_id}">{esc(label)}</a>' for css_id, label in _NAV) + "</nav>"
-    return (f'<header><h1>Root-cause analysis — {esc(report.get("bundle_id", "?"))}</h1>'
-            f'<p class="verdict {css}">{esc(text)}</p>{facts(pairs)}'
-            f'<p class="muted">{esc(schema)}</p>{nav}</header>\n')
+    return (
+        f"<header><h1>Root-cause analysis — {esc(report.get('bundle_id', '?'))}</h1>"
+        f'<p class="verdict {css}">{esc(text)}</p>{facts(pairs)}'
+        f'<p class="muted">{esc(schema)}</p>{nav}</header>\n'
+    )
 
 
 def _without_number(sentence: str) -> str:
-    """"confidence 0.80: validated on …" -> "validated on …" (the number stands next to it already)."""
+    """ "confidence 0.80: validated on …" -> "validated on …" (the number stands next to it already)."""
     return re.sub(r"^(confidence\s+)?[0-9.]+\s*:\s*", "", sentence)
 
 
@@ -179,29 +217,33 @@ def _layers_why(report: Mapping[str, Any]) -> str:
 
 def _singles_legend(report: Mapping[str, Any], scale_name: str, formula: str) -> str:
     why = _layers_why(report)
-    return ('<ul class="legend">'
-            f'<li><span class="swatch" style="background:{FIXED_COLOUR}"></span>✓ green: this single intervention '
-            "fixes the failure on its own (the only cells drawn green)</li>"
-            '<li><span class="swatch" style="background:linear-gradient(90deg,#d6604d,#f7f7f7,#67a9cf)"></span>'
-            f"{esc(scale_name)} = {esc(formula)}; colour clipped to [−1, 1], exact values in the tooltips</li>"
-            f'<li><span class="swatch" style="background:{_HATCH}"></span>hatched grey: not evaluated — {esc(why)}</li>'
-            "</ul>")
+    return (
+        '<ul class="legend">'
+        f'<li><span class="swatch" style="background:{FIXED_COLOUR}"></span>✓ green: this single intervention '
+        "fixes the failure on its own (the only cells drawn green)</li>"
+        '<li><span class="swatch" style="background:linear-gradient(90deg,#d6604d,#f7f7f7,#67a9cf)"></span>'
+        f"{esc(scale_name)} = {esc(formula)}; colour clipped to [−1, 1], exact values in the tooltips</li>"
+        f'<li><span class="swatch" style="background:{_HATCH}"></span>hatched grey: not evaluated — {esc(why)}</li>'
+        "</ul>"
+    )
 
 
 def _singles_section(report: Mapping[str, Any]) -> str:
     effects = report.get("single_effects") or []
     scale = effect_scale(report)
     layers = (report.get("model") or {}).get("num_layers")
-    heat = recovery_heatmap(effects, scale, num_layers=layers if isinstance(layers, int) else None,
-                            why_missing=_layers_why(report))
+    heat = recovery_heatmap(
+        effects, scale, num_layers=layers if isinstance(layers, int) else None, why_missing=_layers_why(report)
+    )
     if not heat:
         return section("Single interventions", empty("No single-intervention effects in this report."), "singles")
     fixed = sum(1 for e in effects if e.get("fixed"))
-    caption = (f"{len(effects)} single interventions evaluated, {fixed} fix the failure on their own. "
-               "Rows: layers; columns: site/kind/positions. Hover a cell for exact values.")
+    caption = (
+        f"{len(effects)} single interventions evaluated, {fixed} fix the failure on their own. "
+        "Rows: layers; columns: site/kind/positions. Hover a cell for exact values."
+    )
     top = top_effects_chart(effects, scale)
-    inner = (f"<p>{esc(caption)}</p>{_singles_legend(report, scale.name, scale.formula)}"
-             f'<div class="scroll">{heat}</div>')
+    inner = f'<p>{esc(caption)}</p>{_singles_legend(report, scale.name, scale.formula)}<div class="scroll">{heat}</div>'
     if top:
         inner += f'<h3>Top single effects</h3><div class="scroll">{top}</div>'
     return section("Single interventions", inner, "singles")
@@ -213,9 +255,11 @@ def _cf_section(report: Mapping[str, Any], threshold: float) -> str:
     if not svg:
         return section("Where: compression forensics", empty("No CF metrics in this report."), "cf")
     hot = sum(1 for m in metrics if m.get("is_anomalous"))
-    caption = (f"{hot} of {len(metrics)} modules above the anomaly threshold {fmt(threshold, 2)} "
-               "(score = max |z| of compression ratios against benign baselines). CF orders the search; it is "
-               "not evidence of a cause by itself.")
+    caption = (
+        f"{hot} of {len(metrics)} modules above the anomaly threshold {fmt(threshold, 2)} "
+        "(score = max |z| of compression ratios against benign baselines). CF orders the search; it is "
+        "not evidence of a cause by itself."
+    )
     return section("Where: compression forensics", f'<p>{esc(caption)}</p><div class="scroll">{svg}</div>', "cf")
 
 
@@ -225,11 +269,16 @@ def _module_rows(modules: Mapping[str, Any]) -> str:
         return float(m["rel"]) if is_number(m.get("rel")) else float("inf")
 
     worst = sorted(modules.items(), key=lambda kv: -rel(kv[1]))[:FIDELITY_ROWS]
-    rows = [[code(name), small(m.get("abs")), small(m.get("rel")), small(m.get("scale")), yes(m.get("ok"))]
-            for name, m in worst]
-    return (f"<details><summary>per module ({min(len(modules), FIDELITY_ROWS)} of {len(modules)}, largest relative "
-            "error first)</summary>" + table(["module", "abs", "rel", "scale", "ok"], rows, numeric=(1, 2, 3)) +
-            "</details>")
+    rows = [
+        [code(name), small(m.get("abs")), small(m.get("rel")), small(m.get("scale")), yes(m.get("ok"))]
+        for name, m in worst
+    ]
+    return (
+        f"<details><summary>per module ({min(len(modules), FIDELITY_ROWS)} of {len(modules)}, largest relative "
+        "error first)</summary>"
+        + table(["module", "abs", "rel", "scale", "ok"], rows, numeric=(1, 2, 3))
+        + "</details>"
+    )
 
 
 def _fidelity_section(report: Mapping[str, Any]) -> str:
@@ -237,17 +286,26 @@ def _fidelity_section(report: Mapping[str, Any]) -> str:
     rep = report.get("replays") or {}
     search = report.get("search") or {}
     first = fid.get("first_divergent")
-    tol = f"atol {small(fid.get('atol'))} + rtol {small(fid.get('rtol'))} · max|recorded|" if "rtol" in fid \
+    tol = (
+        f"atol {small(fid.get('atol'))} + rtol {small(fid.get('rtol'))} · max|recorded|"
+        if "rtol" in fid
         else small(fid.get("tolerance"))
-    pairs = [("faithful", yes(fid.get("faithful"))),
-             ("max logit diff", small(fid.get("max_logit_diff"))
-              + (f" (tolerance {small(fid.get('logit_tolerance'))})" if "logit_tolerance" in fid else "")),
-             ("max activation diff", small(fid.get("max_activation_diff"))), ("module tolerance", tol),
-             ("first divergent module", code(first) if first else '<span class="muted">none</span>'),
-             ("forward passes", esc(rep.get("forward_passes", "—"))),
-             ("candidates / evaluated", f"{esc(rep.get('candidates', '—'))} / {esc(rep.get('evaluated', '—'))}"),
-             ("budget exhausted", flag(rep.get("budget_exhausted"))),
-             ("search", esc(f"{search.get('strategy', '—')}, {len(search.get('steps') or [])} steps"))]
+    )
+    pairs = [
+        ("faithful", yes(fid.get("faithful"))),
+        (
+            "max logit diff",
+            small(fid.get("max_logit_diff"))
+            + (f" (tolerance {small(fid.get('logit_tolerance'))})" if "logit_tolerance" in fid else ""),
+        ),
+        ("max activation diff", small(fid.get("max_activation_diff"))),
+        ("module tolerance", tol),
+        ("first divergent module", code(first) if first else '<span class="muted">none</span>'),
+        ("forward passes", esc(rep.get("forward_passes", "—"))),
+        ("candidates / evaluated", f"{esc(rep.get('candidates', '—'))} / {esc(rep.get('evaluated', '—'))}"),
+        ("budget exhausted", flag(rep.get("budget_exhausted"))),
+        ("search", esc(f"{search.get('strategy', '—')}, {len(search.get('steps') or [])} steps")),
+    ]
     if "timed_out" in rep:
         pairs.insert(8, ("timed out", flag(rep.get("timed_out"))))
     advice = f'<p class="advice">{esc(fid["advice"])}</p>' if fid.get("advice") else ""
@@ -260,12 +318,23 @@ def _localisation_section(report: Mapping[str, Any]) -> str:
     rows = list(report.get("localisation") or [])[:LOCALISATION_ROWS]
     if not rows:
         return section("Localisation", empty("No layer ranking (no CF metrics)."), "localisation")
-    cells = [[esc(r.get("rank", "—")), esc(r.get("layer", "—")), esc(fmt(r.get("score"), 3)),
-              esc(fmt(r.get("onset"), 3)), yes(r.get("anomalous")),
-              ", ".join(code(m) for m in (r.get("modules") or [])[:3])] for r in rows]
+    cells = [
+        [
+            esc(r.get("rank", "—")),
+            esc(r.get("layer", "—")),
+            esc(fmt(r.get("score"), 3)),
+            esc(fmt(r.get("onset"), 3)),
+            yes(r.get("anomalous")),
+            ", ".join(code(m) for m in (r.get("modules") or [])[:3]),
+        ]
+        for r in rows
+    ]
     note = empty("Layers by onset: how much a layer adds to the strongest anomaly seen before it.")
-    return section("Localisation", note + table(["rank", "layer", "score", "onset", "anomalous", "top modules"],
-                                                cells, numeric=(0, 1, 2, 3)), "localisation")
+    return section(
+        "Localisation",
+        note + table(["rank", "layer", "score", "onset", "anomalous", "top modules"], cells, numeric=(0, 1, 2, 3)),
+        "localisation",
+    )
 
 
 def _notes_section(report: Mapping[str, Any]) -> str:

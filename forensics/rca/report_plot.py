@@ -28,8 +28,14 @@ FIXED_COLOUR = "#1a9850"  # only ever drawn for an intervention that fixed the f
 NOT_EVALUATED_COLOUR = "#e4e6ea"
 _NEG, _MID, _POS = (214, 96, 77), (247, 247, 247), (103, 169, 207)  # RdBu's middle: no deep blue anywhere
 _SVG_NS, _XLINK_NS = "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"
-_RC = {"svg.fonttype": "none", "text.parse_math": False, "font.size": 9, "font.family": "sans-serif",
-       "axes.spines.top": False, "axes.spines.right": False}
+_RC = {
+    "svg.fonttype": "none",
+    "text.parse_math": False,
+    "font.size": 9,
+    "font.family": "sans-serif",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 
 
 def esc(value: Any) -> str:
@@ -87,8 +93,13 @@ class Plot:
         """The figure as an ``<svg>`` element for an HTML page: marked groups get their class and
         tooltip; other group ids, metadata, the global stylesheet and namespace declarations go."""
         buf = io.StringIO()
-        self.fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.05,
-                         metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+        self.fig.savefig(
+            buf,
+            format="svg",
+            bbox_inches="tight",
+            pad_inches=0.05,
+            metadata={"Creator": None, "Date": None, "Format": None, "Type": None},
+        )
         ET.register_namespace("", _SVG_NS)
         ET.register_namespace("xlink", _XLINK_NS)
         root = ET.fromstring(buf.getvalue())  # matplotlib's own output; user text in it is escaped

@@ -28,8 +28,20 @@ from forensics.rca.report_plot import (
     recovery_colour,
 )
 
-__all__ = ["FIXED_COLOUR", "RECOVERY_RANGE", "EffectScale", "cf_bar_chart", "column_label", "effect_scale", "esc",
-           "fmt", "recovery_colour", "recovery_heatmap", "site_of", "top_effects_chart"]
+__all__ = [
+    "FIXED_COLOUR",
+    "RECOVERY_RANGE",
+    "EffectScale",
+    "cf_bar_chart",
+    "column_label",
+    "effect_scale",
+    "esc",
+    "fmt",
+    "recovery_colour",
+    "recovery_heatmap",
+    "site_of",
+    "top_effects_chart",
+]
 
 TOP_EFFECTS = 12
 CELL_TEXT_LIMIT = 240  # more cells than this: values only in the tooltips
@@ -139,17 +151,36 @@ def cf_bar_chart(metrics: Sequence[Mapping[str, Any]], threshold: float) -> str:
                 hot, score = bool(m.get("is_anomalous")), float(m.get("score") or 0.0)
                 tip = f"{m.get('module')}: score {fmt(m.get('score'), 4)}" + (" (anomalous)" if hot else "")
                 tip += "".join(f"\n{k}: z {fmt(v, 3)}" for k, v in (m.get("z_scores") or {}).items())
-                ax.bar(x, score, width=0.8, color=_BAR_HOT if hot else _BAR,
-                       gid=plot.mark(len(ticks), css="bar anomalous" if hot else "bar", tip=tip))
+                ax.bar(
+                    x,
+                    score,
+                    width=0.8,
+                    color=_BAR_HOT if hot else _BAR,
+                    gid=plot.mark(len(ticks), css="bar anomalous" if hot else "bar", tip=tip),
+                )
                 ticks.append(x)
                 labels.append(site_of(str(m.get("module", ""))))
                 x += 1.0
-            ax.text((start + x - 1) / 2, -0.42, label, transform=ax.get_xaxis_transform(), ha="center",
-                    fontweight="bold", color=_INK)
+            ax.text(
+                (start + x - 1) / 2,
+                -0.42,
+                label,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                fontweight="bold",
+                color=_INK,
+            )
             x += 0.6
         ax.axhline(threshold, color=_BAR_HOT, linestyle=(0, (6, 4)), linewidth=1.2)
-        ax.text(1.0, threshold, f" threshold {fmt(threshold, 2)}", transform=ax.get_yaxis_transform(),
-                va="center", color=_BAR_HOT, fontsize=8)
+        ax.text(
+            1.0,
+            threshold,
+            f" threshold {fmt(threshold, 2)}",
+            transform=ax.get_yaxis_transform(),
+            va="center",
+            color=_BAR_HOT,
+            fontsize=8,
+        )
         ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=7)
         ax.set_xlim(-0.8, x - 0.8)
         ax.set_ylabel("CF score (max |z|)")
@@ -175,8 +206,10 @@ def _single_iv(effect: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return ivs[0] if ivs and isinstance(ivs[0], Mapping) else None
 
 
-def _cells(effects: Sequence[Mapping[str, Any]], num_layers: int | None,
-           ) -> tuple[list[_Row], list[str], dict[tuple[_Row, str], Mapping[str, Any]]]:
+def _cells(
+    effects: Sequence[Mapping[str, Any]],
+    num_layers: int | None,
+) -> tuple[list[_Row], list[str], dict[tuple[_Row, str], Mapping[str, Any]]]:
     """(rows, columns, {(row, column): effect}); rows cover every decoder layer when the count is known."""
     ivs = [(e, iv) for e in effects if (iv := _single_iv(e)) is not None]
     with_source = len({iv.get("source") for _, iv in ivs if iv.get("source") is not None}) > 1
@@ -188,32 +221,58 @@ def _cells(effects: Sequence[Mapping[str, Any]], num_layers: int | None,
 
 def _tip(effect: Mapping[str, Any], scale: EffectScale) -> str:
     iv = _single_iv(effect) or {}
-    out = (f"{describe(iv)}\n{scale.name} {fmt(scale.value(effect), 4)}, metric {fmt(effect.get('metric'), 4)}"
-           f"\nargmax {effect.get('argmax_token')!r}")
+    out = (
+        f"{describe(iv)}\n{scale.name} {fmt(scale.value(effect), 4)}, metric {fmt(effect.get('metric'), 4)}"
+        f"\nargmax {effect.get('argmax_token')!r}"
+    )
     return out + ("\nFIXES the failure on its own" if effect.get("fixed") else "\ndoes not fix the failure")
 
 
-def _draw_cell(ax: Any, plot: Plot, i: int, j: int, effect: Mapping[str, Any] | None, scale: EffectScale,
-               missing: str, text: bool) -> None:
+def _draw_cell(
+    ax: Any, plot: Plot, i: int, j: int, effect: Mapping[str, Any] | None, scale: EffectScale, missing: str, text: bool
+) -> None:
     from matplotlib.patches import Rectangle
 
     key = f"{j}-{i}"
     if effect is None:
-        ax.add_patch(Rectangle((i, j), 1, 1, facecolor=NOT_EVALUATED_COLOUR, edgecolor="#a9aeb8", hatch="////",
-                               linewidth=0.0, gid=plot.mark(key, css="cell not-evaluated", tip=missing)))
+        ax.add_patch(
+            Rectangle(
+                (i, j),
+                1,
+                1,
+                facecolor=NOT_EVALUATED_COLOUR,
+                edgecolor="#a9aeb8",
+                hatch="////",
+                linewidth=0.0,
+                gid=plot.mark(key, css="cell not-evaluated", tip=missing),
+            )
+        )
         return
     fixed, value = bool(effect.get("fixed")), scale.value(effect)
     colour = FIXED_COLOUR if fixed else recovery_colour(value) if value is not None else "#ffffff"
-    ax.add_patch(Rectangle((i, j), 1, 1, facecolor=colour, edgecolor="#ffffff", linewidth=1.0,
-                           gid=plot.mark(key, css="cell fixed" if fixed else "cell", tip=_tip(effect, scale))))
+    ax.add_patch(
+        Rectangle(
+            (i, j),
+            1,
+            1,
+            facecolor=colour,
+            edgecolor="#ffffff",
+            linewidth=1.0,
+            gid=plot.mark(key, css="cell fixed" if fixed else "cell", tip=_tip(effect, scale)),
+        )
+    )
     label = "✓" if fixed else (fmt(value, 2) if value is not None else "n/a") if text else ""
     if label:
-        ax.text(i + 0.5, j + 0.55, label, ha="center", va="center", fontsize=7,
-                color="#ffffff" if fixed else _INK)
+        ax.text(i + 0.5, j + 0.55, label, ha="center", va="center", fontsize=7, color="#ffffff" if fixed else _INK)
 
 
-def recovery_heatmap(effects: Sequence[Mapping[str, Any]], scale: EffectScale | None = None, *,
-                     num_layers: int | None = None, why_missing: str = "not a candidate of this search") -> str:
+def recovery_heatmap(
+    effects: Sequence[Mapping[str, Any]],
+    scale: EffectScale | None = None,
+    *,
+    num_layers: int | None = None,
+    why_missing: str = "not a candidate of this search",
+) -> str:
     """Rows = layers, columns = site/kind/positions, colour = the scale's value of that single intervention."""
     scale = scale or EffectScale(True, None)
     rows, cols, cells = _cells(effects, num_layers)
@@ -243,19 +302,28 @@ def _colourbar(plot: Plot, ax: Any, scale: EffectScale) -> None:
 
     lo, hi = RECOVERY_RANGE
     # 21 steps: below matplotlib's rasterising threshold, so the bar stays vector (no embedded image)
-    cmap = LinearSegmentedColormap.from_list("effect", [recovery_colour(lo), recovery_colour(0.0), recovery_colour(hi)],
-                                             N=21)
+    cmap = LinearSegmentedColormap.from_list(
+        "effect", [recovery_colour(lo), recovery_colour(0.0), recovery_colour(hi)], N=21
+    )
     rows = max(1.0, abs(ax.get_ylim()[0] - ax.get_ylim()[1]))
-    bar = plot.fig.colorbar(ScalarMappable(norm=Normalize(lo, hi), cmap=cmap), ax=ax, orientation="vertical",
-                            fraction=0.08, pad=0.03, aspect=20, shrink=min(1.0, 12.0 / rows))
+    bar = plot.fig.colorbar(
+        ScalarMappable(norm=Normalize(lo, hi), cmap=cmap),
+        ax=ax,
+        orientation="vertical",
+        fraction=0.08,
+        pad=0.03,
+        aspect=20,
+        shrink=min(1.0, 12.0 / rows),
+    )
     bar.set_ticks([lo, 0.0, hi], labels=[f"≤ {fmt(lo, 0)}", "0", f"≥ {fmt(hi, 0)}"])
     bar.set_label(f"{scale.name} (1 = {scale.one}), colour clipped to [{fmt(lo, 0)}, {fmt(hi, 0)}]", fontsize=7)
     bar.ax.tick_params(labelsize=7)
 
 
 # -- top single effects ---------------------------------------------------------------------------
-def top_effects_chart(effects: Sequence[Mapping[str, Any]], scale: EffectScale | None = None,
-                      top: int = TOP_EFFECTS) -> str:
+def top_effects_chart(
+    effects: Sequence[Mapping[str, Any]], scale: EffectScale | None = None, top: int = TOP_EFFECTS
+) -> str:
     """A lollipop of the strongest single interventions (exact values, not clipped), fixes in FIXED_COLOUR."""
     scale = scale or EffectScale(True, None)
     scored = [(v, e) for e in effects if _single_iv(e) is not None and (v := scale.value(e)) is not None]
@@ -268,15 +336,31 @@ def top_effects_chart(effects: Sequence[Mapping[str, Any]], scale: EffectScale |
             fixed = bool(e.get("fixed"))
             colour = FIXED_COLOUR if fixed else recovery_colour(value)
             ax.plot([0, value], [y, y], color="#9aa3b2", linewidth=1.2)
-            ax.plot([value], [y], "o", markersize=7, color=colour, markeredgecolor="#4a5160", markeredgewidth=0.6,
-                    gid=plot.mark(y, css="effect fixed" if fixed else "effect", tip=_tip(e, scale)))
+            ax.plot(
+                [value],
+                [y],
+                "o",
+                markersize=7,
+                color=colour,
+                markeredgecolor="#4a5160",
+                markeredgewidth=0.6,
+                gid=plot.mark(y, css="effect fixed" if fixed else "effect", tip=_tip(e, scale)),
+            )
             note = ("✓ fixes → " if fixed else "→ ") + repr(str(e.get("argmax_token", "?")))
-            ax.annotate(note, (value, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7,
-                        color=FIXED_COLOUR if fixed else "#5b6474")
+            ax.annotate(
+                note,
+                (value, y),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+                color=FIXED_COLOUR if fixed else "#5b6474",
+            )
         ax.axvline(0.0, color="#5b6474", linewidth=0.8)
         ax.axvline(1.0, color="#5b6474", linewidth=0.8, linestyle=(0, (3, 3)))
-        ax.text(1.0, 1.0, f" 1 = {scale.one}", transform=ax.get_xaxis_transform(), fontsize=7, color="#5b6474",
-                va="bottom")
+        ax.text(
+            1.0, 1.0, f" 1 = {scale.one}", transform=ax.get_xaxis_transform(), fontsize=7, color="#5b6474", va="bottom"
+        )
         ax.set_yticks(range(len(best)), [describe(_single_iv(e) or {}) for _, e in best], fontsize=7)
         ax.set_ylim(len(best) - 0.5, -0.7)
         ax.set_xlabel(f"{scale.name}: {scale.formula} (exact, not clipped)", fontsize=8)

@@ -1,7 +1,7 @@
 """The analysis result and its JSON report (schema ``model-forensics/rca@2``, see docs/report-schema.md).
 
-    result = RCAPipeline(config).analyze_incident("bundles/australia", baseline="bundles/benign/")
-    result.confidence, result.fix_set, result.compression_metrics, result.export_path
+result = RCAPipeline(config).analyze_incident("bundles/australia", baseline="bundles/benign/")
+result.confidence, result.fix_set, result.compression_metrics, result.export_path
 """
 
 from __future__ import annotations

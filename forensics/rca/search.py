@@ -31,8 +31,13 @@ class Scored:
     gain: float = 0.0  # what the search ranks by: recovery, or progress toward the mirror of the incident
 
     def to_dict(self) -> dict[str, Any]:
-        return {"interventions": [iv.to_dict() for iv in self.interventions], "metric": self.metric,
-                "recovery": self.recovery, "fixed": self.fixed, "argmax_token": self.argmax_token}
+        return {
+            "interventions": [iv.to_dict() for iv in self.interventions],
+            "metric": self.metric,
+            "recovery": self.recovery,
+            "fixed": self.fixed,
+            "argmax_token": self.argmax_token,
+        }
 
 
 class Scorer:
@@ -42,11 +47,19 @@ class Scorer:
     search ranks by progress toward the mirror of the incident's margin (``gain``), which is never
     reported as recovery. ``deadline`` (``time.monotonic()``) and ``budget`` bound the work."""
 
-    def __init__(self, evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]], *, m_incident: float,
-                 m_baseline: float | None, budget: int, batch_size: int,
-                 prior: dict[Intervention, float] | None = None,
-                 progress: Callable[[int, int | None], None] | None = None, saturate: float = 1.0,
-                 deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        evaluate: Callable[[Sequence[InterventionSet]], list[Outcome]],
+        *,
+        m_incident: float,
+        m_baseline: float | None,
+        budget: int,
+        batch_size: int,
+        prior: dict[Intervention, float] | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+        saturate: float = 1.0,
+        deadline: float | None = None,
+    ) -> None:
         self.evaluate, self.m_incident, self.m_baseline = evaluate, m_incident, m_baseline
         self.m_reference = m_baseline if m_baseline is not None else max(-m_incident, 1e-3)
         self.saturate, self.deadline = saturate, deadline
@@ -68,8 +81,9 @@ class Scorer:
     def gain(self, metric: float) -> float:
         return (metric - self.m_incident) / (self.m_reference - self.m_incident)
 
-    def score(self, sets: Sequence[InterventionSet], *, stop_at: float | None = None,
-              force: bool = False) -> list[Scored]:
+    def score(
+        self, sets: Sequence[InterventionSet], *, stop_at: float | None = None, force: bool = False
+    ) -> list[Scored]:
         """Score ``sets`` batch by batch within the budget and the deadline (``force``: regardless of
         them, for the few sets of pruning); with ``stop_at``, stop after a batch holding a fixed set whose
         gain reaches it (early stop)."""
@@ -84,8 +98,10 @@ class Scorer:
             self.evaluated += len(outcomes)
             if self.progress:
                 self.progress(len(outcomes), None)
-            batch = [Scored(o.interventions, o.metric, self.recovery(o.metric), o.fixed, o.argmax_token,
-                            self.gain(o.metric)) for o in outcomes]
+            batch = [
+                Scored(o.interventions, o.metric, self.recovery(o.metric), o.fixed, o.argmax_token, self.gain(o.metric))
+                for o in outcomes
+            ]
             out.extend(batch)
             self.fixed_seen.extend(s for s in batch if s.fixed)
             if stop_at is not None and any(s.fixed and s.gain >= stop_at for s in batch):
@@ -102,8 +118,14 @@ class Scorer:
         fix is good enough), then fewer members, then fewer positions, then the CF prior, then raw gain."""
         cost = sum(0 if iv.positions == "last" else 1 for iv in s.interventions)
         prior = sum(self.prior.get(iv, 0.0) for iv in s.interventions)
-        return (s.fixed, closeness(s.gain, self.m_baseline is not None, self.saturate, digits=2), -len(s.interventions),
-                -cost, prior, s.gain)
+        return (
+            s.fixed,
+            closeness(s.gain, self.m_baseline is not None, self.saturate, digits=2),
+            -len(s.interventions),
+            -cost,
+            prior,
+            s.gain,
+        )
 
     def best(self, scored: Sequence[Scored]) -> Scored | None:
         return max(scored, key=self.key, default=None)
@@ -122,28 +144,54 @@ def _extend(base: InterventionSet, candidates: Sequence[Intervention]) -> list[I
     return [tuple(sorted((*base, c))) for c in candidates if (c.module, c.positions) not in taken]
 
 
-def greedy(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
-           threshold: float) -> tuple[Scored | None, list[dict[str, Any]]]:
+def greedy(
+    scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int, threshold: float
+) -> tuple[Scored | None, list[dict[str, Any]]]:
     best = scorer.best(singles)
-    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": best.recovery if best else None,
-              "best_metric": best.metric if best else None}]
+    steps = [
+        {
+            "size": 1,
+            "evaluated": len(singles),
+            "best_recovery": best.recovery if best else None,
+            "best_metric": best.metric if best else None,
+        }
+    ]
     while best is not None and not best.fixed and len(best.interventions) < max_size and scorer.remaining:
         scored = scorer.score(_extend(best.interventions, candidates), stop_at=threshold)
         nxt = scorer.best(scored)
-        steps.append({"size": len(best.interventions) + 1, "evaluated": len(scored),
-                      "best_recovery": nxt.recovery if nxt else None, "best_metric": nxt.metric if nxt else None})
+        steps.append(
+            {
+                "size": len(best.interventions) + 1,
+                "evaluated": len(scored),
+                "best_recovery": nxt.recovery if nxt else None,
+                "best_metric": nxt.metric if nxt else None,
+            }
+        )
         if nxt is None or scorer.key(nxt) <= scorer.key(best):
             break
         best = nxt
     return best, steps
 
 
-def beam(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
-         threshold: float, width: int) -> tuple[Scored | None, list[dict[str, Any]]]:
+def beam(
+    scorer: Scorer,
+    candidates: Sequence[Intervention],
+    singles: list[Scored],
+    *,
+    max_size: int,
+    threshold: float,
+    width: int,
+) -> tuple[Scored | None, list[dict[str, Any]]]:
     """Keeps the ``width`` best sets; stops at a fix, at ``max_size``, or when a step improves nothing."""
     beams = sorted(singles, key=scorer.key, reverse=True)[:width]
-    steps = [{"size": 1, "evaluated": len(singles), "best_recovery": beams[0].recovery if beams else None,
-              "best_metric": beams[0].metric if beams else None}]
+    steps = [
+        {
+            "size": 1,
+            "evaluated": len(singles),
+            "best_recovery": beams[0].recovery if beams else None,
+            "best_metric": beams[0].metric if beams else None,
+        }
+    ]
     size = 1
     while beams and not beams[0].fixed and size < max_size and scorer.remaining:
         proposals = list(dict.fromkeys(s for b in beams for s in _extend(b.interventions, candidates)))
@@ -151,15 +199,17 @@ def beam(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Score
         size += 1
         before = scorer.key(beams[0])
         beams = sorted([*beams, *scored], key=scorer.key, reverse=True)[:width]
-        steps.append({"size": size, "evaluated": len(scored), "best_recovery": beams[0].recovery,
-                      "best_metric": beams[0].metric})
+        steps.append(
+            {"size": size, "evaluated": len(scored), "best_recovery": beams[0].recovery, "best_metric": beams[0].metric}
+        )
         if scorer.key(beams[0]) <= before:
             break
     return (beams[0] if beams else None), steps
 
 
-def random_search(scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int,
-                  samples: int, seed: int) -> tuple[Scored | None, list[dict[str, Any]]]:
+def random_search(
+    scorer: Scorer, candidates: Sequence[Intervention], singles: list[Scored], *, max_size: int, samples: int, seed: int
+) -> tuple[Scored | None, list[dict[str, Any]]]:
     """Seeded random sets (sizes 2..max), candidates weighted by the CF prior; best of all seen."""
     rng = _random.Random(seed)
     weights = [1.0 + max(0.0, scorer.prior.get(c, 0.0)) for c in candidates]
@@ -174,6 +224,11 @@ def random_search(scorer: Scorer, candidates: Sequence[Intervention], singles: l
     fixed = [s for s in [*singles, *scored] if s.fixed]
     pool = fixed and [s for s in fixed if len(s.interventions) == min(len(f.interventions) for f in fixed)]
     best = scorer.best(pool or [*singles, *scored])
-    return best, [{"size": "random", "evaluated": len(scored), "best_recovery": best.recovery if best else None,
-                   "best_metric": best.metric if best else None}]
-
+    return best, [
+        {
+            "size": "random",
+            "evaluated": len(scored),
+            "best_recovery": best.recovery if best else None,
+            "best_metric": best.metric if best else None,
+        }
+    ]

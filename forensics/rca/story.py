@@ -1,9 +1,9 @@
 """What an analysis found, collected as it runs, and the commands that reproduce and validate it.
 
-    story = Story(replayer)
-    story.skip("the CCA search", "the replay is not faithful")
-    story.notes.append("...")
-    commands("bundles/australia", "bundles/benign", None, None, "reports/australia.json", False, False)
+story = Story(replayer)
+story.skip("the CCA search", "the replay is not faithful")
+story.notes.append("...")
+commands("bundles/australia", "bundles/benign", None, None, "reports/australia.json", False, False)
 """
 
 from __future__ import annotations
@@ -43,27 +43,46 @@ class Story:
 
     def decision(self) -> dict[str, Any]:
         rp, tok = self.rp, self.rp.tokenizer
-        return {"step": rp.step, "observed": tok.decode([rp.observed_id]), "observed_id": rp.observed_id,
-                "target": tok.decode([rp.target_id]) if rp.target_id is not None else None,
-                "target_id": rp.target_id, "failure": rp.bundle.failure, "m_incident": self.m_incident,
-                "m_baseline": self.m_baseline, "recovery_available": self.m_baseline is not None,
-                "recovery_note": self.recovery_note,
-                "margin": -self.m_incident if self.m_incident is not None else None, "near_tie": self.near_tie()}
+        return {
+            "step": rp.step,
+            "observed": tok.decode([rp.observed_id]),
+            "observed_id": rp.observed_id,
+            "target": tok.decode([rp.target_id]) if rp.target_id is not None else None,
+            "target_id": rp.target_id,
+            "failure": rp.bundle.failure,
+            "m_incident": self.m_incident,
+            "m_baseline": self.m_baseline,
+            "recovery_available": self.m_baseline is not None,
+            "recovery_note": self.recovery_note,
+            "margin": -self.m_incident if self.m_incident is not None else None,
+            "near_tie": self.near_tie(),
+        }
 
 
 def incident_section(rp: Replayer) -> dict[str, Any]:
     """The prompt and the generated text, token by token, with the decision step."""
     tok, outputs = rp.tokenizer, rp.bundle.outputs
     generated = list(outputs["generated_ids"])
-    return {"prompt": rp.bundle.inputs.get("prompt"), "generated_text": tok.decode(generated),
-            "generated_tokens": [tok.decode([t]) for t in generated], "decision_step": rp.step,
-            "observed": tok.decode([rp.observed_id]),
-            "expected": tok.decode([rp.target_id]) if rp.target_id is not None else None,
-            "failure": rp.bundle.failure}
+    return {
+        "prompt": rp.bundle.inputs.get("prompt"),
+        "generated_text": tok.decode(generated),
+        "generated_tokens": [tok.decode([t]) for t in generated],
+        "decision_step": rp.step,
+        "observed": tok.decode([rp.observed_id]),
+        "expected": tok.decode([rp.target_id]) if rp.target_id is not None else None,
+        "failure": rp.bundle.failure,
+    }
 
 
-def commands(bundle: str, baseline: Any, patch_source: Any, model: Any, output: str | Path | None,
-             allow_model_mismatch: bool, allow_baseline_mismatch: bool) -> dict[str, str]:
+def commands(
+    bundle: str,
+    baseline: Any,
+    patch_source: Any,
+    model: Any,
+    output: str | Path | None,
+    allow_model_mismatch: bool,
+    allow_baseline_mismatch: bool,
+) -> dict[str, str]:
     """The command lines that reproduce this analysis and validate its fix set."""
     words = ["model-forensics", "analyze", bundle]
     if isinstance(baseline, str | Path):

@@ -1,6 +1,6 @@
 """Triage: CF scores for every bundle in a directory, no replay and no search.
 
-    rows = triage("incidents/", baseline="benign/", config=Config())
+rows = triage("incidents/", baseline="benign/", config=Config())
 """
 
 from __future__ import annotations
@@ -26,16 +26,22 @@ def load_stats(baseline: str | Path | None, directory: str | Path, config: Confi
 
     if baseline is not None and str(baseline).endswith(".json"):
         return BaselineStats.from_json(baseline)
-    population = load_population(baseline if baseline is not None else directory,
-                                 limit=config.modules.cf.baseline_samples, encryption_key=config.encryption_key)
+    population = load_population(
+        baseline if baseline is not None else directory,
+        limit=config.modules.cf.baseline_samples,
+        encryption_key=config.encryption_key,
+    )
     if len(population) < 2:
-        raise ConfigError(f"CF needs ≥ 2 benign baseline bundles; found {len(population)} in "
-                          f"{baseline or directory} (record some with --kind benign, or pass --baseline)")
+        raise ConfigError(
+            f"CF needs ≥ 2 benign baseline bundles; found {len(population)} in "
+            f"{baseline or directory} (record some with --kind benign, or pass --baseline)"
+        )
     return build_baseline(population, config.modules.cf)
 
 
-def triage(directory: str | Path, *, baseline: str | Path | None, config: Config,
-           progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def triage(
+    directory: str | Path, *, baseline: str | Path | None, config: Config, progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
     """One row per bundle: its CF scores, or ``{"bundle", "path", "error"}`` when it cannot be scored
     (a bad bundle never stops the others)."""
     from forensics.bundle import load_bundle
@@ -58,10 +64,18 @@ def triage(directory: str | Path, *, baseline: str | Path | None, config: Config
             if progress:
                 progress(1)
         top = max(metrics, key=lambda m: m.score, default=None)
-        rows.append({"bundle": bundle.id, "path": str(path), "kind": bundle.kind,
-                     "created_at": bundle.manifest["created_at"], "bytes": bundle.nbytes,
-                     "max_score": float(top.score) if top else 0.0, "top_module": top.module if top else None,
-                     "anomalous": sum(m.is_anomalous for m in metrics)})
+        rows.append(
+            {
+                "bundle": bundle.id,
+                "path": str(path),
+                "kind": bundle.kind,
+                "created_at": bundle.manifest["created_at"],
+                "bytes": bundle.nbytes,
+                "max_score": float(top.score) if top else 0.0,
+                "top_module": top.module if top else None,
+                "anomalous": sum(m.is_anomalous for m in metrics),
+            }
+        )
     return rows
 
 
@@ -69,7 +83,9 @@ def sort_rows(rows: list[dict[str, Any]], by: SortBy = "anomaly") -> list[dict[s
     """Scored rows by ``by`` (anomaly: highest first; time: oldest first; size: largest first), then the
     error rows by bundle name."""
     keys: dict[str, Callable[[dict[str, Any]], Any]] = {
-        "anomaly": lambda r: -float(r["max_score"]), "time": lambda r: str(r["created_at"]),
-        "size": lambda r: -int(r["bytes"])}
+        "anomaly": lambda r: -float(r["max_score"]),
+        "time": lambda r: str(r["created_at"]),
+        "size": lambda r: -int(r["bytes"]),
+    }
     scored = sorted((r for r in rows if not r.get("error")), key=keys[by])
     return scored + sorted((r for r in rows if r.get("error")), key=lambda r: str(r["bundle"]))

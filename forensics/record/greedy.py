@@ -71,8 +71,14 @@ def record_greedy(
         step = chosen_spec.decision_step(rec.generated_ids, tok)
         chosen_kind = kind or ("incident" if step is not None else "benign")
         generation = {"greedy": True, "do_sample": False, "max_new_tokens": max_new_tokens, "seed": seed}
-        bundle = rec.save(out, failure=chosen_spec, kind=chosen_kind, prompt=prompt, generation=generation,
-                          encryption_key=encryption_key)
+        bundle = rec.save(
+            out,
+            failure=chosen_spec,
+            kind=chosen_kind,
+            prompt=prompt,
+            generation=generation,
+            encryption_key=encryption_key,
+        )
     finally:
         rec.discard()  # a spec error must not leave spill files behind either
     return GreedyRun(bundle, tok.decode(rec.generated_ids), step is not None)

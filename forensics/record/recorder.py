@@ -241,7 +241,7 @@ class Recorder:
         """Tokens fed back after the prompt, plus the greedy choice of the last step."""
         if not self._steps:
             raise ReplayError("recorder saw no forward call; wrap the generate/forward call in the with block")
-        return [*self._fed[self._prompt_len:], self._steps[-1][0][0]]
+        return [*self._fed[self._prompt_len :], self._steps[-1][0][0]]
 
     def activations(self) -> Iterator[tuple[str, np.ndarray]]:
         """(module, [positions, d]) in forward order, one module at a time (memory-mapped when streamed)."""
@@ -264,8 +264,7 @@ class Recorder:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
         try:
             manifest = build_manifest(self, failure=failure, kind=kind, prompt=prompt, generation=generation)
-            return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id,
-                                encryption_key=encryption_key)
+            return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id, encryption_key=encryption_key)
         finally:
             if self.streaming:
                 self.discard()

@@ -1,7 +1,7 @@
 """Replayer: deterministic teacher-forced replay of a bundle, interventions, fidelity proof.
 
-    rp = Replayer(load_bundle("bundles/australia"))
-    rp.run((Intervention("model.layers.10", "zero", "last"),)).fixed
+rp = Replayer(load_bundle("bundles/australia"))
+rp.run((Intervention("model.layers.10", "zero", "last"),)).fixed
 """
 
 from forensics.replay.fidelity import Fidelity

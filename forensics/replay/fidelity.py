@@ -84,15 +84,21 @@ class Fidelity:
             return None
         name = self.first_divergent
         if name is not None and self.modules[name].abs is None:
-            return (f"{name} replays with another shape than recorded: the model is not the one that recorded "
-                    "the bundle (another architecture or config); replay on the recording model")
+            return (
+                f"{name} replays with another shape than recorded: the model is not the one that recorded "
+                "the bundle (another architecture or config); replay on the recording model"
+            )
         worst = self.modules[name].rel if name is not None else self.max_logit_diff / max(self.logit_tolerance, _TINY)
         if worst is not None and worst < 100 * self.rtol:
-            return (f"the departure is small ({worst:.1e} relative): likely numerical (dtype, device, kernels); "
-                    f"if you trust the model, raise fidelity_rtol (now {self.rtol:g}) and re-run")
-        return ("the replay departs from the recording by more than rounding: check that the model's weights are "
-                "the recording's (weights sha256 in the bundle's manifest), its dtype and the bundle's integrity; "
-                "interventions on this replay would not explain the incident")
+            return (
+                f"the departure is small ({worst:.1e} relative): likely numerical (dtype, device, kernels); "
+                f"if you trust the model, raise fidelity_rtol (now {self.rtol:g}) and re-run"
+            )
+        return (
+            "the replay departs from the recording by more than rounding: check that the model's weights are "
+            "the recording's (weights sha256 in the bundle's manifest), its dtype and the bundle's integrity; "
+            "interventions on this replay would not explain the incident"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         worst = self.max_activation_diff
@@ -111,8 +117,9 @@ class Fidelity:
         }
 
 
-def measure_fidelity(bundle: Any, step: int, logits: torch.Tensor, captured: dict[str, np.ndarray], *,
-                     atol: float, rtol: float) -> Fidelity:
+def measure_fidelity(
+    bundle: Any, step: int, logits: torch.Tensor, captured: dict[str, np.ndarray], *, atol: float, rtol: float
+) -> Fidelity:
     """Compare replayed logits ([vocab]) and activations with what the bundle recorded."""
     top = bundle.outputs["top_k"][step]
     recorded = torch.tensor(top["logits"], dtype=torch.float32)
@@ -125,7 +132,10 @@ def measure_fidelity(bundle: Any, step: int, logits: torch.Tensor, captured: dic
         want = np.asarray(bundle.activation(name))[:length]
         got = captured[name][:length]
         scale = float(np.abs(want).max()) if want.size else 0.0
-        diff = float(np.abs(want - got).max()) if want.shape == got.shape and want.size else (
-            0.0 if want.shape == got.shape else None)
+        diff = (
+            float(np.abs(want - got).max())
+            if want.shape == got.shape and want.size
+            else (0.0 if want.shape == got.shape else None)
+        )
         modules[name] = ModuleFidelity(diff, scale, atol + rtol * scale)
     return Fidelity(max_logit, atol + rtol * logit_scale, modules, atol, rtol)

@@ -41,7 +41,9 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.kind not in INTERVENTION_KINDS:
-            raise ConfigError(f"intervention kind {self.kind!r} not allowed; use one of {', '.join(INTERVENTION_KINDS)}")
+            raise ConfigError(
+                f"intervention kind {self.kind!r} not allowed; use one of {', '.join(INTERVENTION_KINDS)}"
+            )
         if not isinstance(self.module, str) or not self.module:
             raise ConfigError(f"intervention module must be a non-empty string, got {self.module!r}")
         if isinstance(self.positions, list):
@@ -78,8 +80,14 @@ class Intervention:
                 + (f"; unknown keys {sorted(unknown)}" if unknown else "")
             )
         factor = data.get("factor")
-        return cls(data["module"], data["kind"], data.get("positions", "last"), data.get("source"),
-                   float(factor) if factor is not None else None, alpha=data.get("alpha"))
+        return cls(
+            data["module"],
+            data["kind"],
+            data.get("positions", "last"),
+            data.get("source"),
+            float(factor) if factor is not None else None,
+            alpha=data.get("alpha"),
+        )
 
     @staticmethod
     def parse_sets(text: str) -> InterventionSet:

@@ -100,8 +100,9 @@ def _apply(mp: ModulePlan, row: int, iv: Intervention, length: int, bank: Source
     mp.add[row, keep] = mp.add[row, keep] * (1.0 - alpha) + alpha * value
 
 
-def _replacement(iv: Intervention, positions: list[int], length: int, bank: SourceBank,
-                 step: int) -> tuple[list[int], torch.Tensor | float]:
+def _replacement(
+    iv: Intervention, positions: list[int], length: int, bank: SourceBank, step: int
+) -> tuple[list[int], torch.Tensor | float]:
     """(the positions a replacing kind overwrites, the values there: [n, d], [d] or a scalar)."""
     if iv.kind == "zero":
         return positions, 0.0

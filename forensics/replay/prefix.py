@@ -66,8 +66,11 @@ class PrefixReuse:
     def can_grow(self, sets: Sequence[InterventionSet]) -> bool:
         """Whether ``growing`` applies: reuse is on and every module is inside a decoder layer (a hook on
         the embeddings or the final norm would see a batch of a different size than its plan)."""
-        return (not self.reason and self.tuple_output is not None
-                and all(self.inside(iv.module) for ivs in sets for iv in ivs))
+        return (
+            not self.reason
+            and self.tuple_output is not None
+            and all(self.inside(iv.module) for ivs in sets for iv in ivs)
+        )
 
     def start(self, ivs: InterventionSet) -> int:
         """First layer that must run for ``ivs`` (the last layer + 1 for the empty set)."""
@@ -79,8 +82,9 @@ class PrefixReuse:
         return start
 
     @contextmanager
-    def skipping(self, layer: int, rows: int, device: torch.device, dtype: torch.dtype,
-                 offset: int = 0) -> Iterator[None]:
+    def skipping(
+        self, layer: int, rows: int, device: torch.device, dtype: torch.dtype, offset: int = 0
+    ) -> Iterator[None]:
         """Layers below ``layer`` return the recorded residual (positions ``offset``.., ``rows`` rows)."""
         if self.tuple_output is None and self.layers and not self.reason:
             with HookSet(self.model) as hooks:
@@ -102,8 +106,9 @@ class PrefixReuse:
                 module.__dict__.pop("forward", None)
 
     @contextmanager
-    def growing(self, starts: Sequence[int], device: torch.device, dtype: torch.dtype,
-                offset: int = 0) -> Iterator[None]:
+    def growing(
+        self, starts: Sequence[int], device: torch.device, dtype: torch.dtype, offset: int = 0
+    ) -> Iterator[None]:
         """Row k joins the batch at layer ``starts[k]`` (ascending; feed the model one row). Rows starting
         at the first start come from the stubs (or the embeddings, expanded before layer 0); later rows
         are appended to the output of the layer before theirs, with that layer's recorded output."""

@@ -78,11 +78,19 @@ class Replayer:
         options: ReplayOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.bundle, self.options = bundle, options
-        self.loaded = loaded or resolve_model(bundle.model["ref"], device=options.device,
-                                              dtype=bundle.model.get("dtype", "float32"), cache_dir=options.cache_dir)
+        self.loaded = loaded or resolve_model(
+            bundle.model["ref"],
+            device=options.device,
+            dtype=bundle.model.get("dtype", "float32"),
+            cache_dir=options.cache_dir,
+        )
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
-        _check_identity(bundle, self.loaded, [] if options.allow_baseline_mismatch else [*baselines, *counterfactuals],
-                        options.allow_model_mismatch)
+        _check_identity(
+            bundle,
+            self.loaded,
+            [] if options.allow_baseline_mismatch else [*baselines, *counterfactuals],
+            options.allow_model_mismatch,
+        )
         self.bank = SourceBank(baselines, counterfactuals)
         self.batch_size = options.batch_size
         self.device = next(self.model.parameters()).device
@@ -130,15 +138,27 @@ class Replayer:
                 hooks.forward(name, _capture_into(captured, name))
             with self.prefix.skipping(0, 1, self.device, self._dtype):  # also learns the layer output type
                 logits = self._forward(self.input_ids)
-        return measure_fidelity(self.bundle, self.step, logits[0], captured, atol=self.options.fidelity_tolerance,
-                                rtol=self.options.fidelity_rtol)
+        return measure_fidelity(
+            self.bundle,
+            self.step,
+            logits[0],
+            captured,
+            atol=self.options.fidelity_tolerance,
+            rtol=self.options.fidelity_rtol,
+        )
 
     def generate(self, interventions: InterventionSet = (), max_new_tokens: int = 4) -> list[int]:
         """Greedy continuation from the decision step with ``interventions`` in place at every step: they
         change the positions they name at the decision step (``last`` is the decision position), new
         positions run free. Plain full passes, no reuse; every hook must fire at every step."""
-        base = compile_plan([tuple(interventions)], length=self.length, width=self._width, bank=self.bank,
-                            step=self.step, device=self.device)
+        base = compile_plan(
+            [tuple(interventions)],
+            length=self.length,
+            width=self._width,
+            bank=self.bank,
+            step=self.step,
+            device=self.device,
+        )
         ids = self.input_ids
         eos = getattr(self.tokenizer, "eos_token_id", None)
         out: list[int] = []
@@ -180,16 +200,23 @@ class Replayer:
             metric, fixed = torch.full((len(chunk),), float("nan")), torch.zeros(len(chunk), dtype=torch.bool)
         top = logits.argmax(dim=-1).tolist()
         return [
-            Outcome(ivs, float(metric[k]), bool(fixed[k]), int(top[k]), self.tokenizer.decode([top[k]]),
-                    tuple(plan.modules[iv.module].fires for iv in ivs))
+            Outcome(
+                ivs,
+                float(metric[k]),
+                bool(fixed[k]),
+                int(top[k]),
+                self.tokenizer.decode([top[k]]),
+                tuple(plan.modules[iv.module].fires for iv in ivs),
+            )
             for k, ivs in enumerate(chunk)
         ]
 
     def _run_plan(self, chunk: list[InterventionSet]) -> tuple[torch.Tensor, Plan]:
         """One forward pass for ``chunk``: rows join at their first layer (prefix reuse) and the pass
         covers only positions from the first one the chunk changes (suffix reuse)."""
-        plan = compile_plan(chunk, length=self.length, width=self._width, bank=self.bank, step=self.step,
-                            device=self.device)
+        plan = compile_plan(
+            chunk, length=self.length, width=self._width, bank=self.bank, step=self.step, device=self.device
+        )
         starts = [self.prefix.start(ivs) for ivs in chunk]
         grow = self.prefix.can_grow(chunk) and starts == sorted(starts)
         if not grow:  # every row runs from the chunk's earliest layer
@@ -264,7 +291,9 @@ def _patcher(mp: Any) -> Any:
         out = primary(output)  # [rows, T, d]; rows < K while later-starting rows have not joined yet
         rows = out.shape[0]
         if out.shape[1] != mp.add.shape[1] or rows > mp.add.shape[0]:
-            raise ReplayError(f"intervention expected [{mp.add.shape[0]}, {mp.add.shape[1]}, …], got {tuple(out.shape)}")
+            raise ReplayError(
+                f"intervention expected [{mp.add.shape[0]}, {mp.add.shape[1]}, …], got {tuple(out.shape)}"
+            )
         mp.fires += 1
         return with_primary(output, out * mp.scale[:rows].to(out.dtype) + mp.add[:rows].to(out.dtype))
 

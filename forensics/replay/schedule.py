@@ -15,8 +15,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["PASS_DISPATCH_MACS", "PASS_WEIGHT_POSITIONS", "budget_batch_size", "chunk_indices", "pass_cost",
-           "position_groups"]
+__all__ = [
+    "PASS_DISPATCH_MACS",
+    "PASS_WEIGHT_POSITIONS",
+    "budget_batch_size",
+    "chunk_indices",
+    "pass_cost",
+    "position_groups",
+]
 
 Key = tuple[int, int]  # (first changed position, first decoder layer)
 

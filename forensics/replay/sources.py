@@ -1,8 +1,8 @@
 """Where ``mean`` and ``patch`` interventions get their values: benign / counterfactual bundles.
 
-    bank = SourceBank([benign_a, benign_b])
-    bank.mean("model.layers.3")                         # [d] mean over baselines and positions
-    bank.patch("model.layers.3", "turkey_ok", length=12, step=0)   # [n, d] aligned from the end
+bank = SourceBank([benign_a, benign_b])
+bank.mean("model.layers.3")                         # [d] mean over baselines and positions
+bank.patch("model.layers.3", "turkey_ok", length=12, step=0)   # [n, d] aligned from the end
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class SourceBank:
                 raise ReplayError("a 'patch' intervention needs a baseline bundle as source; none were given")
             return next(iter(self.bundles.values()))  # the first counterfactual given, else the first baseline
         if source not in self.bundles:
-            raise ReplayError(f"patch source {source!r} is not among the baselines ({', '.join(self.bundles) or 'none'})")
+            raise ReplayError(
+                f"patch source {source!r} is not among the baselines ({', '.join(self.bundles) or 'none'})"
+            )
         return self.bundles[source]
 
     @staticmethod

@@ -60,8 +60,9 @@ class SuffixReuse:
             per_layer = [max(per_layer)] * len(kv)
         cache = DynamicCache(config=getattr(self.model, "config", None))
         for layer, ((keys, values), n) in enumerate(zip(kv, per_layer, strict=True)):
-            cache.update(keys[:, :, :position].expand(n, -1, -1, -1),
-                         values[:, :, :position].expand(n, -1, -1, -1), layer)
+            cache.update(
+                keys[:, :, :position].expand(n, -1, -1, -1), values[:, :, :position].expand(n, -1, -1, -1), layer
+            )
         return {self.arg or "past_key_values": cache, "use_cache": True}
 
     def _cached(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -80,9 +81,15 @@ class SuffixReuse:
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         layers = getattr(cache, "layers", None)
         kv = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers or []]
-        if not kv or type(cache) is not DynamicCache or not all(
-            isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
-            and k.shape[-2] == v.shape[-2] == self.length for k, v in kv
+        if (
+            not kv
+            or type(cache) is not DynamicCache
+            or not all(
+                isinstance(k, torch.Tensor)
+                and isinstance(v, torch.Tensor)
+                and k.shape[-2] == v.shape[-2] == self.length
+                for k, v in kv
+            )
         ):
             self.reason = f"{type(cache).__name__} does not keep every position's keys and values"
             log.info("suffix reuse off: %s", self.reason)
