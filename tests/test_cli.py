@@ -79,7 +79,7 @@ def test_bad_intervention_json(tiny_dirs: dict[str, Path], tmp_path: Path, capsy
     out = tmp_path / "inc"
     main(["record", "--model", str(tiny_dirs["gpt2"]), "--prompt", "Hi", "--expected", " there", "--out", str(out)])
     assert main(["replay", str(out), "--intervene", "[{"]) == 2
-    assert "--intervene is not valid JSON" in capsys.readouterr().err
+    assert "--intervene: interventions are not valid JSON" in capsys.readouterr().err
 
 
 def test_low_precision_replay_reports_its_fidelity_cost(

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from forensics.commands.common import config_from_args
+from forensics.errors import ConfigError
 from forensics.replay import Fidelity, Intervention, Outcome, Replayer, ReplayOptions
 
 NAME = "replay"
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     rp = Replayer(bundle, loaded=loaded, baselines=baselines, options=options)
     fid = rp.fidelity()
     base = rp.run(())
-    ivs = Intervention.parse_sets(args.intervene) if args.intervene else ()
+    ivs = _interventions(args.intervene) if args.intervene else ()
     result = rp.run(ivs) if ivs else None
     report = {
         "bundle": bundle.id,
@@ -92,3 +93,11 @@ def _print_text(rp: Replayer, fid: Fidelity, base: Outcome, result: Outcome | No
                 f"{label:>10}: metric {out.metric:+.4f}, argmax {out.argmax_token!r}, "
                 f"{'FIXED' if out.fixed else 'still failing'}{fires}"
             )
+
+
+def _interventions(text: str) -> tuple[Intervention, ...]:
+    """``--intervene``'s JSON; errors name the flag (the library's name the setting)."""
+    try:
+        return Intervention.parse_sets(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--intervene: {exc}") from None

@@ -54,7 +54,7 @@ def target_sources(rp: Replayer, counterfactuals: Sequence[Bundle]) -> tuple[lis
         else "a non-forbidden token to the same question"
     )
     if not counterfactuals:
-        return [], "recovery unavailable: no counterfactual baseline was given (--baseline or --patch-source)"
+        return [], "recovery unavailable: no counterfactual baseline was given (a baseline directory or a patch source)"
     if not good:
         return [], (
             f"recovery unavailable: none of the counterfactual baselines ({', '.join(left)}) answers {want} "

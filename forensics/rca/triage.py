@@ -34,7 +34,7 @@ def load_stats(baseline: str | Path | None, directory: str | Path, config: Confi
     if len(population) < 2:
         raise ConfigError(
             f"CF needs ≥ 2 benign baseline bundles; found {len(population)} in "
-            f"{baseline or directory} (record some with --kind benign, or pass --baseline)"
+            f"{baseline or directory} (record some benign bundles, or give a baseline)"
         )
     return build_baseline(population, config.modules.cf)
 

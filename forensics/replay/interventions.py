@@ -95,7 +95,7 @@ class Intervention:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--intervene is not valid JSON: {exc}") from exc
+            raise ConfigError(f"interventions are not valid JSON: {exc}") from exc
         items = data if isinstance(data, list) else [data]
         return tuple(Intervention.from_dict(item) for item in items)
 
