@@ -12,6 +12,7 @@
      +-- AnalysisTimeoutError  an analysis ran past timeout_minutes (TimeoutError)
      +-- ResultNotFoundError   no stored result has this id (LookupError)
      +-- StorageError       a result, report or index cannot be written: disk full, I/O error (OSError)
+     +-- TraceError         a trace file is not OTLP JSON, is hostile, or holds no usable GenAI span (ValueError)
 
 Messages name the thing, what was expected and what arrived, e.g.
 ``bundle incident_7: activations.arrow sha256 mismatch (manifest 3fa2…, file 91c0…)``.
@@ -30,6 +31,7 @@ __all__ = [
     "ReplayError",
     "ResultNotFoundError",
     "StorageError",
+    "TraceError",
     "UnknownModuleError",
     "UploadTooLargeError",
 ]
@@ -77,6 +79,10 @@ class AnalysisTimeoutError(ForensicsError, TimeoutError):
 
 class ResultNotFoundError(ForensicsError, LookupError):
     """No stored result has this id."""
+
+
+class TraceError(ForensicsError, ValueError):
+    """A trace file (OTLP JSON) is unreadable, too large or deep, of the wrong shape, or has no usable span."""
 
 
 class StorageError(ForensicsError, OSError):

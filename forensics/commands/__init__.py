@@ -16,6 +16,7 @@ def register_all(sub: Any) -> None:
         compress_cmd,
         demo_cmd,
         eval_cmd,
+        import_trace_cmd,
         info_cmd,
         migrate_cmd,
         record_cmd,
@@ -45,6 +46,7 @@ def register_all(sub: Any) -> None:
         migrate_cmd,
         selftest_cmd,
         compress_cmd,
+        import_trace_cmd,
     )
     from forensics.commands.examples import epilog
 
