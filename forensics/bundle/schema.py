@@ -198,6 +198,31 @@ _EXTERNAL_CALL = {
         "error": _nullable(_str("a string", 1 << 20), "a string or null"),
         "started_at": NUMBER,
         "duration_s": {**NUMBER, "minimum": 0, "title": "a non-negative number"},
+        "span": _nullable(_int("an index into inputs.spans"), "an index into inputs.spans, or null"),
+    },
+}
+
+_RANGE = {
+    "type": "array",
+    "items": _int("an offset (an integer from 0 to 2147483647)"),
+    "minItems": 2,
+    "maxItems": 2,
+    "title": "a range [start, end)",
+}
+
+_SPAN = {  # token (and character) ranges and roles only: no text (forensics.record.spans)
+    "type": "object",
+    "title": "a span object",
+    "required": ["kind", "tokens"],
+    "properties": {
+        "kind": {"enum": ["message", "external", "sentence"], "title": "one of 'message', 'external', 'sentence'"},
+        "index": _int("a message or sentence index"),
+        "role": {"enum": ["system", "user", "assistant", "tool"], "title": "a chat role"},
+        "call": _nullable(_int("an index into external_calls"), "an index into external_calls, or null"),
+        "name": _str("a call name", 1024),
+        "part": _int("an item index of the call's result"),
+        "tokens": _RANGE,
+        "chars": _RANGE,
     },
 }
 
@@ -241,6 +266,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "input_ids": {**TOKENS, "minItems": 1, "title": "a non-empty list of token ids"},
                 "prompt": _nullable(_str("a string", 1 << 24), "a string or null"),
+                "spans": {"type": "array", "items": _SPAN, "maxItems": 1 << 16, "title": "a list of spans"},
             },
         },
         "generation": {
@@ -380,6 +406,24 @@ def _vocabulary(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], s
             yield where, f"a token id below model.vocab_size {vocab}", str(ids[bad])
 
 
+def _span_ranges(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    if "sealed" in m:
+        return
+    inputs = m["inputs"]
+    length, calls = len(inputs["input_ids"]), len(m.get("external_calls", ()))
+    for index, span in enumerate(inputs.get("spans", ())):
+        start, end = span["tokens"]
+        if not start <= end <= length:
+            where = ("inputs", "spans", index, "tokens")
+            yield where, f"a range within inputs.input_ids (0 <= start <= end <= {length})", f"[{start}, {end}]"
+        if span.get("call") is not None and span["call"] >= calls:
+            yield ("inputs", "spans", index, "call"), f"an index into external_calls (< {calls})", str(span["call"])
+    spans = len(inputs.get("spans", ()))
+    for index, call in enumerate(m.get("external_calls", ())):
+        if call.get("span") is not None and call["span"] >= spans:
+            yield ("external_calls", index, "span"), f"an index into inputs.spans (< {spans})", str(call["span"])
+
+
 def _created_at(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
     try:
         datetime.fromisoformat(m["created_at"])
@@ -393,7 +437,14 @@ def _encrypted_files(m: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ..
             yield ("encryption", "files", index), "a name from the files table", describe(name)
 
 
-CROSS_CHECKS: tuple[CrossCheck, ...] = (_created_at, _decision_step, _top_k_lengths, _vocabulary, _encrypted_files)
+CROSS_CHECKS: tuple[CrossCheck, ...] = (
+    _created_at,
+    _decision_step,
+    _top_k_lengths,
+    _vocabulary,
+    _encrypted_files,
+    _span_ranges,
+)
 
 
 def check_manifest(site: Site, manifest: Mapping[str, Any]) -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from forensics.commands.common import config_from_args
+from forensics.errors import ConfigError
 from forensics.failure import FailureSpec, tokenization_warnings
 from forensics.models.registry import resolve_model
 from forensics.record import record_greedy
+from forensics.record.spans import check_messages, render_chat
 
 NAME = "record"
 HELP = "record an incident (or benign run) of a model into a bundle"
@@ -17,7 +21,14 @@ HELP = "record an incident (or benign run) of a model into a bundle"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model reference (smollm2-135m, HF dir, .gguf, hf:org/name)")
-    p.add_argument("--prompt", required=True, help="prompt text")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text")
+    source.add_argument(
+        "--messages",
+        metavar="FILE.json",
+        help="chat incident: a JSON list of {role, content} (roles system, user, assistant, tool), "
+        "rendered with the model's chat template and the generation prompt",
+    )
     spec = p.add_mutually_exclusive_group(required=True)
     spec.add_argument("--expected", help="the correct continuation text")
     spec.add_argument("--forbidden", help="text that must not be produced")
@@ -46,13 +57,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
 
 
-def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:
+def spec_from_args(args: argparse.Namespace, tokenizer: Any, prompt: str | None = None) -> FailureSpec:
     """The spec of --expected / --forbidden; its tokenisation traps go to stderr, one ``warning:`` line each."""
     if args.expected is not None:
         spec = FailureSpec.expected(args.expected, tokenizer, warn=False)
     else:
         spec = FailureSpec.forbidden(args.forbidden, regex=args.regex)
-    for message in tokenization_warnings(spec, tokenizer, prompt=args.prompt):
+    for message in tokenization_warnings(spec, tokenizer, prompt=prompt if prompt is not None else args.prompt):
         print(f"warning: {message}", file=sys.stderr)
     return spec
 
@@ -60,10 +71,12 @@ def spec_from_args(args: argparse.Namespace, tokenizer: Any) -> FailureSpec:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     loaded = resolve_model(args.model, device=args.device, cache_dir=config.cache_dir)
-    spec = spec_from_args(args, loaded.tokenizer)
+    messages = read_messages(args.messages) if args.messages is not None else None
+    rendered = render_chat(loaded.tokenizer, messages) if messages is not None else args.prompt
+    spec = spec_from_args(args, loaded.tokenizer, rendered)
     run_ = record_greedy(
         loaded,
-        args.prompt,
+        messages if messages is not None else args.prompt,
         args.out,
         spec,
         kind=args.kind,
@@ -74,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
     )
     bundle, text, failed = run_.bundle, run_.text, run_.failed
     outputs = bundle.outputs
-    print(f"prompt:    {args.prompt!r}")
+    if messages is not None:
+        print(f"messages:  {len(messages)} ({', '.join(m['role'] for m in messages)}) from {args.messages}")
+    else:
+        print(f"prompt:    {args.prompt!r}")
     print(f"generated: {text!r}")
     if failed:
         step = outputs["decision_step"]
@@ -84,3 +100,15 @@ def run(args: argparse.Namespace) -> int:
         print("no failure: the output satisfies the spec")
     print(f"bundle:    {args.out} ({bundle.id}, kind={bundle.kind}, {len(bundle.modules)} modules)")
     return 0
+
+
+def read_messages(path: str) -> list[dict[str, str]]:
+    """``--messages``' file: a JSON list of ``{role, content}``; errors name the flag and the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--messages {path}: cannot be read as JSON ({exc})") from None
+    try:
+        return check_messages(data)
+    except ConfigError as exc:
+        raise ConfigError(f"--messages {path}: {exc}") from None

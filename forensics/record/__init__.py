@@ -6,6 +6,6 @@ rec.save("bundles/incident", failure=FailureSpec.expected(" Canberra", tokenizer
 """
 
 from forensics.record.greedy import GreedyRun, record_greedy
-from forensics.record.recorder import Recorder, record
+from forensics.record.recorder import CallLog, Recorder, record
 
-__all__ = ["GreedyRun", "Recorder", "record", "record_greedy"]
+__all__ = ["CallLog", "GreedyRun", "Recorder", "record", "record_greedy"]

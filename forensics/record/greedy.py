@@ -1,8 +1,13 @@
-"""Greedy recording of one prompt: generate under the recorder, locate the decision step, save.
+"""Greedy recording of one prompt or chat: generate under the recorder, locate the decision step, save.
 
     run = record_greedy(loaded, "The capital of Australia is", "bundles/australia",
                         FailureSpec.expected(" Canberra", loaded.tokenizer))
     run.failed, run.text, run.bundle.outputs["decision_step"]
+
+A list of ``{role, content}`` messages is rendered with the model's own chat template and the
+generation prompt (``forensics.record.spans.render_chat``); the rendered text is the bundle's
+``inputs.prompt`` and each message a span. External calls made through a ``CallLog`` (``calls=``)
+before recording are saved with the bundle and linked to the input text their results became.
 
 The CLI's ``record``, the demo, the self-test, fault evaluation, the benches and the tests all record
 through this one function. Besides a ``FailureSpec``, ``spec`` may name a spec made from the run itself:
@@ -12,6 +17,7 @@ model), ``"as-generated"`` expects what the model said (a benign run).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +27,14 @@ import torch
 from forensics.bundle import Bundle
 from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel
-from forensics.record.recorder import record
+from forensics.record.recorder import CallLog, record
+from forensics.record.spans import check_messages, render_chat
 from forensics.vocab import BundleKind
 
-__all__ = ["GreedyRun", "SpecChoice", "record_greedy"]
+__all__ = ["GreedyRun", "PromptOrMessages", "SpecChoice", "record_greedy"]
 
 SpecChoice = FailureSpec | Literal["runner-up", "as-generated"]
+PromptOrMessages = str | Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class GreedyRun:
 
 def record_greedy(
     loaded: LoadedModel,
-    prompt: str,
+    prompt: PromptOrMessages,
     out: str | Path,
     spec: SpecChoice = "runner-up",
     *,
@@ -49,21 +57,27 @@ def record_greedy(
     seed: int = 0,
     encryption_key: bytes | None = None,
     streaming: bool = False,
+    calls: CallLog | None = None,
 ) -> GreedyRun:
-    """Generate greedily from ``prompt`` under the recorder and save the bundle at ``out``.
+    """Generate greedily from ``prompt`` (a text, or a list of chat messages) under the recorder and save
+    the bundle at ``out``.
 
     ``kind`` defaults to ``incident`` when the spec is violated, else ``benign``; ``encryption_key``
     (32 bytes) encrypts the bundle's activations; ``streaming`` spills activations to a temporary
-    directory next to ``out`` while generating (``streaming_enabled``), so memory stays flat.
+    directory next to ``out`` while generating (``streaming_enabled``), so memory stays flat; ``calls``
+    holds the external calls whose results went into the input.
     """
     model: Any = loaded.model
     tok, info = loaded.tokenizer, loaded.info
-    enc = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    messages = None if isinstance(prompt, str) else check_messages(list(prompt))
+    text = prompt if isinstance(prompt, str) else render_chat(tok, messages or [])
+    # a rendered chat carries its own special tokens (as apply_chat_template(tokenize=True) does)
+    enc = tok(text, return_tensors="pt", add_special_tokens=messages is None).to(next(model.parameters()).device)
     torch.manual_seed(seed)
     ref = info.ref if info.kind in ("embedded", "hf_cache") else str(Path(info.path).resolve())
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     stream_dir = _spill_parent(out) if streaming else None
-    rec = record(model, tok, model_ref=ref, model_sha256=info.sha256, stream_dir=stream_dir)
+    rec = record(model, tok, model_ref=ref, model_sha256=info.sha256, stream_dir=stream_dir, calls=calls)
     with rec, torch.inference_mode():
         model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     try:
@@ -75,9 +89,10 @@ def record_greedy(
             out,
             failure=chosen_spec,
             kind=chosen_kind,
-            prompt=prompt,
+            prompt=text,
             generation=generation,
             encryption_key=encryption_key,
+            messages=messages,
         )
     finally:
         rec.discard()  # a spec error must not leave spill files behind either

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from forensics.failure import FailureSpec
+from forensics.record.spans import build_spans
 
 if TYPE_CHECKING:
     from forensics.record.recorder import Recorder
@@ -62,8 +65,12 @@ def build_manifest(
     kind: str,
     prompt: str | None,
     generation: dict[str, Any] | None,
+    messages: Sequence[Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The manifest fields a bundle needs (the writer adds schema, id, time and the file table)."""
+    """The manifest fields a bundle needs (the writer adds schema, id, time and the file table).
+
+    With the input text (``prompt``, the rendered ``messages`` for a chat) ``inputs.spans`` lists its
+    spans and each external call gets ``span``: the index of the span its result became, or null."""
     from forensics.models.arch import arch_for
     from forensics.models.registry import weights_sha256
 
@@ -71,6 +78,12 @@ def build_manifest(
     step = failure.decision_step(generated, rec.tokenizer) if failure is not None else None
     env = environment(rec.model)
     text = rec.tokenizer.decode(generated) if rec.tokenizer is not None else None
+    calls = copy.deepcopy(rec.external_calls)
+    inputs: dict[str, Any] = {"prompt": prompt, "input_ids": rec.prompt_ids}
+    if prompt is not None and rec.tokenizer is not None:
+        inputs["spans"] = build_spans(
+            rec.tokenizer, prompt, rec.prompt_ids, messages=messages, calls=calls, explicit=rec.calls.spans
+        )
     return {
         "kind": kind,
         "model": {
@@ -80,7 +93,7 @@ def build_manifest(
             "dtype": env["dtype"],
         },
         "tokenizer": {"ref": rec.model_ref},
-        "inputs": {"prompt": prompt, "input_ids": rec.prompt_ids},
+        "inputs": inputs,
         "generation": generation or {"greedy": True},
         "outputs": {
             "generated_ids": generated,
@@ -93,6 +106,6 @@ def build_manifest(
         },
         "failure": failure.to_dict() if failure is not None else None,
         "recorded": {"sites": dict(rec.sites), "positions": len(rec.fed_ids), "dtype": "float32"},
-        "external_calls": rec.external_calls,
+        "external_calls": calls,
         "environment": env,
     }

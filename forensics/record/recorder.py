@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -37,7 +37,7 @@ from forensics.models.arch import Site, arch_for
 from forensics.record.manifest import build_manifest, external_call
 from forensics.vocab import BUNDLE_KINDS, BundleKind
 
-__all__ = ["Recorder", "record"]
+__all__ = ["CallLog", "Recorder", "record"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 SPILL_PREFIX = ".model-forensics-spill-"
@@ -110,11 +110,56 @@ class _SpillStore:
         self._finalizer()
 
 
+class CallLog:
+    """External calls (tools, retrievers, APIs) and the input spans they became, for one incident.
+
+        log = CallLog()
+        doc = log.external("retriever", retrieve)("capital of France")
+        record_greedy(loaded, f"Retrieved: {doc}\nThe capital of France is", out, spec, calls=log)
+
+    A call's result (a string, or a list of strings) that appears verbatim in the model input is linked
+    to its span when the bundle is saved; ``span`` names the text (or character range of the input) a
+    transformed result became.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.spans: list[tuple[str, str | tuple[int, int]]] = []
+
+    def external(self, name: str, fn: F | None = None) -> Any:
+        """Wrap ``fn`` (or, without it, decorate) so its args, result and timing are recorded."""
+
+        def wrap(func: F) -> F:
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                start = time.time()
+                try:
+                    result = func(*args, **kwargs)
+                except Exception as exc:
+                    self.calls.append(external_call(name, args, kwargs, None, start, exc))
+                    raise
+                self.calls.append(external_call(name, args, kwargs, result, start, None))
+                return result
+
+            return wrapped  # type: ignore[return-value]
+
+        return wrap(fn) if fn is not None else wrap
+
+    def span(self, name: str, where: str | tuple[int, int]) -> None:
+        """The latest call ``name``'s result reached the input as the text ``where`` (or the character
+        range ``(start, end)`` of the input); checked against the input when the bundle is saved."""
+        if not isinstance(where, str) and not (
+            isinstance(where, tuple | list) and len(where) == 2 and all(isinstance(i, int) for i in where)
+        ):
+            raise ForensicsError(f"span {name!r}: expected a text or a (start, end) character range, got {where!r:.60}")
+        self.spans.append((name, where if isinstance(where, str) else (int(where[0]), int(where[1]))))
+
+
 class Recorder:
     """Records one generation (batch size 1) of ``model``; see the module docstring.
 
     ``stream_dir``: spill activations to a temporary directory created there (on the bundle's disk, not
     a RAM-backed ``/tmp``) instead of holding them in memory; a streamed recorder saves once.
+    ``calls``: a ``CallLog`` of external calls made before the recorder existed (else a fresh one).
     """
 
     def __init__(
@@ -127,6 +172,7 @@ class Recorder:
         model_ref: str | None = None,
         model_sha256: str | None = None,
         stream_dir: str | os.PathLike[str] | None = None,
+        calls: CallLog | None = None,
     ) -> None:
         self.model, self.tokenizer, self.top_k = model, tokenizer, top_k
         self.sites: dict[str, Site | str] = (
@@ -134,7 +180,7 @@ class Recorder:
         )
         self.model_ref = model_ref or str(getattr(getattr(model, "config", None), "_name_or_path", "") or "unknown")
         self.model_sha256 = model_sha256
-        self.external_calls: list[dict[str, Any]] = []
+        self.calls = calls if calls is not None else CallLog()
         self._hooks = HookSet(model)
         self._stream_dir = stream_dir
         self._store: _MemoryStore | _SpillStore = _MemoryStore(list(self.sites))
@@ -203,23 +249,18 @@ class Recorder:
         return hook
 
     # -- external calls ------------------------------------------------------------------------
+    @property
+    def external_calls(self) -> list[dict[str, Any]]:
+        """What every wrapped call received and returned, in call order (the log's own list)."""
+        return self.calls.calls
+
     def external(self, name: str, fn: F | None = None) -> Any:
         """Wrap a tool / retriever / API callable so its args, result and timing are recorded."""
+        return self.calls.external(name, fn)
 
-        def wrap(func: F) -> F:
-            def wrapped(*args: Any, **kwargs: Any) -> Any:
-                start = time.time()
-                try:
-                    result = func(*args, **kwargs)
-                except Exception as exc:
-                    self.external_calls.append(external_call(name, args, kwargs, None, start, exc))
-                    raise
-                self.external_calls.append(external_call(name, args, kwargs, result, start, None))
-                return result
-
-            return wrapped  # type: ignore[return-value]
-
-        return wrap(fn) if fn is not None else wrap
+    def span(self, name: str, where: str | tuple[int, int]) -> None:
+        """Link call ``name``'s result to the input text it became (see ``CallLog.span``)."""
+        self.calls.span(name, where)
 
     # -- results -------------------------------------------------------------------------------
     @property
@@ -257,13 +298,19 @@ class Recorder:
         generation: dict[str, Any] | None = None,
         bundle_id: str | None = None,
         encryption_key: bytes | None = None,
+        messages: Sequence[Mapping[str, str]] | None = None,
     ) -> Bundle:
         """Write the bundle (``forensics.bundle`` v1, encrypted with ``encryption_key`` if given) and return
-        it loaded. A streamed recorder's spill files are removed afterwards, whether the write worked or not."""
+        it loaded. A streamed recorder's spill files are removed afterwards, whether the write worked or not.
+
+        ``prompt`` is the model input as text (for a chat, the rendered ``messages``); with it the manifest
+        gets ``inputs.spans`` (``forensics.record.spans``)."""
         if kind not in BUNDLE_KINDS:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
         try:
-            manifest = build_manifest(self, failure=failure, kind=kind, prompt=prompt, generation=generation)
+            manifest = build_manifest(
+                self, failure=failure, kind=kind, prompt=prompt, generation=generation, messages=messages
+            )
             return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id, encryption_key=encryption_key)
         finally:
             if self.streaming:
