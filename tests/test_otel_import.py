@@ -115,7 +115,7 @@ def rendered(system: str = SYSTEM, user: str = USER) -> str:
 
 def local_says(chat_model: LoadedModel, tmp_path: Path, trace: Path) -> str:
     call = read_call(trace)
-    run = import_call(chat_model, call, render_prompt(call, chat_model.tokenizer), tmp_path / "probe", "as-generated")
+    run = import_call(chat_model, call, tmp_path / "probe", "as-generated")
     return run.text
 
 
@@ -142,6 +142,11 @@ def test_chat_span_with_retrieval_is_rerecorded(
         ("retrieval", ["capital of France"], [{"id": "doc-1", "score": 0.93, "content": DOC}])
     ]
     assert calls[0]["duration_s"] == pytest.approx(0.005)
+    spans = bundle.inputs["spans"]  # the retrieved document is linked to the input text it became
+    linked = spans[calls[0]["span"]]
+    assert linked["kind"] == "external" and linked["name"] == "retrieval"
+    assert bundle.inputs["prompt"][slice(*linked["chars"])] == DOC
+    assert [s["role"] for s in spans if s["kind"] == "message"] == ["system", "user"]
     assert "span:      5fb397be34d26b51 (chat, 2 messages)" in stdout
     assert "1 calls from the trace (retrieval)" in stdout
 
@@ -166,7 +171,7 @@ def test_verdict_reproduces_or_differs(
     assert code == 0 and "trace:     reproduces" in stdout
     silent = write(tmp_path / "silent.json", otlp(chat_span("5fb397be34d26b51", 10, output=None)))
     call = read_call(silent)
-    run = import_call(chat_model, call, render_prompt(call, chat_model.tokenizer), tmp_path / "c", "as-generated")
+    run = import_call(chat_model, call, tmp_path / "c", "as-generated")
     assert run.reproduces is None and "records no output" in run.verdict
 
 
@@ -177,7 +182,7 @@ def test_span_id_picks_a_span_and_the_default_is_the_last_started(chat_model: Lo
     assert read_call(trace).messages[-1]["content"] == "The second question"
     picked = read_call(trace, "AAAAAAAAAAAAAAAA")
     assert picked.span_id == "aaaaaaaaaaaaaaaa"
-    run = import_call(chat_model, picked, render_prompt(picked, chat_model.tokenizer), tmp_path / "b", "as-generated")
+    run = import_call(chat_model, picked, tmp_path / "b", "as-generated")
     assert run.bundle.inputs["prompt"] == rendered(user="The first question")
 
 

@@ -54,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     result = import_call(
         loaded,
         call,
-        prompt,
         args.out,
         spec,
         kind=args.kind,

@@ -2,7 +2,8 @@
 
     call = read_call("trace.json")                       # the last chat span, or span_id="5fb397be34d26b51"
     prompt = render_prompt(call, loaded.tokenizer)       # the model's own chat template + generation prompt
-    run = import_call(loaded, call, prompt, "bundles/from-trace", FailureSpec.forbidden("Lyon"))
+    run = import_call(loaded, call, "bundles/from-trace", FailureSpec.forbidden("Lyon"))
+    run.verdict                                          # 'reproduces' or "differs: trace said …"
 
 A trace is re-recorded, never replayed from the provider: the chat span's ``gen_ai.input.messages``
 become chat messages for the local model, and every tool result (``execute_tool`` spans) and
@@ -13,21 +14,21 @@ retrieved document list (``gen_ai.retrieval.documents``) of the same trace goes 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forensics.bundle import Bundle, write_bundle
+from forensics.bundle import Bundle
 from forensics.bundle.strictjson import LimitError, check_value, loads_strict
-from forensics.errors import BundleError, ModelError, TraceError
+from forensics.errors import ModelError, TraceError
 from forensics.models.registry import LoadedModel
 from forensics.record.greedy import SpecChoice, record_greedy
+from forensics.record.recorder import CallLog
 from forensics.vocab import BundleKind
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
 MAX_TRACE_BYTES = 64 * 1024 * 1024
 CHAT_OPERATIONS = ("chat", "text_completion", "generate_content")
 ROLES = ("system", "user", "assistant", "tool")
-_WRITER_KEYS = ("schema", "bundle_id", "files", "encryption", "activations_file", "sealed")
 _SCALARS: dict[str, type | tuple[type, ...]] = {"stringValue": str, "boolValue": bool, "doubleValue": (int, float)}
 
 
@@ -311,7 +311,7 @@ def _message(where: str, message: Any) -> list[dict[str, str]]:
             out.append({"role": "tool", "content": _as_text(part.get("response"))})
         else:
             pending.append(_part_text(f"{where}.parts[{n}]", part))
-    if pending or not out:
+    if "".join(pending):  # an empty message (only reasoning, no parts) gives the model nothing to read
         out.append({"role": role, "content": "".join(pending)})
     return out
 
@@ -404,8 +404,7 @@ def render_prompt(call: TraceCall, tokenizer: Any) -> str:
 def import_call(
     loaded: LoadedModel,
     call: TraceCall,
-    prompt: str,
-    out: str | os.PathLike[str],
+    out: str | Path,
     spec: SpecChoice,
     *,
     kind: BundleKind | None = None,
@@ -414,33 +413,39 @@ def import_call(
     encryption_key: bytes | None = None,
     streaming: bool = False,
 ) -> TraceImport:
-    """Record ``prompt`` greedily on the local model into ``out``, with the trace's external calls in
-    the manifest, and compare the local text with the trace's recorded output."""
-    target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise BundleError(f"bundle {target.name}: {target} exists and is not an empty directory")
-    target.resolve().parent.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".import-trace-", dir=target.resolve().parent)
-    try:
-        run = record_greedy(
-            loaded,
-            prompt,
-            Path(scratch) / target.name,
-            spec,
-            kind=kind,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            encryption_key=encryption_key,
-            streaming=streaming,
-        )
-        manifest = {k: v for k, v in run.bundle.manifest.items() if k not in _WRITER_KEYS}
-        manifest["external_calls"] = [*manifest.get("external_calls", []), *call.external_calls]
-        bundle = write_bundle(target, manifest, run.bundle.iter_activations(), encryption_key=encryption_key)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    text = loaded.tokenizer.decode(bundle.outputs["generated_ids"], skip_special_tokens=True)
+    """Re-record ``call`` greedily on the local model into ``out`` (its messages through the model's chat
+    template, as ``record --messages`` does), the trace's external calls in the manifest and linked to
+    the input where their text appears; then compare the local text with the trace's recorded output."""
+    prompt = render_prompt(call, loaded.tokenizer)  # refuses a template error before any recording
+    log = CallLog()
+    log.calls.extend(copy.deepcopy(call.external_calls))
+    for name, content in _document_texts(call.external_calls):
+        if content in prompt:  # a retrieved document's text that the model read
+            log.span(name, content)
+    run = record_greedy(
+        loaded,
+        prompt if call.operation == "text_completion" else call.messages,
+        out,
+        spec,
+        kind=kind,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        encryption_key=encryption_key,
+        streaming=streaming,
+        calls=log,
+    )
+    text = loaded.tokenizer.decode(run.bundle.outputs["generated_ids"], skip_special_tokens=True)
     reproduces, verdict = compare_outputs(call.output_text, text)
-    return TraceImport(bundle, text, run.failed, reproduces, verdict)
+    return TraceImport(run.bundle, text, run.failed, reproduces, verdict)
+
+
+def _document_texts(calls: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """``(call name, text)`` of every retrieved document with a ``content`` string (the span links it)."""
+    for c in calls:
+        if isinstance(c["result"], list):
+            for doc in c["result"]:
+                if isinstance(doc, dict) and isinstance(doc.get("content"), str) and doc["content"]:
+                    yield c["name"], doc["content"]
 
 
 def compare_outputs(trace_text: str | None, local_text: str) -> tuple[bool | None, str]:
