@@ -1,4 +1,5 @@
-"""`replay`: replay a bundle's decision step, report fidelity, apply interventions."""
+"""`replay`: replay a bundle's decision step, report fidelity, apply interventions; with ``--generate``,
+regenerate the whole answer with every tool result served from the recording (or a counterfactual one)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from forensics.commands.common import config_from_args
 from forensics.errors import ConfigError
 from forensics.replay import Fidelity, Intervention, Outcome, Replayer, ReplayOptions
+from forensics.replay.hybrid import HybridRun, hybrid_generate
 
 NAME = "replay"
 HELP = "replay a bundle deterministically, optionally with interventions"
@@ -32,12 +34,36 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="replay in this precision (default: the recording's); fidelity shows what it costs",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="also regenerate the whole answer greedily, --intervene applied at every step and every tool "
+        "result served from the recording (no tool is ever called); prints the new text",
+    )
+    p.add_argument(
+        "--tool-result",
+        action="append",
+        default=[],
+        metavar="NAME=TEXT",
+        help="with --generate: replace the recorded result of external call NAME in the input by TEXT "
+        "(the input is tokenised again); repeatable",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="with --generate: tokens to regenerate (default: as many as the recording generated)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from forensics.bundle import load_bundle
     from forensics.models.registry import resolve_model
 
+    replacements = _tool_results(args.tool_result)
+    if (replacements or args.max_new_tokens is not None) and not args.generate:
+        raise ConfigError("--tool-result and --max-new-tokens need --generate")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens: expected an integer >= 1, got {args.max_new_tokens}")
     config = config_from_args(args)
     key = config.encryption_key
     bundle = load_bundle(args.bundle, encryption_key=key)
@@ -60,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     base = rp.run(())
     ivs = _interventions(args.intervene) if args.intervene else ()
     result = rp.run(ivs) if ivs else None
+    hybrid = hybrid_generate(rp, ivs, replacements, args.max_new_tokens) if args.generate else None
     report = {
         "bundle": bundle.id,
         "decision_step": rp.step,
@@ -67,11 +94,36 @@ def run(args: argparse.Namespace) -> int:
         "replay": base.to_dict(),
         "intervened": result.to_dict() if result else None,
     }
+    if hybrid is not None:
+        report["generated"] = {**hybrid.to_dict(), "recorded_text": bundle.outputs.get("text")}
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
         _print_text(rp, fid, base, result)
+        if hybrid is not None:
+            _print_generated(rp, hybrid, bool(ivs))
     return 0 if fid.faithful else 1
+
+
+def _print_generated(rp: Replayer, run: HybridRun, intervened: bool) -> None:
+    how = [f"tool results replaced: {', '.join(run.replaced)} (input re-tokenised)"] if run.replaced else []
+    how += ["interventions at every step"] if intervened else []
+    how += ["no tool called, recorded results served"]
+    print(f"  recorded: {rp.bundle.outputs.get('text')!r}")
+    print(f"regenerated: {run.text!r} ({'; '.join(how)})")
+
+
+def _tool_results(items: list[str]) -> dict[str, str]:
+    """``--tool-result NAME=TEXT`` pairs; a malformed or repeated one is an error naming the flag."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--tool-result: expected NAME=TEXT, got {item!r}")
+        if name in out:
+            raise ConfigError(f"--tool-result: {name!r} given twice")
+        out[name] = text
+    return out
 
 
 def _print_text(rp: Replayer, fid: Fidelity, base: Outcome, result: Outcome | None) -> None:

@@ -17,6 +17,7 @@ model), ``"as-generated"`` expects what the model said (a benign run).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class GreedyRun:
 def record_greedy(
     loaded: LoadedModel,
     prompt: PromptOrMessages,
-    out: str | Path,
+    out: str | os.PathLike[str],
     spec: SpecChoice = "runner-up",
     *,
     kind: BundleKind | None = None,
@@ -99,7 +100,7 @@ def record_greedy(
     return GreedyRun(bundle, tok.decode(rec.generated_ids), step is not None)
 
 
-def _spill_parent(out: str | Path) -> Path:
+def _spill_parent(out: str | os.PathLike[str]) -> Path:
     """The directory that will hold ``out`` (created, as the bundle writer would): spill files go on the
     bundle's own disk rather than a possibly RAM-backed ``/tmp``."""
     parent = Path(out).resolve().parent
