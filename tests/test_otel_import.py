@@ -186,6 +186,19 @@ def test_span_id_picks_a_span_and_the_default_is_the_last_started(chat_model: Lo
     assert run.bundle.inputs["prompt"] == rendered(user="The first question")
 
 
+def test_cli_span_id(chat_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    late = chat_span("bbbbbbbbbbbbbbbb", 2_000, user="The second question")
+    early = chat_span("aaaaaaaaaaaaaaaa", 1_000, user="The first question")
+    trace = write(tmp_path / "two.json", otlp(late, early))
+    out = tmp_path / "b"
+    argv = ["import-trace", str(trace), "--model", str(chat_dir), "--expected", " x", "--out", str(out)]
+    code, stdout, _ = cli([*argv, "--span-id", "aaaaaaaaaaaaaaaa"], capsys)
+    assert code == 0 and "span:      aaaaaaaaaaaaaaaa (chat, 2 messages)" in stdout
+    assert load_bundle(out).inputs["prompt"] == rendered(user="The first question")
+    code, _, stderr = cli([*argv[:-1], str(tmp_path / "c"), "--span-id", "cccc"], capsys)
+    assert code == 2 and stderr.startswith("error: ") and "no span has id 'cccc'" in stderr
+
+
 def test_json_lines_and_tool_parts(tmp_path: Path) -> None:
     tool = span(
         "c0ffee0000000001",
@@ -376,3 +389,41 @@ def _mutate(doc: Any, rng: random.Random) -> Any:
         container, key = rng.choice(nodes)
         container[key] = rng.choice(JUNK)
     return doc
+
+
+def test_structured_tool_result_is_linked_and_system_instructions_lead(chat_model: LoadedModel, tmp_path: Path) -> None:
+    tool = span(
+        "c0ffee0000000001",
+        "execute_tool get_weather",
+        50,
+        {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": "get_weather",
+            "gen_ai.tool.call.result": {"temp": 12},
+        },
+    )
+    messages = [
+        text("user", "Weather in Paris?"),
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": {"temp": 12}}]},
+    ]
+    attrs = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system_instructions": [{"type": "text", "content": "Be brief."}],
+        "gen_ai.input.messages": messages,
+    }
+    trace = write(tmp_path / "tool.json", otlp(tool, span("c0ffee0000000002", "chat", 100, attrs)))
+    call = read_call(trace)
+    assert [m["role"] for m in call.messages] == ["system", "user", "tool"]
+    assert call.messages[0]["content"] == "Be brief." and call.messages[2]["content"] == '{"temp": 12}'
+    run = import_call(chat_model, call, tmp_path / "b", "as-generated")
+    (recorded,) = run.bundle.manifest["external_calls"]
+    assert recorded["result"] == {"temp": 12}
+    linked = run.bundle.inputs["spans"][recorded["span"]]
+    assert run.bundle.inputs["prompt"][slice(*linked["chars"])] == '{"temp": 12}'
+
+
+def test_text_completion_span_is_recorded_as_its_text(chat_model: LoadedModel, tmp_path: Path) -> None:
+    attrs = {"gen_ai.operation.name": "text_completion", "gen_ai.input.messages": [text("user", "Once upon a time")]}
+    trace = write(tmp_path / "completion.json", otlp(span("0123456789abcdef", "text_completion", 1, attrs)))
+    run = import_call(chat_model, read_call(trace), tmp_path / "b", "as-generated")
+    assert run.bundle.inputs["prompt"] == "Once upon a time"  # no chat template around a completion

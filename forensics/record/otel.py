@@ -419,9 +419,10 @@ def import_call(
     prompt = render_prompt(call, loaded.tokenizer)  # refuses a template error before any recording
     log = CallLog()
     log.calls.extend(copy.deepcopy(call.external_calls))
-    for name, content in _document_texts(call.external_calls):
-        if content in prompt:  # a retrieved document's text that the model read
-            log.span(name, content)
+    for name, texts, every in _result_texts(call.external_calls):
+        found = [text for text in texts if text in prompt]  # as the model read it
+        for text in found if every else found[:1]:
+            log.span(name, text)
     run = record_greedy(
         loaded,
         prompt if call.operation == "text_completion" else call.messages,
@@ -439,13 +440,22 @@ def import_call(
     return TraceImport(run.bundle, text, run.failed, reproduces, verdict)
 
 
-def _document_texts(calls: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    """``(call name, text)`` of every retrieved document with a ``content`` string (the span links it)."""
+def _result_texts(calls: list[dict[str, Any]]) -> Iterator[tuple[str, list[str], bool]]:
+    """``(call name, texts, every)`` for results the span builder cannot find by itself: every retrieved
+    document's ``content`` (``every``), or one of a structured tool result's JSON spellings. A string
+    result is found without help; a name shared by several calls is left to that search too (an
+    explicit span names its call by name only)."""
+    names = [c["name"] for c in calls]
     for c in calls:
-        if isinstance(c["result"], list):
-            for doc in c["result"]:
-                if isinstance(doc, dict) and isinstance(doc.get("content"), str) and doc["content"]:
-                    yield c["name"], doc["content"]
+        result = c["result"]
+        if names.count(c["name"]) > 1 or isinstance(result, str) or result is None:
+            continue
+        docs = [d.get("content") for d in result if isinstance(d, dict)] if isinstance(result, list) else []
+        texts = [d for d in docs if isinstance(d, str) and d]
+        if texts:
+            yield c["name"], texts, True
+        else:
+            yield c["name"], [json.dumps(result, ensure_ascii=False), json.dumps(result)], False
 
 
 def compare_outputs(trace_text: str | None, local_text: str) -> tuple[bool | None, str]:
