@@ -1,4 +1,9 @@
-"""`validate-fix`: re-replay a report's fix set from scratch; exit 0 only if it still fixes the failure."""
+"""`validate-fix`: re-replay a report's fix set from scratch; exit 0 only if it still fixes the failure.
+
+Two checks: the decision token (the target is the argmax again), then the whole regenerated
+continuation with the fix at every step (``forensics.rca.judge.judge_answer``): the expected text now
+appears where the failure was, or the forbidden text appears nowhere. The output says which held.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,10 @@ from typing import Any
 from forensics.errors import ConfigError
 
 NAME = "validate-fix"
-HELP = "re-replay the fix set of an RCA report; exit 0 only if it still fixes the failure"
+HELP = (
+    "re-replay the fix set of an RCA report and regenerate the whole answer with it; "
+    "exit 0 only if it still fixes the failure"
+)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -31,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from forensics.bundle import load_bundle
     from forensics.commands.common import config_from_args
     from forensics.models.registry import resolve_model
+    from forensics.rca.cca import FixSet
+    from forensics.rca.judge import judge_answer
     from forensics.replay import Intervention, Replayer, ReplayOptions
 
     report = _read(args.report)
@@ -58,12 +68,34 @@ def run(args: argparse.Namespace) -> int:
     rp = Replayer(bundle, loaded=loaded, baselines=baselines, counterfactuals=counterfactuals, options=options)
     ivs = tuple(Intervention.from_dict(iv) for iv in fix["interventions"])
     out = rp.run(ivs)
-    verdict = "STILL FIXES" if out.fixed else "DOES NOT FIX"
+    judged = judge_answer(rp, FixSet(ivs, out.fixed, None, out.metric, out.fixed, out.argmax_token))
+    answer_ok, answer = _answer_check(judged.regenerated or {}, rp)
+    fixed = out.fixed and answer_ok
+    verdict = "STILL FIXES" if fixed else "DOES NOT FIX"
     print(
         f"{verdict} the failure of {bundle.id}: argmax {out.argmax_token!r}, metric {out.metric:+.4f}, "
         f"hooks fired {list(out.hook_fires)}"
     )
-    return 0 if out.fixed else 1
+    print(f"decision token: {'fixed' if out.fixed else 'NOT fixed'} (step {rp.step})")
+    print(
+        f"whole answer:   {answer}"
+        + (" (a suppression: the answer is removed)" if judged.verdict == "suppression" else "")
+    )
+    return 0 if fixed else 1
+
+
+def _answer_check(regenerated: dict[str, Any], rp: Any) -> tuple[bool, str]:
+    """Whether the regenerated continuation holds, and a sentence saying which check it passed or failed."""
+    text, spec = regenerated.get("text", ""), rp.spec
+    if regenerated.get("contains_forbidden") is not None:
+        if regenerated["contains_forbidden"]:
+            return False, f"the forbidden {spec.text!r} still appears in the regenerated answer {text!r}"
+        return True, f"the forbidden {spec.text!r} no longer appears anywhere in the regenerated answer {text!r}"
+    if regenerated.get("contains_expected") is not None:
+        if regenerated["contains_expected"]:
+            return True, f"the expected {spec.text!r} now appears where the failure was: {text!r}"
+        return False, f"the regenerated answer {text!r} does not continue with the expected {spec.text!r}"
+    return True, f"regenerated {text!r} (the spec names no text, so only the decision token is checked)"
 
 
 def _read(path: str) -> dict[str, Any]:
