@@ -277,6 +277,11 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         "nested at most 64 levels",
     ),
     "nan": (b'{"resourceSpans": [], "x": NaN}', "finite number"),
+    "pretty-broken": (json.dumps(_good(), indent=1).encode()[:-40], "trace.json: expected OTLP JSON, got invalid JSON"),
+    "jsonl-broken-line": (
+        json.dumps(_good()).encode() + b"\n" + json.dumps(_good()).encode()[:-3] + b"\n",
+        "trace.json line 2: expected OTLP JSON, got invalid JSON",
+    ),
 }
 
 

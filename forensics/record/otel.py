@@ -106,18 +106,28 @@ def read_spans(path: str | os.PathLike[str]) -> list[Span]:
 
 
 def _documents(where: str, data: bytes) -> Iterator[tuple[str, Any]]:
+    """One JSON document, or JSON Lines (the file exporter writes one ExportTraceServiceRequest per line)."""
     try:
-        yield "", _strict(data)
-        return
-    except TraceError as whole:
+        whole = _strict(data)
+    except TraceError as exc:
         lines = [(n, raw) for n, raw in enumerate(data.splitlines(), 1) if raw.strip()]
-        if len(lines) < 2:
-            raise TraceError(f"{where}: {whole}") from None
-    for n, raw in lines:  # the file exporter writes one ExportTraceServiceRequest per line
+        if len(lines) < 2 or not _is_object(lines[0][1]):  # a broken pretty-printed file: the whole error
+            raise TraceError(f"{where}: {exc}") from None
+    else:
+        yield "", whole
+        return
+    for n, raw in lines:
         try:
             yield f" line {n}", _strict(raw)
         except TraceError as exc:
             raise TraceError(f"{where} line {n}: {exc}") from None
+
+
+def _is_object(line: bytes) -> bool:
+    try:
+        return isinstance(_strict(line), dict)
+    except TraceError:
+        return False
 
 
 def _strict(data: bytes, what: str = "OTLP JSON") -> Any:
