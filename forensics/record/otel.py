@@ -290,7 +290,7 @@ def _messages(where: str, attributes: dict[str, Any]) -> list[dict[str, str]]:
     system = _json_attr(where, attributes, "gen_ai.system_instructions")
     if system is not None:
         text = _text_parts(f"{where}: gen_ai.system_instructions", system)
-        out.append({"role": "system", "content": text})
+        out.extend([{"role": "system", "content": text}] if text else [])
     raw = _json_attr(where, attributes, "gen_ai.input.messages")
     if not isinstance(raw, list):
         raise TraceError(f"{where}: gen_ai.input.messages: expected a list of messages, got {_kind(raw)}")
