@@ -187,3 +187,20 @@ def test_smollm_chat_template_spans(smol: LoadedModel, tmp_path: Path) -> None:
     bundle = record_greedy(smol, MESSAGES, tmp_path / "b", max_new_tokens=1).bundle
     for span, msg in zip(bundle.inputs["spans"], MESSAGES, strict=True):
         assert decoded(bundle, smol.tokenizer, span).strip() == msg["content"]
+
+
+def test_replay_generate_replaces_a_chat_message(
+    chat_llama: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from forensics.replay import Replayer
+    from forensics.replay.hybrid import hybrid_generate, rewrite_input
+
+    bundle = record_greedy(chat_llama, MESSAGES, tmp_path / "b", max_new_tokens=3).bundle
+    other = [MESSAGES[0], {"role": "tool", "content": "Zebras eat grass."}, MESSAGES[2]]
+    tok = chat_llama.tokenizer
+    expected = tok(render_chat(tok, other), add_special_tokens=False)["input_ids"]
+    assert rewrite_input(bundle, tok, {"message:1": "Zebras eat grass."}) == expected
+    run = hybrid_generate(Replayer(bundle, loaded=chat_llama), replacements={"message:1": "Zebras eat grass."})
+    assert run.input_changed and run.input_ids == expected
+    assert main(["replay", str(tmp_path / "b"), "--generate", "--tool-result", "web=x"]) == 2
+    assert "found in the input: message:0, message:1, message:2" in capsys.readouterr().err

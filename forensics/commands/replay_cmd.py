@@ -46,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=TEXT",
         help="with --generate: replace the recorded result of external call NAME in the input by TEXT "
-        "(the input is tokenised again); repeatable",
+        "(the input is tokenised again; NAME message:INDEX replaces a chat message's content); repeatable",
     )
     p.add_argument(
         "--max-new-tokens",
@@ -109,7 +109,7 @@ def _print_generated(rp: Replayer, run: HybridRun, intervened: bool) -> None:
     how = [f"tool results replaced: {', '.join(run.replaced)} (input re-tokenised)"] if run.replaced else []
     how += ["interventions at every step"] if intervened else []
     how += ["no tool called, recorded results served"]
-    print(f"  recorded: {rp.bundle.outputs.get('text')!r}")
+    print(f"   recorded: {rp.bundle.outputs.get('text')!r}")
     print(f"regenerated: {run.text!r} ({'; '.join(how)})")
 
 

@@ -50,7 +50,8 @@ def rewrite_input(bundle: Bundle, tokenizer: Any, replacements: Mapping[str, str
     """``inputs.input_ids`` with each named call's recorded result replaced by the given text.
 
     A call's result is the character range its spans cover (all documents of a retriever that returned a
-    list); every recorded call of that name is replaced. Without replacements: the recorded ids."""
+    list); every recorded call of that name is replaced. ``message:INDEX`` names a chat message's content
+    (a tool message of a ``--messages`` incident). Without replacements: the recorded ids."""
     inputs = bundle.inputs
     ids = list(inputs["input_ids"])
     if not replacements:
@@ -116,21 +117,25 @@ def _special_tokens(tokenizer: Any, prompt: str, ids: list[int], bundle_id: str)
 
 
 def _call_ranges(bundle: Bundle, names: set[str]) -> list[tuple[str, tuple[int, int]]]:
-    """(name, character range) of each recorded call named in ``names``: the hull of its spans."""
-    spans = [s for s in bundle.inputs.get("spans", ()) if s.get("kind") == "external" and "chars" in s]
+    """(name, character range) of each recorded call named in ``names`` (the hull of its spans), and of
+    each message named ``message:INDEX`` (a chat's tool message, say)."""
+    all_spans = [s for s in bundle.inputs.get("spans", ()) if "chars" in s]
+    spans = [s for s in all_spans if s.get("kind") == "external"]
+    messages = {f"message:{s['index']}": s for s in all_spans if s.get("kind") == "message"}
     known = sorted({str(s.get("name")) for s in spans})
-    missing = sorted(names - set(known))
+    missing = sorted(names - set(known) - set(messages))
     if missing:
-        have = ", ".join(known) or "none"
+        have = ", ".join(known + sorted(messages)) or "none"
         raise ReplayError(
             f"bundle {bundle.id}: no recorded call result named {', '.join(map(repr, missing))} in the model input "
-            f"(calls found in the input: {have})"
+            f"(found in the input: {have})"
         )
     hulls: dict[tuple[str, Any], tuple[int, int]] = {}
     for s in spans:
         if s["name"] in names:
-            key = (s["name"], s.get("call", id(s)))
+            key = (s["name"], s.get("call"))
             lo, hi = s["chars"]
             old = hulls.get(key, (lo, hi))
             hulls[key] = (min(old[0], lo), max(old[1], hi))
-    return [(name, rng) for (name, _), rng in hulls.items()]
+    out = [(name, rng) for (name, _), rng in hulls.items()]
+    return out + [(name, tuple(messages[name]["chars"])) for name in sorted(names & set(messages))]
