@@ -113,3 +113,36 @@ def test_replay_generate_errors_are_one_line(
     assert main(["replay", str(incident[0]), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_recorder_span_links_a_transformed_result(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+    import torch
+
+    from forensics.record import record
+
+    model, tok, info = tiny_llama
+    with record(model, tok, model_sha256=info.sha256) as rec:
+        temp = rec.external("weather", lambda city: {"c": 31})("Lyon")["c"]
+        text = f"{temp} degrees"
+        rec.span("weather", text)
+        prompt = f"Weather: {text}. Coat?"
+        with torch.inference_mode():
+            model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    bundle = rec.save(tmp_path / "b", kind="benign", prompt=prompt)
+    span = bundle.inputs["spans"][bundle.manifest["external_calls"][0]["span"]]
+    assert span["chars"] == [9, 9 + len(text)] and span["name"] == "weather"
+    assert rewrite_input(bundle, tok, {"weather": "-5 degrees"}) == tok("Weather: -5 degrees. Coat?")["input_ids"]
+
+
+@pytest.mark.slow
+def test_smollm_counterfactual_retrieval_turns_lyon_into_paris(smol: LoadedModel, tmp_path: Path) -> None:
+    from forensics.failure import FailureSpec
+
+    log = CallLog()
+    doc = log.external("retriever", lambda query: DOC)("capital of France")
+    prompt = f"Retrieved: {doc}\nThe capital of France is"
+    run = record_greedy(smol, prompt, tmp_path / "b", FailureSpec.forbidden("Lyon"), max_new_tokens=2, calls=log)
+    assert run.failed and run.text.startswith(" Lyon")
+    rp = Replayer(run.bundle, loaded=smol)
+    fixed = hybrid_generate(rp, replacements={"retriever": "The capital of France is Paris."})
+    assert fixed.text.startswith(" Paris")
