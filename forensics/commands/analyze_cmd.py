@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from forensics.commands.common import add_config_arg, config_from_args, progress_bar
+from forensics.config import ToggleConfig
 
 NAME = "analyze"
 HELP = "analyse one incident: CF (where) + CCA (minimal validated fix set)"
@@ -22,6 +24,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="JSON report path (default: OUTPUT_DIR/<bundle>.json)")
     p.add_argument("--html", help="also write a self-contained HTML report here")
     p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
+    p.add_argument(
+        "--provenance",
+        action="store_true",
+        help="also find which input spans (messages, tool results, retrieved documents) cause the failure",
+    )
     p.add_argument(
         "--allow-model-mismatch",
         action="store_true",
@@ -43,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from forensics.rca.pipeline import RCAPipeline
 
     config = config_from_args(args)
+    if args.provenance:
+        config = replace(config, modules=replace(config.modules, provenance=ToggleConfig(enabled=True)))
     output = Path(args.output or Path(config.output_dir) / f"{Path(str(args.bundle).rstrip('/')).name}.json")
     cache = ResultCache(default_results_dir(os.environ), config.cache.max_bytes) if config.cache.enabled else None
     profiler = _start_profile() if args.profile else None
@@ -113,6 +122,8 @@ def print_summary(report: dict[str, Any]) -> None:
         print(f"isc: {report['isc']['summary']}")
     if report.get("dbc"):
         print(f"dbc: {report['dbc']['summary']}")
+    if report.get("provenance"):
+        print(f"provenance: {report['provenance'].get('summary', '')}")
     for note in report["notes"]:
         print(f"note: {note}")
     r = report["replays"]

@@ -33,6 +33,7 @@ from forensics.rca.isc import isc_for
 from forensics.rca.judge import check_side_effects, judge_answer, rank
 from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
+from forensics.rca.provenance import provenance_for
 from forensics.rca.result import RCAResult
 from forensics.rca.story import NEAR_TIE_SHARE, Story, commands, incident_section
 from forensics.replay.fidelity import Fidelity
@@ -86,10 +87,9 @@ class RCAPipeline:
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
         fidelity = rp.fidelity()
         story = Story(rp)
-        if self.config.modules.provenance.enabled:
-            story.notes.append(
-                "modules.provenance.enabled is set but provenance is not implemented in this version; skipped"
-            )
+        provenance = provenance_for(rp) if self.config.modules.provenance.enabled and fidelity.faithful else None
+        if self.config.modules.provenance.enabled and not fidelity.faithful:
+            story.skip("provenance (input spans)", "the replay is not faithful")
         if rp.spec is not None:
             story.notes += tokenization_warnings(rp.spec, rp.tokenizer, prompt=incident.inputs.get("prompt"))
         if not population:
@@ -112,6 +112,7 @@ class RCAPipeline:
             story.skip("the CCA search", "modules.cca.enabled is false")
         result = self._result(rp, incident, metrics, fidelity, story, population, cfs, timings, t0)
         result.isc, result.dbc = advanced.get("isc"), advanced.get("dbc")
+        result.provenance = provenance
         result.commands = commands(
             incident.path, baseline, patch_source, model, output, allow_model_mismatch, allow_baseline_mismatch
         )

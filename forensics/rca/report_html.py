@@ -7,12 +7,11 @@ Built from the JSON report alone (``model-forensics/rca@1`` or ``rca@2``, docs/r
 stored report can be re-rendered later; a field an older report lacks is shown as "not in this
 report". Every value from the report is escaped: prompts and tokens are user data and may hold
 markup; a Content-Security-Policy forbids scripts as a second fence. Plots: report_svg (matplotlib);
-ISC and DBC sections: report_advanced.
+ISC and DBC sections: report_advanced; provenance: report_provenance.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from forensics.durable import write_atomic
 from forensics.rca.report_advanced import dbc_section, isc_section
 from forensics.rca.report_blocks import code, empty, facts, flag, is_number, section, small, table, yes
 from forensics.rca.report_plot import FIXED_COLOUR, NOT_EVALUATED_COLOUR, esc, fmt
+from forensics.rca.report_provenance import provenance_section
 from forensics.rca.report_story import (
     commands_section,
     confidence_section,
@@ -74,6 +74,7 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'"
 _NAV = (
     ("incident", "incident"),
     ("fix", "fix"),
+    ("provenance", "provenance"),
     ("confidence", "confidence"),
     ("input-level", "input level"),
     ("singles", "single interventions"),
@@ -111,6 +112,7 @@ def render_html(report: Mapping[str, Any], *, threshold: float | None = None) ->
             fixes_section(report),
             isc_section(report),
             dbc_section(report),
+            provenance_section(report),
             confidence_section(report),
             input_level_section(report),
             _singles_section(report),
@@ -339,8 +341,5 @@ def _localisation_section(report: Mapping[str, Any]) -> str:
 
 def _notes_section(report: Mapping[str, Any]) -> str:
     notes = report.get("notes") or []
-    provenance = report.get("provenance")
     inner = "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else empty("No notes.")
-    if provenance:
-        inner += f"<h3>Provenance</h3><pre>{esc(json.dumps(provenance, indent=2, default=str))}</pre>"
     return section("Notes", inner, "notes")
