@@ -33,6 +33,7 @@ from forensics.errors import (
     ReplayError,
     ResultNotFoundError,
     StorageError,
+    TraceError,
     UploadTooLargeError,
 )
 from forensics.ops.logs import log_analysis
@@ -49,7 +50,9 @@ __all__ = [
     "AnalysisTimeoutError",
     "BundleNotFoundError",
     "ResultNotFoundError",
+    "TraceError",
     "UploadTooLargeError",
+    "check_model_allowed",
     "check_result_id",
     "error_data",
     "http_status",
@@ -59,9 +62,12 @@ __all__ = [
     "resolve_baseline",
     "resolve_bundle",
     "run_analysis",
+    "run_trace_analysis",
     "run_triage",
+    "save_trace",
     "save_upload",
     "summarize",
+    "trace_limit",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,7 @@ log = logging.getLogger(__name__)
 RESULT_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 UPLOADS_DIR = "uploads"  # uploaded archives land in <bundle_dir>/uploads/<fresh id>.tar[.zst]
 UPLOAD_SUFFIXES = (".tar.zst", ".tar")
+TRACE_SUFFIX = ".otlp.json"  # a posted trace: <bundle_dir>/uploads/<fresh id>.otlp.json, its bundle <same id>/
 DEFAULT_MAX_UPLOAD_BYTES = 1024**3
 EXTRACT_FACTOR = 4  # an upload may expand to at most this many times its size when extracted
 MAX_NAME_CHARS = 1024
@@ -277,18 +284,23 @@ def run_analysis(
         )
     with _deadline(pipeline, timeout_s, bundle):
         result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
+    return {"id": result_id, "bundle": bundle, "report": _store(result, output_dir, result_id)}
+
+
+def _store(result: Any, output_dir: str | os.PathLike[str], result_id: str) -> dict[str, Any]:
+    """Write ``result`` as ``output_dir/<result_id>.json``, index it, log it; returns the report."""
     root = _results_root(output_dir)
     target = root / f"{result_id}.json"
     try:
         result.export(target)
-        report = result.to_dict()
+        report: dict[str, Any] = result.to_dict()
         with storage_errors(root / INDEX_NAME):
             index_result(root, report, target)
     except BaseException:  # the caller gets an error, not this id: no report may stand for it
         target.unlink(missing_ok=True)
         raise
     log_analysis(report)  # the guide's execution_time / memory_usage lines, as the CLI writes them
-    return {"id": result_id, "bundle": bundle, "report": report}
+    return report
 
 
 def repair_index(output_dir: str | os.PathLike[str]) -> int:
@@ -391,6 +403,143 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- traces --------------------------------------------------------------------------------------
+def check_model_allowed(model: str, allowed_models: Collection[str] | None) -> str:
+    """``model`` when this service may load it (``allowed_models`` None allows any); ``ModelError`` otherwise."""
+    if allowed_models is not None and model not in allowed_models:
+        raise ModelError(
+            f"model {model[:200]!r}: this service does not allow it "
+            f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})"
+        )
+    return model
+
+
+def trace_limit(max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> int:
+    """The most bytes a posted trace may have: the upload limit, capped by the importer's ``MAX_TRACE_BYTES``."""
+    from forensics.record.otel import MAX_TRACE_BYTES
+
+    return min(max_bytes, MAX_TRACE_BYTES)
+
+
+def save_trace(
+    bundle_dir: str | os.PathLike[str],
+    data: bytes,
+    *,
+    span_id: str | None = None,
+    max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> str:
+    """Store a posted OTLP JSON trace as ``uploads/<fresh id>.otlp.json``; returns that name (relative).
+
+    Bounded by ``max_bytes`` and the importer's own ``MAX_TRACE_BYTES`` (``UploadTooLargeError``), then
+    read once (``read_call``: the chat span ``span_id``, default the last), so a trace it refuses is
+    deleted and its ``TraceError`` raised before an analyzer or a model is involved.
+    """
+    import io
+
+    limit = trace_limit(max_bytes)
+    if len(data) > limit:
+        raise UploadTooLargeError(f"trace: {len(data)} bytes, larger than the limit of {limit} bytes")
+    if not data.strip():
+        raise TraceError("trace: empty; expected OTLP JSON ({'resourceSpans': [...]})")
+    folder = _root(bundle_dir) / UPLOADS_DIR
+    folder.mkdir(mode=0o750, exist_ok=True)
+    name = f"{UPLOADS_DIR}/{uuid.uuid4().hex}{TRACE_SUFFIX}"
+    target = folder / name.removeprefix(f"{UPLOADS_DIR}/")
+    _copy_bounded(io.BytesIO(data), folder, target, limit, "trace")
+    try:
+        _read_trace(target, name, span_id)
+    except TraceError:
+        target.unlink(missing_ok=True)
+        raise
+    return name
+
+
+def _read_trace(path: Path, name: str, span_id: str | None) -> Any:
+    """``read_call`` with the server's path in its messages replaced by the name the caller knows."""
+    from forensics.record.otel import read_call
+
+    try:
+        return read_call(path, span_id)
+    except TraceError as exc:
+        raise TraceError(str(exc).replace(os.fspath(path), name)) from None
+
+
+def run_trace_analysis(
+    pipeline: RCAPipeline,
+    *,
+    bundle_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    trace: str,
+    model: str,
+    expected: str | None = None,
+    forbidden: str | None = None,
+    span_id: str | None = None,
+    baseline: str | os.PathLike[str] | None = None,
+    result_id: str | None = None,
+    encryption_key: bytes | None = None,
+    allowed_models: Collection[str] | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Re-record the posted trace ``trace`` (a name from ``save_trace``) on ``model`` into a fresh bundle
+    ``uploads/<id>`` and analyse it as ``run_analysis`` does, with ``modules.provenance`` on.
+
+    The failure spec is ``expected`` or ``forbidden`` (plain text: no regex from the network). A call
+    the local model does not get wrong leaves no bundle and raises ``ReplayError`` with the trace's
+    verdict. Returns ``{"id", "bundle", "report", "trace": {span_id, reproduces, verdict, text}}``.
+    """
+    from forensics.models.registry import resolve_model
+    from forensics.record.otel import import_call
+
+    result_id = check_result_id(result_id or new_result_id())
+    check_model_allowed(model, allowed_models)
+    call = _read_trace(resolve_bundle(bundle_dir, trace), trace, span_id)
+    config = pipeline.config
+    loaded = resolve_model(model, device=config.device, cache_dir=config.cache_dir)
+    spec = _trace_spec(expected, forbidden, loaded.tokenizer)
+    name = f"{UPLOADS_DIR}/{uuid.uuid4().hex}"
+    out = _root(bundle_dir) / name
+    run = import_call(loaded, call, out, spec, encryption_key=encryption_key, streaming=config.streaming_enabled)
+    verdict = {"span_id": call.span_id, "reproduces": run.reproduces, "verdict": run.verdict, "text": run.text}
+    if not run.failed:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise ReplayError(
+            f"trace {trace} span {call.span_id}: the local model's output {run.text[:200]!r} satisfies the "
+            f"failure spec, so there is no incident to analyse ({run.verdict})"
+        )
+    with _provenance_on(pipeline), _deadline(pipeline, timeout_s, name):
+        result = pipeline.analyze_incident(
+            run.bundle, baseline=None if baseline is None else str(baseline), model=loaded
+        )
+    return {"id": result_id, "bundle": name, "report": _store(result, output_dir, result_id), "trace": verdict}
+
+
+def _trace_spec(expected: str | None, forbidden: str | None, tokenizer: Any) -> Any:
+    from forensics.failure import FailureSpec
+
+    if (expected is None) == (forbidden is None):
+        raise ConfigError("trace analysis: expected exactly one of 'expected' or 'forbidden' (the failure spec)")
+    if expected is not None:
+        return FailureSpec.expected(expected, tokenizer, warn=False)
+    return FailureSpec.forbidden(str(forbidden), warn=False)
+
+
+@contextmanager
+def _provenance_on(pipeline: RCAPipeline) -> Iterator[None]:
+    """``modules.provenance`` enabled on ``pipeline`` for one analysis (its config restored after)."""
+    from dataclasses import replace
+
+    before = pipeline.config
+    modules = before.modules
+    provenance = replace(modules.provenance, enabled=True)
+    pipeline.config = replace(before, modules=replace(modules, provenance=provenance))
+    try:
+        yield
+    finally:
+        pipeline.config = before
+
+
 # -- errors as plain data ------------------------------------------------------------------------
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (BundleNotFoundError, 404),
@@ -398,6 +547,7 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UploadTooLargeError, 413),
     (AnalysisTimeoutError, 504),
     (BundleError, 400),
+    (TraceError, 400),
     (ConfigError, 422),
     (ModelError, 422),
     (ReplayError, 422),

@@ -15,6 +15,7 @@ line each, refusals included) when an audit log is configured.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -27,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -40,11 +41,12 @@ from forensics.ops.metrics import Metrics
 from serve_app.security import Access, AccessUnavailable, Audit, record, requires
 from serve_app.settings import Settings
 
-__all__ = ["APIError", "AnalyzeRequest", "Backend", "TriageRequest", "build_api"]
+__all__ = ["APIError", "AnalyzeRequest", "Backend", "TraceAnalyzeRequest", "TriageRequest", "build_api"]
 
 log = logging.getLogger("serve_app")
 
-MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_BYTES = 64 * 1024  # a JSON body; one carrying a trace may add the trace limit (service.trace_limit)
+MAX_SPEC_CHARS = 4096
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers on top of the archive itself
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 REALM = "model-forensics"  # of the WWW-Authenticate challenge
@@ -80,6 +82,59 @@ class AnalyzeRequest(BaseModel):
     )
 
 
+class TraceAnalyzeRequest(BaseModel):
+    """An OpenTelemetry GenAI trace, re-recorded on a local model into a fresh bundle, then analysed
+    with provenance on (``forensics.record.otel``; no tool is ever run: results come from the trace)."""
+
+    model_config = ConfigDict(extra="forbid")
+    trace: dict[str, Any] | None = Field(
+        default=None, description="the OTLP JSON trace as an object ({'resourceSpans': [...]}); or trace_text"
+    )
+    trace_text: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the trace as text: one OTLP JSON document, or JSON Lines as the collector's file exporter writes",
+    )
+    model: str = Field(
+        min_length=1,
+        max_length=service.MAX_NAME_CHARS,
+        description="model reference to re-record on, e.g. smollm2-135m (one of the app's allowed_models)",
+    )
+    expected: str | None = Field(
+        default=None, min_length=1, max_length=MAX_SPEC_CHARS, description="the correct continuation text"
+    )
+    forbidden: str | None = Field(
+        default=None, min_length=1, max_length=MAX_SPEC_CHARS, description="text that must not be produced (plain)"
+    )
+    span_id: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[0-9a-fA-F]+$",
+        description="the chat span to re-record (hex span id; default: the chat span that started last)",
+    )
+    baseline: str | None = Field(
+        default=None,
+        max_length=service.MAX_NAME_CHARS,
+        description="benign bundle dir or .json under bundle_dir (default: the app's)",
+    )
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> TraceAnalyzeRequest:
+        if (self.trace is None) == (self.trace_text is None):
+            raise ValueError("send exactly one of 'trace' (an object) or 'trace_text' (a string)")
+        if (self.expected is None) == (self.forbidden is None):
+            raise ValueError("send exactly one of 'expected' or 'forbidden' (the failure spec)")
+        return self
+
+    def trace_bytes(self) -> bytes:
+        if self.trace_text is not None:
+            return self.trace_text.encode("utf-8")
+        try:
+            return json.dumps(self.trace, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):
+            raise APIError(400, "TraceError", "trace: nested too deeply to be an OTLP JSON trace") from None
+
+
 class TriageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # read by hand after auth (see _json_body), not by FastAPI
     directory: str = Field(
@@ -100,12 +155,29 @@ class Backend(Protocol):
 
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> list[dict[str, Any]]: ...
 
+    async def analyze_trace(
+        self,
+        *,
+        trace: str,
+        model: str,
+        expected: str | None,
+        forbidden: str | None,
+        span_id: str | None,
+        baseline: str | None,
+        result_id: str,
+        request_id: str,
+    ) -> dict[str, Any]: ...
+
 
 _ANALYZE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AnalyzeRequest.model_json_schema()},
+            "application/json": {
+                "schema": {
+                    "oneOf": [AnalyzeRequest.model_json_schema(), TraceAnalyzeRequest.model_json_schema()],
+                }
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -130,7 +202,12 @@ _DESCRIPTION = """Root-cause analysis of model incidents: analyse bundles, triag
 
 Send `Authorization: Bearer <token>` (an API token from `model-forensics tokens add`, or an OAuth2/OIDC JWT
 when configured). Permissions: analyze needs `run_analysis`, triage `read_bundles`, results and metrics
-`view_results`. `/healthz`, `/docs` and `/openapi.json` are open."""
+`view_results`. `/healthz`, `/docs` and `/openapi.json` are open.
+
+`POST /v1/analyze` takes a bundle name (JSON), a bundle archive (multipart `file`), or an OpenTelemetry
+GenAI trace (JSON `trace` or `trace_text`, with `model` and `expected` or `forbidden`): the trace's chat call
+is re-recorded on that model into a fresh bundle and analysed with provenance; the answer adds `trace`
+(`reproduces`, `verdict`: whether the local model says what the trace recorded)."""
 
 
 def build_api(
@@ -154,26 +231,33 @@ def build_api(
         request: Request, principal: Annotated[Principal, requires("run_analysis", "analyze")]
     ) -> dict[str, Any]:
         async with _audited(request, principal, "analyze") as entry:
-            bundle, baseline = await _analyze_input(request, settings)
-            entry["bundle"] = bundle
+            given = await _analyze_input(request, settings)
             rid = request.state.request_id
             try:
-                done = await backend.analyze(
-                    bundle=bundle, baseline=baseline, result_id=service.new_result_id(), request_id=rid
-                )
+                if isinstance(given, TraceAnalyzeRequest):
+                    done = await _analyze_trace(backend, settings, given, entry, rid)
+                else:
+                    entry["bundle"] = given[0]
+                    done = await backend.analyze(
+                        bundle=given[0], baseline=given[1], result_id=service.new_result_id(), request_id=rid
+                    )
             except APIError as exc:
                 if exc.status != 503:  # overload is not a failed analysis
                     metrics.observe_error(exc.kind)
                 raise
             entry["result"] = done["id"]
         metrics.observe_report(done["report"])
-        return {
+        answer = {
             "id": done["id"],
             "status": "done",
-            "bundle": bundle,
+            "bundle": done["bundle"],
             "result": service.summarize(done["report"]),
             "links": {"result": f"/v1/results/{done['id']}"},
         }
+        if "trace" in done:  # a trace body: what the re-recording said, and the input spans that caused it
+            answer["trace"] = done["trace"]
+            answer["result"]["provenance"] = done["report"].get("provenance")
+        return answer
 
     @api.post(
         "/v1/triage", openapi_extra=_TRIAGE_BODY, summary="Rank the bundles of a directory by CF anomaly (no replay)"
@@ -214,8 +298,8 @@ def build_api(
 
 
 # -- request bodies ------------------------------------------------------------------------------
-async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str | None]:
-    """(bundle name, baseline name) from a JSON body, or from a multipart upload saved under bundle_dir."""
+async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str | None] | TraceAnalyzeRequest:
+    """(bundle name, baseline name) from a JSON body or a multipart upload saved under bundle_dir; or a trace body."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         return await _upload(request, settings)
@@ -223,8 +307,50 @@ async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str
         raise APIError(
             415, "UnsupportedMediaType", f"content type {kind[:80]!r}: send application/json or multipart/form-data"
         )
-    body = await _json_body(request, AnalyzeRequest)
+    raw = await _read_bounded(request, service.trace_limit(settings.max_upload_bytes) + MAX_JSON_BYTES)
+    if _names_a_trace(raw):
+        return _validated(TraceAnalyzeRequest, raw)
+    if len(raw) > MAX_JSON_BYTES:
+        raise APIError(
+            413, "PayloadTooLarge", f"request body larger than {MAX_JSON_BYTES} bytes (only a trace body may be larger)"
+        )
+    body = _validated(AnalyzeRequest, raw)
     return body.bundle, body.baseline
+
+
+def _names_a_trace(raw: bytes) -> bool:
+    """Whether a JSON body is a trace body (an object with ``trace`` or ``trace_text``); junk is not."""
+    try:
+        probe = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON: the bundle body's validation says so
+        return False
+    return isinstance(probe, dict) and ("trace" in probe or "trace_text" in probe)
+
+
+async def _analyze_trace(
+    backend: Backend, settings: Settings, body: TraceAnalyzeRequest, entry: dict[str, Any], rid: str
+) -> dict[str, Any]:
+    """Refuse a model the app does not allow, save the trace under ``uploads/`` (bounded, parsed once:
+    a malformed trace is refused here, before an analyzer is asked), then re-record and analyse it."""
+    entry["model"] = body.model[:200]
+    service.check_model_allowed(body.model, settings.allowed_models)
+    data = body.trace_bytes()
+    trace = await asyncio.to_thread(
+        service.save_trace, settings.bundle_dir, data, span_id=body.span_id, max_bytes=settings.max_upload_bytes
+    )
+    entry["bundle"] = entry["trace"] = trace
+    done = await backend.analyze_trace(
+        trace=trace,
+        model=body.model,
+        expected=body.expected,
+        forbidden=body.forbidden,
+        span_id=body.span_id,
+        baseline=body.baseline,
+        result_id=service.new_result_id(),
+        request_id=rid,
+    )
+    entry["bundle"] = done["bundle"]
+    return done
 
 
 async def _json_body(request: Request, model: type[Body]) -> Body:
@@ -232,7 +358,10 @@ async def _json_body(request: Request, model: type[Body]) -> Body:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind not in ("application/json", ""):
         raise APIError(415, "UnsupportedMediaType", f"content type {kind[:80]!r}: send application/json")
-    raw = await _read_bounded(request, MAX_JSON_BYTES)
+    return _validated(model, await _read_bounded(request, MAX_JSON_BYTES))
+
+
+def _validated(model: type[Body], raw: bytes) -> Body:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

@@ -70,6 +70,10 @@ class Analyzer:
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> dict[str, Any]:
         return await self._run(request_id, self._triage, directory, baseline)
 
+    async def analyze_trace(self, *, request_id: str, **trace: Any) -> dict[str, Any]:
+        """``trace``: ``service.run_trace_analysis``'s trace, model, expected/forbidden, span_id, baseline, result_id."""
+        return await self._run(request_id, self._analyze_trace, trace)
+
     def check_health(self) -> None:
         problems = self.settings.problems()
         if problems:
@@ -84,6 +88,18 @@ class Analyzer:
             bundle=bundle,
             baseline=self._baseline(baseline),
             result_id=result_id,
+            encryption_key=s.encryption_key,
+            allowed_models=s.allowed_models,
+            timeout_s=s.config.timeout_minutes * 60.0,
+        )
+
+    def _analyze_trace(self, trace: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        return service.run_trace_analysis(
+            self.pipeline,
+            bundle_dir=s.bundle_dir,
+            output_dir=s.output_dir,
+            **{**trace, "baseline": self._baseline(trace.get("baseline"))},
             encryption_key=s.encryption_key,
             allowed_models=s.allowed_models,
             timeout_s=s.config.timeout_minutes * 60.0,
@@ -121,6 +137,10 @@ class AnalyzerBackend:
 
     async def triage(self, **kwargs: Any) -> list[dict[str, Any]]:
         value: list[dict[str, Any]] = await self._call("triage", **kwargs)
+        return value
+
+    async def analyze_trace(self, **kwargs: Any) -> dict[str, Any]:
+        value: dict[str, Any] = await self._call("analyze_trace", **kwargs)
         return value
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
