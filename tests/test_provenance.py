@@ -194,3 +194,19 @@ def test_html_shows_a_provenance_section_escaped(rp: Replayer, tiny_llama: Loade
     hostile["provenance"]["spans"][0]["label"] = "<img src=x onerror=alert(1)>"
     page = render_html(hostile)
     assert "<script>alert" not in page and "<img src=x" not in page and "&lt;script&gt;" in page
+
+
+@pytest.mark.slow
+def test_smollm_retrieved_document_is_the_cause(smol: LoadedModel, tmp_path: Path) -> None:
+    """smollm2-135m repeats the retrieved " Lyon"; without the document it says " Paris"."""
+    run = _incident(smol, tmp_path / "inc", FailureSpec.expected(" Paris", smol.tokenizer))
+    assert run.failed and run.text.startswith(" Lyon")
+    out = provenance_for(Replayer(run.bundle, loaded=smol))
+    ext = next(r for r in out["spans"] if r["kind"] == "external")
+    assert ext["attribution"] < 0  # its presence pushes towards ' Lyon'
+    assert ext["removed"]["argmax_token"] == " Paris" and ext["ablated"]["fixed"]
+    cause = out["cause"]
+    assert cause["name"] == "retriever" and cause["validated"] and cause["regenerated"]["text"].startswith(" Paris")
+    assert cause["statement"].startswith(
+        f"removing retriever result #1 ({DOC!r}) turns ' Lyon' into ' Paris' (metric -"
+    )
