@@ -5,7 +5,9 @@
 SmolLM2-135M-Instruct answers "The capital of Australia is" with " Sydney". We record that
 incident, a handful of capitals it gets right (the benign population) and one counterfactual (the
 same question with the answer in context, which it gets right), then analyse, with the advanced
-modules ISC and DBC on.
+modules ISC and DBC on. A second incident comes from retrieval: a retriever (recorded with ``CallLog``)
+returns "The capital of France is Lyon.", the model repeats " Lyon" where it otherwise says " Paris";
+provenance names the retrieved document as the cause and regenerates the answer without it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.vocab import BundleKind
 
-__all__ = ["BENIGN", "INCIDENT", "record_demo_bundles", "run_demo"]
+__all__ = ["BENIGN", "INCIDENT", "RETRIEVAL", "record_demo_bundles", "record_retrieval", "run_demo"]
 
 INCIDENT = ("australia", "The capital of Australia is", " Canberra")
 BENIGN = [
@@ -37,6 +39,13 @@ BENIGN = [
     ("portugal", "The capital of Portugal is", " Lisbon"),
     ("australia_in_context", "Canberra is the capital of Australia. The capital of Australia is", " Canberra"),
 ]
+
+RETRIEVAL = (
+    "france_retrieved",
+    "The capital of France is Lyon.",
+    "Retrieved: {doc}\nThe capital of France is",
+    " Paris",
+)
 
 
 def _record(
@@ -70,9 +79,39 @@ def record_demo_bundles(
     return incident, benign_dir
 
 
+def record_retrieval(
+    loaded: LoadedModel, workdir: Path, say: Callable[[str], None] = print, *, key: bytes | None = None
+) -> Any:
+    """Record (or reuse) the retrieval incident: the retriever's result goes into the prompt through a
+    ``CallLog``, so the bundle links the call to its span of the input."""
+    from forensics.bundle import load_bundle
+    from forensics.record import CallLog, record_greedy
+
+    name, document, template, expected = RETRIEVAL
+    dest = workdir / "bundles" / name
+    if (dest / "manifest.json").is_file():
+        bundle = load_bundle(dest, encryption_key=key)
+    else:
+        calls = CallLog()
+        doc = calls.external("retriever", lambda query: document)("capital of France")
+        spec = FailureSpec.expected(expected, loaded.tokenizer)
+        prompt = template.format(doc=doc)
+        run = record_greedy(
+            loaded, prompt, dest, spec, kind="incident", max_new_tokens=4, encryption_key=key, calls=calls
+        )
+        bundle = run.bundle
+    say(
+        f"incident: {bundle.inputs['prompt']!r} -> {loaded.tokenizer.decode(bundle.outputs['generated_ids'])!r} "
+        f"(expected {expected!r}; failure: {bundle.outputs['is_failure']})"
+    )
+    return bundle
+
+
 def run_demo(
     workdir: str | Path, *, say: Callable[[str], None] = print, config: Config | None = None
 ) -> dict[str, Any]:
+    """Record and analyse both demo incidents; returns the Australia report, the retrieval incident's report
+    (provenance on) under ``"retrieval"``."""
     from forensics.commands.analyze_cmd import print_summary
     from forensics.rca.pipeline import RCAPipeline
 
@@ -85,6 +124,7 @@ def run_demo(
     loaded = resolve_model("smollm2-135m", device=config.device, cache_dir=config.cache_dir)
     t_model = time.perf_counter()
     incident, benign_dir = record_demo_bundles(loaded, work, say, key=config.encryption_key)
+    retrieved = record_retrieval(loaded, work, say, key=config.encryption_key)
     t_rec = time.perf_counter()
     reports = work / "reports"
     result = RCAPipeline(config).analyze_incident(
@@ -93,6 +133,15 @@ def run_demo(
     report = result.to_dict()
     print_summary(report)
     say(f"reports:  {reports / 'australia.json'}  {reports / 'australia.html'}")
+    off = ToggleConfig(enabled=False)  # the cause is in the input: provenance answers it, a CCA search would not
+    cca = replace(config.modules.cca, enabled=False)
+    with_provenance = replace(config, modules=replace(config.modules, provenance=on, cca=cca, isc=off, dbc=off))
+    result = RCAPipeline(with_provenance).analyze_incident(
+        retrieved, baseline=benign_dir, model=loaded, output=reports / "retrieval.json", html=reports / "retrieval.html"
+    )
+    report["retrieval"] = result.to_dict()
+    print_summary(report["retrieval"])
+    say(f"reports:  {reports / 'retrieval.json'}  {reports / 'retrieval.html'}")
     say(
         f"time:     model {t_model - t0:.1f}s, recording {t_rec - t_model:.1f}s, "
         f"analysis {time.perf_counter() - t_rec:.1f}s, total {time.perf_counter() - t0:.1f}s"

@@ -27,6 +27,23 @@ def test_demo_records_analyses_and_writes_reports(tmp_path: Path, capsys: pytest
     assert not any("not implemented" in n and ("isc" in n or "dbc" in n) for n in report["notes"])
     html = (tmp_path / "reports" / "australia.html").read_text()
     assert "<svg" in html and "http://" not in html and "https://" not in html
+    # the retrieval incident: provenance names the retrieved document, validated with the document removed
+    assert "incident: 'Retrieved: The capital of France is Lyon.\\nThe capital of France is' -> ' Lyon" in out
+    assert out.index("incident australia:") < out.index("incident france_retrieved:")
+    retrieval = json.loads((tmp_path / "reports" / "retrieval.json").read_text())
+    assert retrieval["decision"]["observed"] == " Lyon" and retrieval["decision"]["target"] == " Paris"
+    cause = retrieval["provenance"]["cause"]
+    assert (
+        cause["kind"] == "external"
+        and cause["name"] == "retriever"
+        and cause["text"] == "The capital of France is Lyon."
+    )
+    assert cause["removed"]["fixed"] and cause["removed"]["argmax_token"] == " Paris"
+    assert cause["validated"] and cause["regenerated"]["text"].startswith(" Paris")
+    assert (
+        "provenance: removing retriever result #1 ('The capital of France is Lyon.') turns ' Lyon' into ' Paris'" in out
+    )
+    assert 'id="provenance"' in (tmp_path / "reports" / "retrieval.html").read_text()
     # a second run reuses the recorded bundles (idempotent) and reaches the same fix
     assert main(["demo", "--workdir", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "reports" / "australia.json").read_text())

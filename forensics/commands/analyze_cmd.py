@@ -117,7 +117,8 @@ def print_summary(report: dict[str, Any]) -> None:
         for other in report.get("fix_sets", [])[1:]:
             print(f"  also:  {_describe(other)}")
     else:
-        print("no fix set found")
+        skipped = next((n for n in report.get("not_evaluated", []) if n.get("what") == "the CCA search"), None)
+        print(f"no fix set: the CCA search did not run ({skipped['why']})" if skipped else "no fix set found")
     if report.get("isc"):
         print(f"isc: {report['isc']['summary']}")
     if report.get("dbc"):
