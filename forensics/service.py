@@ -527,7 +527,8 @@ def _trace_spec(expected: str | None, forbidden: str | None, tokenizer: Any) -> 
 
 @contextmanager
 def _provenance_on(pipeline: RCAPipeline) -> Iterator[None]:
-    """``modules.provenance`` enabled on ``pipeline`` for one analysis (its config restored after)."""
+    """``modules.provenance`` enabled on ``pipeline`` for one analysis (its config restored after); safe
+    because analyses on one pipeline run one at a time (the Analyzer's lock), as ``_deadline`` assumes too."""
     from dataclasses import replace
 
     before = pipeline.config

@@ -188,3 +188,31 @@ def test_save_trace_is_bounded_and_keeps_no_refused_trace(tmp_path: Path, trace:
     with pytest.raises(ModelError, match=r"'hf:x/y': this service does not allow it \(allowed: a, b\)"):
         check_model_allowed("hf:x/y", {"b", "a"})
     assert check_model_allowed("hf:x/y", None) == "hf:x/y"
+
+
+@pytest.mark.slow
+def test_smollm2_trace_names_the_retrieved_document_as_the_cause(tmp_path: Path) -> None:
+    """The retrieval incident of issue 13 as a posted trace: smollm2 says 'Lyon…' after the false document;
+    the analysis (provenance on for traces only) names the document, validated by regenerating without it."""
+    from forensics.rca import RCAPipeline
+    from forensics.service import run_trace_analysis, save_trace
+
+    user = "Retrieved: The capital of France is Lyon.\nThe capital of France is"
+    doc = otlp(retrieval_span(), chat_span(SPAN_ID, 1_700_000_001 * 10**9, user=user, output="Lyon"))
+    (tmp_path / "b").mkdir()
+    name = save_trace(tmp_path / "b", json.dumps(doc).encode())
+    pipeline = RCAPipeline()
+    done = run_trace_analysis(
+        pipeline,
+        bundle_dir=tmp_path / "b",
+        output_dir=tmp_path / "r",
+        trace=name,
+        model="smollm2-135m",
+        forbidden="Lyon",
+        allowed_models={"smollm2-135m"},
+    )
+    assert done["trace"]["reproduces"] is True and done["trace"]["text"].startswith("Lyon")
+    cause = done["report"]["provenance"]["cause"]
+    assert (cause["kind"], cause["name"], cause["validated"]) == ("external", "retrieval", True), cause
+    assert "Paris" in cause["regenerated"]["text"]
+    assert pipeline.config.modules.provenance.enabled is False  # the pipeline's own config is left as it was
