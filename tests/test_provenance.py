@@ -210,3 +210,62 @@ def test_smollm_retrieved_document_is_the_cause(smol: LoadedModel, tmp_path: Pat
     assert cause["statement"].startswith(
         f"removing retriever result #1 ({DOC!r}) turns ' Lyon' into ' Paris' (metric -"
     )
+
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_llama(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The tiny llama with a chat template saved into its directory."""
+    from transformers import AutoTokenizer
+
+    from forensics.models import build_tiny_model, resolve_model
+    from tests.conftest import LIVE_MODELS
+
+    path = build_tiny_model("llama", tmp_path_factory.mktemp("chat") / "llama", seed=0, layers=2)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = TEMPLATE
+    tok.save_pretrained(path)
+    loaded = resolve_model(str(path), device="cpu")
+    LIVE_MODELS.append(loaded.model)
+    return loaded
+
+
+def test_chat_messages_and_documents_are_named_and_removed_one_by_one(chat_llama: LoadedModel, tmp_path: Path) -> None:
+    from forensics.record.spans import render_chat
+    from forensics.replay.hybrid import rewrite_input
+
+    docs = ["The capital of France is Lyon.", "Zebras eat grass in Kenya."]
+    log = CallLog()
+    found = log.external("retriever", lambda query: docs)("capital of France")
+    messages = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "tool", "content": "\n".join(found)},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    run = record_greedy(chat_llama, messages, tmp_path / "chat", max_new_tokens=2, calls=log)
+    rp = Replayer(run.bundle, loaded=chat_llama)
+    out = provenance_for(rp, top=10)
+    assert out["evaluated"] == out["total_spans"] == 5
+    labels = {r["label"] for r in out["spans"]}
+    assert "tool message #2 ('The capital of France is Lyon. Zebras eat grass in Kenya.')" in labels
+    assert (
+        f"retriever result #1, document 2 ({docs[1]!r})" in labels
+        and "system message #1 ('Answer in one word.')" in labels
+    )
+    tok = chat_llama.tokenizer
+    by_label = {r["label"]: r for r in out["spans"]}
+    tool = by_label["tool message #2 ('The capital of France is Lyon. Zebras eat grass in Kenya.')"]
+    assert tool["role"] == "tool" and tool["index"] == 1
+    emptied = rewrite_input(rp.bundle, tok, {"message:1": ""})
+    assert tool["removed"]["input_length"] == len(emptied) + rp.step
+    second = by_label[f"retriever result #1, document 2 ({docs[1]!r})"]
+    one_less = render_chat(tok, [messages[0], {"role": "tool", "content": docs[0] + "\n"}, messages[2]])
+    assert (
+        second["part"] == 1
+        and second["removed"]["input_length"] == len(tok(one_less, add_special_tokens=False)["input_ids"]) + rp.step
+    )
