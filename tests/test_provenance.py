@@ -158,7 +158,23 @@ def test_pipeline_reports_provenance_only_when_on(tiny_llama: LoadedModel, tmp_p
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["provenance"]["summary"] == on.provenance["summary"]
     assert set(report["provenance"]) >= {"spans", "cause", "summary", "incident", "method"}
+    # one forward + backward pass, the incident, per measured span a removal and an ablation (suffix reuse
+    # may add the one pass that learns its cache)
+    assert 0 <= report["provenance"]["forward_passes"] - (2 + 2 * report["provenance"]["evaluated"]) <= 1
     assert all("_removed_ids" not in r for r in report["provenance"]["spans"])
+
+
+def test_unfaithful_replay_gets_no_provenance(
+    tiny_llama: LoadedModel, tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    from forensics.models import resolve_model
+
+    path = _incident(tiny_llama, tmp_path / "inc").bundle.path
+    other = resolve_model(str(tiny_dirs["llama"]), device="cpu")
+    other.model.model.layers[1].mlp.down_proj.weight.data.mul_(1.5)
+    result = RCAPipeline(_config(True)).analyze_incident(path, model=other, allow_model_mismatch=True)
+    assert result.fidelity["faithful"] is False and result.provenance is None
+    assert {"what": "provenance (input spans)", "why": "the replay is not faithful"} in result.not_evaluated
 
 
 def test_report_with_provenance_is_schema_valid(tiny_llama: LoadedModel, tmp_path: Path) -> None:

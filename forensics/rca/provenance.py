@@ -15,6 +15,7 @@ role markers stay, as a chat with an empty turn); no tool is ever called.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ def provenance_for(rp: Replayer, *, top: int = TOP_SPANS, max_new_tokens: int | 
     if rp.spec is None or not spans:
         why = "no failure spec" if rp.spec is None else "the bundle records no input spans"
         return {"spans": [], "cause": None, "summary": f"provenance skipped: {why}"}
+    t0, passes = time.perf_counter(), rp.forward_passes
     scores = attribution(rp, spans)
     order = sorted(range(len(spans)), key=lambda i: -abs(scores[i]))[:top]
     incident = rp.run(())
@@ -54,6 +56,8 @@ def provenance_for(rp: Replayer, *, top: int = TOP_SPANS, max_new_tokens: int | 
         "total_spans": len(spans),
         "cause": cause,
         "summary": _summary(rp, rows, cause, incident.metric),
+        "forward_passes": rp.forward_passes - passes,
+        "seconds": time.perf_counter() - t0,
     }
 
 
