@@ -62,7 +62,10 @@ def confidence(t: ConfidenceTerms) -> float:
 def explain(t: ConfidenceTerms | None) -> str:
     """The number in one sentence a user can check term by term."""
     if t is None:
-        return "confidence 0: no validated fix set was found."
+        return (
+            "confidence 0: no validated fix set was found (confidence rates a fix inside the model; a cause in "
+            "the input is reported under provenance and input level)."
+        )
     if not t.faithful:
         return "confidence 0: the replay is not faithful, so no intervention on it explains the incident."
     if not t.validated:
