@@ -18,6 +18,8 @@ from forensics.errors import ModelError, UnknownModuleError
 
 __all__ = ["FAMILIES", "ArchSpec", "Site", "arch_for", "get_module", "layer_of"]
 
+_HEAD_KEYS = ("num_attention_heads", "n_head")  # how HF configs name the number of attention heads
+
 Site = Literal["resid", "attn_out", "mlp_out"]
 
 
@@ -48,6 +50,35 @@ class ArchSpec:
         head = self.layers + "."
         index = module[len(head) :].split(".", 1)[0] if module.startswith(head) else ""
         return int(index) if index.isdigit() else None
+
+    def head_proj(self, module: str) -> str:
+        """Out-projection path of attention ``module`` (``model.layers.3.self_attn`` ->
+        ``model.layers.3.self_attn.o_proj``): its input holds every head's output side by side."""
+        head = self.layers + "."
+        if (
+            self.attn is None
+            or self.attn_out_proj is None
+            or self.layer_of(module) is None
+            or module != f"{head}{module[len(head) :].split('.', 1)[0]}.{self.attn}"
+        ):
+            raise ModelError(
+                f"{self.family}: head interventions target an attention module "
+                f"({self.layers}.<i>.{self.attn}), got {module!r}"
+            )
+        return f"{module}.{self.attn_out_proj}"
+
+    def head_slices(self, model: nn.Module, module: str | None = None) -> tuple[int, int]:
+        """(num_heads, head_dim): head h is columns [h*head_dim, (h+1)*head_dim) of the out-projection's
+        input. The width comes from the projection itself (Linear ``in_features``; GPT-2's Conv1D weight
+        is [in, out]), so configs with an explicit ``head_dim`` are read right too."""
+        config = getattr(model, "config", None)
+        heads = next((getattr(config, k) for k in _HEAD_KEYS if isinstance(getattr(config, k, None), int)), None)
+        proj = get_module(model, self.head_proj(module or f"{self.layers}.0.{self.attn}"))
+        weight = getattr(proj, "weight", None)
+        width = getattr(proj, "in_features", None) or (weight.shape[0] if weight is not None else None)
+        if not heads or not width or width % heads:
+            raise ModelError(f"{self.family}: cannot split out-projection input (width {width}) into {heads} heads")
+        return heads, int(width) // heads
 
     def sites(self, model: nn.Module) -> dict[str, Site]:
         """Every recordable module, in forward order, mapped to what it carries."""

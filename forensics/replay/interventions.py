@@ -30,6 +30,8 @@ class Intervention:
     alpha: how far to go, in [0, 1] (None: all the way, 1): a replacing kind blends
     ``alpha * replacement + (1 - alpha) * activation``; ``scale`` multiplies by ``1 + alpha * (factor - 1)``.
     0 changes nothing; the decision-boundary scan (``forensics.rca.dbc``) walks it.
+    head: with an attention ``module`` (``model.layers.3.self_attn``), change only that head's output —
+    its slice of the input of the attention output projection — and leave the other heads alone.
     """
 
     module: str
@@ -38,6 +40,7 @@ class Intervention:
     source: str | None = None
     factor: float | None = None
     alpha: float | None = None
+    head: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in INTERVENTION_KINDS:
@@ -56,6 +59,8 @@ class Intervention:
             if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not 0.0 <= self.alpha <= 1.0:
                 raise ConfigError(f"intervention alpha must be a number in [0, 1] (or absent), got {self.alpha!r}")
             object.__setattr__(self, "alpha", float(self.alpha))
+        if self.head is not None and (isinstance(self.head, bool) or not isinstance(self.head, int) or self.head < 0):
+            raise ConfigError(f"intervention head must be an int >= 0 (or absent), got {self.head!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"module": self.module, "kind": self.kind, "positions": self.positions}
@@ -67,16 +72,18 @@ class Intervention:
             out["factor"] = self.factor
         if self.alpha is not None:
             out["alpha"] = self.alpha
+        if self.head is not None:
+            out["head"] = self.head
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Intervention:
         if not isinstance(data, dict):
             raise ConfigError(f"an intervention is a JSON object, got {type(data).__name__}: {data!r}")
-        unknown = set(data) - {"module", "kind", "positions", "source", "factor", "alpha"}
+        unknown = set(data) - {"module", "kind", "positions", "source", "factor", "alpha", "head"}
         if unknown or "module" not in data or "kind" not in data:
             raise ConfigError(
-                f"intervention {data!r}: needs 'module' and 'kind'; optional 'positions', 'source', 'factor', 'alpha'"
+                f"intervention {data!r}: needs 'module' and 'kind'; optional 'positions', 'source', 'factor', 'alpha', 'head'"
                 + (f"; unknown keys {sorted(unknown)}" if unknown else "")
             )
         factor = data.get("factor")
@@ -87,6 +94,7 @@ class Intervention:
             data.get("source"),
             float(factor) if factor is not None else None,
             alpha=data.get("alpha"),
+            head=data.get("head"),
         )
 
     @staticmethod

@@ -4,7 +4,9 @@
     plan.modules["model.layers.3"].scale     # [K, T, 1]  — multiplied into the module output
     plan.modules["model.layers.3"].add       # [K, T, d]  — added after scaling
 
-Positions are resolved here, once, so a hook does one fused op for the whole batch.
+Positions are resolved here, once, so a hook does one fused op for the whole batch. Head interventions
+share one plan per attention module (key ``<attn>[heads]``), a forward pre-hook on its out-projection
+(``hook``) whose scale and add are as wide as that input: head h owns its columns.
 """
 
 from __future__ import annotations
@@ -18,14 +20,22 @@ from forensics.errors import ReplayError
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.sources import SourceBank
 
-__all__ = ["ModulePlan", "Plan", "compile_plan", "resolve_positions"]
+__all__ = ["HeadSite", "ModulePlan", "Plan", "compile_plan", "plan_key", "resolve_positions"]
+
+HeadSite = tuple[str, int, int]  # (out-projection path, num_heads, head_dim) of an attention module
 
 
 @dataclass
 class ModulePlan:
-    scale: torch.Tensor  # [K, T, 1]
+    scale: torch.Tensor  # [K, T, 1]; [K, T, heads * head_dim] for a head plan
     add: torch.Tensor  # [K, T, d]
     fires: int = 0
+    hook: str | None = None  # None: forward hook on the plan's module; else forward pre-hook on this path
+
+
+def plan_key(iv: Intervention) -> str:
+    """The plan entry (and fire-ledger line) of ``iv``: its module, or ``<module>[heads]`` for a head."""
+    return iv.module if iv.head is None else f"{iv.module}[heads]"
 
 
 @dataclass
@@ -56,10 +66,14 @@ def compile_plan(
     bank: SourceBank,
     step: int,
     device: torch.device,
+    heads: Callable[[str], HeadSite] | None = None,
 ) -> Plan:
     plan = Plan()
     for row, ivs in enumerate(sets):
         for iv in ivs:
+            if iv.head is not None:
+                _apply_head(plan, len(sets), row, iv, length, heads)
+                continue
             mp = plan.modules.get(iv.module)
             if mp is None:
                 d = width(iv.module) or _source_width(iv, bank, step)
@@ -69,6 +83,40 @@ def compile_plan(
     for mp in plan.modules.values():
         mp.scale, mp.add = mp.scale.to(device), mp.add.to(device)
     return plan
+
+
+def _apply_head(
+    plan: Plan, rows: int, row: int, iv: Intervention, length: int, heads: Callable[[str], HeadSite] | None
+) -> None:
+    """Head ``iv.head`` of ``iv.module``: its columns of the out-projection input, at its positions."""
+    if heads is None:
+        raise ReplayError(f"intervention on {iv.module} head {iv.head}: this replay has no head table")
+    proj, num_heads, head_dim = heads(iv.module)
+    head = int(iv.head or 0)
+    if head >= num_heads:
+        raise ReplayError(
+            f"intervention on {iv.module}: head {head} out of range; it has {num_heads} heads (0..{num_heads - 1})"
+        )
+    if iv.kind in ("mean", "patch"):
+        raise ReplayError(
+            f"{iv.kind} of {iv.module} head {head}: needs recordings of the input of {proj} (per-head outputs); "
+            "bundles record module outputs only, so heads take 'zero' or 'scale'"
+        )
+    key = plan_key(iv)
+    mp = plan.modules.get(key)
+    if mp is None:
+        width = num_heads * head_dim
+        mp = ModulePlan(torch.ones(rows, length, width), torch.zeros(rows, length, width), hook=proj)
+        plan.modules[key] = mp
+    positions, cols = resolve_positions(iv, length), slice(head * head_dim, (head + 1) * head_dim)
+    whole = iv.alpha is None or iv.alpha == 1.0
+    if iv.kind == "scale":
+        factor = float(iv.factor if iv.factor is not None else 1.0)
+        factor = factor if whole else 1.0 + float(iv.alpha or 0.0) * (factor - 1.0)
+    else:  # zero: all the way, or blended towards 0 by alpha
+        factor = 0.0 if whole else 1.0 - float(iv.alpha or 0.0)
+    mp.scale[row, positions, cols] *= factor
+    mp.add[row, positions, cols] *= factor
 
 
 def _source_width(iv: Intervention, bank: SourceBank, step: int) -> int:

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 
 from forensics.bundle import Bundle
-from forensics.errors import ReplayError
+from forensics.errors import ModelError, ReplayError
 from forensics.failure import FailureSpec
 from forensics.hooks import HookSet, primary, with_primary
-from forensics.models.arch import get_module
+from forensics.models.arch import arch_for, get_module
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
-from forensics.replay.plan import ModulePlan, Plan, compile_plan
+from forensics.replay.plan import HeadSite, ModulePlan, Plan, compile_plan, plan_key
 from forensics.replay.prefix import PrefixReuse
 from forensics.replay.schedule import budget_batch_size, chunk_indices, pass_cost
 from forensics.replay.sources import SourceBank
@@ -158,6 +158,7 @@ class Replayer:
             bank=self.bank,
             step=self.step,
             device=self.device,
+            heads=self._heads,
         )
         ids = self.input_ids
         eos = getattr(self.tokenizer, "eos_token_id", None)
@@ -206,7 +207,7 @@ class Replayer:
                 bool(fixed[k]),
                 int(top[k]),
                 self.tokenizer.decode([top[k]]),
-                tuple(plan.modules[iv.module].fires for iv in ivs),
+                tuple(plan.modules[plan_key(iv)].fires for iv in ivs),
             )
             for k, ivs in enumerate(chunk)
         ]
@@ -215,7 +216,13 @@ class Replayer:
         """One forward pass for ``chunk``: rows join at their first layer (prefix reuse) and the pass
         covers only positions from the first one the chunk changes (suffix reuse)."""
         plan = compile_plan(
-            chunk, length=self.length, width=self._width, bank=self.bank, step=self.step, device=self.device
+            chunk,
+            length=self.length,
+            width=self._width,
+            bank=self.bank,
+            step=self.step,
+            device=self.device,
+            heads=self._heads,
         )
         starts = [self.prefix.start(ivs) for ivs in chunk]
         grow = self.prefix.can_grow(chunk) and starts == sorted(starts)
@@ -252,7 +259,10 @@ class Replayer:
     def _installed(self, plan: Plan) -> Iterator[None]:
         with HookSet(self.model) as hooks:
             for name, mp in plan.modules.items():
-                hooks.forward(name, _patcher(mp))
+                if mp.hook is None:
+                    hooks.forward(name, _patcher(mp))
+                else:
+                    hooks.forward_pre(get_module(self.model, mp.hook), _pre_patcher(mp))
             yield
 
     @torch.inference_mode()
@@ -274,15 +284,22 @@ class Replayer:
                 self._widths[module] = None
         return self._widths[module]
 
+    def _heads(self, module: str) -> HeadSite:
+        try:
+            spec = arch_for(self.model)
+            return (spec.head_proj(module), *spec.head_slices(self.model, module))
+        except ModelError as exc:
+            raise ReplayError(f"head intervention on {module}: {exc}") from None
+
 
 def _grown(plan: Plan, extra: int) -> Plan:
     """``plan`` over ``extra`` more positions at the end, which it leaves unchanged (fresh fire counts)."""
     grown = Plan()
     for name, mp in plan.modules.items():
         rows, _, width = mp.add.shape
-        scale = torch.cat([mp.scale, mp.scale.new_ones(rows, extra, 1)], dim=1)
+        scale = torch.cat([mp.scale, mp.scale.new_ones(rows, extra, mp.scale.shape[-1])], dim=1)
         add = torch.cat([mp.add, mp.add.new_zeros(rows, extra, width)], dim=1)
-        grown.modules[name] = ModulePlan(scale, add)
+        grown.modules[name] = ModulePlan(scale, add, hook=mp.hook)
     return grown
 
 
@@ -296,6 +313,23 @@ def _patcher(mp: Any) -> Any:
             )
         mp.fires += 1
         return with_primary(output, out * mp.scale[:rows].to(out.dtype) + mp.add[:rows].to(out.dtype))
+
+    return hook
+
+
+def _pre_patcher(mp: ModulePlan) -> Any:
+    """Forward pre-hook on an out-projection: rewrites the heads' columns of its input (head plans)."""
+
+    def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+        x = args[0]  # [rows, T, heads * head_dim]
+        rows = x.shape[0]
+        if x.shape[1:] != mp.add.shape[1:] or rows > mp.add.shape[0]:
+            raise ReplayError(
+                f"head intervention on {mp.hook} expected [{mp.add.shape[0]}, {mp.add.shape[1]}, "
+                f"{mp.add.shape[2]}], got {tuple(x.shape)}"
+            )
+        mp.fires += 1
+        return (x * mp.scale[:rows].to(x.dtype) + mp.add[:rows].to(x.dtype), *args[1:]), kwargs
 
     return hook
 
