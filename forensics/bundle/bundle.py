@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from forensics.bundle._guard import Site
-from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, decrypt_stream, key_id
+from forensics.bundle.crypto import associated_data, decrypt_stream, required_key
 from forensics.bundle.integrity import check_files
 from forensics.bundle.location import Location, resolve
 from forensics.bundle.manifest import MANIFEST, MAX_MANIFEST_BYTES, data_file, parse_manifest
@@ -92,18 +92,7 @@ def _decrypt(site: Site, location: Location, manifest: dict[str, Any], data: str
     section = manifest.get("encryption")
     if section is None or data not in section["files"]:
         return None
-    wanted = section["key_id"]
-    if key is None:
-        raise site.error(
-            data,
-            f"encrypted ({ALGORITHM}, key id {wanted}) and no key was given; set MODEL_FORENSICS_ENCRYPTION_KEY"
-            " (library: load_bundle(..., encryption_key=...))",
-        )
-    key = check_key(site, data, key)
-    if key_id(key) != wanted:
-        raise site.error(
-            data, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(key)}"
-        )
+    key = required_key(site, data, key, section["key_id"])
     size = int(manifest["files"][data]["bytes"])
     aad = associated_data(str(manifest["bundle_id"]), data)
     with site.guard(data, "cannot read encrypted file"), location.open_stream(data) as stream:

@@ -38,6 +38,7 @@ __all__ = [
     "environment_key",
     "key_id",
     "parse_key",
+    "required_key",
     "validate_encryption",
 ]
 
@@ -91,6 +92,23 @@ def environment_key(environ: Mapping[str, str]) -> bytes | None:
 def key_id(key: bytes) -> str:
     """Public fingerprint of a key: the first 16 hex digits of its sha256."""
     return hashlib.sha256(key).hexdigest()[:16]
+
+
+def required_key(site: Site, file: str, key: object, wanted: str, what: str = "") -> bytes:
+    """The key that opens ``file`` (key id ``wanted``): a ``BundleError`` when none was given, it is malformed,
+    or it is another key. ``what`` adds to the description (e.g. ", content sealed")."""
+    if key is None:
+        raise site.error(
+            file,
+            f"encrypted ({ALGORITHM}, key id {wanted}{what}) and no key was given; set "
+            "MODEL_FORENSICS_ENCRYPTION_KEY (library: load_bundle(..., encryption_key=...))",
+        )
+    checked = check_key(site, file, key)
+    if key_id(checked) != wanted:
+        raise site.error(
+            file, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(checked)}"
+        )
+    return checked
 
 
 def check_key(site: Site, file: str, key: object) -> bytes:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forensics.bundle._guard import Site
-from forensics.bundle.crypto import ALGORITHM, associated_data, check_key, key_id
+from forensics.bundle.crypto import ALGORITHM, associated_data, required_key
 from forensics.bundle.schema import SEALED_KEYS
 from forensics.bundle.strictjson import loads_strict
 
@@ -57,18 +57,7 @@ def unseal(site: Site, manifest: Mapping[str, Any], key: bytes | None) -> dict[s
 
     from forensics.bundle.manifest import validate_manifest
 
-    wanted = manifest["encryption"]["key_id"]
-    if key is None:
-        raise site.error(
-            _MANIFEST,
-            f"encrypted ({ALGORITHM}, key id {wanted}, content sealed) and no key was given; set "
-            "MODEL_FORENSICS_ENCRYPTION_KEY (library: load_bundle(..., encryption_key=...))",
-        )
-    key = check_key(site, _MANIFEST, key)
-    if key_id(key) != wanted:
-        raise site.error(
-            _MANIFEST, f"wrong encryption key: bundle needs key id {wanted}, the key given has id {key_id(key)}"
-        )
+    key = required_key(site, _MANIFEST, key, manifest["encryption"]["key_id"], ", content sealed")
     sealed = manifest["sealed"]
     nonce, cipher = _unb64(site, sealed, "nonce"), _unb64(site, sealed, "ciphertext")
     try:
