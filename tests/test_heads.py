@@ -18,6 +18,7 @@ from forensics.models import resolve_model
 from forensics.models.arch import arch_for
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
+from forensics.replay.sources import prefix_length
 
 FAMILIES = ["llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi"]
 PROMPT = "The capital of Australia is"
@@ -175,9 +176,119 @@ def test_head_out_of_range_and_unsupported_kinds_are_clear(rp: Replayer) -> None
     proj = arch_for(rp.model).head_proj(_attn(rp, 0))
     with pytest.raises(ReplayError, match=f"head {heads} out of range; it has {heads} heads"):
         rp.run((Intervention(_attn(rp, 0), "zero", head=heads),))
-    with pytest.raises(ReplayError, match=f"mean of .* head 0: needs recordings of the input of {proj}"):
+    assert proj.startswith(_attn(rp, 0))
+    with pytest.raises(ReplayError, match="'mean' intervention needs benign baseline bundles"):
         rp.run((Intervention(_attn(rp, 0), "mean", head=0),))
-    with pytest.raises(ReplayError, match="patch of"):
+    with pytest.raises(ReplayError, match="patch source 'b' is not among the baselines"):
         rp.run((Intervention(_attn(rp, 0), "patch", source="b", head=0),))
     with pytest.raises(ReplayError, match="target an attention module"):
         rp.run((Intervention(arch_for(rp.model).layers + ".0", "zero", head=0),))
+
+
+@pytest.fixture(scope="module")
+def sourced(case: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The incident replayed with two other prompts of the same model as baselines."""
+    loaded, bundle = case
+    root = tmp_path_factory.mktemp("head_sources")
+    others = [
+        record_greedy(loaded, text, root / name, kind="benign", max_new_tokens=2).bundle
+        for name, text in (
+            ("canberra", "Canberra is the capital of Australia. The capital of Australia is"),
+            ("france", "The capital of France is"),
+        )
+    ]
+    return loaded, bundle, others
+
+
+def _captured(rp: Replayer, bundle: Any, layer: int) -> torch.Tensor:
+    """What the out-projection of ``layer`` reads on ``bundle``'s own tokens: a plain hook, not ours."""
+    proj = rp.model.get_submodule(arch_for(rp.model).head_proj(_attn(rp, layer)))
+    seen: list[torch.Tensor] = []
+    handle = proj.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].detach().clone()))
+    generated = list(bundle.outputs["generated_ids"])
+    ids = torch.tensor([list(bundle.inputs["input_ids"]) + generated[: len(generated) - 1]])
+    try:
+        with torch.inference_mode():
+            rp.model(input_ids=ids, use_cache=False)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _replaced(rp: Replayer, layer: int, cols: slice, values: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Decision-step logits with a plain pre-hook writing ``values[p]`` into ``cols`` at position p."""
+    proj = rp.model.get_submodule(arch_for(rp.model).head_proj(_attn(rp, layer)))
+
+    def hook(module: torch.nn.Module, args: Any) -> Any:
+        x = args[0].clone()
+        for p, v in values.items():
+            x[:, p, cols] = v
+        return (x, *args[1:])
+
+    handle = proj.register_forward_pre_hook(hook)
+    try:
+        with torch.inference_mode():
+            return rp.model(input_ids=rp.input_ids, use_cache=False).logits[0, -1].float()
+    finally:
+        handle.remove()
+
+
+def test_head_patch_takes_the_source_heads_at_aligned_positions(sourced: Any) -> None:
+    loaded, bundle, others = sourced
+    rp = Replayer(bundle, loaded=loaded, counterfactuals=others)
+    heads, head_dim = arch_for(rp.model).head_slices(rp.model)
+    head, layer = heads - 1, 1
+    cols = slice(head * head_dim, (head + 1) * head_dim)
+    src = _captured(rp, others[0], layer)[: prefix_length(others[0], rp.step), cols]  # aligned from the end
+    cases = {"last": [rp.length - 1], (1, 2): [1, 2]}
+    for positions, absolute in cases.items():
+        got = rp.logits([(Intervention(_attn(rp, layer), "patch", positions, "canberra", head=head),)])[0]
+        want = _replaced(rp, layer, cols, {p: src[p - rp.length] for p in absolute})
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    outcome = rp.run((Intervention(_attn(rp, layer), "patch", "last", "canberra", head=head),))
+    assert outcome.hook_fires == (1,)
+
+
+def test_head_mean_is_the_population_mean_and_blends_with_alpha(sourced: Any) -> None:
+    loaded, bundle, others = sourced
+    rp = Replayer(bundle, loaded=loaded, baselines=others)
+    _, head_dim = arch_for(rp.model).head_slices(rp.model)
+    cols = slice(0, head_dim)
+    mean = torch.stack([_captured(rp, b, 0)[:, cols].mean(dim=0) for b in others]).mean(dim=0)
+    got = rp.logits([(Intervention(_attn(rp, 0), "mean", "last", head=0),)])[0]
+    torch.testing.assert_close(got, _replaced(rp, 0, cols, {rp.length - 1: mean}), atol=1e-4, rtol=1e-4)
+    half = rp.logits([(Intervention(_attn(rp, 0), "mean", "last", head=0, alpha=0.5),)])[0]
+    mine = _captured(rp, bundle, 0)[rp.length - 1, cols]
+    want = _replaced(rp, 0, cols, {rp.length - 1: 0.5 * mean + 0.5 * mine})
+    torch.testing.assert_close(half, want, atol=1e-4, rtol=1e-4)
+
+
+def test_head_values_of_a_source_from_other_weights_are_refused(sourced: Any, tmp_path: Path) -> None:
+    loaded, bundle, _ = sourced
+    other = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    foreign = record_greedy(
+        resolve_model(_saved(other, loaded, tmp_path), device="cpu"),
+        PROMPT,
+        tmp_path / "ref",
+        kind="benign",
+        max_new_tokens=2,
+    ).bundle
+    rp = Replayer(bundle, loaded=loaded, counterfactuals=[foreign], options=_lenient())
+    with pytest.raises(ReplayError, match="recorded on other weights"):
+        rp.run((Intervention(_attn(rp, 0), "patch", "last", foreign.id, head=0),))
+    rp.run((Intervention(_attn(rp, 0), "patch", "last", foreign.id),))  # module outputs are recorded: fine
+
+
+def _saved(model: Any, loaded: Any, root: Path) -> str:
+    out = root / "other_model"
+    model.save_pretrained(out)
+    loaded.tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def _lenient() -> Any:
+    from forensics.replay.options import ReplayOptions
+
+    return ReplayOptions(allow_baseline_mismatch=True)

@@ -72,7 +72,7 @@ def compile_plan(
     for row, ivs in enumerate(sets):
         for iv in ivs:
             if iv.head is not None:
-                _apply_head(plan, len(sets), row, iv, length, heads)
+                _apply_head(plan, len(sets), row, iv, length, heads, bank, step)
                 continue
             mp = plan.modules.get(iv.module)
             if mp is None:
@@ -86,7 +86,14 @@ def compile_plan(
 
 
 def _apply_head(
-    plan: Plan, rows: int, row: int, iv: Intervention, length: int, heads: Callable[[str], HeadSite] | None
+    plan: Plan,
+    rows: int,
+    row: int,
+    iv: Intervention,
+    length: int,
+    heads: Callable[[str], HeadSite] | None,
+    bank: SourceBank,
+    step: int,
 ) -> None:
     """Head ``iv.head`` of ``iv.module``: its columns of the out-projection input, at its positions."""
     if heads is None:
@@ -96,11 +103,6 @@ def _apply_head(
     if head >= num_heads:
         raise ReplayError(
             f"intervention on {iv.module}: head {head} out of range; it has {num_heads} heads (0..{num_heads - 1})"
-        )
-    if iv.kind in ("mean", "patch"):
-        raise ReplayError(
-            f"{iv.kind} of {iv.module} head {head}: needs recordings of the input of {proj} (per-head outputs); "
-            "bundles record module outputs only, so heads take 'zero' or 'scale'"
         )
     key = plan_key(iv)
     mp = plan.modules.get(key)
@@ -113,10 +115,16 @@ def _apply_head(
     if iv.kind == "scale":
         factor = float(iv.factor if iv.factor is not None else 1.0)
         factor = factor if whole else 1.0 + float(iv.alpha or 0.0) * (factor - 1.0)
-    else:  # zero: all the way, or blended towards 0 by alpha
-        factor = 0.0 if whole else 1.0 - float(iv.alpha or 0.0)
-    mp.scale[row, positions, cols] *= factor
-    mp.add[row, positions, cols] *= factor
+        mp.scale[row, positions, cols] *= factor
+        mp.add[row, positions, cols] *= factor
+        return
+    keep, value = _replacement(iv, positions, length, bank, step, heads=True)
+    if isinstance(value, torch.Tensor):
+        value = value[..., cols]
+    alpha = 1.0 if whole else float(iv.alpha or 0.0)  # (1 - a) * (x * s + b) + a * value, on head's columns
+    index = (row, keep, cols)
+    mp.scale[index] *= 1.0 - alpha
+    mp.add[index] = mp.add[index] * (1.0 - alpha) + alpha * value
 
 
 def _source_width(iv: Intervention, bank: SourceBank, step: int) -> int:
@@ -149,14 +157,14 @@ def _apply(mp: ModulePlan, row: int, iv: Intervention, length: int, bank: Source
 
 
 def _replacement(
-    iv: Intervention, positions: list[int], length: int, bank: SourceBank, step: int
+    iv: Intervention, positions: list[int], length: int, bank: SourceBank, step: int, *, heads: bool = False
 ) -> tuple[list[int], torch.Tensor | float]:
     """(the positions a replacing kind overwrites, the values there: [n, d], [d] or a scalar)."""
     if iv.kind == "zero":
         return positions, 0.0
     if iv.kind == "mean":
-        return positions, torch.from_numpy(bank.mean(iv.module))
-    src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step).copy())  # aligned from the end
+        return positions, torch.from_numpy(bank.mean(iv.module, heads=heads))
+    src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step, heads=heads).copy())  # aligned from the end
     keep = [p for p in positions if p - length + src.shape[0] >= 0]
     if not keep:
         raise ReplayError(f"patch of {iv.module}: source too short for positions {iv.positions!r}")

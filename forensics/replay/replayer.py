@@ -32,6 +32,7 @@ from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for, get_module
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
+from forensics.replay.heads import capture_heads
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
 from forensics.replay.plan import HeadSite, ModulePlan, Plan, compile_plan, plan_key
@@ -92,6 +93,7 @@ class Replayer:
             options.allow_model_mismatch,
         )
         self.bank = SourceBank(baselines, counterfactuals)
+        self.bank.capture = self._capture_heads
         self.batch_size = options.batch_size
         self.device = next(self.model.parameters()).device
         self.spec = FailureSpec.from_dict(bundle.failure) if bundle.failure else None
@@ -283,6 +285,19 @@ class Replayer:
                 get_module(self.model, module)  # raises UnknownModuleError with suggestions
                 self._widths[module] = None
         return self._widths[module]
+
+    def _capture_heads(self, bundle: Bundle) -> dict[str, np.ndarray]:
+        """Head values of a source bundle: its own tokens through this model (one pass). A source from
+        another model's weights would get this model's heads, so it is refused (see ``SourceBank.set_heads``)."""
+        if bundle.model.get("sha256") != self.loaded.info.sha256:
+            raise ReplayError(
+                f"head values of {bundle.id}: it was recorded on other weights than {self.loaded.info.ref!r}, "
+                "so its heads cannot be recomputed here; capture them on its own model (a reference run does)"
+            )
+        generated = list(bundle.outputs.get("generated_ids") or [])
+        ids = list(bundle.inputs["input_ids"]) + generated[: max(0, len(generated) - 1)]
+        self.forward_passes += 1
+        return capture_heads(self.model, ids)
 
     def _heads(self, module: str) -> HeadSite:
         try:

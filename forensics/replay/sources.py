@@ -3,11 +3,16 @@
 bank = SourceBank([benign_a, benign_b])
 bank.mean("model.layers.3")                         # [d] mean over baselines and positions
 bank.patch("model.layers.3", "turkey_ok", length=12, step=0)   # [n, d] aligned from the end
+bank.patch("model.layers.3.self_attn", "turkey_ok", step=0, heads=True)   # [n, heads * head_dim]
+
+Head values (the input of an attention out-projection) are not in bundles: ``capture`` (set by the
+replayer) computes them from a source's own tokens on the model, once per source; a source from another
+model (a known-good reference) gets them from ``set_heads``, captured on that model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,25 +34,44 @@ class SourceBank:
     def __init__(self, baselines: Sequence[Any] = (), counterfactuals: Sequence[Any] = ()) -> None:
         self.population = {b.id: b for b in baselines}
         self.bundles = {**{b.id: b for b in counterfactuals}, **self.population}
-        self._means: dict[str, np.ndarray] = {}
-        self._patches: dict[tuple[str, str, int], np.ndarray] = {}
+        self._means: dict[tuple[str, bool], np.ndarray] = {}
+        self._patches: dict[tuple[str, str, int, bool], np.ndarray] = {}
+        self._heads: dict[str, dict[str, np.ndarray]] = {}  # bundle id -> {attention module: [T, width]}
+        self.capture: Callable[[Any], dict[str, np.ndarray]] | None = None
 
-    def mean(self, module: str) -> np.ndarray:
-        """Mean activation over the benign population's bundles and positions."""
-        if module not in self._means:
+    def set_heads(self, source: str, heads: dict[str, np.ndarray]) -> None:
+        """Head values of ``source``, captured elsewhere (on the model that produced it)."""
+        self._heads[source] = heads
+
+    def mean(self, module: str, *, heads: bool = False) -> np.ndarray:
+        """Mean activation over the benign population's bundles and positions (``heads``: of the
+        module's out-projection input, every head side by side)."""
+        if (module, heads) not in self._means:
             if not self.population:
                 raise ReplayError("a 'mean' intervention needs benign baseline bundles; none were given")
-            rows = [self._activation(b, module).mean(axis=0) for b in self.population.values()]
-            self._means[module] = np.mean(rows, axis=0).astype(np.float32)
-        return self._means[module]
+            rows = [self._values(b, module, heads).mean(axis=0) for b in self.population.values()]
+            self._means[module, heads] = np.mean(rows, axis=0).astype(np.float32)
+        return self._means[module, heads]
 
-    def patch(self, module: str, source: str | None, *, step: int) -> np.ndarray:
+    def patch(self, module: str, source: str | None, *, step: int, heads: bool = False) -> np.ndarray:
         """The source's activation up to its own decision position ``step`` (aligned from the end)."""
         bundle = self._bundle(source)
-        key = (bundle.id, module, step)
+        key = (bundle.id, module, step, heads)
         if key not in self._patches:  # sweeps ask for the same source row once per candidate set
-            self._patches[key] = self._activation(bundle, module)[: prefix_length(bundle, step)]
+            self._patches[key] = self._values(bundle, module, heads)[: prefix_length(bundle, step)]
         return self._patches[key]
+
+    def _values(self, bundle: Any, module: str, heads: bool) -> np.ndarray:
+        if not heads:
+            return self._activation(bundle, module)
+        if bundle.id not in self._heads:
+            if self.capture is None:
+                raise ReplayError(f"head values of {bundle.id}: this replay cannot capture them")
+            self._heads[bundle.id] = self.capture(bundle)
+        captured = self._heads[bundle.id]
+        if module not in captured:
+            raise ReplayError(f"baseline {bundle.id}: no head values for {module!r}")
+        return captured[module]
 
     def _bundle(self, source: str | None) -> Any:
         if source is None:
