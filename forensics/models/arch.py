@@ -16,7 +16,17 @@ from torch import nn
 
 from forensics.errors import ModelError, UnknownModuleError
 
-__all__ = ["FAMILIES", "ArchSpec", "Site", "arch_for", "get_module", "layer_of"]
+__all__ = [
+    "FAMILIES",
+    "ArchSpec",
+    "Component",
+    "ComponentSite",
+    "Site",
+    "arch_for",
+    "component_of",
+    "get_module",
+    "layer_of",
+]
 
 _HEAD_KEYS = ("num_attention_heads", "n_head")  # how HF configs name the number of attention heads
 
@@ -122,6 +132,44 @@ def layer_of(module: str, family: str | None = None) -> int | None:
     works on names alone (reports, bundles), no model needed. None outside every decoder layer list."""
     specs = [FAMILIES[family]] if family in FAMILIES else FAMILIES.values()
     return next((layer for spec in specs if (layer := spec.layer_of(module)) is not None), None)
+
+
+ComponentSite = Literal["resid", "attn", "mlp", "head"]
+
+
+@dataclass(frozen=True)
+class Component:
+    """What an intervention names, as an engineer reads it: layer 14's MLP, or head 3 of layer 14's attention."""
+
+    layer: int | None
+    site: ComponentSite
+    head: int | None = None
+
+    def label(self) -> str:
+        """``L14.H3``, ``L14 MLP``, ``L14 attention``, ``L14 residual``."""
+        layer = "?" if self.layer is None else str(self.layer)
+        names = {"resid": "residual", "attn": "attention", "mlp": "MLP"}
+        return f"L{layer}.H{self.head}" if self.site == "head" else f"L{layer} {names[self.site]}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"layer": self.layer, "site": self.site, "head": self.head, "label": self.label()}
+
+
+def component_of(module: str, head: int | None = None, family: str | None = None) -> Component:
+    """The component of a module path (and head), by the family tables; names alone, no model needed."""
+    specs = [FAMILIES[family]] if family in FAMILIES else list(FAMILIES.values())
+    for spec in specs:
+        layer = spec.layer_of(module)
+        if layer is None:
+            continue
+        block = f"{spec.layers}.{layer}"
+        if spec.attn is not None and module == f"{block}.{spec.attn}":
+            return Component(layer, "attn" if head is None else "head", head)
+        if spec.mlp is not None and module == f"{block}.{spec.mlp}":
+            return Component(layer, "mlp")
+        if module == block:
+            return Component(layer, "resid")
+    return Component(layer_of(module, family), "resid")
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
