@@ -54,6 +54,7 @@ class BatchTask:
     html: bool = False
     model_key: str = ""
     encryption_key: bytes | None = field(default=None, repr=False)  # ``config`` holds no secrets
+    reference_model: str | None = None  # a known-good model version: the patch source of every bundle
 
     @property
     def name(self) -> str:
@@ -105,13 +106,23 @@ def plan_batch(
     model: str | None = None,
     config: Config | None = None,
     html: bool = False,
+    reference_model: str | None = None,
 ) -> list[BatchTask]:
+    """One task per bundle; ``reference_model`` (a known-good version of the model) applies to each."""
     out = Path(output_dir)
     cfg = to_dict(config or Config())
     key = config.encryption_key if config is not None else None
     return [
         BatchTask(
-            str(p), str(out / f"{bundle_name(p)}.json"), baseline, model, cfg, html, model or _model_key(str(p)), key
+            str(p),
+            str(out / f"{bundle_name(p)}.json"),
+            baseline,
+            model,
+            cfg,
+            html,
+            model or _model_key(str(p)),
+            key,
+            reference_model,
         )
         for p in paths
     ]
@@ -129,7 +140,12 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
     report, html = Path(task.report), task.html_path
     try:
         result = state[key].analyze_incident(
-            task.bundle, baseline=task.baseline, model=task.model, output=report, html=html
+            task.bundle,
+            baseline=task.baseline,
+            model=task.model,
+            output=report,
+            html=html,
+            reference_model=task.reference_model,
         )
     except BaseException:
         for path in (report, html):

@@ -262,6 +262,7 @@ def run_analysis(
     encryption_key: bytes | None = None,
     allowed_models: Collection[str] | None = None,
     timeout_s: float | None = None,
+    reference_model: str | None = None,
 ) -> dict[str, Any]:
     """Analyse bundle ``bundle`` (a name under ``bundle_dir``); store the report as ``output_dir/<id>.json``.
 
@@ -269,11 +270,15 @@ def run_analysis(
     ``allowed_models``: the model references a bundle may name (a bundle's manifest chooses which
     model gets loaded; None allows any). ``timeout_s`` (config ``timeout_minutes``) stops the search
     between candidate batches once exceeded (``AnalysisTimeoutError``, 504). The report is indexed for
-    ``stats`` in ``output_dir``. Returns ``{"id", "bundle", "report"}``.
+    ``stats`` in ``output_dir``. ``reference_model``: a known-good version of the model (one of
+    ``allowed_models``, ``check_model_allowed``), the patch source (``forensics.rca.reference``).
+    Returns ``{"id", "bundle", "report"}``.
     """
     from forensics.bundle import load_bundle
 
     result_id = check_result_id(result_id or new_result_id())
+    if reference_model is not None:
+        check_model_allowed(reference_model, allowed_models)
     path = resolve_bundle(bundle_dir, bundle)
     incident = load_bundle(path, encryption_key=encryption_key)
     ref = str(incident.model.get("ref"))
@@ -283,7 +288,9 @@ def run_analysis(
             f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})"
         )
     with _deadline(pipeline, timeout_s, bundle):
-        result = pipeline.analyze_incident(incident, baseline=None if baseline is None else str(baseline))
+        result = pipeline.analyze_incident(
+            incident, baseline=None if baseline is None else str(baseline), reference_model=reference_model
+        )
     return {"id": result_id, "bundle": bundle, "report": _store(result, output_dir, result_id)}
 
 

@@ -80,6 +80,13 @@ class AnalyzeRequest(BaseModel):
         max_length=service.MAX_NAME_CHARS,
         description="benign bundle dir or .json under bundle_dir (default: the app's)",
     )
+    reference_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=service.MAX_NAME_CHARS,
+        description="known-good version of the bundle's model (same architecture; one of the app's "
+        "allowed_models): its run of the incident's tokens is the patch source",
+    )
 
 
 class TraceAnalyzeRequest(BaseModel):
@@ -150,8 +157,8 @@ class Backend(Protocol):
     """Runs the heavy work (in the Analyzer deployment); raises ``APIError`` for failures."""
 
     async def analyze(
-        self, *, bundle: str, baseline: str | None, result_id: str, request_id: str
-    ) -> dict[str, Any]: ...
+        self, *, bundle: str, baseline: str | None, result_id: str, request_id: str, **reference_model: str
+    ) -> dict[str, Any]: ...  # reference_model=... only when the request names one
 
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> list[dict[str, Any]]: ...
 
@@ -189,6 +196,7 @@ _ANALYZE_BODY = {
                             "description": "bundle archive (.tar or .tar.zst)",
                         },
                         "baseline": {"type": "string"},
+                        "reference_model": {"type": "string"},
                     },
                 }
             },
@@ -238,8 +246,9 @@ def build_api(
                     done = await _analyze_trace(backend, settings, given, entry, rid)
                 else:
                     entry["bundle"] = given[0]
+                    extra = {"reference_model": given[2]} if given[2] is not None else {}
                     done = await backend.analyze(
-                        bundle=given[0], baseline=given[1], result_id=service.new_result_id(), request_id=rid
+                        bundle=given[0], baseline=given[1], result_id=service.new_result_id(), request_id=rid, **extra
                     )
             except APIError as exc:
                 if exc.status != 503:  # overload is not a failed analysis
@@ -298,8 +307,11 @@ def build_api(
 
 
 # -- request bodies ------------------------------------------------------------------------------
-async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str | None] | TraceAnalyzeRequest:
-    """(bundle name, baseline name) from a JSON body or a multipart upload saved under bundle_dir; or a trace body."""
+async def _analyze_input(
+    request: Request, settings: Settings
+) -> tuple[str, str | None, str | None] | TraceAnalyzeRequest:
+    """(bundle name, baseline name, reference model) from a JSON body or a multipart upload saved under
+    bundle_dir; or a trace body. A reference model must be one of the app's ``allowed_models``."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         return await _upload(request, settings)
@@ -315,7 +327,9 @@ async def _analyze_input(request: Request, settings: Settings) -> tuple[str, str
             413, "PayloadTooLarge", f"request body larger than {MAX_JSON_BYTES} bytes (only a trace body may be larger)"
         )
     body = _validated(AnalyzeRequest, raw)
-    return body.bundle, body.baseline
+    if body.reference_model is not None:
+        service.check_model_allowed(body.reference_model, settings.allowed_models)
+    return body.bundle, body.baseline, body.reference_model
 
 
 def _names_a_trace(raw: bytes) -> bool:
@@ -401,7 +415,7 @@ def _check_length(request: Request, limit: int) -> None:
         raise APIError(413, "PayloadTooLarge", f"request body of {declared} bytes is over the limit of {limit}")
 
 
-async def _upload(request: Request, settings: Settings) -> tuple[str, str | None]:
+async def _upload(request: Request, settings: Settings) -> tuple[str, str | None, str | None]:
     if request.headers.get("content-length") is None:
         raise APIError(411, "LengthRequired", "uploads need a Content-Length header")
     _check_length(request, settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
@@ -410,11 +424,15 @@ async def _upload(request: Request, settings: Settings) -> tuple[str, str | None
     except ClientDisconnect:  # mid-upload: audited as the client's doing, never as a 500
         raise _disconnected() from None
     try:
-        file, baseline = form.get("file"), form.get("baseline")
+        file, baseline, reference = form.get("file"), form.get("baseline"), form.get("reference_model")
         if not isinstance(file, UploadFile):
             raise APIError(422, "ValidationError", "multipart upload: put the bundle archive in a part named 'file'")
         if baseline is not None and not isinstance(baseline, str):
             raise APIError(422, "ValidationError", "multipart upload: 'baseline' must be a text field")
+        if reference is not None and not (isinstance(reference, str) and 0 < len(reference) <= service.MAX_NAME_CHARS):
+            raise APIError(422, "ValidationError", "multipart upload: 'reference_model' must be a short text field")
+        if reference:
+            service.check_model_allowed(reference, settings.allowed_models)
         name = await asyncio.to_thread(
             service.save_upload,
             settings.bundle_dir,
@@ -425,7 +443,7 @@ async def _upload(request: Request, settings: Settings) -> tuple[str, str | None
         )
     finally:
         await form.close()
-    return name, baseline or None
+    return name, baseline or None, reference or None
 
 
 # -- errors, request ids, request metrics --------------------------------------------------------

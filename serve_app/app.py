@@ -64,8 +64,16 @@ class Analyzer:
         self.pipeline = RCAPipeline(self.settings.config)
         self._lock = threading.Lock()
 
-    async def analyze(self, *, bundle: str, baseline: str | None, result_id: str, request_id: str) -> dict[str, Any]:
-        return await self._run(request_id, self._analyze, bundle, baseline, result_id)
+    async def analyze(
+        self,
+        *,
+        bundle: str,
+        baseline: str | None,
+        result_id: str,
+        request_id: str,
+        reference_model: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._run(request_id, self._analyze, bundle, baseline, result_id, reference_model)
 
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> dict[str, Any]:
         return await self._run(request_id, self._triage, directory, baseline)
@@ -79,7 +87,9 @@ class Analyzer:
         if problems:
             raise RuntimeError("; ".join(problems))
 
-    def _analyze(self, bundle: str, baseline: str | None, result_id: str) -> dict[str, Any]:
+    def _analyze(
+        self, bundle: str, baseline: str | None, result_id: str, reference_model: str | None = None
+    ) -> dict[str, Any]:
         s = self.settings
         return service.run_analysis(
             self.pipeline,
@@ -91,6 +101,7 @@ class Analyzer:
             encryption_key=s.encryption_key,
             allowed_models=s.allowed_models,
             timeout_s=s.config.timeout_minutes * 60.0,
+            reference_model=reference_model,
         )
 
     def _analyze_trace(self, trace: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", help="benign bundles directory, one bundle, or a build-baseline .json file")
     p.add_argument("--patch-source", action="append", help="counterfactual bundle to patch from (repeatable)")
     p.add_argument("--model", help="model reference to use instead of the bundle's")
+    p.add_argument(
+        "--reference-model",
+        metavar="REF",
+        help="known-good version of the model (same architecture, e.g. before a fine-tune, merge or "
+        "quantisation): its run of the incident's own tokens is the patch source, so the fix set names "
+        "the components where the two versions diverge; the report says what REF answers",
+    )
     p.add_argument("--output", help="JSON report path (default: OUTPUT_DIR/<bundle>.json)")
     p.add_argument("--html", help="also write a self-contained HTML report here")
     p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 html=args.html,
                 allow_model_mismatch=args.allow_model_mismatch,
                 allow_baseline_mismatch=args.allow_baseline_mismatch,
+                reference_model=args.reference_model,
             )
         with storage_errors(output.parent / INDEX_NAME):
             index_result(output.parent, report, output)  # the SQLite index `stats` reads sits next to the reports
@@ -103,6 +111,8 @@ def print_summary(report: dict[str, Any]) -> None:
         + f" at step {d['step']}"
         + (f" (margin {margin:.3f} logits)" if isinstance(margin, float) else "")
     )
+    if report.get("reference"):
+        print(f"reference: {report['reference']['statement']}")
     anomalous = [m["module"] for m in report["compression_metrics"] if m["is_anomalous"]]
     top = ", ".join(
         f"layer {r['layer']} (score {r['score']:.1f}, onset +{r.get('onset', 0.0):.1f})"

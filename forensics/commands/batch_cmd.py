@@ -25,6 +25,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "./analysis_results or MODEL_FORENSICS_OUTPUT_DIR)",
     )
     p.add_argument("--model", help="model reference to use instead of each bundle's")
+    p.add_argument(
+        "--reference-model",
+        metavar="REF",
+        help="known-good version of the model (same architecture) for every bundle: its run of each "
+        "incident's tokens is the patch source (see analyze --reference-model)",
+    )
     p.add_argument("--html", action="store_true", help="also write <bundle>.html next to each result")
     p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster, or --address")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); implies --ray")
@@ -42,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
     args.output = args.output or config.output_dir
     paths = [p for p in list_bundle_paths(args.directory) if not _is_benign(p)]
     tasks = plan_batch(
-        paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config, html=args.html
+        paths,
+        output_dir=args.output,
+        baseline=args.baseline,
+        model=args.model,
+        config=config,
+        html=args.html,
+        reference_model=args.reference_model,
     )
     executor: Executor
     if args.ray or args.address:

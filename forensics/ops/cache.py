@@ -188,14 +188,10 @@ def input_identity(
     allow_model_mismatch: bool,
     allow_baseline_mismatch: bool,
     key: bytes | None = None,
+    reference_model: Any = None,
 ) -> dict[str, Any]:
     """What besides the bundle and config decides the result, as plain data."""
-    from forensics.models.registry import LoadedModel
-
-    if isinstance(model, LoadedModel):
-        model_id: Any = {"sha256": model.info.sha256}
-    else:
-        model_id = None if model is None else str(model)
+    model_id, reference_id = _model_identity(model), _model_identity(reference_model)
     sources = patch_source if isinstance(patch_source, list | tuple) else [patch_source] if patch_source else []
     return {
         "baseline": _baseline_identity(baseline, key),
@@ -203,7 +199,16 @@ def input_identity(
         "patch_sources": [_bundle_sha(p, key) for p in sources],
         "allow_model_mismatch": allow_model_mismatch,
         "allow_baseline_mismatch": allow_baseline_mismatch,
+        **({"reference_model": reference_id} if reference_id is not None else {}),  # old keys stay valid
     }
+
+
+def _model_identity(model: Any) -> Any:
+    from forensics.models.registry import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return {"sha256": model.info.sha256}
+    return None if model is None else str(model)
 
 
 def _bundle_sha(obj: Any, key: bytes | None) -> str:
@@ -240,6 +245,7 @@ def cached_analyze(
     html: str | Path | None = None,
     allow_model_mismatch: bool = False,
     allow_baseline_mismatch: bool = False,
+    reference_model: Any = None,
 ) -> dict[str, Any]:
     """``pipeline.analyze_incident(...).to_dict()``, answered from ``cache`` when the same inputs were
     analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses.
@@ -254,7 +260,14 @@ def cached_analyze(
     key = None
     if cache is not None:
         extra = input_identity(
-            incident, baseline, model, patch_source, allow_model_mismatch, allow_baseline_mismatch, key_bytes
+            incident,
+            baseline,
+            model,
+            patch_source,
+            allow_model_mismatch,
+            allow_baseline_mismatch,
+            key_bytes,
+            reference_model=reference_model,
         )
         key = cache_key(incident.file_sha256(), config_hash(pipeline.config), __version__, extra)
         hit = cache.get(key)
@@ -273,6 +286,7 @@ def cached_analyze(
         html=html,
         allow_model_mismatch=allow_model_mismatch,
         allow_baseline_mismatch=allow_baseline_mismatch,
+        reference_model=reference_model,
     )
     report: dict[str, Any] = result.to_dict()
     log_analysis(report)

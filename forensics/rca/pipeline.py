@@ -34,6 +34,7 @@ from forensics.rca.judge import check_side_effects, judge_answer, rank
 from forensics.rca.localise import rank_layers
 from forensics.rca.population import load_population, pick_counterfactuals
 from forensics.rca.provenance import provenance_for
+from forensics.rca.reference import reference_heads, reference_run, reference_section
 from forensics.rca.result import RCAResult
 from forensics.rca.story import NEAR_TIE_SHARE, Story, commands, incident_section
 from forensics.replay.fidelity import Fidelity
@@ -70,7 +71,11 @@ class RCAPipeline:
         html: str | Path | None = None,
         allow_model_mismatch: bool = False,
         allow_baseline_mismatch: bool = False,
+        reference_model: Any = None,
     ) -> RCAResult:
+        """``reference_model`` (a reference, a path or a ``LoadedModel``): a known-good version of the model
+        with the same architecture; its run of the incident's own tokens becomes the first patch source
+        (``forensics.rca.reference``) and the report gets a ``reference`` section."""
         if model is None and _is_model(baseline):  # the guide's analyze_incident(incident_data, model)
             baseline, model = None, baseline
         t0 = time.perf_counter()
@@ -79,14 +84,24 @@ class RCAPipeline:
         incident = self._bundle(bundle)
         population, stats = self._baselines(baseline)
         loaded = self._model(incident, model)
+        reference = self._reference(incident, loaded, reference_model, output)
         timings["load"] = time.perf_counter() - t0
-        cfs = self._counterfactuals(incident, population, patch_source)
+        cfs = self._counterfactuals(incident, population, patch_source, reference)
         options = replay_options(
             self.config, allow_model_mismatch=allow_model_mismatch, allow_baseline_mismatch=allow_baseline_mismatch
         )
+        if reference is not None:
+            options = replace(
+                options, reference_sha256=reference[0].info.sha256, reference_model=_loadable(reference[0])
+            )
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
+        if reference is not None:
+            rp.bank.set_heads(reference[1].id, reference_heads(*reference))  # REF's heads, not this model's
         fidelity = rp.fidelity()
         story = Story(rp)
+        ref_section = reference_section(incident, *reference) if reference is not None else None
+        if ref_section is not None and not ref_section["produces_target"]:
+            story.notes.append(ref_section["statement"])
         provenance = provenance_for(rp) if self.config.modules.provenance.enabled and fidelity.faithful else None
         if self.config.modules.provenance.enabled and not fidelity.faithful:
             story.skip("provenance (input spans)", "the replay is not faithful")
@@ -113,6 +128,7 @@ class RCAPipeline:
         result = self._result(rp, incident, metrics, fidelity, story, population, cfs, timings, t0)
         result.isc, result.dbc = advanced.get("isc"), advanced.get("dbc")
         result.provenance = provenance
+        result.reference = ref_section
         result.commands = commands(
             incident.path, baseline, patch_source, model, output, allow_model_mismatch, allow_baseline_mismatch
         )
@@ -172,10 +188,40 @@ class RCAPipeline:
 
         return population, build_baseline(population, self.config.modules.cf)
 
-    def _counterfactuals(self, incident: Any, population: Sequence[Any], patch_source: Any) -> list[Any]:
+    def _counterfactuals(
+        self, incident: Any, population: Sequence[Any], patch_source: Any, reference: Any = None
+    ) -> list[Any]:
+        """Patch sources: the reference run first (when there is one), then the given or picked ones."""
+        first = [reference[1]] if reference is not None else []
         if patch_source is not None:
-            return [self._bundle(p) for p in (patch_source if isinstance(patch_source, list) else [patch_source])]
-        return pick_counterfactuals(incident, population, k=self.config.modules.cca.patch_sources)
+            sources = patch_source if isinstance(patch_source, list) else [patch_source]
+            return [*first, *(self._bundle(p) for p in sources)]
+        return [*first, *pick_counterfactuals(incident, population, k=self.config.modules.cca.patch_sources)]
+
+    def _reference(
+        self, incident: Bundle, loaded: LoadedModel, reference_model: Any, output: str | Path | None
+    ) -> tuple[LoadedModel, Bundle] | None:
+        """(REF loaded, its run of the incident's tokens), or None without a reference model. The run is
+        cached under ``cache_dir/reference`` (else ``reference/`` next to the report, else in ``output_dir``)."""
+        if reference_model is None:
+            return None
+        if isinstance(reference_model, LoadedModel):
+            ref = reference_model
+        elif isinstance(reference_model, str | Path):
+            key = (str(reference_model), incident.model.get("dtype", "float32"))
+            if key not in self._models:
+                self._models[key] = resolve_model(
+                    key[0], device=self.config.device, dtype=key[1], cache_dir=self.config.cache_dir
+                )
+            ref = self._models[key]
+        else:
+            raise ModelError(
+                f"reference_model: expected a model reference (str) or a LoadedModel, got {type(reference_model).__name__}"
+            )
+        cfg = self.config
+        root = Path(cfg.cache_dir) if cfg.cache_dir else Path(output).parent if output else Path(cfg.output_dir)
+        bundle = reference_run(incident, ref, root / "reference", model=loaded, encryption_key=cfg.encryption_key)
+        return ref, bundle
 
     def _cf(
         self, incident: Any, population: Sequence[Any], stats: Any, story: Story, timings: dict[str, float]
@@ -369,6 +415,12 @@ class RCAPipeline:
             confidence_terms=terms.to_dict() if terms else None,
             confidence_explanation=explain(terms),
         )
+
+
+def _loadable(ref: LoadedModel) -> str | None:
+    """How a worker elsewhere loads REF again (None: an in-memory model, which only this process has)."""
+    info = ref.info
+    return info.path if info.kind in ("hf_dir", "gguf") else info.ref if info.kind in ("embedded", "hf_cache") else None
 
 
 def _is_model(obj: Any) -> bool:

@@ -51,6 +51,7 @@ class RCAResult:
     confidence_terms: dict[str, Any] | None = None
     confidence_explanation: str = ""
     commands: dict[str, str] = field(default_factory=dict)
+    reference: dict[str, Any] | None = None  # forensics.rca.reference: REF and its answer, with a reference model
 
     @property
     def anomalous_modules(self) -> list[str]:
@@ -90,6 +91,7 @@ class RCAResult:
             "confidence_terms": self.confidence_terms,
             "confidence_explanation": self.confidence_explanation,
             "commands": self.commands,
+            "reference": self.reference,
         }
 
     def export(self, path: str | os.PathLike[str]) -> str:

@@ -24,6 +24,10 @@ class ReplayOptions:
     """``device``: auto | cpu | cuda[:N] | mps, used when the replayer loads the model itself.
     ``cache_dir``: where converted models are cached (None: the registry's documented default).
     ``allow_model_mismatch`` / ``allow_baseline_mismatch``: replay although weights hashes differ.
+    ``reference_sha256``: the weights of a known-good reference model; a counterfactual that is a reference
+    run on them (manifest ``reference``, ``forensics.rca.reference``) is exempt from the weights check, every
+    other bundle is still checked. ``reference_model``: where that model loads from (a reference or path),
+    so a replayer anywhere (a Ray worker) can capture the reference run's head values on REF itself.
     ``batch_size``: intervention sets per forward pass. ``fidelity_tolerance`` / ``fidelity_rtol``: the absolute and
     relative parts of the fidelity tolerance (``measure_fidelity``).
     ``prefix_reuse`` / ``suffix_reuse``: skip work a set does not change. ``max_memory``: bytes a pass
@@ -33,6 +37,8 @@ class ReplayOptions:
     cache_dir: str | None = None
     allow_model_mismatch: bool = False
     allow_baseline_mismatch: bool = False
+    reference_sha256: str | None = None
+    reference_model: str | None = None
     batch_size: int = 32
     fidelity_tolerance: float = 1e-4
     fidelity_rtol: float = 1e-4

@@ -41,7 +41,7 @@ from forensics.replay.schedule import budget_batch_size, chunk_indices, pass_cos
 from forensics.replay.sources import SourceBank
 from forensics.replay.suffix import SuffixReuse
 
-__all__ = ["Outcome", "Replayer"]
+__all__ = ["Outcome", "Replayer", "is_reference_run"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Replayer:
         _check_identity(
             bundle,
             self.loaded,
-            [] if options.allow_baseline_mismatch else [*baselines, *counterfactuals],
+            [] if options.allow_baseline_mismatch else [*baselines, *_checked(counterfactuals, options)],
             options.allow_model_mismatch,
         )
         self.bank = SourceBank(baselines, counterfactuals)
@@ -289,6 +289,8 @@ class Replayer:
     def _capture_heads(self, bundle: Bundle) -> dict[str, np.ndarray]:
         """Head values of a source bundle: its own tokens through this model (one pass). A source from
         another model's weights would get this model's heads, so it is refused (see ``SourceBank.set_heads``)."""
+        if bundle.model.get("sha256") != self.loaded.info.sha256 and is_reference_run(bundle, self.options):
+            return self._reference_heads(bundle)
         if bundle.model.get("sha256") != self.loaded.info.sha256:
             raise ReplayError(
                 f"head values of {bundle.id}: it was recorded on other weights than {self.loaded.info.ref!r}, "
@@ -298,6 +300,30 @@ class Replayer:
         ids = list(bundle.inputs["input_ids"]) + generated[: max(0, len(generated) - 1)]
         self.forward_passes += 1
         return capture_heads(self.model, ids)
+
+    def _reference_heads(self, bundle: Bundle) -> dict[str, np.ndarray]:
+        """Head values of a reference run, captured on the reference model itself (``options.reference_model``),
+        for a replayer whose bank was not given them (``SourceBank.set_heads``), e.g. on a Ray worker."""
+        opts = self.options
+        if opts.reference_model is None:
+            raise ReplayError(
+                f"head values of reference run {bundle.id}: recorded on the reference model, which this replay "
+                "cannot load (ReplayOptions.reference_model is unset: a reference given as an in-memory model); "
+                "run the analysis in process or name the reference model by path"
+            )
+        ref = resolve_model(
+            opts.reference_model,
+            device=opts.device,
+            dtype=bundle.model.get("dtype", "float32"),
+            cache_dir=opts.cache_dir,
+        )
+        if ref.info.sha256 != opts.reference_sha256:
+            raise ReplayError(
+                f"head values of reference run {bundle.id}: {opts.reference_model!r} now has weights sha256 "
+                f"{ref.info.sha256[:12]}…, the reference run was recorded on {str(opts.reference_sha256)[:12]}…"
+            )
+        generated = list(bundle.outputs.get("generated_ids") or [])
+        return capture_heads(ref.model, list(bundle.inputs["input_ids"]) + generated[: max(0, len(generated) - 1)])
 
     def _heads(self, module: str) -> HeadSite:
         try:
@@ -354,6 +380,19 @@ def _capture_into(store: dict[str, np.ndarray], name: str) -> Any:
         store[name] = primary(output)[0].detach().to("cpu", torch.float32).numpy()
 
     return hook
+
+
+def is_reference_run(bundle: Any, options: ReplayOptions) -> bool:
+    """Whether ``bundle`` is a reference run on the weights ``options.reference_sha256`` names (its manifest
+    ``reference`` and its model agree): the one kind of bundle from other weights a replay accepts unasked."""
+    sha = options.reference_sha256
+    mark = bundle.manifest.get("reference") or {}
+    return sha is not None and bundle.model.get("sha256") == sha and mark.get("sha256") == sha
+
+
+def _checked(counterfactuals: Sequence[Any], options: ReplayOptions) -> list[Any]:
+    """The counterfactuals the weights check applies to: all but the reference run."""
+    return [b for b in counterfactuals if not is_reference_run(b, options)]
 
 
 def _check_identity(bundle: Any, loaded: LoadedModel, baselines: Sequence[Any], allow: bool) -> None:
