@@ -18,15 +18,19 @@ from typing import Any
 
 from forensics.errors import ConfigError
 from forensics.vocab import (
+    CANDIDATE_POSITIONS,
+    COMPONENTS,
     COMPRESSION_METHODS,
     INTERVENTION_KINDS,
     PERMISSIONS,
-    POSITION_NAMES,
+    PREFILTERS,
     ROLES,
     STRATEGIES,
+    CandidatePositions,
+    ComponentName,
     CompressionMethod,
     InterventionKind,
-    PositionName,
+    Prefilter,
     SearchStrategy,
 )
 
@@ -112,7 +116,10 @@ class CCAConfig:
     max_fix_set_size: int = 5
     early_stop_threshold: float = 0.8
     intervention_types: tuple[InterventionKind, ...] = ("zero", "mean", "patch")
-    positions: tuple[PositionName, ...] = ("last", "all")
+    positions: tuple[CandidatePositions, ...] = ("last", "all", "each", "ranges", "spans")
+    components: tuple[ComponentName, ...] = ("resid", "attn", "mlp", "head")
+    prefilter: Prefilter = "atp"
+    prefilter_top_k: int = 48
     beam_width: int = 3
     random_samples: int = 256
     seed: int = 0
@@ -148,11 +155,18 @@ class CCAConfig:
         )
         _check(
             "modules.cca.positions",
-            bool(self.positions) and set(self.positions) <= set(POSITION_NAMES),
+            bool(self.positions) and set(self.positions) <= set(CANDIDATE_POSITIONS),
             list(self.positions),
-            f"a non-empty list of {', '.join(POSITION_NAMES)}",
+            f"a non-empty list of {', '.join(CANDIDATE_POSITIONS)}",
         )
-        for key in ("beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
+        _check(
+            "modules.cca.components",
+            bool(self.components) and set(self.components) <= set(COMPONENTS),
+            list(self.components),
+            f"a non-empty list of {', '.join(COMPONENTS)}",
+        )
+        _check("modules.cca.prefilter", self.prefilter in PREFILTERS, self.prefilter, " | ".join(PREFILTERS))
+        for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
             value = getattr(self, key)
             _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
 

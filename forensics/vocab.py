@@ -15,17 +15,23 @@ from typing import Literal, get_args
 
 __all__ = [
     "BUNDLE_KINDS",
+    "CANDIDATE_POSITIONS",
+    "COMPONENTS",
     "COMPRESSION_METHODS",
     "INTERVENTION_KINDS",
     "PERMISSIONS",
     "POSITION_NAMES",
+    "PREFILTERS",
     "ROLES",
     "STRATEGIES",
     "BundleKind",
+    "CandidatePositions",
+    "ComponentName",
     "CompressionMethod",
     "InterventionKind",
     "Permission",
     "PositionName",
+    "Prefilter",
     "Role",
     "SearchStrategy",
 ]
@@ -35,6 +41,9 @@ CompressionMethod = Literal["zlib", "gzip", "lzma", "arithmetic"]
 SearchStrategy = Literal["greedy", "beam", "random"]
 InterventionKind = Literal["zero", "mean", "patch", "scale"]
 PositionName = Literal["last", "all"]
+CandidatePositions = Literal["last", "all", "each", "ranges", "spans"]  # what the CCA search proposes
+ComponentName = Literal["resid", "attn", "mlp", "head"]
+Prefilter = Literal["atp", "none"]
 Permission = Literal["read_bundles", "run_analysis", "view_results", "admin"]
 Role = Literal["viewer", "analyst", "admin"]
 
@@ -43,6 +52,9 @@ COMPRESSION_METHODS: tuple[CompressionMethod, ...] = get_args(CompressionMethod)
 STRATEGIES: tuple[SearchStrategy, ...] = get_args(SearchStrategy)
 INTERVENTION_KINDS: tuple[InterventionKind, ...] = get_args(InterventionKind)
 POSITION_NAMES: tuple[PositionName, ...] = get_args(PositionName)
+CANDIDATE_POSITIONS: tuple[CandidatePositions, ...] = get_args(CandidatePositions)
+COMPONENTS: tuple[ComponentName, ...] = get_args(ComponentName)
+PREFILTERS: tuple[Prefilter, ...] = get_args(Prefilter)
 PERMISSIONS: tuple[Permission, ...] = get_args(Permission)
 ROLES: dict[str, frozenset[Permission]] = {  # the deployment guide's roles (keys: every Role)
     "viewer": frozenset({"view_results"}),

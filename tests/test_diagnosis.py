@@ -100,7 +100,10 @@ def test_every_fix_is_checked_on_the_benign_bundles(lab: dict[str, Any], tiny_ll
     assert report["fix_set"] is not None, report["notes"]
     for fix in report["fix_sets"]:
         side = fix["side_effects"]
-        assert side["checked"] == len(BENIGN) and 0 <= side["changed"] <= side["checked"]
+        relative = all(not isinstance(iv["positions"], list) for iv in fix["interventions"])
+        # explicit positions are aligned from the end; a benign prompt too short for them is not checked
+        assert side["checked"] == len(BENIGN) if relative else 1 <= side["checked"] <= len(BENIGN)
+        assert 0 <= side["changed"] <= side["checked"]
         assert len(side["changed_bundles"]) == side["changed"]
         assert fix["regenerated"]["text"] and fix["verdict"] in ("correction", "partial", "suppression")
     # ranked: a set that changes fewer benign answers never comes after one that changes more
@@ -194,3 +197,27 @@ def test_a_genuinely_unfaithful_replay_is_caught_with_advice(lab: dict[str, Any]
     assert not fid.faithful and fid.first_divergent == "model.layers.0.mlp"
     assert fid.modules["model.layers.0.mlp"].rel > 1e-2
     assert "weights" in (fid.advice() or "")
+
+
+def test_side_effects_align_explicit_positions_from_the_end(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
+    from forensics.rca.cca import FixSet
+    from forensics.rca.judge import check_side_effects
+    from forensics.rca.population import load_population
+
+    benign = [Replayer(b, loaded=tiny_llama) for b in load_population(lab["benign_dir"])]
+    incident = Replayer(lab["sourced"], loaded=tiny_llama)
+    short = min(rp.length for rp in benign)
+    tail = tuple(range(incident.length - 2, incident.length))  # the incident's last two positions
+    early = (incident.length - short - 1,) if incident.length > short else None
+    fixes = [FixSet((Intervention("model.layers.0.mlp", "zero", tail),), True, None, 0.0, True, "")]
+    if early is not None:
+        fixes.append(FixSet((Intervention("model.layers.0.mlp", "zero", early),), True, None, 0.0, True, ""))
+    judged = check_side_effects(fixes, benign, length=incident.length)
+    assert judged[0].side_effects is not None and judged[0].side_effects["checked"] == len(benign)
+    if early is not None:
+        assert judged[1].side_effects is not None and judged[1].side_effects["checked"] < len(benign)
+    # the same zero on a benign prompt's last two positions, by hand
+    rp = benign[0]
+    mine = rp.run((Intervention("model.layers.0.mlp", "zero", (rp.length - 2, rp.length - 1)),)).argmax_id
+    plain = rp.run(()).argmax_id
+    assert (rp.bundle.id in judged[0].side_effects["changed_bundles"]) == (mine != plain)

@@ -121,6 +121,8 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"CF: {len(anomalous)} anomalous modules; layers by onset: {top or 'n/a'}")
     for row in report.get("input_level", []):
         print(f"input level: {row['statement']}")
+    if report.get("summary"):
+        print(f"answer: {report['summary']}")
     fix = report["fix_set"]
     if fix:
         print(f"fix set: {_describe(fix)}")
@@ -144,7 +146,10 @@ def print_summary(report: dict[str, Any]) -> None:
 
 def _describe(fix: dict[str, Any]) -> str:
     ivs = "; ".join(
-        f"{iv['kind']} {iv['module']} @{iv['positions']}" + (f" from {iv['source']}" if iv.get("source") else "")
+        f"{iv['kind']} {iv['module']}"
+        + (f" head {iv['head']}" if iv.get("head") is not None else "")
+        + f" @{iv['positions']}"
+        + (f" from {iv['source']}" if iv.get("source") else "")
         for iv in fix["interventions"]
     )
     state = "validated" if fix["validated"] else "NOT validated"

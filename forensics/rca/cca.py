@@ -13,13 +13,14 @@ every member is necessary, then validated by a fresh replay; the pipeline then j
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from forensics.config import CCAConfig
+from forensics.models.arch import component_of
 from forensics.rca.search import Scored, Scorer, beam, closeness, greedy, random_search
-from forensics.replay.interventions import Intervention, InterventionSet
+from forensics.replay.interventions import Intervention, InterventionSet, Positions
 from forensics.replay.replayer import Outcome
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
 
 Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
+COMPONENT_ALTERNATIVES = 3  # ... and the best that act on components only (no residual-stream overwrite)
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,21 @@ class CCAResult:
 
 
 def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozenset()) -> bool:
-    """Whether ``iv`` replaces every position with another prompt's (or the population's) activations.
+    """Whether ``iv`` replaces the input with another prompt's (or the population's) activations: at
+    every position, or, in the residual stream (the whole state), at more than one position; that
+    carries the other prompt's tokens forward and names no component.
 
     ``same_input``: sources that ran the incident's own tokens (a known-good reference model); patching
-    every position from one of them compares two models on one input, which is a cause, not a substitution."""
-    if iv.kind == "patch" and iv.source in same_input:
+    from one of them compares two models on one input, which is a cause, not a substitution."""
+    if iv.kind not in ("patch", "mean") or (iv.kind == "patch" and iv.source in same_input):
         return False
-    return iv.kind in ("patch", "mean") and iv.positions == "all"
+    if iv.positions == "all":
+        return True
+    return _overwrites_state(iv) and isinstance(iv.positions, tuple) and len(iv.positions) > 1
+
+
+def _overwrites_state(iv: Intervention) -> bool:
+    return iv.head is None and component_of(iv.module).site == "resid"
 
 
 def build_candidates(
@@ -109,19 +119,37 @@ def build_candidates(
     *,
     output_module: str | None = None,
     same_input: frozenset[str] = frozenset(),
+    length: int | None = None,
+    heads: Mapping[str, int] | None = None,
+    spans: Sequence[Mapping[str, Any]] = (),
 ) -> list[Intervention]:
-    """Every single intervention that can name a cause, the most CF-anomalous modules first.
+    """Every single intervention that can name a cause, the most CF-anomalous modules first (the
+    exhaustive search, ``prefilter: none``; with ``atp`` the candidates come ranked from ``atp.attribute``).
 
-    ``output_module`` (the last decoder layer's residual) is never patched: its state at a position IS the
-    source's prediction there, so patching it substitutes the output the way patching every position
-    substitutes the input."""
-    out: list[Intervention] = []
+    Position sets beyond ``last``/``all`` (``each``, ``ranges``, ``spans``) need the pass ``length``; head
+    candidates need ``heads`` ({attention module: number of heads}). ``output_module`` (the last decoder
+    layer's residual) is never patched: its state at a position IS the source's prediction there, so
+    patching it substitutes the output the way patching every position substitutes the input."""
+    from forensics.rca.atp import position_sets
+
+    if length is None:
+        positions: list[Positions] = [p for p in config.positions if p in ("last", "all")]
+    else:
+        positions = position_sets(length, spans=spans, include=config.positions)[0]
+    places: list[tuple[str, int | None]] = []
     for module in sorted(modules, key=lambda m: -prior.get(m, 0.0)):
+        site = component_of(module).site
+        if site in config.components:
+            places.append((module, None))
+        if site == "attn" and "head" in config.components:
+            places += [(module, h) for h in range((heads or {}).get(module, 0))]
+    out: list[Intervention] = []
+    for module, head in places:
         for kind in config.intervention_types:
             sources: Sequence[str | None] = patch_sources if kind == "patch" else [None]
             for source in sources:
-                for pos in config.positions:
-                    iv = Intervention(module, kind, pos, source, 0.0 if kind == "scale" else None)
+                for pos in positions:
+                    iv = Intervention(module, kind, pos, source, 0.0 if kind == "scale" else None, head=head)
                     if not is_input_substitution(iv, same_input) and not (kind == "patch" and module == output_module):
                         out.append(iv)
     return out
@@ -140,13 +168,18 @@ def find_fix_set(
     deadline: float | None = None,
     output_module: str | None = None,
     same_input: frozenset[str] = frozenset(),
+    candidates: Sequence[Intervention] | None = None,
 ) -> CCAResult:
     """``m_baseline`` None: no baseline produces the target, so recovery is reported as unavailable
-    (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search."""
+    (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search.
+    ``candidates``: the single interventions to search, in order (the pre-filter's top N); by default
+    every one ``build_candidates`` proposes for ``modules``."""
     prior = prior or {}
-    candidates = build_candidates(
-        modules, config, patch_sources, prior, output_module=output_module, same_input=same_input
-    )
+    if candidates is None:
+        candidates = build_candidates(
+            modules, config, patch_sources, prior, output_module=output_module, same_input=same_input
+        )
+    candidates = list(candidates)
     scorer = Scorer(
         evaluate,
         m_incident=m_incident,
@@ -162,8 +195,9 @@ def find_fix_set(
     best, steps = _search(scorer, candidates, singles, config)
     result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
     pool = sorted({s.interventions: s for s in scorer.fixed_seen}.values(), key=scorer.key, reverse=True)
+    named = [s for s in pool if not any(_overwrites_state(iv) for iv in s.interventions)]
     minimal: dict[frozenset[Intervention], Scored] = {}
-    for found in pool[: ALTERNATIVES + 1]:
+    for found in dict.fromkeys([*pool[: ALTERNATIVES + 1], *named[:COMPONENT_ALTERNATIVES]]):
         pruned = prune(scorer, found)
         minimal.setdefault(frozenset(pruned.interventions), pruned)
     result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]

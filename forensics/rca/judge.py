@@ -16,10 +16,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from forensics.errors import ReplayError
+from forensics.models.arch import component_of
 from forensics.rca.cca import FixSet, judged, strength
-from forensics.replay.replayer import Replayer
+from forensics.replay.interventions import Intervention
+from forensics.replay.replayer import Outcome, Replayer
 
 __all__ = ["REGENERATE_TOKENS", "check_side_effects", "is_empty_answer", "judge_answer", "rank"]
 
@@ -61,17 +65,26 @@ def judge_answer(rp: Replayer, fix: FixSet) -> FixSet:
     )
 
 
-def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> list[FixSet]:
-    """Replay every fix on every benign bundle (one batched pass per bundle): how many answers change."""
+def check_side_effects(
+    fixes: Sequence[FixSet], benign: Sequence[Replayer], *, length: int | None = None
+) -> list[FixSet]:
+    """Replay every fix on every benign bundle (one batched pass per bundle): how many answers change.
+
+    Explicit positions are the incident's (a pass of ``length`` tokens); on a benign prompt they are
+    aligned from the end, as patch sources are (the incident's last three positions are the benign
+    prompt's last three); a fix reaching before a benign prompt's start is not checked on it."""
     if not benign:
         return list(fixes)
     changed: list[list[str]] = [[] for _ in fixes]
     checked = [0] * len(fixes)
     for rp in benign:
-        applicable = [i for i, fix in enumerate(fixes) if _applies(fix, rp)]
-        outcomes = rp.evaluate([(), *(fixes[i].interventions for i in applicable)])
-        plain = outcomes[0].argmax_id
-        for i, out in zip(applicable, outcomes[1:], strict=True):
+        moved = {i: ivs for i, fix in enumerate(fixes) if (ivs := _aligned(fix, rp, length)) is not None}
+        plain = rp.run(()).argmax_id
+        try:
+            outcomes = dict(zip(moved, rp.evaluate(list(moved.values())), strict=True))
+        except ReplayError:  # one set has no counterpart there (a patch source too short): the others still count
+            outcomes = {i: out for i, ivs in moved.items() if (out := _try(rp, ivs)) is not None}
+        for i, out in outcomes.items():
             checked[i] += 1
             if out.argmax_id != plain:
                 changed[i].append(rp.bundle.id)
@@ -81,23 +94,46 @@ def check_side_effects(fixes: Sequence[FixSet], benign: Sequence[Replayer]) -> l
     ]
 
 
-def _applies(fix: FixSet, rp: Replayer) -> bool:
-    """Explicit positions are the incident's and mean nothing on another prompt; a patch of every position
-    (from a reference run of the incident's own input) would substitute that prompt's input."""
-    return all(iv.positions == "last" or (iv.kind != "patch" and iv.positions == "all") for iv in fix.interventions)
+def _try(rp: Replayer, ivs: tuple[Intervention, ...]) -> Outcome | None:
+    try:
+        return rp.run(ivs)
+    except ReplayError:
+        return None
+
+
+def _aligned(fix: FixSet, rp: Replayer, length: int | None) -> tuple[Intervention, ...] | None:
+    """``fix`` on ``rp``'s prompt, or None where it does not apply: a patch of every position (from a
+    reference run of the incident's own input) would substitute that prompt's input, and explicit
+    positions need the incident's length to be aligned from the end."""
+    out = []
+    for iv in fix.interventions:
+        if iv.positions == "all" and iv.kind == "patch":
+            return None
+        if isinstance(iv.positions, tuple):
+            if length is None:
+                return None
+            shifted = tuple(p - length + rp.length for p in iv.positions)
+            if min(shifted) < 0:
+                return None
+            iv = replace(iv, positions=shifted)
+        out.append(iv)
+    return tuple(out)
 
 
 def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
-    is the expected text, fewer members, the stronger fix (``strength``), fewer positions, the larger margin."""
+    is the expected text, then sets that name components (heads, attention, MLPs) before those that
+    overwrite the residual stream, fewer members, the stronger fix (``strength``), fewer positions, the
+    larger margin."""
 
-    def key(f: FixSet) -> tuple[bool, bool, int, bool, int, float, int, float]:
+    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, int, float, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
         return (
             not f.validated,
             f.verdict == "suppression",
             broken,
             f.verdict == "partial",
+            any(iv.head is None and component_of(iv.module).site == "resid" for iv in f.interventions),
             len(f.interventions),
             -strength(f),
             f.positions,

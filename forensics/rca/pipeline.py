@@ -19,13 +19,16 @@ from typing import Any
 from torch import nn
 
 from forensics.bundle import Bundle, load_bundle
-from forensics.config import Config
+from forensics.config import CCAConfig, Config
 from forensics.errors import ConfigError, ModelError, ReplayError
 from forensics.exec.base import Executor, ReplayJob
 from forensics.exec.local import LocalExecutor
 from forensics.failure import tokenization_warnings
+from forensics.models.arch import arch_for
 from forensics.models.registry import LoadedModel, resolve_model, wrap_model
-from forensics.rca.cca import CCAResult, FixSet, find_fix_set
+from forensics.rca.atp import attribute
+from forensics.rca.cca import CCAResult, FixSet, build_candidates, find_fix_set
+from forensics.rca.components import rank_components, summarize
 from forensics.rca.confidence import ConfidenceTerms, confidence, explain
 from forensics.rca.dbc import dbc_for
 from forensics.rca.evidence import baseline_metric, input_level, output_module, same_input, target_sources
@@ -38,6 +41,8 @@ from forensics.rca.reference import reference_heads, reference_run, reference_se
 from forensics.rca.result import RCAResult
 from forensics.rca.story import NEAR_TIE_SHARE, Story, commands, incident_section
 from forensics.replay.fidelity import Fidelity
+from forensics.replay.heads import attention_modules
+from forensics.replay.interventions import Intervention
 from forensics.replay.options import ReplayOptions
 from forensics.replay.replayer import Replayer
 
@@ -127,6 +132,18 @@ class RCAPipeline:
             story.skip("the CCA search", "modules.cca.enabled is false")
         result = self._result(rp, incident, metrics, fidelity, story, population, cfs, timings, t0)
         result.isc, result.dbc = advanced.get("isc"), advanced.get("dbc")
+        result.attribution = story.attribution.to_dict() if story.attribution else None
+        if story.cca is not None and story.m_incident is not None:
+            result.components = rank_components(
+                story.cca.singles,
+                story.attribution,
+                m_incident=story.m_incident,
+                family=arch_for(rp.model).family,
+                tokens=[rp.tokenizer.decode([t]) for t in rp.input_ids[0].tolist()],
+            )
+            result.summary = summarize(
+                result.components, result.fix_set.to_dict() if result.fix_set else None, result.decision
+            )
         result.provenance = provenance
         result.reference = ref_section
         result.commands = commands(
@@ -272,6 +289,8 @@ class RCAPipeline:
             raise ConfigError("no usable intervention types: 'mean'/'patch' need baseline bundles")
         cfg = replace(cca_cfg, intervention_types=tuple(types))
         evaluate = self.executor.evaluator(self._job(rp, incident, sources), local=rp)
+        same = same_input(rp, sources)
+        candidates = self._candidates(rp, incident, cfg, story, same, metrics)
         story.cca = cca = find_fix_set(
             evaluate,
             incident.modules,
@@ -283,12 +302,13 @@ class RCAPipeline:
             progress=self._tick("cca"),
             deadline=deadline,
             output_module=output_module(rp),
-            same_input=same_input(rp, sources),
+            same_input=same,
+            candidates=candidates,
         )
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
-        story.fixes = rank(check_side_effects(judged_fixes, benign))[:MAX_FIX_SETS]
+        story.fixes = rank(check_side_effects(judged_fixes, benign, length=rp.length))[:MAX_FIX_SETS]
         modules, fix = self.config.modules, (story.fixes[0] if story.fixes else None)
         advanced = {
             "isc": isc_for(rp, fix, story) if modules.isc.enabled else None,
@@ -303,10 +323,55 @@ class RCAPipeline:
             )
         return advanced
 
+    def _candidates(
+        self,
+        rp: Replayer,
+        incident: Bundle,
+        cfg: CCAConfig,
+        story: Story,
+        same: frozenset[str],
+        metrics: Sequence[Any],
+    ) -> list[Intervention]:
+        """The single interventions the search evaluates: with ``prefilter: atp`` the top N of every
+        component x position candidate by attribution patching (one forward and backward pass), else
+        every candidate of the recorded modules, ordered by the CF prior."""
+        spans = incident.inputs.get("spans") or ()
+        if cfg.prefilter == "atp":
+            story.attribution = atp = attribute(
+                rp,
+                kinds=cfg.intervention_types,
+                sources=story.sources,
+                same_input=same,
+                sites=cfg.components,
+                spans=spans,
+                include=cfg.positions,
+                output_module=output_module(rp),
+            )
+            top = atp.top(cfg.prefilter_top_k)
+            atp.kept = len(top)
+            story.skip(
+                f"{atp.candidates - len(top)} of {atp.candidates} component x position candidates in an exact replay",
+                f"the AtP pre-filter kept the top {len(top)} by estimated effect (modules.cca.prefilter_top_k); "
+                "each evaluated one reports its estimate next to its exact effect",
+            )
+            return [iv for iv, _ in top]
+        heads = {attn: arch_for(rp.model).head_slices(rp.model, attn)[0] for attn in attention_modules(rp.model)}
+        return build_candidates(
+            incident.modules,
+            cfg,
+            story.sources,
+            cf_prior(metrics),
+            output_module=output_module(rp),
+            same_input=same,
+            length=rp.length,
+            heads=heads if "head" in cfg.components else None,
+            spans=spans,
+        )
+
     def _unevaluated(self, incident: Bundle, cca: CCAResult, story: Story) -> None:
         seen = {iv.module for s in cca.singles for iv in s.interventions}
         missing = [m for m in incident.modules if m not in seen]
-        if missing:
+        if missing and story.attribution is None:
             why = (
                 "timeout_minutes reached"
                 if cca.timed_out
@@ -389,7 +454,7 @@ class RCAPipeline:
             fidelity=fidelity.to_dict(),
             decision=story.decision(),
             localisation=layers,
-            single_effects=[s.to_dict() for s in cca.singles] if cca else [],
+            single_effects=[_single(s, story) for s in cca.singles] if cca else [],
             search={
                 "strategy": cca.strategy,
                 "steps": cca.steps,
@@ -421,6 +486,11 @@ def _loadable(ref: LoadedModel) -> str | None:
     """How a worker elsewhere loads REF again (None: an in-memory model, which only this process has)."""
     info = ref.info
     return info.path if info.kind in ("hf_dir", "gguf") else info.ref if info.kind in ("embedded", "hf_cache") else None
+
+
+def _single(s: Any, story: Story) -> dict[str, Any]:
+    atp = story.attribution
+    return {**s.to_dict(), "atp": atp.estimate(s.interventions[0]) if atp and len(s.interventions) == 1 else None}
 
 
 def _is_model(obj: Any) -> bool:

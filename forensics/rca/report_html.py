@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from forensics.durable import write_atomic
 from forensics.rca.report_advanced import dbc_section, isc_section
 from forensics.rca.report_blocks import code, empty, facts, flag, is_number, section, small, table, yes
+from forensics.rca.report_components import components_section
 from forensics.rca.report_plot import FIXED_COLOUR, NOT_EVALUATED_COLOUR, esc, fmt
 from forensics.rca.report_provenance import provenance_section
 from forensics.rca.report_story import (
@@ -74,6 +75,7 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'"
 _NAV = (
     ("incident", "incident"),
     ("fix", "fix"),
+    ("components", "components"),
     ("provenance", "provenance"),
     ("confidence", "confidence"),
     ("input-level", "input level"),
@@ -110,6 +112,7 @@ def render_html(report: Mapping[str, Any], *, threshold: float | None = None) ->
             _header(report),
             incident_section(report),
             fixes_section(report),
+            components_section(report),
             isc_section(report),
             dbc_section(report),
             provenance_section(report),

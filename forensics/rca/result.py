@@ -52,6 +52,9 @@ class RCAResult:
     confidence_explanation: str = ""
     commands: dict[str, str] = field(default_factory=dict)
     reference: dict[str, Any] | None = None  # forensics.rca.reference: REF and its answer, with a reference model
+    attribution: dict[str, Any] | None = None  # forensics.rca.atp: the pre-filter's estimates (prefilter: atp)
+    components: list[dict[str, Any]] = field(default_factory=list)  # exact single effects by component, best first
+    summary: str = ""  # the components that push the wrong answer and what the fix does, in words
 
     @property
     def anomalous_modules(self) -> list[str]:
@@ -92,6 +95,9 @@ class RCAResult:
             "confidence_explanation": self.confidence_explanation,
             "commands": self.commands,
             "reference": self.reference,
+            "attribution": self.attribution,
+            "components": self.components,
+            "summary": self.summary,
         }
 
     def export(self, path: str | os.PathLike[str]) -> str:

@@ -140,8 +140,13 @@ def closeness(gain: float, measured: bool, saturate: float = 0.8, *, digits: int
 
 
 def _extend(base: InterventionSet, candidates: Sequence[Intervention]) -> list[InterventionSet]:
-    taken = {(iv.module, iv.positions) for iv in base}
-    return [tuple(sorted((*base, c))) for c in candidates if (c.module, c.positions) not in taken]
+    """``base`` plus each candidate acting on a place (module, head, positions) it does not touch yet."""
+    taken = {(iv.module, iv.head, iv.positions) for iv in base}
+    return [
+        tuple(sorted((*base, c), key=Intervention.sort_key))
+        for c in candidates
+        if (c.module, c.head, c.positions) not in taken
+    ]
 
 
 def greedy(
@@ -219,7 +224,7 @@ def random_search(
             break
         size = rng.randint(2, max(2, min(max_size, len(candidates))))
         picked = {c for c in rng.choices(candidates, weights=weights, k=size)}
-        proposals[tuple(sorted(picked))] = None
+        proposals[tuple(sorted(picked, key=Intervention.sort_key))] = None
     scored = scorer.score(list(proposals))
     fixed = [s for s in [*singles, *scored] if s.fixed]
     pool = fixed and [s for s in fixed if len(s.interventions) == min(len(f.interventions) for f in fixed)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forensics.rca.atp import Attribution
 from forensics.rca.cca import CCAResult, FixSet
 from forensics.replay.replayer import Replayer
 
@@ -33,6 +34,7 @@ class Story:
     m_baseline: float | None = None
     recovery_note: str | None = None
     sources: list[str] = field(default_factory=list)
+    attribution: Attribution | None = None
 
     def skip(self, what: str, why: str) -> None:
         self.not_evaluated.append({"what": what, "why": why})

@@ -62,6 +62,19 @@ class Intervention:
         if self.head is not None and (isinstance(self.head, bool) or not isinstance(self.head, int) or self.head < 0):
             raise ConfigError(f"intervention head must be an int >= 0 (or absent), got {self.head!r}")
 
+    def sort_key(self) -> tuple[Any, ...]:
+        """A total order over interventions (the dataclass order fails on "last" vs a tuple, None vs 1)."""
+        positions = (0, ()) if self.positions == "last" else (1, ()) if self.positions == "all" else (2, self.positions)
+        return (
+            self.module,
+            -1 if self.head is None else self.head,
+            self.kind,
+            positions,
+            self.source or "",
+            -1.0 if self.factor is None else self.factor,
+            -1.0 if self.alpha is None else self.alpha,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"module": self.module, "kind": self.kind, "positions": self.positions}
         if isinstance(self.positions, tuple):

@@ -1,0 +1,348 @@
+"""Attribution patching (AtP): every component x position candidate's effect, from one forward and one
+backward pass.
+
+    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=["france"], spans=rp.bundle.inputs.get("spans"))
+    atp.top(48)          # [(Intervention, estimated change of the metric)], largest first
+    atp.estimate(iv)     # the estimate of one candidate, or None when it was not a candidate
+
+The metric is the failure's decision margin (``FailureSpec.metric``: > 0 once fixed). For a node with
+activation ``a`` and gradient ``g = dM/da`` on the incident, replacing ``a`` by ``v`` at positions P
+changes the metric by about ``sum_p (v_p - a_p) . g_p`` (Nanda 2022; Kramar et al. 2024). Nodes are,
+per decoder layer: the residual stream, the attention output, the MLP output and every head's output
+(its slice of the attention out-projection's input). ``v`` is 0 (``zero``), the benign population's
+mean (``mean``) or a counterfactual's activation aligned from the end (``patch``; for heads captured
+from the source's own tokens). Position sets: the last position, every position, each single position,
+contiguous ranges, and the bundle's named spans (chat messages, tool results).
+
+The estimates are a first-order ranking, not a result: the exact batched replay evaluates the top N,
+and the report keeps both side by side. Kramar et al.'s QK fix targets query and key nodes, which are
+not candidates here (a head is patched at its output), so it is not applied; GradDrop is not either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from forensics.errors import ReplayError
+from forensics.hooks import HookSet, primary
+from forensics.models.arch import Component, arch_for, component_of, get_module
+from forensics.replay.interventions import Intervention, Positions
+from forensics.replay.replayer import Replayer
+from forensics.vocab import CANDIDATE_POSITIONS
+
+__all__ = ["MAX_RANGE", "Attribution", "Node", "attribute", "position_sets"]
+
+MAX_RANGE = 8  # longest contiguous range of positions proposed (longer stretches come as named spans)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One place an intervention can act: a module's output, or one head of an attention module."""
+
+    module: str
+    head: int | None = None
+
+    def component(self, family: str | None = None) -> Component:
+        return component_of(self.module, self.head, family)
+
+
+@dataclass
+class Attribution:
+    """AtP estimates: ``values[n, k, s]`` for node n, intervention k (kind/source), position set s; NaN
+    where the candidate does not exist (no source value there, or it would substitute the input)."""
+
+    nodes: list[Node]
+    kinds: list[tuple[str, str | None]]  # (kind, source)
+    positions: list[Positions]
+    labels: list[str]  # of each position set: "last", "all", "4 ' is'", "2-4", "message 1 (user)"
+    values: np.ndarray
+    length: int
+    family: str | None = None
+    seconds: float = 0.0
+    forward_passes: int = 1
+    backward_passes: int = 1
+    kept: int | None = None  # how many the pre-filter passed on to the exact replay
+    _index: dict[Intervention, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def candidates(self) -> int:
+        return int(np.isfinite(self.values).sum())
+
+    def intervention(self, n: int, k: int, s: int) -> Intervention:
+        kind, source = self.kinds[k]
+        node = self.nodes[n]
+        return Intervention(node.module, kind, self.positions[s], source, None, head=node.head)  # type: ignore[arg-type]
+
+    def top(self, limit: int) -> list[tuple[Intervention, float]]:
+        """The ``limit`` candidates with the largest estimated gain, largest first (ties: fewer positions)."""
+        flat = np.where(np.isfinite(self.values), self.values, -np.inf).ravel()
+        limit = min(limit, self.candidates)
+        if limit <= 0:
+            return []
+        picked = np.argpartition(-flat, limit - 1)[:limit]
+        picked = picked[np.argsort(-flat[picked], kind="stable")]
+        out = []
+        for i in picked:
+            n, k, s = np.unravel_index(int(i), self.values.shape)
+            out.append((self.intervention(int(n), int(k), int(s)), float(flat[i])))
+        self._index.update(out)
+        return out
+
+    def estimate(self, iv: Intervention) -> float | None:
+        """The estimate for ``iv`` (a candidate of this table), else None."""
+        if iv in self._index:
+            return self._index[iv]
+        try:
+            n = self.nodes.index(Node(iv.module, iv.head))
+            k = self.kinds.index((iv.kind, iv.source if iv.kind == "patch" else None))
+            s = self.positions.index(iv.positions)
+        except ValueError:
+            return None
+        value = float(self.values[n, k, s])
+        return value if np.isfinite(value) else None
+
+    def grid(self) -> dict[str, Any]:
+        """Per site, layer x single position: the largest estimated gain of any candidate there."""
+        single = {s: self.positions[s] for s in range(len(self.positions))}
+        at: dict[int, int] = {}
+        for s, pos in single.items():
+            if pos == "last":
+                at[s] = self.length - 1
+            elif isinstance(pos, tuple) and len(pos) == 1:
+                at[s] = pos[0]
+        layers = 1 + max((c.layer or 0 for c in (n.component(self.family) for n in self.nodes)), default=0)
+        sites: dict[str, list[list[float | None]]] = {}
+        for n, node in enumerate(self.nodes):
+            comp = node.component(self.family)
+            rows = sites.setdefault(comp.site, [[None] * self.length for _ in range(layers)])
+            for s, p in at.items():
+                value = np.nanmax(self.values[n, :, s]) if np.isfinite(self.values[n, :, s]).any() else None
+                if value is not None and comp.layer is not None:
+                    old = rows[comp.layer][p]
+                    rows[comp.layer][p] = float(value) if old is None else max(old, float(value))
+        return {"layers": layers, "positions": self.length, "sites": sites}
+
+    def to_dict(self, top: int = 20) -> dict[str, Any]:
+        return {
+            "method": "atp",
+            "candidates": self.candidates,
+            "kept": self.kept,
+            "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
+            "seconds": round(self.seconds, 3),
+            "top": [
+                {**iv.to_dict(), "component": component_of(iv.module, iv.head, self.family).label(), "atp": value}
+                for iv, value in self.top(top)
+            ],
+            "grid": self.grid(),
+        }
+
+
+def position_sets(
+    length: int,
+    tokens: Sequence[str] = (),
+    spans: Sequence[Mapping[str, Any]] = (),
+    include: Sequence[str] = CANDIDATE_POSITIONS,
+) -> tuple[list[Positions], list[str]]:
+    """(position sets, their labels), of the kinds in ``include``: ``last``, ``all``, ``each`` other
+    single position, contiguous ``ranges`` of 2 to ``MAX_RANGE`` positions short of all of them, and the
+    named ``spans`` inside the pass; a set is proposed once, under its first kind."""
+    out: list[Positions] = []
+    labels: list[str] = []
+    seen: set[tuple[int, ...]] = set()
+
+    def add(pos: Positions, key: tuple[int, ...], label: str) -> None:
+        if key and key not in seen:
+            seen.add(key)
+            out.append(pos)
+            labels.append(label)
+
+    def tok(p: int) -> str:
+        return f"{p} {tokens[p]!r}" if p < len(tokens) else str(p)
+
+    if "last" in include:
+        add("last", (length - 1,), f"last ({tok(length - 1)})")
+    if "all" in include:
+        add("all", tuple(range(length)), "all")
+    if "each" in include:
+        for p in range(length - 1):
+            add((p,), (p,), tok(p))
+    if "ranges" in include:
+        for width in range(2, min(MAX_RANGE, length - 1) + 1):
+            for start in range(0, length - width + 1):
+                add(
+                    tuple(range(start, start + width)),
+                    tuple(range(start, start + width)),
+                    f"{start}-{start + width - 1}",
+                )
+    if "spans" in include:
+        for span in spans:
+            lo, hi = (int(x) for x in span.get("tokens", (0, 0)))
+            hi = min(hi, length)
+            name = span.get("name") or span.get("role") or ""
+            label = f"{span.get('kind', 'span')} {span.get('index', '')} ({name})"
+            if hi - lo == length:
+                continue  # the whole pass is 'all'
+            add(tuple(range(lo, hi)), tuple(range(lo, hi)), label)
+    return out, labels
+
+
+def attribute(
+    rp: Replayer,
+    *,
+    kinds: Sequence[str],
+    sources: Sequence[str] = (),
+    same_input: frozenset[str] = frozenset(),
+    sites: Sequence[str] = ("resid", "attn", "mlp", "head"),
+    spans: Sequence[Mapping[str, Any]] = (),
+    include: Sequence[str] = CANDIDATE_POSITIONS,
+    output_module: str | None = None,
+) -> Attribution:
+    """AtP estimates of every candidate; one forward and one backward pass over the incident.
+
+    The residual stream takes ``patch`` only: zeroing (or averaging away) everything the model has
+    computed up to a layer names no component, and its first-order estimate means nothing."""
+    if rp.spec is None:
+        raise ReplayError("attribution needs the bundle's failure spec (the metric to explain)")
+    t0 = time.perf_counter()
+    spec = arch_for(rp.model)
+    nodes = _nodes(rp, spec, sites)
+    acts, grads = _forward_backward(rp, nodes)
+    length = rp.length
+    tokens = [rp.tokenizer.decode([int(t)]) for t in rp.input_ids[0].tolist()]
+    positions, labels = position_sets(length, tokens, spans, include)
+    columns = _head_columns(rp, spec) if any(n.head is not None for n in nodes) else {}
+    kind_list: list[tuple[str, str | None]] = []
+    for kind in kinds:
+        if kind == "patch":
+            kind_list += [("patch", s) for s in sources]
+        elif kind in ("zero", "mean"):
+            kind_list.append((kind, None))
+    mask = _membership(positions, length)  # [S, T]
+    sizes = mask.sum(axis=1)
+    values = np.full((len(nodes), len(kind_list), len(positions)), np.nan, dtype=np.float64)
+    for n, node in enumerate(nodes):
+        a, g = acts[n], grads[n]
+        for k, (kind, source) in enumerate(kind_list):
+            if node.component(spec.family).site == "resid" and kind != "patch":
+                continue
+            try:
+                v = _values(rp, node, kind, source, columns, length)
+            except ReplayError:
+                continue  # no value for this node (not recorded in the source, other weights): no candidate
+            delta = ((v - a) * g).sum(axis=-1)  # [T]; NaN where the source has no counterpart
+            est = np.where(mask, np.nan_to_num(delta)[None, :], 0.0).sum(axis=1)
+            est[(mask & ~np.isfinite(delta)[None, :]).any(axis=1)] = np.nan
+            if kind == "patch" and (node.module == output_module and node.head is None):
+                est[:] = np.nan  # the last residual IS the source's prediction: output substitution
+            if kind in ("patch", "mean") and source not in same_input:  # cca.is_input_substitution
+                resid = node.component(spec.family).site == "resid"
+                est[(sizes == length) | ((sizes > 1) & resid)] = np.nan
+            values[n, k] = est
+    return Attribution(nodes, kind_list, positions, labels, values, length, spec.family, time.perf_counter() - t0)
+
+
+def _nodes(rp: Replayer, spec: Any, sites: Sequence[str]) -> list[Node]:
+    out: list[Node] = []
+    heads = 0
+    if "head" in sites and spec.attn is not None and spec.attn_out_proj is not None:
+        heads = spec.head_slices(rp.model)[0]
+    for layer in spec.layer_names(rp.model):
+        attn = f"{layer}.{spec.attn}" if spec.attn else None
+        mlp = f"{layer}.{spec.mlp}" if spec.mlp else None
+        if attn and "attn" in sites:
+            out.append(Node(attn))
+        out += [Node(attn, h) for h in range(heads)] if attn else []
+        if mlp and "mlp" in sites:
+            out.append(Node(mlp))
+        if "resid" in sites:
+            out.append(Node(layer))
+    return out
+
+
+def _forward_backward(rp: Replayer, nodes: Sequence[Node]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each node's activation and the metric's gradient there, [T, width] float64, on the incident."""
+    spec = arch_for(rp.model)
+    modules = sorted({n.module for n in nodes if n.head is None})
+    attns = sorted({n.module for n in nodes if n.head is not None})
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen[name] = primary(output)
+
+        return hook
+
+    def keep_input(name: str) -> Any:
+        def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
+            seen[name + "[heads]"] = args[0]
+
+        return hook
+
+    with torch.enable_grad(), HookSet(rp.model) as hooks:
+        for m in modules:
+            hooks.forward(m, keep(m))
+        for attn in attns:
+            hooks.forward_pre(get_module(rp.model, spec.head_proj(attn)), keep_input(attn))
+        logits = rp.model(input_ids=rp.input_ids, use_cache=False).logits[:, -1].float()
+        metric = rp.spec.metric(logits, observed_id=rp.observed_id, target_id=rp.target_id)  # type: ignore[union-attr]
+        keys = [*modules, *(a + "[heads]" for a in attns)]
+        grads = torch.autograd.grad(metric.sum(), [seen[k] for k in keys], allow_unused=True)
+    rp.forward_passes += 1
+    by_key = {
+        k: (
+            seen[k][0].detach().to("cpu", torch.float64).numpy(),
+            np.zeros(tuple(seen[k][0].shape)) if g is None else g[0].detach().to("cpu", torch.float64).numpy(),
+        )
+        for k, g in zip(keys, grads, strict=True)
+    }
+    columns = _head_columns(rp, spec) if attns else {}
+    acts, out = [], []
+    for node in nodes:
+        a, g = by_key[node.module if node.head is None else node.module + "[heads]"]
+        cols = slice(None) if node.head is None else columns[node.head]
+        acts.append(a[:, cols])
+        out.append(g[:, cols])
+    return acts, out
+
+
+def _head_columns(rp: Replayer, spec: Any) -> dict[int, slice]:
+    heads, head_dim = spec.head_slices(rp.model)
+    return {h: slice(h * head_dim, (h + 1) * head_dim) for h in range(heads)}
+
+
+def _values(
+    rp: Replayer, node: Node, kind: str, source: str | None, columns: Mapping[int, slice], length: int
+) -> np.ndarray:
+    """What the intervention writes, [T, width] ([T, 1] for zero; NaN rows where a patch source has no
+    counterpart); for a head, its columns only."""
+    heads = node.head is not None
+    cols = columns[int(node.head or 0)] if heads else slice(None)
+    if kind == "zero":
+        return np.zeros((length, 1))
+    if kind == "mean":
+        mean = rp.bank.mean(node.module, heads=heads).astype(np.float64)[cols]
+        return np.repeat(mean[None, :], length, axis=0)
+    src = rp.bank.patch(node.module, source, step=rp.step, heads=heads).astype(np.float64)[:, cols]
+    v = np.full((length, src.shape[-1]), np.nan)
+    n = min(length, src.shape[0])
+    v[length - n :] = src[src.shape[0] - n :]
+    return v
+
+
+def _membership(positions: Sequence[Positions], length: int) -> np.ndarray:
+    mask = np.zeros((len(positions), length), dtype=bool)
+    for s, pos in enumerate(positions):
+        if pos == "last":
+            mask[s, length - 1] = True
+        elif pos == "all":
+            mask[s, :] = True
+        else:
+            mask[s, list(pos)] = True
+    return mask

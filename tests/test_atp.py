@@ -1,0 +1,171 @@
+"""Attribution patching and the component x position search, on tiny models and the real one.
+
+The AtP estimate is a first derivative: blending an intervention in by a small alpha changes the exact
+metric by alpha times the estimate, to first order. That pins the gradients and the values of every
+node type (residual, attention, MLP, head) and kind (zero, mean, patch) against our own exact replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from forensics.config import CCAConfig, Config, ModulesConfig
+from forensics.failure import FailureSpec
+from forensics.models import resolve_model
+from forensics.models.arch import arch_for
+from forensics.rca.atp import MAX_RANGE, attribute, position_sets
+from forensics.rca.cca import build_candidates, is_input_substitution
+from forensics.rca.pipeline import RCAPipeline
+from forensics.record import record_greedy
+from forensics.replay import Intervention, Replayer
+
+PROMPT = "The capital of Australia is"
+OTHERS = {"france": "The capital of France is", "long": "Canberra is the capital of Australia. The capital of Australia is"}
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def lab(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    loaded = resolve_model(str(tiny_dirs[request.param]), device="cpu")
+    root = tmp_path_factory.mktemp(f"atp-{request.param}")
+    others = [
+        record_greedy(loaded, text, root / name, "as-generated", kind="benign", max_new_tokens=2).bundle
+        for name, text in OTHERS.items()
+    ]
+    runner = record_greedy(loaded, PROMPT, root / "incident", "runner-up", kind="incident", max_new_tokens=2).bundle
+    rp = Replayer(runner, loaded=loaded, baselines=others, counterfactuals=others)
+    return loaded, rp, others
+
+
+def test_estimates_are_the_first_derivative_of_the_exact_effect(lab: Any) -> None:
+    _, rp, _ = lab
+    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=["france"])
+    spec = arch_for(rp.model)
+    m0 = rp.run(()).metric
+    eps = 1e-3
+    probes = [
+        Intervention(f"{spec.layers}.0.{spec.attn}", "zero", "last", head=1),
+        Intervention(f"{spec.layers}.1.{spec.attn}", "mean", (1,), head=0),
+        Intervention(f"{spec.layers}.0.{spec.attn}", "patch", (2, 3), "france", head=2),
+        Intervention(f"{spec.layers}.0.{spec.mlp}", "zero", (0, 1)),
+        Intervention(f"{spec.layers}.1.{spec.attn}", "mean", "last"),
+        Intervention(f"{spec.layers}.0", "patch", "last", "france"),
+    ]
+    for iv in probes:
+        estimate = atp.estimate(iv)
+        assert estimate is not None, iv
+        blended = Intervention(iv.module, iv.kind, iv.positions, iv.source, head=iv.head, alpha=eps)
+        exact = (rp.run((blended,)).metric - m0) / eps
+        assert exact == pytest.approx(estimate, rel=0.05, abs=1e-3), iv
+
+
+def test_candidates_leave_out_input_and_output_substitutions(lab: Any) -> None:
+    _, rp, _ = lab
+    spec = arch_for(rp.model)
+    last = f"{spec.layers}.{len(spec.layer_names(rp.model)) - 1}"
+    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=["france"], output_module=last)
+    top = [iv for iv, _ in atp.top(10_000)]
+    assert top and len(top) == atp.candidates
+    assert not any(is_input_substitution(iv) for iv in top)
+    assert not any(iv.module == last and iv.kind == "patch" and iv.head is None for iv in top)
+    resid = [iv for iv in top if iv.module.count(".") == spec.layers.count(".") + 1]
+    assert resid and all(iv.kind == "patch" for iv in resid)  # no zeroing of the whole state
+    assert all(iv.positions == "last" or len(iv.positions) == 1 for iv in resid)
+    heads = {iv.head for iv in top if iv.head is not None}
+    assert heads == set(range(spec.head_slices(rp.model)[0]))
+    values = [v for _, v in atp.top(50)]
+    assert values == sorted(values, reverse=True)
+    assert atp.estimate(Intervention(f"{spec.layers}.0", "zero", "last")) is None  # not a candidate
+
+
+def test_a_reference_source_may_patch_every_position(lab: Any) -> None:
+    _, rp, _ = lab
+    spec = arch_for(rp.model)
+    atp = attribute(rp, kinds=("patch",), sources=["france"], same_input=frozenset({"france"}))
+    assert atp.estimate(Intervention(f"{spec.layers}.0", "patch", "all", "france")) is not None
+    assert atp.estimate(Intervention(f"{spec.layers}.0", "patch", (0, 1), "france")) is not None
+
+
+def test_position_sets_name_tokens_ranges_and_spans() -> None:
+    sets, labels = position_sets(
+        12, [f"t{i}" for i in range(12)], [{"kind": "message", "index": 1, "role": "user", "tokens": [3, 7]}]
+    )
+    assert sets[:3] == ["last", "all", (0,)]
+    assert labels[0] == "last (11 't11')" and labels[2] == "0 't0'"
+    assert (11,) not in sets and tuple(range(12)) not in sets  # those are "last" and "all"
+    assert max(len(s) for s in sets if isinstance(s, tuple)) == MAX_RANGE
+    assert sets.count((3, 4, 5, 6)) == 1  # the span is also a range: proposed once
+    sets, _ = position_sets(12, spans=[{"kind": "message", "index": 0, "role": "system", "tokens": [0, 10]}])
+    assert tuple(range(10)) in sets
+    assert position_sets(5, include=("last",))[0] == ["last"]
+
+
+def test_exhaustive_candidates_cover_heads_and_positions(lab: Any) -> None:
+    _, rp, _ = lab
+    spec = arch_for(rp.model)
+    attn = f"{spec.layers}.0.{spec.attn}"
+    config = CCAConfig(intervention_types=("zero",), positions=("last", "each"), components=("head", "mlp"))
+    cands = build_candidates(rp.bundle.modules, config, [], {}, length=rp.length, heads={attn: 2})
+    assert {(iv.head, iv.positions) for iv in cands if iv.module == attn} == {
+        (h, p) for h in (0, 1) for p in ["last", *((i,) for i in range(rp.length - 1))]
+    }
+    assert all(iv.module.endswith(spec.mlp) or iv.head is not None for iv in cands)
+    outcomes = rp.evaluate([(iv,) for iv in cands])
+    assert all(o.hook_fires and min(o.hook_fires) > 0 for o in outcomes)
+
+
+def _analyze(lab: Any, tmp_path: Path, **cca: Any) -> dict[str, Any]:
+    loaded, rp, others = lab
+    config = Config(modules=ModulesConfig(cca=CCAConfig(**cca)))
+    return RCAPipeline(config).analyze_incident(rp.bundle, baseline=others, model=loaded).to_dict()
+
+
+def test_report_keeps_the_estimate_next_to_the_exact_effect(lab: Any, tmp_path: Path) -> None:
+    report = _analyze(lab, tmp_path, prefilter_top_k=16)
+    attribution = report["attribution"]
+    assert attribution["method"] == "atp" and attribution["backward_passes"] == 1
+    assert attribution["candidates"] > 16 and attribution["kept"] == 16
+    assert len(attribution["top"]) == 20
+    singles = [s for s in report["single_effects"] if len(s["interventions"]) == 1]
+    assert singles and all(s["atp"] is not None for s in singles)
+    rows = report["components"]
+    assert rows and {"component", "where", "effect", "atp", "fixed"} <= set(rows[0])
+    assert rows[0]["component"]["site"] in ("resid", "attn", "mlp", "head")
+    effects = [r["effect"] for r in rows if r["fixed"] == rows[0]["fixed"]]
+    assert effects == sorted(effects, reverse=True)
+    grid = attribution["grid"]
+    assert grid["layers"] == 2 and set(grid["sites"]) <= {"resid", "attn", "mlp", "head"}
+    assert any("pre-filter" in n["why"] for n in report["not_evaluated"])
+    if report["fix_set"]:
+        assert report["fix_set"]["validated"]
+
+
+def test_without_prefilter_the_search_replays_every_candidate(lab: Any, tmp_path: Path) -> None:
+    report = _analyze(lab, tmp_path, prefilter="none", positions=("last", "each"), intervention_types=("zero",))
+    assert report["attribution"] is None
+    assert any(iv.get("head") is not None for s in report["single_effects"] for iv in s["interventions"])
+    assert all(s["atp"] is None for s in report["single_effects"])
+
+
+def test_estimates_agree_with_exact_head_patching_on_the_real_model(smol: Any, tmp_path: Path) -> None:
+    """The demo incident: AtP's top heads x positions are the exact sweep's top ones (the bench measures
+    recall and rank correlation over all 30 x 9 x T; here a smaller, fixed check)."""
+    spec_ok = FailureSpec.expected(" Canberra", smol.tokenizer)
+    incident = record_greedy(smol, PROMPT, tmp_path / "inc", spec_ok, kind="incident", max_new_tokens=1).bundle
+    source = record_greedy(smol, OTHERS["france"], tmp_path / "fr", "as-generated", kind="benign", max_new_tokens=1)
+    rp = Replayer(incident, loaded=smol, counterfactuals=[source.bundle])
+    atp = attribute(rp, kinds=("patch",), sources=["fr"], sites=("head",))
+    sets = [
+        (Intervention(f"model.layers.{layer}.self_attn", "patch", (p,) if p < rp.length - 1 else "last", "fr", head=h),)
+        for layer in range(0, 30, 3)
+        for h in range(9)
+        for p in range(rp.length)
+    ]
+    m0 = rp.run(()).metric
+    exact = np.array([o.metric - m0 for o in rp.evaluate(sets)])
+    estimate = np.array([atp.estimate(s[0]) for s in sets], dtype=float)
+    top_exact, top_atp = set(np.argsort(-exact)[:10]), set(np.argsort(-estimate)[:10])
+    assert len(top_exact & top_atp) >= 7
+    assert np.corrcoef(exact, estimate)[0, 1] > 0.8
