@@ -407,6 +407,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "anomalous_modules": [m.get("module") for m in anomalous[:_SUMMARY_MODULES]],
         "faithful": (report.get("fidelity") or {}).get("faithful"),
         "notes": report.get("notes") or [],
+        **({"reference": report["reference"]} if report.get("reference") else {}),  # with a reference model
     }
 
 

@@ -296,16 +296,57 @@ def test_service_analysis_with_reference_model(case: dict[str, Any], tmp_path: P
     )
 
 
-def test_http_analyze_request_takes_reference_model() -> None:
+class _Backend:
+    """The Backend protocol in process, as the Analyzer deployment runs it (``serve_app.app.Analyzer._analyze``)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.pipeline = RCAPipeline(settings.config)
+
+    async def analyze(
+        self, *, bundle: str, baseline: str | None, result_id: str, request_id: str, reference_model: str | None = None
+    ) -> dict[str, Any]:
+        s = self.settings
+        return service.run_analysis(
+            self.pipeline,
+            bundle_dir=s.bundle_dir,
+            output_dir=s.output_dir,
+            bundle=bundle,
+            result_id=result_id,
+            allowed_models=s.allowed_models,
+            reference_model=reference_model,
+        )
+
+
+def test_http_analyze_takes_reference_model(case: dict[str, Any], tmp_path: Path) -> None:
     pytest.importorskip("fastapi")
-    from pydantic import ValidationError
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
 
-    from serve_app.api import AnalyzeRequest
+    from forensics.ops.metrics import Metrics
+    from serve_app.api import build_api
+    from serve_app.settings import AppArgs, Settings
 
-    body = AnalyzeRequest.model_validate({"bundle": "inc", "reference_model": "models/base"})
-    assert body.reference_model == "models/base"
-    assert AnalyzeRequest.model_validate({"bundle": "inc"}).reference_model is None
-    with pytest.raises(ValidationError):
-        AnalyzeRequest.model_validate({"bundle": "inc", "reference_model": ""})
-    with pytest.raises(ValidationError):
-        AnalyzeRequest.model_validate({"bundle": "inc", "reference_model": "x" * (service.MAX_NAME_CHARS + 1)})
+    config = tmp_path / "open.yaml"
+    config.write_text(
+        f"authentication: {{type: none}}\naudit_log: {tmp_path / 'audit.log'}\ncache_dir: {tmp_path / 'cache'}\n"
+    )
+    clean = str(case["clean_dir"])
+    settings = Settings.load(
+        AppArgs(
+            config_path=str(config),
+            bundle_dir=str(case["root"] / "bundles"),
+            output_dir=str(tmp_path / "results"),
+            allowed_models=(case["incident"].model["ref"], clean),
+        )
+    )
+    client = TestClient(build_api(_Backend(settings), settings, Metrics()))
+    refused = client.post("/v1/analyze", json={"bundle": "inc", "reference_model": "models/other"})
+    assert refused.status_code == 422 and "does not allow it" in refused.json()["error"]["message"]
+    assert client.post("/v1/analyze", json={"bundle": "inc", "reference_model": ""}).status_code == 422
+    done = client.post("/v1/analyze", json={"bundle": "inc", "reference_model": clean})
+    assert done.status_code == 200, done.text
+    assert done.json()["result"]["reference"]["answer_id"] == case["want"]  # in the short answer too
+    report = client.get(done.json()["links"]["result"]).json()["result"]
+    assert report["reference"]["ref"] == clean and report["reference"]["produces_target"] is True
+    assert {layer_of(iv["module"]) for iv in report["fix_set"]["interventions"]} == {CHANGED_LAYER}
