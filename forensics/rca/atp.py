@@ -22,7 +22,7 @@ not candidates here (a head is patched at its output), so it is not applied; Gra
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +79,15 @@ class Attribution:
         node = self.nodes[n]
         return Intervention(node.module, kind, self.positions[s], source, None, head=node.head)  # type: ignore[arg-type]
 
-    def top(self, limit: int) -> list[tuple[Intervention, float]]:
-        """The ``limit`` candidates with the largest estimated gain, largest first (ties: fewer positions)."""
-        flat = np.where(np.isfinite(self.values), self.values, -np.inf).ravel()
-        limit = min(limit, self.candidates)
+    def top(self, limit: int, sites: Collection[str] | None = None) -> list[tuple[Intervention, float]]:
+        """The ``limit`` candidates with the largest estimated gain, largest first; ``sites``: only those
+        acting on these (``resid``, ``attn``, ``mlp``, ``head``)."""
+        values = self.values
+        if sites is not None:
+            keep = np.array([n.component(self.family).site in sites for n in self.nodes], dtype=bool)
+            values = np.where(keep[:, None, None], values, np.nan)
+        flat = np.where(np.isfinite(values), values, -np.inf).ravel()
+        limit = min(limit, int(np.isfinite(values).sum()))
         if limit <= 0:
             return []
         picked = np.argpartition(-flat, limit - 1)[:limit]

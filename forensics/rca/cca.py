@@ -175,6 +175,7 @@ def find_fix_set(
     ``candidates``: the single interventions to search, in order (the pre-filter's top N); by default
     every one ``build_candidates`` proposes for ``modules``."""
     prior = prior or {}
+    given = candidates is not None  # a pre-filter's short list: every one is replayed, for the component table
     if candidates is None:
         candidates = build_candidates(
             modules, config, patch_sources, prior, output_module=output_module, same_input=same_input
@@ -191,7 +192,7 @@ def find_fix_set(
         saturate=config.early_stop_threshold,
         deadline=deadline,
     )
-    singles = scorer.score([(c,) for c in candidates], stop_at=config.early_stop_threshold)
+    singles = scorer.score([(c,) for c in candidates], stop_at=None if given else config.early_stop_threshold)
     best, steps = _search(scorer, candidates, singles, config)
     result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
     pool = sorted({s.interventions: s for s in scorer.fixed_seen}.values(), key=scorer.key, reverse=True)

@@ -77,7 +77,12 @@ def summarize(
     """One or two sentences: which components at which positions push the observed token over the
     expected one (largest exact effects), and what the reported fix set does."""
     observed, target = decision.get("observed"), decision.get("target")
-    pushing = [r for r in rows if r["effect"] > 0][:top]
+    best: dict[str, Mapping[str, Any]] = {}  # each component once, at its largest effect
+    for r in rows:
+        if r["effect"] > 0:
+            best.setdefault(r["component"]["label"], r)
+    named = [r for r in best.values() if r["component"]["site"] != "resid"]
+    pushing = sorted(named or best.values(), key=lambda r: -r["effect"])[:top]  # components before the state
     if not pushing:
         return ""
     over = f"{observed!r} over {target!r}" if target else f"{observed!r}"

@@ -26,7 +26,7 @@ from forensics.exec.local import LocalExecutor
 from forensics.failure import tokenization_warnings
 from forensics.models.arch import arch_for
 from forensics.models.registry import LoadedModel, resolve_model, wrap_model
-from forensics.rca.atp import attribute
+from forensics.rca.atp import Attribution, attribute
 from forensics.rca.cca import CCAResult, FixSet, build_candidates, find_fix_set
 from forensics.rca.components import rank_components, summarize
 from forensics.rca.confidence import ConfidenceTerms, confidence, explain
@@ -347,7 +347,7 @@ class RCAPipeline:
                 include=cfg.positions,
                 output_module=output_module(rp),
             )
-            top = atp.top(cfg.prefilter_top_k)
+            top = _kept(atp, cfg.prefilter_top_k)
             atp.kept = len(top)
             story.skip(
                 f"{atp.candidates - len(top)} of {atp.candidates} component x position candidates in an exact replay",
@@ -486,6 +486,14 @@ def _loadable(ref: LoadedModel) -> str | None:
     """How a worker elsewhere loads REF again (None: an in-memory model, which only this process has)."""
     info = ref.info
     return info.path if info.kind in ("hf_dir", "gguf") else info.ref if info.kind in ("embedded", "hf_cache") else None
+
+
+def _kept(atp: Attribution, k: int) -> list[tuple[Intervention, float]]:
+    """The pre-filter's pick: the best ``k`` by estimate, of which the residual stream (whose patches
+    estimate large, as they carry a whole state) takes at most a quarter, so components get the rest."""
+    resid = atp.top(max(1, k // 4), sites={"resid"})
+    parts = atp.top(k, sites={"attn", "mlp", "head"})
+    return sorted([*resid, *parts], key=lambda pair: -pair[1])[:k]
 
 
 def _single(s: Any, story: Story) -> dict[str, Any]:
