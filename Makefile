@@ -41,6 +41,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/patch_sweep.py
 	$(PY) bench/head_sweep.py
+	$(PY) bench/atp_recall.py
 	$(PY) bench/analysis.py
 	$(PY) bench/scale.py
 
