@@ -23,7 +23,10 @@ from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
 
 PROMPT = "The capital of Australia is"
-OTHERS = {"france": "The capital of France is", "long": "Canberra is the capital of Australia. The capital of Australia is"}
+OTHERS = {
+    "france": "The capital of France is",
+    "long": "Canberra is the capital of Australia. The capital of Australia is",
+}
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
