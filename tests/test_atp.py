@@ -136,8 +136,14 @@ def test_report_keeps_the_estimate_next_to_the_exact_effect(lab: Any, tmp_path: 
     rows = report["components"]
     assert rows and {"component", "where", "effect", "atp", "fixed"} <= set(rows[0])
     assert rows[0]["component"]["site"] in ("resid", "attn", "mlp", "head")
-    effects = [r["effect"] for r in rows if r["fixed"] == rows[0]["fixed"]]
-    assert effects == sorted(effects, reverse=True)
+    for fixed in (True, False):
+        for resid in (True, False):
+            effects = [
+                r["effect"] for r in rows if r["fixed"] == fixed and (r["component"]["site"] == "resid") == resid
+            ]
+            assert effects == sorted(effects, reverse=True)
+    order = [(not r["fixed"], r["component"]["site"] == "resid") for r in rows]
+    assert order == sorted(order)  # fixing first, components before residual overwrites
     grid = attribution["grid"]
     assert grid["layers"] == 2 and set(grid["sites"]) <= {"resid", "attn", "mlp", "head"}
     assert any("pre-filter" in n["why"] for n in report["not_evaluated"])

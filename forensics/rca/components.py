@@ -43,8 +43,15 @@ def rank_components(
     tokens: Sequence[str],
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The evaluated single interventions, largest exact effect first (fixing ones before the rest)."""
-    ranked = sorted((s for s in singles if len(s.interventions) == 1), key=lambda s: (not s.fixed, -s.metric))
+    """The evaluated single interventions: fixing ones first, then components (heads, attention, MLPs)
+    before residual-stream overwrites (patching a late residual from a good run restores everything
+    before it, wherever the cause is, so it names no component), then the largest exact effect."""
+
+    def key(s: Scored) -> tuple[bool, bool, float]:  # fixing first; components before residual overwrites
+        iv = s.interventions[0]
+        return (not s.fixed, iv.head is None and component_of(iv.module, None, family).site == "resid", -s.metric)
+
+    ranked = sorted((s for s in singles if len(s.interventions) == 1), key=key)
     rows = []
     for s in ranked[:limit]:
         iv = s.interventions[0]

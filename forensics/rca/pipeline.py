@@ -347,7 +347,7 @@ class RCAPipeline:
                 include=cfg.positions,
                 output_module=output_module(rp),
             )
-            top = _kept(atp, cfg.prefilter_top_k)
+            top = _kept(atp, cfg.prefilter_top_k, [s for s in story.sources if s in same])
             atp.kept = len(top)
             story.skip(
                 f"{atp.candidates - len(top)} of {atp.candidates} component x position candidates in an exact replay",
@@ -488,12 +488,25 @@ def _loadable(ref: LoadedModel) -> str | None:
     return info.path if info.kind in ("hf_dir", "gguf") else info.ref if info.kind in ("embedded", "hf_cache") else None
 
 
-def _kept(atp: Attribution, k: int) -> list[tuple[Intervention, float]]:
+def _kept(atp: Attribution, k: int, references: Sequence[str] = ()) -> list[tuple[Intervention, float]]:
     """The pre-filter's pick: the best ``k`` by estimate, of which the residual stream (whose patches
-    estimate large, as they carry a whole state) takes at most a quarter, so components get the rest."""
+    estimate large, as they carry a whole state) takes at most a quarter, so components get the rest.
+    With a reference run of the incident's own input, every attention and MLP output patched from it
+    at every position is kept too (two per layer): a first-order estimate underrates a large early
+    difference between the two models, and these are what a regression is made of."""
     resid = atp.top(max(1, k // 4), sites={"resid"})
     parts = atp.top(k, sites={"attn", "mlp", "head"})
-    return sorted([*resid, *parts], key=lambda pair: -pair[1])[:k]
+    kept = sorted([*resid, *parts], key=lambda pair: -pair[1])[:k]
+    seen = {iv for iv, _ in kept}
+    for source in references:
+        for node in atp.nodes:
+            iv = Intervention(node.module, "patch", "all", source, head=node.head)
+            if node.head is None and node.component(atp.family).site in ("attn", "mlp") and iv not in seen:
+                estimate = atp.estimate(iv)
+                if estimate is not None:
+                    kept.append((iv, estimate))
+                    seen.add(iv)
+    return kept
 
 
 def _single(s: Any, story: Story) -> dict[str, Any]:
