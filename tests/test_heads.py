@@ -44,19 +44,7 @@ def _attn(rp: Replayer, layer: int) -> str:
 
 def _manual(rp: Replayer, layer: int, cols: slice, positions: list[int]) -> torch.Tensor:
     """Decision-step logits with a plain pre-hook zeroing ``cols`` of the out-projection input."""
-    proj = rp.model.get_submodule(arch_for(rp.model).head_proj(_attn(rp, layer)))
-
-    def hook(module: torch.nn.Module, args: Any) -> Any:
-        x = args[0].clone()
-        x[:, positions, cols] = 0.0
-        return (x, *args[1:])
-
-    handle = proj.register_forward_pre_hook(hook)
-    try:
-        with torch.inference_mode():
-            return rp.model(input_ids=rp.input_ids, use_cache=False).logits[0, -1].float()
-    finally:
-        handle.remove()
+    return _replaced(rp, layer, cols, dict.fromkeys(positions, torch.tensor(0.0)))
 
 
 def test_head_slices_for_every_family(rp: Replayer) -> None:
