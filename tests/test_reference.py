@@ -123,9 +123,14 @@ def test_reference_run_is_refs_pass_over_exactly_the_incidents_fed_tokens(case: 
 def test_reference_heads_come_from_refs_weights(case: dict[str, Any], tmp_path: Path) -> None:
     bundle = reference_run(case["incident"], case["clean"], tmp_path)
     fed = fed_ids(case["incident"])
-    mine = reference_heads(case["clean"], bundle)
+    mine, contribs = reference_heads(case["clean"], bundle)
     want = capture_heads(case["clean"].model, fed)
     assert set(mine) == set(want) and all(np.array_equal(mine[k], want[k]) for k in want)
+    attn = "model.layers.0.self_attn"  # the contributions add up to REF's out-projection output, less its bias
+    proj = case["clean"].model.model.layers[0].self_attn.o_proj
+    with torch.inference_mode():
+        out = proj(torch.from_numpy(mine[attn])).numpy() - (0 if proj.bias is None else proj.bias.numpy())
+    np.testing.assert_allclose(contribs[attn].sum(axis=1), out, atol=1e-5)
 
 
 def test_a_different_architecture_is_a_clear_error(

@@ -151,6 +151,12 @@ class Component:
         names = {"resid": "residual", "attn": "attention", "mlp": "MLP"}
         return f"L{layer}.H{self.head}" if self.site == "head" else f"L{layer} {names[self.site]}"
 
+    @property
+    def breadth(self) -> int:
+        """How much of the model it spans, for tie-breaks: a head 0, an attention or MLP output 1, the
+        whole residual stream 2; a narrower component that does the same names the cause more precisely."""
+        return {"head": 0, "resid": 2}.get(self.site, 1)
+
     def to_dict(self) -> dict[str, object]:
         return {"layer": self.layer, "site": self.site, "head": self.head, "label": self.label()}
 

@@ -11,8 +11,10 @@ changes the metric by about ``sum_p (v_p - a_p) . g_p`` (Nanda 2022; Kramar et a
 per decoder layer: the residual stream, the attention output, the MLP output and every head's output
 (its slice of the attention out-projection's input). ``v`` is 0 (``zero``), the benign population's
 mean (``mean``) or a counterfactual's activation aligned from the end (``patch``; for heads captured
-from the source's own tokens). Position sets: the last position, every position, each single position,
-contiguous ranges, and the bundle's named spans (chat messages, tool results).
+from the source's own tokens). A head patched from a reference model (other weights) replaces its
+contribution ``c = W_O[:, h] z_h``, so its estimate is ``sum_p (c_ref_p - c_p) . g_p`` with ``g`` the
+gradient at the out-projection's output. Position sets: the last position, every position, each
+single position, contiguous ranges, and the bundle's named spans (chat messages, tool results).
 
 The estimates are a first-order ranking, not a result: the exact batched replay evaluates the top N,
 and the report keeps both side by side. Kramar et al.'s QK fix targets query and key nodes, which are
@@ -32,6 +34,7 @@ import torch
 from forensics.errors import ReplayError
 from forensics.hooks import HookSet, primary
 from forensics.models.arch import Component, arch_for, component_of, get_module
+from forensics.replay.heads import head_weights
 from forensics.replay.interventions import Intervention, Positions
 from forensics.replay.replayer import Replayer
 from forensics.vocab import CANDIDATE_POSITIONS
@@ -218,7 +221,7 @@ def attribute(
     t0 = time.perf_counter()
     spec = arch_for(rp.model)
     nodes = _nodes(rp, spec, sites)
-    acts, grads = _forward_backward(rp, nodes)
+    acts, grads, proj_grads = _forward_backward(rp, nodes)
     length = rp.length
     tokens = [rp.tokenizer.decode([int(t)]) for t in rp.input_ids[0].tolist()]
     positions, labels = position_sets(length, tokens, spans, include)
@@ -230,6 +233,7 @@ def attribute(
         elif kind in ("zero", "mean"):
             kind_list.append((kind, None))
     mask = _membership(positions, length)  # [S, T]
+    weights: dict[str, np.ndarray] = {}  # attention module -> [heads, head_dim, hidden], on first use
     sizes = mask.sum(axis=1)
     values = np.full((len(nodes), len(kind_list), len(positions)), np.nan, dtype=np.float64)
     for n, node in enumerate(nodes):
@@ -238,10 +242,14 @@ def attribute(
             if node.component(spec.family).site == "resid" and kind != "patch":
                 continue
             try:
-                v = _values(rp, node, kind, source, columns, length)
+                contrib = _contribution(rp, node, kind, source, length)
+                if contrib is None:
+                    delta = ((_values(rp, node, kind, source, columns, length) - a) * g).sum(axis=-1)
+                else:  # the head's contribution from other weights replaces this model's
+                    delta = ((contrib - a @ _head_weight(rp, node, weights)) * proj_grads[node.module]).sum(axis=-1)
             except ReplayError:
                 continue  # no value for this node (not recorded in the source, other weights): no candidate
-            delta = ((v - a) * g).sum(axis=-1)  # [T]; NaN where the source has no counterpart
+            # delta: [T]; NaN where the source has no counterpart
             est = np.where(mask, np.nan_to_num(delta)[None, :], 0.0).sum(axis=1)
             est[(mask & ~np.isfinite(delta)[None, :]).any(axis=1)] = np.nan
             if kind == "patch" and (node.module == output_module and node.head is None):
@@ -271,8 +279,11 @@ def _nodes(rp: Replayer, spec: Any, sites: Sequence[str]) -> list[Node]:
     return out
 
 
-def _forward_backward(rp: Replayer, nodes: Sequence[Node]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Each node's activation and the metric's gradient there, [T, width] float64, on the incident."""
+def _forward_backward(
+    rp: Replayer, nodes: Sequence[Node]
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]:
+    """Each node's activation and the metric's gradient there, [T, width] float64, on the incident; and
+    for each attention module with head nodes, the gradient at its out-projection's output [T, hidden]."""
     spec = arch_for(rp.model)
     modules = sorted({n.module for n in nodes if n.head is None})
     attns = sorted({n.module for n in nodes if n.head is not None})
@@ -290,14 +301,22 @@ def _forward_backward(rp: Replayer, nodes: Sequence[Node]) -> tuple[list[np.ndar
 
         return hook
 
+    def keep_output(name: str) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen[name + "[out]"] = output
+
+        return hook
+
     with torch.enable_grad(), HookSet(rp.model) as hooks:
         for m in modules:
             hooks.forward(m, keep(m))
         for attn in attns:
-            hooks.forward_pre(get_module(rp.model, spec.head_proj(attn)), keep_input(attn))
+            proj = get_module(rp.model, spec.head_proj(attn))
+            hooks.forward_pre(proj, keep_input(attn))
+            hooks.forward_on(proj, keep_output(attn))
         logits = rp.model(input_ids=rp.input_ids, use_cache=False).logits[:, -1].float()
         metric = rp.spec.metric(logits, observed_id=rp.observed_id, target_id=rp.target_id)  # type: ignore[union-attr]
-        keys = [*modules, *(a + "[heads]" for a in attns)]
+        keys = [*modules, *(a + "[heads]" for a in attns), *(a + "[out]" for a in attns)]
         grads = torch.autograd.grad(metric.sum(), [seen[k] for k in keys], allow_unused=True)
     rp.forward_passes += 1
     by_key = {
@@ -314,7 +333,30 @@ def _forward_backward(rp: Replayer, nodes: Sequence[Node]) -> tuple[list[np.ndar
         cols = slice(None) if node.head is None else columns[node.head]
         acts.append(a[:, cols])
         out.append(g[:, cols])
-    return acts, out
+    return acts, out, {attn: by_key[attn + "[out]"][1] for attn in attns}
+
+
+def _contribution(rp: Replayer, node: Node, kind: str, source: str | None, length: int) -> np.ndarray | None:
+    """[T, hidden]: a head's contribution in a source from other weights (NaN rows where the source has no
+    counterpart), or None where the head's own output is what a patch writes."""
+    if node.head is None or kind != "patch":
+        return None
+    contrib = rp.bank.contribution(node.module, source, step=rp.step)
+    if contrib is None:
+        return None
+    src = contrib[:, int(node.head)].astype(np.float64)
+    v = np.full((length, src.shape[-1]), np.nan)
+    n = min(length, src.shape[0])
+    v[length - n :] = src[src.shape[0] - n :]
+    return v
+
+
+def _head_weight(rp: Replayer, node: Node, cache: dict[str, np.ndarray]) -> np.ndarray:
+    """[head_dim, hidden]: the head's block of this model's out-projection."""
+    if node.module not in cache:
+        cache[node.module] = head_weights(rp.model, node.module).to("cpu", torch.float64).numpy()
+    block: np.ndarray = cache[node.module][int(node.head or 0)]
+    return block
 
 
 def _head_columns(rp: Replayer, spec: Any) -> dict[int, slice]:

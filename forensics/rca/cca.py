@@ -26,6 +26,7 @@ from forensics.replay.replayer import Outcome
 __all__ = [
     "CCAResult",
     "FixSet",
+    "breadth",
     "build_candidates",
     "find_fix_set",
     "is_input_substitution",
@@ -51,6 +52,11 @@ class FixSet:
     regenerated: dict[str, Any] | None = None
     side_effects: dict[str, Any] | None = None
     gain: float = 0.0  # the search's ranking value (recovery, or progress toward the mirror of the margin)
+
+    @property
+    def breadth(self) -> int:
+        """The members' summed ``Component.breadth``: heads before attention / MLP outputs before residuals."""
+        return breadth(self.interventions)
 
     @property
     def positions(self) -> int:
@@ -105,6 +111,11 @@ def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozens
     if iv.positions == "all":
         return True
     return _overwrites_state(iv) and isinstance(iv.positions, tuple) and len(iv.positions) > 1
+
+
+def breadth(ivs: Sequence[Intervention]) -> int:
+    """Summed ``Component.breadth`` of the components ``ivs`` act on."""
+    return sum(component_of(iv.module, iv.head).breadth for iv in ivs)
 
 
 def _overwrites_state(iv: Intervention) -> bool:
@@ -202,7 +213,7 @@ def find_fix_set(
         pruned = prune(scorer, found)
         minimal.setdefault(frozenset(pruned.interventions), pruned)
     result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]
-    result.fix_sets.sort(key=lambda f: (len(f.interventions), -strength(f), f.positions, -f.metric))
+    result.fix_sets.sort(key=lambda f: (len(f.interventions), -strength(f), f.positions, f.breadth, -f.metric))
     result.evaluated = scorer.evaluated
     result.budget_exhausted = scorer.remaining == 0
     result.timed_out = scorer.timed_out

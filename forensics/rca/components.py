@@ -11,12 +11,12 @@ patching estimated before the replay (``atp``), so the estimate can be checked a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from forensics.models.arch import component_of
 from forensics.rca.atp import Attribution
-from forensics.rca.search import Scored
+from forensics.rca.search import Scored, closeness
 from forensics.replay.interventions import Positions
 
 __all__ = ["position_label", "rank_components", "summarize"]
@@ -42,19 +42,37 @@ def rank_components(
     family: str | None,
     tokens: Sequence[str],
     limit: int = 50,
+    references: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """The evaluated single interventions: fixing ones first, then components (heads, attention, MLPs)
     before residual-stream overwrites (patching a late residual from a good run restores everything
-    before it, wherever the cause is, so it names no component), then the largest exact effect."""
+    before it, wherever the cause is, so it names no component), then the largest exact effect; a
+    head that does nearly all its attention does comes just before it (``_heads_first``).
 
-    def key(s: Scored) -> tuple[bool, bool, float]:  # fixing first; components before residual overwrites
-        iv = s.interventions[0]
-        return (not s.fixed, iv.head is None and component_of(iv.module, None, family).site == "resid", -s.metric)
+    ``references``: reference runs (a known-good version of the model on the incident's own input).
+    Patches from them come first, the closest to restoring the reference's margin (recovery 1, to
+    0.01) before the others, then the narrower component: a single component where the versions
+    differ, patched from the reference, restores the reference's run exactly, while a later one only
+    pushes the answer over (it carries what flowed into it)."""
 
-    ranked = sorted((s for s in singles if len(s.interventions) == 1), key=key)
-    rows = []
-    for s in ranked[:limit]:
+    def key(s: Scored) -> tuple[bool, bool, bool, float, int, float]:
         iv = s.interventions[0]
+        comp = component_of(iv.module, iv.head, family)
+        ref = iv.kind == "patch" and iv.source in references
+        restores = closeness(s.recovery, True, saturate=1.0, digits=2) if ref and s.recovery is not None else 0.0
+        return (not s.fixed, comp.site == "resid", not ref, -restores, comp.breadth if ref else 0, -s.metric)
+
+    ranked = _heads_first(sorted((s for s in singles if len(s.interventions) == 1), key=key), m_incident)
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for s in ranked:
+        iv = s.interventions[0]
+        same = (iv.module, iv.head, iv.kind, iv.positions, iv.factor, round(s.metric, 4))
+        if same in seen:  # the same change from an interchangeable source (a run of the same tokens)
+            continue
+        seen.add(same)
+        if len(rows) == limit:
+            break
         rows.append(
             {
                 "component": component_of(iv.module, iv.head, family).to_dict(),
@@ -69,6 +87,40 @@ def rank_components(
             }
         )
     return rows
+
+
+NARROW_SHARE = 0.9  # a head that does this share of its whole attention's effect is named before it
+
+
+def _heads_first(ranked: list[Scored], m_incident: float) -> list[Scored]:
+    """``ranked`` with, before each attention row, the best head of that attention that the same
+    intervention (kind, source, positions) on the head alone does ``NARROW_SHARE`` of the effect of,
+    and fixes where the attention fixes: the head is the more precise name of the same cause."""
+    out: list[Scored] = []
+    moved: set[int] = set()
+    for s in ranked:
+        if id(s) in moved:
+            continue
+        iv = s.interventions[0]
+        effect = s.metric - m_incident
+        if iv.head is None and component_of(iv.module).site == "attn" and effect > 0:
+            heads = [
+                h
+                for h in ranked
+                if id(h) not in moved
+                and (h.interventions[0].module, h.interventions[0].kind, h.interventions[0].source)
+                == (iv.module, iv.kind, iv.source)
+                and h.interventions[0].positions == iv.positions
+                and h.interventions[0].head is not None
+                and h.fixed >= s.fixed
+                and h.metric - m_incident >= NARROW_SHARE * effect
+            ]
+            if heads:
+                best = max(heads, key=lambda h: h.metric)
+                moved.add(id(best))
+                out.append(best)
+        out.append(s)
+    return out
 
 
 def _verb(iv: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -120,13 +120,15 @@ def _aligned(fix: FixSet, rp: Replayer, length: int | None) -> tuple[Interventio
     return tuple(out)
 
 
-def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
+def rank(fixes: Sequence[FixSet], references: Collection[str] = ()) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
     is the expected text, then sets that name components (heads, attention, MLPs) before those that
-    overwrite the residual stream, fewer members, the stronger fix (``strength``), fewer positions, the
-    larger margin."""
+    overwrite the residual stream, then (``references``: reference runs of the incident's input) sets
+    made only of patches from a reference — where the two versions differ — fewer members, the stronger
+    fix (``strength``), fewer positions, the narrower components (a head before its whole attention,
+    ``FixSet.breadth``), the larger margin."""
 
-    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, int, float, int, float]:
+    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, bool, int, float, int, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
         return (
             not f.validated,
@@ -134,9 +136,11 @@ def rank(fixes: Sequence[FixSet]) -> list[FixSet]:
             broken,
             f.verdict == "partial",
             any(iv.head is None and component_of(iv.module).site == "resid" for iv in f.interventions),
+            not all(iv.kind == "patch" and iv.source in references for iv in f.interventions),
             len(f.interventions),
             -strength(f),
             f.positions,
+            f.breadth,
             -f.metric,
         )
 

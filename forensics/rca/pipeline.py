@@ -101,7 +101,7 @@ class RCAPipeline:
             )
         rp = Replayer(incident, loaded=loaded, baselines=population, counterfactuals=cfs, options=options)
         if reference is not None:
-            rp.bank.set_heads(reference[1].id, reference_heads(*reference))  # REF's heads, not this model's
+            rp.bank.set_heads(reference[1].id, *reference_heads(*reference))  # REF's heads, not this model's
         fidelity = rp.fidelity()
         story = Story(rp)
         ref_section = reference_section(incident, *reference) if reference is not None else None
@@ -140,6 +140,7 @@ class RCAPipeline:
                 m_incident=story.m_incident,
                 family=arch_for(rp.model).family,
                 tokens=[rp.tokenizer.decode([t]) for t in rp.input_ids[0].tolist()],
+                references=[reference[1].id] if reference is not None else (),
             )
             result.summary = summarize(
                 result.components, result.fix_set.to_dict() if result.fix_set else None, result.decision
@@ -308,7 +309,7 @@ class RCAPipeline:
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
-        story.fixes = rank(check_side_effects(judged_fixes, benign, length=rp.length))[:MAX_FIX_SETS]
+        story.fixes = rank(check_side_effects(judged_fixes, benign, length=rp.length), same)[:MAX_FIX_SETS]
         modules, fix = self.config.modules, (story.fixes[0] if story.fixes else None)
         advanced = {
             "isc": isc_for(rp, fix, story) if modules.isc.enabled else None,
@@ -492,20 +493,27 @@ def _kept(atp: Attribution, k: int, references: Sequence[str] = ()) -> list[tupl
     """The pre-filter's pick: the best ``k`` by estimate, of which the residual stream (whose patches
     estimate large, as they carry a whole state) takes at most a quarter, so components get the rest.
     With a reference run of the incident's own input, every attention and MLP output patched from it
-    at every position is kept too (two per layer): a first-order estimate underrates a large early
-    difference between the two models, and these are what a regression is made of."""
+    at every position is kept too, and each attention's head with the largest estimate in size (three
+    per layer; where the two versions differ in one head, the others estimate 0): a first-order
+    estimate underrates, or even flips the sign of, a large early difference between the two models,
+    and these are what a regression is made of."""
     resid = atp.top(max(1, k // 4), sites={"resid"})
     parts = atp.top(k, sites={"attn", "mlp", "head"})
     kept = sorted([*resid, *parts], key=lambda pair: -pair[1])[:k]
     seen = {iv for iv, _ in kept}
     for source in references:
+        best_head: dict[str, tuple[Intervention, float]] = {}
         for node in atp.nodes:
             iv = Intervention(node.module, "patch", "all", source, head=node.head)
-            if node.head is None and node.component(atp.family).site in ("attn", "mlp") and iv not in seen:
-                estimate = atp.estimate(iv)
-                if estimate is not None:
-                    kept.append((iv, estimate))
-                    seen.add(iv)
+            estimate = atp.estimate(iv)
+            if estimate is None or iv in seen:
+                continue
+            if node.head is None and node.component(atp.family).site in ("attn", "mlp"):
+                kept.append((iv, estimate))
+                seen.add(iv)
+            elif node.head is not None and abs(estimate) > abs(best_head.get(node.module, (iv, 0.0))[1]):
+                best_head[node.module] = (iv, estimate)
+        kept += [pair for pair in best_head.values() if pair[0] not in seen]
     return kept
 
 

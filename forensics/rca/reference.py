@@ -2,7 +2,7 @@
 
     ref = resolve_model("models/base", device="cpu")
     bundle = reference_run(incident, ref, "cache/reference", model=loaded)   # cached by (incident, REF sha)
-    heads = reference_heads(ref, bundle)                                     # REF's per-head values
+    heads, contribs = reference_heads(ref, bundle)                           # REF's per-head values
 
 The reference run is teacher-forced over exactly what the incident fed its model (prompt ids plus the
 generated ids before the decision step), so its positions align one to one with the incident's and
@@ -31,7 +31,7 @@ from forensics.models.arch import arch_for, get_module
 from forensics.models.registry import LoadedModel
 from forensics.record.manifest import build_manifest
 from forensics.record.recorder import record
-from forensics.replay.heads import capture_heads
+from forensics.replay.heads import capture_heads, contributions
 
 __all__ = ["architecture", "check_architecture", "fed_ids", "reference_heads", "reference_run", "reference_section"]
 
@@ -152,9 +152,11 @@ def _fed(bundle: Bundle) -> list[int]:
     return [*map(int, bundle.inputs["input_ids"]), *map(int, generated[:-1])]
 
 
-def reference_heads(ref: LoadedModel, bundle: Bundle) -> dict[str, np.ndarray]:
-    """REF's per-head values over the reference run's tokens (head patches must come from REF's weights)."""
-    return capture_heads(ref.model, _fed(bundle))
+def reference_heads(ref: LoadedModel, bundle: Bundle) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """REF's per-head values over the reference run's tokens and each head's contribution through REF's
+    out-projection (head patches come from REF's weights: a regression may sit in the projection itself)."""
+    heads = capture_heads(ref.model, _fed(bundle))
+    return heads, contributions(ref.model, heads)
 
 
 def reference_section(incident: Bundle, ref: LoadedModel, bundle: Bundle) -> dict[str, Any]:

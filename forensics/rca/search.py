@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from forensics.models.arch import component_of
 from forensics.replay.interventions import Intervention, InterventionSet
 from forensics.replay.replayer import Outcome
 
@@ -113,9 +114,10 @@ class Scorer:
             self.timed_out = True
         return self.timed_out
 
-    def key(self, s: Scored) -> tuple[bool, float, int, int, float, float]:
+    def key(self, s: Scored) -> tuple[bool, float, int, int, int, float, float]:
         """Rank: fixed first, then gain (to 0.01, saturating at the early-stop threshold: beyond it a
-        fix is good enough), then fewer members, then fewer positions, then the CF prior, then raw gain."""
+        fix is good enough), then fewer members, then fewer positions, then narrower components (a head
+        before its attention, ``Component.breadth``), then the CF prior, then raw gain."""
         cost = sum(0 if iv.positions == "last" else 1 for iv in s.interventions)
         prior = sum(self.prior.get(iv, 0.0) for iv in s.interventions)
         return (
@@ -123,6 +125,7 @@ class Scorer:
             closeness(s.gain, self.m_baseline is not None, self.saturate, digits=2),
             -len(s.interventions),
             -cost,
+            -sum(component_of(iv.module, iv.head).breadth for iv in s.interventions),
             prior,
             s.gain,
         )

@@ -6,7 +6,9 @@
 
 Positions are resolved here, once, so a hook does one fused op for the whole batch. Head interventions
 share one plan per attention module (key ``<attn>[heads]``), a forward pre-hook on its out-projection
-(``hook``) whose scale and add are as wide as that input: head h owns its columns.
+(``hook``) whose scale and add are as wide as that input: head h owns its columns. A head patched from
+a source on other weights (a reference model) has its columns cleared and its contribution from the
+source added to the projection's output instead (``post``, a forward hook on the same projection).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ModulePlan:
     add: torch.Tensor  # [K, T, d]
     fires: int = 0
     hook: str | None = None  # None: forward hook on the plan's module; else forward pre-hook on this path
+    post: torch.Tensor | None = None  # [K, T, hidden]: added to the out-projection's output (head plans)
 
 
 def plan_key(iv: Intervention) -> str:
@@ -82,6 +85,7 @@ def compile_plan(
             _apply(mp, row, iv, length, bank, step)
     for mp in plan.modules.values():
         mp.scale, mp.add = mp.scale.to(device), mp.add.to(device)
+        mp.post = None if mp.post is None else mp.post.to(device)
     return plan
 
 
@@ -118,10 +122,20 @@ def _apply_head(
         mp.scale[row, positions, cols] *= factor
         mp.add[row, positions, cols] *= factor
         return
+    alpha = 1.0 if whole else float(iv.alpha or 0.0)  # (1 - a) * (x * s + b) + a * value, on head's columns
+    contrib = bank.contribution(iv.module, iv.source, step=step) if iv.kind == "patch" else None
+    if contrib is not None:  # other weights: (1 - a) * this head's contribution + a * the source's
+        src = torch.from_numpy(contrib[:, head].copy())  # [n, hidden]
+        keep = _aligned(iv, positions, length, src.shape[0])
+        if mp.post is None:
+            mp.post = torch.zeros(rows, length, src.shape[-1])
+        mp.scale[row, keep, cols] *= 1.0 - alpha
+        mp.add[row, keep, cols] *= 1.0 - alpha
+        mp.post[row, keep] += alpha * src[[p - length + src.shape[0] for p in keep]]
+        return
     keep, value = _replacement(iv, positions, length, bank, step, heads=True)
     if isinstance(value, torch.Tensor):
         value = value[..., cols]
-    alpha = 1.0 if whole else float(iv.alpha or 0.0)  # (1 - a) * (x * s + b) + a * value, on head's columns
     index = (row, keep, cols)
     mp.scale[index] *= 1.0 - alpha
     mp.add[index] = mp.add[index] * (1.0 - alpha) + alpha * value
@@ -165,9 +179,15 @@ def _replacement(
     if iv.kind == "mean":
         return positions, torch.from_numpy(bank.mean(iv.module, heads=heads))
     src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step, heads=heads).copy())  # aligned from the end
-    keep = [p for p in positions if p - length + src.shape[0] >= 0]
+    keep = _aligned(iv, positions, length, src.shape[0])
+    return keep, src[[p - length + src.shape[0] for p in keep]]
+
+
+def _aligned(iv: Intervention, positions: list[int], length: int, n: int) -> list[int]:
+    """The positions a patch from a source of ``n`` positions (aligned from the end) can write."""
+    keep = [p for p in positions if p - length + n >= 0]
     if not keep:
         raise ReplayError(f"patch of {iv.module}: source too short for positions {iv.positions!r}")
     if iv.positions not in ("all",) and len(keep) < len(positions):
         raise ReplayError(f"patch of {iv.module}: source has no counterpart for some of {iv.positions!r}")
-    return keep, src[[p - length + src.shape[0] for p in keep]]
+    return keep

@@ -32,7 +32,7 @@ from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for, get_module
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
-from forensics.replay.heads import capture_heads
+from forensics.replay.heads import capture_heads, contributions
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
 from forensics.replay.plan import HeadSite, ModulePlan, Plan, compile_plan, plan_key
@@ -238,6 +238,7 @@ class Replayer:
         first = first if extra else 0
         for mp in plan.modules.values():
             mp.scale, mp.add = mp.scale[:, first:], mp.add[:, first:]
+            mp.post = None if mp.post is None else mp.post[:, first:]
         ids = self.input_ids[:, first:]
         with self._installed(plan):
             if grow:
@@ -265,6 +266,8 @@ class Replayer:
                     hooks.forward(name, _patcher(mp))
                 else:
                     hooks.forward_pre(get_module(self.model, mp.hook), _pre_patcher(mp))
+                    if mp.post is not None:
+                        hooks.forward(mp.hook, _post_adder(mp))
             yield
 
     @torch.inference_mode()
@@ -323,7 +326,9 @@ class Replayer:
                 f"{ref.info.sha256[:12]}…, the reference run was recorded on {str(opts.reference_sha256)[:12]}…"
             )
         generated = list(bundle.outputs.get("generated_ids") or [])
-        return capture_heads(ref.model, list(bundle.inputs["input_ids"]) + generated[: max(0, len(generated) - 1)])
+        heads = capture_heads(ref.model, list(bundle.inputs["input_ids"]) + generated[: max(0, len(generated) - 1)])
+        self.bank.set_heads(bundle.id, heads, contributions(ref.model, heads))
+        return heads
 
     def _heads(self, module: str) -> HeadSite:
         try:
@@ -340,7 +345,8 @@ def _grown(plan: Plan, extra: int) -> Plan:
         rows, _, width = mp.add.shape
         scale = torch.cat([mp.scale, mp.scale.new_ones(rows, extra, mp.scale.shape[-1])], dim=1)
         add = torch.cat([mp.add, mp.add.new_zeros(rows, extra, width)], dim=1)
-        grown.modules[name] = ModulePlan(scale, add, hook=mp.hook)
+        post = None if mp.post is None else torch.cat([mp.post, mp.post.new_zeros(rows, extra, mp.post.shape[-1])], 1)
+        grown.modules[name] = ModulePlan(scale, add, hook=mp.hook, post=post)
     return grown
 
 
@@ -371,6 +377,22 @@ def _pre_patcher(mp: ModulePlan) -> Any:
             )
         mp.fires += 1
         return (x * mp.scale[:rows].to(x.dtype) + mp.add[:rows].to(x.dtype), *args[1:]), kwargs
+
+    return hook
+
+
+def _post_adder(mp: ModulePlan) -> Any:
+    """Forward hook on an out-projection: adds the contributions of heads patched from other weights."""
+
+    def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        post = mp.post
+        assert post is not None
+        if output.shape[1:] != post.shape[1:] or output.shape[0] > post.shape[0]:
+            raise ReplayError(
+                f"head contribution on {mp.hook} expected [{post.shape[0]}, {post.shape[1]}, "
+                f"{post.shape[2]}], got {tuple(output.shape)}"
+            )
+        return output + post[: output.shape[0]].to(output.dtype)
 
     return hook
 

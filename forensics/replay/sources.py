@@ -7,7 +7,10 @@ bank.patch("model.layers.3.self_attn", "turkey_ok", step=0, heads=True)   # [n, 
 
 Head values (the input of an attention out-projection) are not in bundles: ``capture`` (set by the
 replayer) computes them from a source's own tokens on the model, once per source; a source from another
-model (a known-good reference) gets them from ``set_heads``, captured on that model.
+model (a known-good reference) gets them from ``set_heads``, captured on that model, together with
+each head's contribution through that model's out-projection (``heads.contributions``): a head patch
+from such a source replaces the contribution (``contribution``), since the two versions' out-projections
+may differ exactly there.
 """
 
 from __future__ import annotations
@@ -37,11 +40,30 @@ class SourceBank:
         self._means: dict[tuple[str, bool], np.ndarray] = {}
         self._patches: dict[tuple[str, str, int, bool], np.ndarray] = {}
         self._heads: dict[str, dict[str, np.ndarray]] = {}  # bundle id -> {attention module: [T, width]}
+        self._contributions: dict[str, dict[str, np.ndarray]] = {}  # ... -> {attention: [T, heads, hidden]}
         self.capture: Callable[[Any], dict[str, np.ndarray]] | None = None
 
-    def set_heads(self, source: str, heads: dict[str, np.ndarray]) -> None:
-        """Head values of ``source``, captured elsewhere (on the model that produced it)."""
+    def set_heads(
+        self, source: str, heads: dict[str, np.ndarray], contributions: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Head values of ``source``, captured elsewhere (on the model that produced it), and for a source
+        from other weights than the replay's, each head's contribution through those weights."""
         self._heads[source] = heads
+        if contributions is not None:
+            self._contributions[source] = contributions
+
+    def contribution(self, module: str, source: str | None, *, step: int) -> np.ndarray | None:
+        """[n, heads, hidden]: what each head of ``module`` added in ``source`` (aligned from the end, as
+        ``patch``), when the source comes from other weights; None for a source of the replay's own
+        weights, whose head values say it all."""
+        bundle = self._bundle(source)
+        self._values(bundle, module, True)  # the first use captures them (a reference sets contributions)
+        contribs = self._contributions.get(bundle.id)
+        if contribs is None:
+            return None
+        if module not in contribs:
+            raise ReplayError(f"baseline {bundle.id}: no head contributions for {module!r}")
+        return contribs[module][: prefix_length(bundle, step)]
 
     def mean(self, module: str, *, heads: bool = False) -> np.ndarray:
         """Mean activation over the benign population's bundles and positions (``heads``: of the
