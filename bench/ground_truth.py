@@ -1,6 +1,6 @@
 """Component-level ground truth on smollm2-135m: planted faults over every layer, sites and kinds.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/ground_truth.py [--faults 30] [--workdir /tmp/gt-smollm2]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ground_truth.py [--faults 30] [--seed 0] [--workdir /tmp/gt-smollm2]
 
 Plants ``component_faults(30, n)`` (layers 0-29, sites mlp / attn / one head, kinds noise / scale;
 magnitudes in ``forensics.faults.evaluate.FACTORS``) into copies of the embedded smollm2-135m, analyses
@@ -51,13 +51,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--faults", type=int, default=30)
     ap.add_argument("--workdir", default="/tmp/gt-smollm2")
+    ap.add_argument("--seed", type=int, default=0, help="other noise draws and heads (a held-out fault set)")
     ap.add_argument("--no-reference", action="store_true", help="analyse without reference_model (old path)")
     args = ap.parse_args()
     work = Path(args.workdir)
     config = Config()  # the default model cache: smollm2 is converted once there
     t0 = time.perf_counter()
     layers = resolve_model(MODEL, device="cpu", cache_dir=config.cache_dir).info.num_layers
-    faults = component_faults(layers, n=args.faults, heads=9)
+    faults = component_faults(layers, n=args.faults, heads=9, seed=args.seed)
     done = [0]
 
     def tick(n: int) -> None:
@@ -79,11 +80,19 @@ def main() -> None:
     lost = misses(report)
     print(f"\n{len(lost)} misses:" if lost else "\nno misses", *lost, sep="\n")
     print(f"wall {wall:.0f} s; load {os.getloadavg()[0]:.1f}")
-    data = {"model": MODEL, "reference": not args.no_reference, "wall_s": wall, "goal": GOAL, **report.to_dict()}
+    data = {
+        "model": MODEL,
+        "seed": args.seed,
+        "reference": not args.no_reference,
+        "wall_s": wall,
+        "goal": GOAL,
+        **report.to_dict(),
+    }
     data["misses"] = lost
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    out = RESULTS.with_name(f"ground_truth_seed{args.seed}.json") if args.seed else RESULTS
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -153,3 +153,48 @@ def test_atp_estimates_a_heads_contribution_difference(case: Any) -> None:
     np.testing.assert_allclose(mine, whole, rtol=1e-5, atol=1e-6)
     others = [atp.estimate(Intervention(attn, "patch", "all", ref, head=h)) for h in range(case["heads"]) if h != head]
     np.testing.assert_allclose(others, 0.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def regression(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny llama whose last head of layer 1 was scaled up, analysed against the clean model as REF."""
+    from forensics.config import Config
+    from forensics.faults.evaluate import PROMPTS
+    from forensics.rca.pipeline import RCAPipeline
+
+    root = tmp_path_factory.mktemp("head-regression")
+    clean = resolve_model(str(tiny_dirs["llama"]), device="cpu")
+    head = arch_for(clean.model).head_slices(clean.model)[0] - 1
+    fault = Fault(1, "head", 10.0, head=head, kind="scale")
+    faulty = _saved(plant_fault(clean.model, fault), clean.tokenizer, root / "faulty")
+
+    def first(loaded: LoadedModel, prompt: str) -> int:
+        return int(_logits(loaded.model, loaded.tokenizer(prompt, return_tensors="pt").input_ids).argmax())
+
+    prompt = next(p for p in PROMPTS if first(faulty, p) != first(clean, p))
+    spec = FailureSpec("expected", "", (first(clean, prompt),))
+    incident = record_greedy(faulty, prompt, root / "inc", spec, kind="incident", max_new_tokens=2).bundle
+    config = Config(cache_dir=str(root / "cache"))
+    result = RCAPipeline(config).analyze_incident(incident, model=faulty, reference_model=clean)
+    return fault, result
+
+
+def test_a_regression_in_one_heads_projection_is_named_as_that_head(regression: Any) -> None:
+    fault, result = regression
+    first = result.components[0]
+    assert (first["component"]["layer"], first["component"]["site"], first["component"]["head"]) == (
+        fault.layer,
+        "head",
+        fault.head,
+    )
+    assert first["intervention"]["kind"] == "patch" and first["intervention"]["source"] == result.reference["bundle_id"]
+    assert first["fixed"] and first["recovery"] == pytest.approx(1.0, abs=1e-3)  # the reference's run, restored
+    fix = result.fix_set
+    assert fix is not None and fix.validated
+    assert any((iv.module, iv.head) == ("model.layers.1.self_attn", fault.head) for iv in fix.interventions)
+    assert result.summary.startswith(f"The versions diverge at L1.H{fault.head}:")
+    rows = [
+        (r["component"]["label"], r["where"], r["intervention"]["kind"], round(r["metric"], 4))
+        for r in result.components
+    ]
+    assert len(rows) == len(set(rows))  # the same change from two interchangeable sources is one row

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,11 @@ def test_the_fix_set_names_the_changed_layer(analysed: RCAResult) -> None:
     assert {layer_of(iv.module) for iv in fix.interventions} == {CHANGED_LAYER}
     assert all(iv.kind == "patch" and iv.source == analysed.reference["bundle_id"] for iv in fix.interventions)
     assert any(iv.module == f"model.layers.{CHANGED_LAYER}.mlp" for iv in fix.interventions)  # the site changed
+
+
+def test_the_reproduce_command_names_the_reference(case: dict[str, Any], analysed: RCAResult) -> None:
+    words = shlex.split(analysed.commands["reproduce"])
+    assert words[words.index("--reference-model") + 1] == str(case["clean_dir"])
 
 
 def test_a_reference_that_fails_the_same_way_is_said_plainly(case: dict[str, Any], tmp_path: Path) -> None:

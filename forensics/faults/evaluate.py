@@ -251,14 +251,14 @@ changed the greedy answer of 1-16 of the 16 ``PROMPTS`` at every layer sampled (
 
 def component_faults(num_layers: int, n: int = 30, *, seed: int = 0, heads: int = 1) -> list[Fault]:
     """``n`` faults spread evenly over layers 0..num_layers-1; fault i gets site i % 3 (mlp, attn, head),
-    kind (i // 3) % 2 (noise, scale), head i % heads, seed seed + i; magnitudes from ``FACTORS``."""
+    kind (i // 3) % 2 (noise, scale), head (i + seed) % heads, seed seed + i; magnitudes from ``FACTORS``."""
     sites, kinds = ("mlp", "attn", "head"), ("noise", "scale")
     faults = []
     for i in range(n):
         site, kind = sites[i % 3], kinds[(i // 3) % 2]
         layer = i * num_layers // n if n >= num_layers else round(i * (num_layers - 1) / max(n - 1, 1))
         faults.append(
-            Fault(layer, site, FACTORS[site, kind], head=i % heads, seed=seed + i, kind=kind)  # type: ignore[arg-type]
+            Fault(layer, site, FACTORS[site, kind], head=(i + seed) % heads, seed=seed + i, kind=kind)  # type: ignore[arg-type]
         )
     return faults
 

@@ -130,11 +130,43 @@ def _verb(iv: Mapping[str, Any]) -> str:
     return {"zero": "removing it", "mean": "replacing it by its benign mean"}.get(iv["kind"], "scaling it")
 
 
+RESTORES = 0.95  # a reference patch this close to recovery 1 restores the reference's run
+
+
 def summarize(
-    rows: Sequence[Mapping[str, Any]], fix: Mapping[str, Any] | None, decision: Mapping[str, Any], *, top: int = 3
+    rows: Sequence[Mapping[str, Any]],
+    fix: Mapping[str, Any] | None,
+    decision: Mapping[str, Any],
+    *,
+    top: int = 3,
+    reference: Mapping[str, Any] | None = None,
 ) -> str:
     """One or two sentences: which components at which positions push the observed token over the
-    expected one (largest exact effects), and what the reported fix set does."""
+    expected one (largest exact effects), and what the reported fix set does. With a ``reference``
+    (the report's section) whose patch of one component restores its run, that comes first: it is
+    where the two versions diverge."""
+    text = _push(rows, fix, decision, top)
+    lead = _divergence(rows, reference) if reference else ""
+    return f"{lead} {text}".strip()
+
+
+def _divergence(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> str:
+    first = rows[0] if rows else None
+    if first is None or first["intervention"].get("source") != reference.get("bundle_id"):
+        return ""
+    recovery = first.get("recovery")
+    if recovery is None or closeness(recovery, True, saturate=1.0, digits=2) < RESTORES:
+        return ""
+    return (
+        f"The versions diverge at {first['component']['label']}: patching it at {first['where']} from the "
+        f"reference model {reference.get('ref')!r} restores the reference's run (recovery {recovery:.2f}; "
+        f"answers {first['argmax_token']!r})."
+    )
+
+
+def _push(
+    rows: Sequence[Mapping[str, Any]], fix: Mapping[str, Any] | None, decision: Mapping[str, Any], top: int
+) -> str:
     observed, target = decision.get("observed"), decision.get("target")
     best: dict[str, Mapping[str, Any]] = {}  # each component once, at its largest effect
     for r in rows:

@@ -66,19 +66,30 @@ def judge_answer(rp: Replayer, fix: FixSet) -> FixSet:
 
 
 def check_side_effects(
-    fixes: Sequence[FixSet], benign: Sequence[Replayer], *, length: int | None = None
+    fixes: Sequence[FixSet],
+    benign: Sequence[Replayer],
+    *,
+    length: int | None = None,
+    references: Collection[str] = (),
 ) -> list[FixSet]:
     """Replay every fix on every benign bundle (one batched pass per bundle): how many answers change.
 
     Explicit positions are the incident's (a pass of ``length`` tokens); on a benign prompt they are
     aligned from the end, as patch sources are (the incident's last three positions are the benign
-    prompt's last three); a fix reaching before a benign prompt's start is not checked on it."""
+    prompt's last three); a fix reaching before a benign prompt's start is not checked on it, nor is a
+    patch from a reference run (``references``): it carries the reference model's values on the
+    incident's input, which have no counterpart on another prompt."""
     if not benign:
         return list(fixes)
     changed: list[list[str]] = [[] for _ in fixes]
     checked = [0] * len(fixes)
     for rp in benign:
-        moved = {i: ivs for i, fix in enumerate(fixes) if (ivs := _aligned(fix, rp, length)) is not None}
+        moved = {
+            i: ivs
+            for i, fix in enumerate(fixes)
+            if not any(iv.kind == "patch" and iv.source in references for iv in fix.interventions)
+            and (ivs := _aligned(fix, rp, length)) is not None
+        }
         plain = rp.run(()).argmax_id
         try:
             outcomes = dict(zip(moved, rp.evaluate(list(moved.values())), strict=True))

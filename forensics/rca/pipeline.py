@@ -143,12 +143,22 @@ class RCAPipeline:
                 references=[reference[1].id] if reference is not None else (),
             )
             result.summary = summarize(
-                result.components, result.fix_set.to_dict() if result.fix_set else None, result.decision
+                result.components,
+                result.fix_set.to_dict() if result.fix_set else None,
+                result.decision,
+                reference=ref_section,
             )
         result.provenance = provenance
         result.reference = ref_section
         result.commands = commands(
-            incident.path, baseline, patch_source, model, output, allow_model_mismatch, allow_baseline_mismatch
+            incident.path,
+            baseline,
+            patch_source,
+            model,
+            output,
+            allow_model_mismatch,
+            allow_baseline_mismatch,
+            _loadable(reference[0]) if reference is not None else None,
         )
         if output is not None:
             result.export(output)
@@ -309,7 +319,8 @@ class RCAPipeline:
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
-        story.fixes = rank(check_side_effects(judged_fixes, benign, length=rp.length), same)[:MAX_FIX_SETS]
+        checked = check_side_effects(judged_fixes, benign, length=rp.length, references=same)
+        story.fixes = rank(checked, same)[:MAX_FIX_SETS]
         modules, fix = self.config.modules, (story.fixes[0] if story.fixes else None)
         advanced = {
             "isc": isc_for(rp, fix, story) if modules.isc.enabled else None,

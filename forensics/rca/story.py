@@ -84,8 +84,10 @@ def commands(
     output: str | Path | None,
     allow_model_mismatch: bool,
     allow_baseline_mismatch: bool,
+    reference_model: str | None = None,
 ) -> dict[str, str]:
-    """The command lines that reproduce this analysis and validate its fix set."""
+    """The command lines that reproduce this analysis and validate its fix set (``reference_model``: how
+    the known-good version is loaded again, when it can be)."""
     words = ["model-forensics", "analyze", bundle]
     if isinstance(baseline, str | Path):
         words += ["--baseline", str(baseline)]
@@ -94,6 +96,8 @@ def commands(
         words += ["--patch-source", str(getattr(source, "path", source))]
     if isinstance(model, str):
         words += ["--model", model]
+    if reference_model is not None:
+        words += ["--reference-model", reference_model]
     if output is not None:
         words += ["--output", str(output)]
     if allow_model_mismatch:
