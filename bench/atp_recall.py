@@ -2,8 +2,10 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/atp_recall.py [--only australia,turkey] [--top 20]
 
-For each incident (the demo's and four more from ``bench/incidents.py``), the patch source is the
-incident's counterfactual (the question with its answer stated first, aligned from the end). Two
+For each incident (the demo's and the eight other real failures of ``bench/incidents.py``, recorded
+the same way: up to the first wrong token, which for numbers is a later step since smollm2 writes
+digits one token at a time), the patch source is the incident's counterfactual (the question with its
+answer stated first, aligned from the end). Two
 rankings of every (layer, head, position) patch of a head's output (30 x 9 x T candidates):
 
 - exact: our batched replay of every patch, one set per candidate (``Replayer.evaluate``);
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 KEPT = 48  # modules.cca.prefilter_top_k: what the pipeline passes on to the exact replay
-CHOSEN = ("australia", "turkey", "nigeria", "add_7_8", "ww2")
+CHOSEN = ("australia", "turkey", "india", "nigeria", "add_7_8", "add_12_9", "mul_9_7", "ww2", "hamlet")
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -61,9 +63,9 @@ def one(
     from forensics.record import record_greedy
     from forensics.replay import Intervention, Replayer
 
-    spec = _spec(kind, text, loaded.tokenizer)
-    incident = record_greedy(loaded, prompt, work / name, spec, kind="incident", max_new_tokens=1).bundle
-    source = record_greedy(loaded, cf_prompt, work / f"{name}_cf", "as-generated", kind="benign", max_new_tokens=1)
+    spec = _spec(kind, text, loaded.tokenizer)  # recorded as bench/incidents.py does: up to the wrong token
+    incident = record_greedy(loaded, prompt, work / name, spec, kind="incident", max_new_tokens=6).bundle
+    source = record_greedy(loaded, cf_prompt, work / f"{name}_cf", spec, kind="benign", max_new_tokens=6)
     rp = Replayer(incident, loaded=loaded, counterfactuals=[source.bundle])
     rp.run(())  # warm
     t = time.perf_counter()
@@ -85,6 +87,7 @@ def one(
         for p in range(length)
     ]
     m0 = rp.run(()).metric
+    assert m0 < 0, f"{name}: the replayed decision is not a failure (margin {m0:+.3f})"
     t = time.perf_counter()
     exact = np.array([o.metric - m0 for o in rp.evaluate(sets)])
     exact_s = time.perf_counter() - t
@@ -93,6 +96,8 @@ def one(
     return {
         "incident": name,
         "positions": length,
+        "step": rp.step,
+        "margin": m0,
         "candidates": len(sets),
         "recall": len(best_exact & best_atp) / top,
         "recall_in_kept": len(best_exact & set(np.argsort(-estimate)[:KEPT])) / top,

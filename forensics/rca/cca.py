@@ -37,7 +37,8 @@ __all__ = [
 
 Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
-COMPONENT_ALTERNATIVES = 3  # ... and the best that act on components only (no residual-stream overwrite)
+COMPONENT_ALTERNATIVES = 3  # ... and the best that act on components only (no residual-stream overwrite),
+# and those patched from a reference run only that come closest to restoring it
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,14 @@ def find_fix_set(
     result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
     pool = sorted({s.interventions: s for s in scorer.fixed_seen}.values(), key=scorer.key, reverse=True)
     named = [s for s in pool if not any(_overwrites_state(iv) for iv in s.interventions)]
+    measured = m_baseline is not None
+    restoring = sorted(  # from a reference run only, closest to restoring its run: where two versions differ
+        (s for s in named if all(iv.kind == "patch" and iv.source in same_input for iv in s.interventions)),
+        key=lambda s: -closeness(s.gain, measured, 1.0, digits=2),
+    )
     minimal: dict[frozenset[Intervention], Scored] = {}
-    for found in dict.fromkeys([*pool[: ALTERNATIVES + 1], *named[:COMPONENT_ALTERNATIVES]]):
+    alternatives = [*pool[: ALTERNATIVES + 1], *named[:COMPONENT_ALTERNATIVES], *restoring[:COMPONENT_ALTERNATIVES]]
+    for found in dict.fromkeys(alternatives):
         pruned = prune(scorer, found)
         minimal.setdefault(frozenset(pruned.interventions), pruned)
     result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]
