@@ -50,17 +50,20 @@ def rank_components(
     head that does nearly all its attention does comes just before it (``_heads_first``).
 
     ``references``: reference runs (a known-good version of the model on the incident's own input).
-    Patches from them come first, the closest to restoring the reference's margin (recovery 1, to
-    0.01) before the others, then the narrower component: a single component where the versions
-    differ, patched from the reference, restores the reference's run exactly, while a later one only
-    pushes the answer over (it carries what flowed into it)."""
+    Patches from them come first, the earliest component in the forward pass first, then the narrower
+    one (a head before its attention), then the one closest to restoring the reference's run (recovery
+    1, to 0.01): before the first place where the two versions differ, patching from the reference
+    changes nothing, so the earliest patch that fixes the answer is where the divergence starts; a later
+    one fixes only because it carries what flowed into it."""
 
-    def key(s: Scored) -> tuple[bool, bool, bool, float, int, float]:
+    def key(s: Scored) -> tuple[bool, bool, bool, int, int, int, float, float]:
         iv = s.interventions[0]
         comp = component_of(iv.module, iv.head, family)
-        ref = iv.kind == "patch" and iv.source in references
-        restores = closeness(s.recovery, True, saturate=1.0, digits=2) if ref and s.recovery is not None else 0.0
-        return (not s.fixed, comp.site == "resid", not ref, -restores, comp.breadth if ref else 0, -s.metric)
+        if not (iv.kind == "patch" and iv.source in references):
+            return (not s.fixed, comp.site == "resid", True, 0, 0, 0, 0.0, -s.metric)
+        restores = closeness(s.recovery, True, saturate=1.0, digits=2) if s.recovery is not None else 0.0
+        late = 0 if comp.site in ("attn", "head") else 1  # a layer's attention runs before its MLP
+        return (not s.fixed, comp.site == "resid", False, comp.layer or 0, late, comp.breadth, -restores, -s.metric)
 
     ranked = _heads_first(sorted((s for s in singles if len(s.interventions) == 1), key=key), m_incident)
     rows: list[dict[str, Any]] = []
@@ -152,15 +155,20 @@ def summarize(
 
 def _divergence(rows: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> str:
     first = rows[0] if rows else None
-    if first is None or first["intervention"].get("source") != reference.get("bundle_id"):
+    if first is None or first["intervention"].get("source") != reference.get("bundle_id") or not first["fixed"]:
         return ""
     recovery = first.get("recovery")
-    if recovery is None or closeness(recovery, True, saturate=1.0, digits=2) < RESTORES:
-        return ""
+    name, where, ref = first["component"]["label"], first["where"], reference.get("ref")
+    if recovery is not None and closeness(recovery, True, saturate=1.0, digits=2) >= RESTORES:
+        return (
+            f"The versions diverge at {name}: patching it at {where} from the reference model {ref!r} "
+            f"restores the reference's run (recovery {recovery:.2f}; answers {first['argmax_token']!r})."
+        )
+    how = f"recovery {recovery:.2f}" if recovery is not None else "recovery unavailable"
     return (
-        f"The versions diverge at {first['component']['label']}: patching it at {first['where']} from the "
-        f"reference model {reference.get('ref')!r} restores the reference's run (recovery {recovery:.2f}; "
-        f"answers {first['argmax_token']!r})."
+        f"The earliest component whose patch from the reference model {ref!r} fixes the answer is {name} "
+        f"(at {where}; answers {first['argmax_token']!r}, {how}); it does not restore the reference's run "
+        "exactly, so the versions differ in more places: read it as where the difference starts to matter."
     )
 
 
