@@ -174,3 +174,42 @@ def test_a_real_incident_replays_faithfully_on_ray_actors(smol: LoadedModel, ray
     assert summary.done == ["add_7_8"] and not summary.failed
     report = json.loads((tmp_path / "out" / "add_7_8.json").read_text())
     assert report["decision"]["step"] > 0 and report["fidelity"]["faithful"] is True, report["fidelity"]["advice"]
+
+
+def test_a_head_regression_on_ray_equals_local(
+    tiny_dirs: dict[str, Path], ray_pool: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Workers rebuild the replay from paths and capture the reference's heads and their contributions
+    on the reference model itself: the same rows, the same fix, the head named."""
+    import torch
+
+    from forensics.config import Config
+    from forensics.failure import FailureSpec
+    from forensics.faults.evaluate import PROMPTS
+    from forensics.faults.plant import Fault, plant_fault
+    from forensics.models import resolve_model
+
+    root = tmp_path_factory.mktemp("ray-regression")
+    clean = resolve_model(str(tiny_dirs["llama"]), device="cpu")
+    fault = Fault(1, "head", 10.0, head=1, kind="scale")
+    plant_fault(clean.model, fault).save_pretrained(root / "faulty")
+    clean.tokenizer.save_pretrained(root / "faulty")
+    faulty = resolve_model(str(root / "faulty"), device="cpu")
+
+    def first(loaded: LoadedModel, prompt: str) -> int:
+        with torch.inference_mode():
+            return int(loaded.model(loaded.tokenizer(prompt, return_tensors="pt").input_ids).logits[0, -1].argmax())
+
+    prompt = next(p for p in PROMPTS if first(faulty, p) != first(clean, p))
+    spec = FailureSpec("expected", "", (first(clean, prompt),))
+    incident = record_greedy(faulty, prompt, root / "inc", spec, kind="incident", max_new_tokens=2).bundle
+    config = Config(cache_dir=str(root / "cache"))
+    ref = str(tiny_dirs["llama"])
+    local = RCAPipeline(config, executor=LocalExecutor()).analyze_incident(incident.path, reference_model=ref)
+    remote = RCAPipeline(config, executor=ray_pool).analyze_incident(incident.path, reference_model=ref)
+    assert remote.components[0]["component"] == local.components[0]["component"]
+    assert (local.components[0]["component"]["site"], local.components[0]["component"]["head"]) == ("head", 1)
+    assert remote.fix_set is not None and local.fix_set is not None and remote.fix_set.validated
+    assert remote.fix_set.interventions == local.fix_set.interventions
+    for a, b in zip(remote.single_effects, local.single_effects, strict=True):
+        assert a["interventions"] == b["interventions"] and abs(a["metric"] - b["metric"]) < 1e-4
