@@ -9,7 +9,10 @@ answer stated first, aligned from the end). Two
 rankings of every (layer, head, position) patch of a head's output (30 x 9 x T candidates):
 
 - exact: our batched replay of every patch, one set per candidate (``Replayer.evaluate``);
-- AtP: ``forensics.rca.atp.attribute`` — one forward and one backward pass, every estimate at once.
+- AtP: ``forensics.rca.atp.attribute`` — one forward and one backward pass, every estimate at once,
+  then the first-position correction (one pass over the first token, the ``SINK_EXACT`` share of the
+  first-position candidates that move its own stream most replayed exactly); ``--no-sink`` leaves it
+  out, for the first-order estimates alone.
 
 Also reported: recall of the exact top N within AtP's top 48 (``prefilter_top_k``'s default, what the
 analysis actually replays).
@@ -55,7 +58,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def one(
-    loaded: Any, name: str, prompt: str, kind: str, text: str, cf_prompt: str, work: Path, top: int
+    loaded: Any, name: str, prompt: str, kind: str, text: str, cf_prompt: str, work: Path, top: int, sink: float
 ) -> dict[str, Any]:
     from incidents import _spec
 
@@ -69,7 +72,9 @@ def one(
     rp = Replayer(incident, loaded=loaded, counterfactuals=[source.bundle])
     rp.run(())  # warm
     t = time.perf_counter()
-    atp = attribute(rp, kinds=("patch",), sources=[source.bundle.id], sites=("head",), include=("last", "each"))
+    atp = attribute(
+        rp, kinds=("patch",), sources=[source.bundle.id], sites=("head",), include=("last", "each"), sink_exact=sink
+    )
     atp_s = time.perf_counter() - t
     length = rp.length
     sets = [
@@ -103,6 +108,7 @@ def one(
         "recall_in_kept": len(best_exact & set(np.argsort(-estimate)[:KEPT])) / top,
         "spearman": spearman(exact, estimate),
         "atp_s": atp_s,
+        "sink_exact": atp.sink_exact,
         "exact_s": exact_s,
         "ratio": exact_s / atp_s,
         "best_exact": sets[int(np.argmax(exact))][0].to_dict() | {"effect": float(exact.max())},
@@ -117,15 +123,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(CHOSEN))
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--no-sink", action="store_true", help="first-order AtP only (sink_exact=0)")
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "atp_recall.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
+    from forensics.rca.atp import SINK_EXACT
+
+    sink = 0.0 if args.no_sink else SINK_EXACT
     loaded = resolve_model("smollm2-135m", device="cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, prompt, kind, text, cf_prompt in INCIDENTS:
             if name in only:
-                rows.append(one(loaded, name, prompt, kind, text, cf_prompt, Path(tmp), args.top))
+                rows.append(one(loaded, name, prompt, kind, text, cf_prompt, Path(tmp), args.top, sink))
                 r = rows[-1]
                 print(
                     f"{name}: recall@{args.top} {r['recall']:.2f} (within AtP's top {KEPT}: {r['recall_in_kept']:.2f}), spearman {r['spearman']:.3f}, "
@@ -134,14 +144,16 @@ def main() -> None:
                 )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"top": args.top, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"top": args.top, "sink_exact": sink, "rows": rows}, indent=2))
     print(
-        f"\n| incident | T | head x position candidates | recall@{args.top} | in AtP top {KEPT} | Spearman | AtP s | exact s | ratio |"
+        f"\n| incident | T | head x position candidates | replayed at the sink | recall@{args.top} | in AtP top {KEPT} "
+        "| Spearman | AtP s | exact s | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['incident']} | {r['positions']} | {r['candidates']} | {r['recall']:.2f} | {r['recall_in_kept']:.2f} "
+            f"| {r['incident']} | {r['positions']} | {r['candidates']} | {r['sink_exact']} | {r['recall']:.2f} "
+            f"| {r['recall_in_kept']:.2f} "
             f"| {r['spearman']:.3f} "
             f"| {r['atp_s']:.2f} | {r['exact_s']:.2f} | {r['ratio']:.1f}x |"
         )

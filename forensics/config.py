@@ -120,6 +120,7 @@ class CCAConfig:
     components: tuple[ComponentName, ...] = ("resid", "attn", "mlp", "head")
     prefilter: Prefilter = "atp"
     prefilter_top_k: int = 48
+    prefilter_sink_exact: float = 0.0  # share of first-position candidates AtP replays exactly (atp.SINK_EXACT)
     beam_width: int = 3
     random_samples: int = 256
     seed: int = 0
@@ -166,6 +167,12 @@ class CCAConfig:
             f"a non-empty list of {', '.join(COMPONENTS)}",
         )
         _check("modules.cca.prefilter", self.prefilter in PREFILTERS, self.prefilter, " | ".join(PREFILTERS))
+        _check(
+            "modules.cca.prefilter_sink_exact",
+            _is_number(self.prefilter_sink_exact) and 0 <= self.prefilter_sink_exact <= 1,
+            self.prefilter_sink_exact,
+            "a number in [0, 1]",
+        )
         for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
             value = getattr(self, key)
             _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")

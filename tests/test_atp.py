@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from forensics.config import CCAConfig, Config, ModulesConfig
+from forensics.errors import ConfigError
 from forensics.failure import FailureSpec
 from forensics.models import resolve_model
 from forensics.models.arch import arch_for
@@ -44,7 +45,7 @@ def lab(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_fac
 
 def test_estimates_are_the_first_derivative_of_the_exact_effect(lab: Any) -> None:
     _, rp, _ = lab
-    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=["france"])
+    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=["france"], sink_exact=0.0)  # first order only
     spec = arch_for(rp.model)
     m0 = rp.run(()).metric
     eps = 1e-3
@@ -62,6 +63,29 @@ def test_estimates_are_the_first_derivative_of_the_exact_effect(lab: Any) -> Non
         blended = Intervention(iv.module, iv.kind, iv.positions, iv.source, head=iv.head, alpha=eps)
         exact = (rp.run((blended,)).metric - m0) / eps
         assert exact == pytest.approx(estimate, rel=0.05, abs=1e-3), iv
+
+
+def test_first_position_candidates_that_move_its_stream_most_are_replayed_exactly(lab: Any) -> None:
+    """The sink correction: with every first-position candidate picked, each estimate at position 0 is its
+    exact effect, a set reaching position 0 moves by the same correction, and other sets keep first order."""
+    _, rp, _ = lab
+    spec = arch_for(rp.model)
+    plain = attribute(rp, kinds=("zero", "patch"), sources=["france"], sink_exact=0.0)
+    fixed = attribute(rp, kinds=("zero", "patch"), sources=["france"], sink_exact=1.0)
+    s0 = plain.positions.index((0,))
+    assert fixed.sink_exact == int(np.isfinite(plain.values[:, :, s0]).sum()) > 0
+    m0 = rp.run(()).metric
+    attn, mlp = f"{spec.layers}.0.{spec.attn}", f"{spec.layers}.0.{spec.mlp}"
+    for iv in (Intervention(attn, "zero", (0,), head=1), Intervention(mlp, "patch", (0,), "france")):
+        exact = rp.run((iv,)).metric - m0
+        assert fixed.estimate(iv) == pytest.approx(exact, abs=1e-4), iv
+        wider = Intervention(iv.module, iv.kind, (0, 1), iv.source, head=iv.head)
+        moved = fixed.estimate(iv) - plain.estimate(iv)  # type: ignore[operator]
+        assert fixed.estimate(wider) == pytest.approx(plain.estimate(wider) + moved, abs=1e-6), wider  # type: ignore[operator]
+        later = Intervention(iv.module, iv.kind, "last", iv.source, head=iv.head)
+        assert fixed.estimate(later) == pytest.approx(plain.estimate(later), abs=1e-9), later
+    some = attribute(rp, kinds=("zero", "patch"), sources=["france"])  # the default share
+    assert 0 < some.sink_exact < fixed.sink_exact and some.to_dict()["sink_exact"] == some.sink_exact
 
 
 def test_candidates_leave_out_input_and_output_substitutions(lab: Any) -> None:
@@ -149,6 +173,14 @@ def test_report_keeps_the_estimate_next_to_the_exact_effect(lab: Any, tmp_path: 
     assert any("pre-filter" in n["why"] for n in report["not_evaluated"])
     if report["fix_set"]:
         assert report["fix_set"]["validated"]
+    assert attribution["sink_exact"] == 0  # off by default in the analysis (modules.cca.prefilter_sink_exact)
+
+
+def test_the_analysis_can_replay_first_position_candidates_exactly(lab: Any, tmp_path: Path) -> None:
+    report = _analyze(lab, tmp_path, prefilter_top_k=16, prefilter_sink_exact=0.5)
+    assert report["attribution"]["sink_exact"] > 0
+    with pytest.raises(ConfigError, match="prefilter_sink_exact"):
+        CCAConfig(prefilter_sink_exact=1.5)
 
 
 def test_without_prefilter_the_search_replays_every_candidate(lab: Any, tmp_path: Path) -> None:

@@ -16,6 +16,13 @@ contribution ``c = W_O[:, h] z_h``, so its estimate is ``sum_p (c_ref_p - c_p) .
 gradient at the out-projection's output. Position sets: the last position, every position, each
 single position, contiguous ranges, and the bundle's named spans (chat messages, tool results).
 
+The first position is where first order fails worst: it is the attention sink, and a patch there can
+break it (its own residual stream leaves the state every later position attends to), moving the margin
+by logits while its gradient is near zero. That position depends on nothing but itself, so one batched
+pass over the first token alone measures how far each first-position candidate moves its own stream;
+the ``SINK_EXACT`` share that move it most are replayed exactly, and every position set reaching the
+first position is corrected by the same difference (``_correct_sink``).
+
 The estimates are a first-order ranking, not a result: the exact batched replay evaluates the top N,
 and the report keeps both side by side. Kramar et al.'s QK fix targets query and key nodes, which are
 not candidates here (a head is patched at its output), so it is not applied; GradDrop is not either.
@@ -23,6 +30,7 @@ not candidates here (a head is patched at its output), so it is not applied; Gra
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +40,7 @@ import numpy as np
 import torch
 
 from forensics.errors import ReplayError
-from forensics.hooks import HookSet, primary
+from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import Component, arch_for, component_of, get_module
 from forensics.replay.heads import head_weights
 from forensics.replay.interventions import Intervention, Positions
@@ -42,6 +50,7 @@ from forensics.vocab import CANDIDATE_POSITIONS
 __all__ = ["MAX_RANGE", "Attribution", "Node", "attribute", "position_sets"]
 
 MAX_RANGE = 8  # longest contiguous range of positions proposed (longer stretches come as named spans)
+SINK_EXACT = 0.1  # share of first-position candidates whose estimate is replaced by an exact replay
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class Attribution:
     forward_passes: int = 1
     backward_passes: int = 1
     kept: int | None = None  # how many the pre-filter passed on to the exact replay
+    sink_exact: int = 0  # first-position candidates whose estimate is an exact replay (``_correct_sink``)
     _index: dict[Intervention, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -143,6 +153,7 @@ class Attribution:
             "kept": self.kept,
             "forward_passes": self.forward_passes,
             "backward_passes": self.backward_passes,
+            "sink_exact": self.sink_exact,
             "seconds": round(self.seconds, 3),
             "top": [
                 {**iv.to_dict(), "component": component_of(iv.module, iv.head, self.family).label(), "atp": value}
@@ -211,8 +222,11 @@ def attribute(
     spans: Sequence[Mapping[str, Any]] = (),
     include: Sequence[str] = CANDIDATE_POSITIONS,
     output_module: str | None = None,
+    sink_exact: float = SINK_EXACT,
 ) -> Attribution:
-    """AtP estimates of every candidate; one forward and one backward pass over the incident.
+    """AtP estimates of every candidate; one forward and one backward pass over the incident, then the
+    first-position correction (``sink_exact``, the share of first-position candidates replayed exactly;
+    0 turns it off; see ``_correct_sink``).
 
     The residual stream takes ``patch`` only: zeroing (or averaging away) everything the model has
     computed up to a layer names no component, and its first-order estimate means nothing."""
@@ -258,7 +272,11 @@ def attribute(
                 resid = node.component(spec.family).site == "resid"
                 est[(sizes == length) | ((sizes > 1) & resid)] = np.nan
             values[n, k] = est
-    return Attribution(nodes, kind_list, positions, labels, values, length, spec.family, time.perf_counter() - t0)
+    atp = Attribution(nodes, kind_list, positions, labels, values, length, spec.family)
+    if sink_exact > 0:
+        _correct_sink(rp, atp, columns, sink_exact)
+    atp.seconds = time.perf_counter() - t0
+    return atp
 
 
 def _nodes(rp: Replayer, spec: Any, sites: Sequence[str]) -> list[Node]:
@@ -393,3 +411,113 @@ def _membership(positions: Sequence[Positions], length: int) -> np.ndarray:
         else:
             mask[s, list(pos)] = True
     return mask
+
+
+class _Stop(Exception):
+    """Raised by the last decoder layer's hook: the sink pass needs no logits."""
+
+
+def _correct_sink(rp: Replayer, atp: Attribution, columns: Mapping[int, slice], share: float) -> None:
+    """Exact effects for the first-position candidates that move the first position's own stream most.
+
+    Position 0 reads only itself, so a pass over the first token alone, one row per candidate patched at
+    position 0, shows how far each moves that position's state (the largest relative change of any
+    decoder layer's output there). The top ``share`` of them are replayed exactly; each of those
+    candidates' other position sets that include position 0 move by the same correction."""
+    if atp.length < 2 or (0,) not in atp.positions:
+        return
+    s0 = atp.positions.index((0,))
+    rows: list[tuple[int, int, np.ndarray]] = []  # (node, kind, the value written at position 0)
+    for n, node in enumerate(atp.nodes):
+        for k, (kind, source) in enumerate(atp.kinds):
+            if not np.isfinite(atp.values[n, k, s0]):
+                continue
+            if (
+                node.head is not None
+                and kind == "patch"
+                and rp.bank.contribution(node.module, source, step=rp.step) is not None
+            ):
+                continue  # a contribution from other weights: not written at the head's input
+            value = _values(rp, node, kind, source, columns, atp.length)[0]
+            if np.isfinite(value).all():
+                rows.append((n, k, value))
+    picked = int(np.ceil(share * len(rows)))
+    if not rows or picked == 0:
+        return
+    moved = _first_position_moves(rp, [(atp.nodes[n], v) for n, k, v in rows], columns)
+    order = np.argsort(-moved, kind="stable")[:picked]
+    chosen = [rows[i] for i in order]
+    sets = [(atp.intervention(n, k, s0),) for n, k, _ in chosen]
+    try:
+        base = rp.run(()).metric
+        exact = [o.metric - base for o in rp.evaluate(sets)]
+    except ReplayError:
+        return  # a candidate the replay refuses: keep the first-order estimates
+    reach = _membership(atp.positions, atp.length)[:, 0]  # position sets that include position 0
+    for (n, k, _), value in zip(chosen, exact, strict=True):
+        atp.values[n, k, reach] += value - atp.values[n, k, s0]
+    atp.sink_exact = len(chosen)
+    atp.forward_passes += 2 + -(-len(sets) // max(1, rp.batch_size))
+
+
+@torch.inference_mode()
+def _first_position_moves(
+    rp: Replayer, rows: Sequence[tuple[Node, np.ndarray]], columns: Mapping[int, slice]
+) -> np.ndarray:
+    """[R]: for each (node, value at position 0), the largest relative change of a decoder layer's output
+    at position 0 when the node's output there is replaced by the value; one pass over the first token,
+    R + 1 rows (the last unchanged), stopped before the LM head."""
+    spec = arch_for(rp.model)
+    layers = spec.layer_names(rp.model)
+    outputs: dict[str, list[tuple[int, np.ndarray]]] = {}
+    inputs: dict[str, list[tuple[int, slice, np.ndarray]]] = {}
+    for r, (node, value) in enumerate(rows):
+        if node.head is None:
+            outputs.setdefault(node.module, []).append((r, value))
+        else:
+            inputs.setdefault(spec.head_proj(node.module), []).append((r, columns[node.head], value))
+    device = next(rp.model.parameters()).device
+    seen: list[torch.Tensor] = []
+
+    def write_out(entries: list[tuple[int, np.ndarray]]) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            out = primary(output).clone()
+            for r, value in entries:
+                out[r, 0] = torch.as_tensor(value, dtype=out.dtype, device=out.device)
+            return with_primary(output, out)
+
+        return hook
+
+    def write_in(entries: list[tuple[int, slice, np.ndarray]]) -> Any:
+        def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
+            x = args[0].clone()
+            for r, cols, value in entries:
+                x[r, 0, cols] = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+            return (x, *args[1:]), kwargs
+
+        return hook
+
+    def keep(last: bool) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            seen.append(primary(output)[:, 0].float())
+            if last:
+                raise _Stop
+
+        return hook
+
+    ids = rp.input_ids[:, :1].to(device).expand(len(rows) + 1, 1)
+    with HookSet(rp.model) as hooks:
+        for name, entries in outputs.items():
+            hooks.forward(name, write_out(entries))
+        for name, in_entries in inputs.items():
+            hooks.forward_pre(get_module(rp.model, name), write_in(in_entries))
+        for i, layer in enumerate(layers):
+            hooks.forward(layer, keep(i == len(layers) - 1))
+        with contextlib.suppress(_Stop):
+            rp.model(input_ids=ids, use_cache=False)
+    states = torch.stack(seen)  # [layers, R + 1, d]
+    base = states[:, -1:]
+    moved = (states[:, :-1] - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-6)
+    rp.forward_passes += 1
+    result: np.ndarray = moved.amax(dim=0).cpu().numpy()
+    return result

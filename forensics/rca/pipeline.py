@@ -358,6 +358,7 @@ class RCAPipeline:
                 spans=spans,
                 include=cfg.positions,
                 output_module=output_module(rp),
+                sink_exact=cfg.prefilter_sink_exact,
             )
             top = _kept(atp, cfg.prefilter_top_k, [s for s in story.sources if s in same])
             atp.kept = len(top)
