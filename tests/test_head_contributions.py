@@ -146,7 +146,9 @@ def test_atp_estimates_a_heads_contribution_difference(case: Any) -> None:
     """The faulty head's estimate is the whole attention's (the other heads are the same on both), the
     other heads' are zero: the first-order ranking points at the head, not only its layer."""
     rp, attn, head, ref = case["rp"], case["attn"], case["head"], case["ref"].id
-    atp = attribute(rp, kinds=("patch",), sources=[ref], same_input=frozenset({ref}), sites=("attn", "head"))
+    atp = attribute(
+        rp, kinds=("patch",), sources=[ref], same_input=frozenset({ref}), sites=("attn", "head"), sink_exact=0.0
+    )
     whole = atp.estimate(Intervention(attn, "patch", "all", ref))
     mine = atp.estimate(Intervention(attn, "patch", "all", ref, head=head))
     assert whole is not None and mine is not None and abs(whole) > 1e-6
