@@ -65,9 +65,24 @@ def _connect(output_dir: str | Path) -> Iterator[sqlite3.Connection]:
     root.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(root / INDEX_NAME, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as db:
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        db.execute("PRAGMA journal_mode = WAL")
-        db.executescript(_SCHEMA)
+        _prepare(db)
         yield db
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """WAL mode and the schema. Switching the journal mode can answer "database is locked" at once,
+    without waiting on the busy timeout, while another writer opens the same new index: retried."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _bundle_sha(report: dict[str, Any]) -> str | None:
