@@ -362,11 +362,7 @@ def _contribution(rp: Replayer, node: Node, kind: str, source: str | None, lengt
     contrib = rp.bank.contribution(node.module, source, step=rp.step)
     if contrib is None:
         return None
-    src = contrib[:, int(node.head)].astype(np.float64)
-    v = np.full((length, src.shape[-1]), np.nan)
-    n = min(length, src.shape[0])
-    v[length - n :] = src[src.shape[0] - n :]
-    return v
+    return _from_the_end(contrib[:, int(node.head)], length)
 
 
 def _head_weight(rp: Replayer, node: Node, cache: dict[str, np.ndarray]) -> np.ndarray:
@@ -394,7 +390,11 @@ def _values(
     if kind == "mean":
         mean = rp.bank.mean(node.module, heads=heads).astype(np.float64)[cols]
         return np.repeat(mean[None, :], length, axis=0)
-    src = rp.bank.patch(node.module, source, step=rp.step, heads=heads).astype(np.float64)[:, cols]
+    return _from_the_end(rp.bank.patch(node.module, source, step=rp.step, heads=heads)[:, cols], length)
+
+
+def _from_the_end(src: np.ndarray, length: int) -> np.ndarray:
+    """[length, width] float64: a source's rows aligned from the end, NaN where it has no counterpart."""
     v = np.full((length, src.shape[-1]), np.nan)
     n = min(length, src.shape[0])
     v[length - n :] = src[src.shape[0] - n :]

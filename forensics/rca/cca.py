@@ -13,7 +13,7 @@ every member is necessary, then validated by a fresh replay; the pipeline then j
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ __all__ = [
     "build_candidates",
     "find_fix_set",
     "is_input_substitution",
+    "is_reference_patch",
     "prune",
     "strength",
     "validate",
@@ -100,6 +101,11 @@ class CCAResult:
         return self.fix_sets[0] if self.fix_sets else None
 
 
+def is_reference_patch(iv: Intervention, references: Collection[str]) -> bool:
+    """Whether ``iv`` patches from a run of the incident's own input (a known-good reference model's)."""
+    return iv.kind == "patch" and iv.source in references
+
+
 def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozenset()) -> bool:
     """Whether ``iv`` replaces the input with another prompt's (or the population's) activations: at
     every position, or, in the residual stream (the whole state), at more than one position; that
@@ -107,7 +113,7 @@ def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozens
 
     ``same_input``: sources that ran the incident's own tokens (a known-good reference model); patching
     from one of them compares two models on one input, which is a cause, not a substitution."""
-    if iv.kind not in ("patch", "mean") or (iv.kind == "patch" and iv.source in same_input):
+    if iv.kind not in ("patch", "mean") or is_reference_patch(iv, same_input):
         return False
     if iv.positions == "all":
         return True
@@ -211,7 +217,7 @@ def find_fix_set(
     named = [s for s in pool if not any(_overwrites_state(iv) for iv in s.interventions)]
     measured = m_baseline is not None
     restoring = sorted(  # from a reference run only, closest to restoring its run: where two versions differ
-        (s for s in named if all(iv.kind == "patch" and iv.source in same_input for iv in s.interventions)),
+        (s for s in named if all(is_reference_patch(iv, same_input) for iv in s.interventions)),
         key=lambda s: -closeness(s.gain, measured, 1.0, digits=2),
     )
     minimal: dict[frozenset[Intervention], Scored] = {}

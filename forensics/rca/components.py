@@ -16,6 +16,7 @@ from typing import Any
 
 from forensics.models.arch import component_of
 from forensics.rca.atp import Attribution
+from forensics.rca.cca import is_reference_patch
 from forensics.rca.search import Scored, closeness
 from forensics.replay.interventions import Positions
 
@@ -59,7 +60,7 @@ def rank_components(
     def key(s: Scored) -> tuple[bool, bool, bool, int, int, int, float, float]:
         iv = s.interventions[0]
         comp = component_of(iv.module, iv.head, family)
-        if not (iv.kind == "patch" and iv.source in references):
+        if not is_reference_patch(iv, references):
             return (not s.fixed, comp.site == "resid", True, 0, 0, 0, 0.0, -s.metric)
         restores = closeness(s.recovery, True, saturate=1.0, digits=2) if s.recovery is not None else 0.0
         late = 0 if comp.site in ("attn", "head") else 1  # a layer's attention runs before its MLP

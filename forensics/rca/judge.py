@@ -21,7 +21,7 @@ from typing import Any
 
 from forensics.errors import ReplayError
 from forensics.models.arch import component_of
-from forensics.rca.cca import FixSet, judged, strength
+from forensics.rca.cca import FixSet, is_reference_patch, judged, strength
 from forensics.replay.interventions import Intervention
 from forensics.replay.replayer import Outcome, Replayer
 
@@ -87,7 +87,7 @@ def check_side_effects(
         moved = {
             i: ivs
             for i, fix in enumerate(fixes)
-            if not any(iv.kind == "patch" and iv.source in references for iv in fix.interventions)
+            if not any(is_reference_patch(iv, references) for iv in fix.interventions)
             and (ivs := _aligned(fix, rp, length)) is not None
         }
         plain = rp.run(()).argmax_id
@@ -147,7 +147,7 @@ def rank(fixes: Sequence[FixSet], references: Collection[str] = ()) -> list[FixS
             broken,
             f.verdict == "partial",
             any(iv.head is None and component_of(iv.module).site == "resid" for iv in f.interventions),
-            not all(iv.kind == "patch" and iv.source in references for iv in f.interventions),
+            not all(is_reference_patch(iv, references) for iv in f.interventions),
             len(f.interventions),
             -strength(f),
             f.positions,
