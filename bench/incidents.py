@@ -82,11 +82,13 @@ def _fix_text(fix: dict[str, Any] | None) -> str:
     for iv in fix["interventions"]:
         where = iv["module"].replace("model.layers.", "L")
         src = f" from {iv['source']}" if iv.get("source") else ""
-        parts.append(f"{iv['kind']} {where} @{iv['positions']}{src}")
+        head = f".H{iv['head']}" if iv.get("head") is not None else ""
+        parts.append(f"{iv['kind']} {where}{head} @{iv['positions']}{src}")
     return "; ".join(parts)
 
 
-def run(workdir: Path, only: set[str] | None) -> list[dict[str, Any]]:
+def run(workdir: Path, only: set[str] | None, config: str | None = None) -> list[dict[str, Any]]:
+    from forensics.config import load_config
     from forensics.demo import record_demo_bundles
     from forensics.models import resolve_model
     from forensics.rca import RCAPipeline
@@ -94,7 +96,7 @@ def run(workdir: Path, only: set[str] | None) -> list[dict[str, Any]]:
 
     loaded = resolve_model("smollm2-135m", device="cpu")
     _, benign_dir = record_demo_bundles(loaded, workdir / "demo", say=lambda _m: None)
-    pipeline = RCAPipeline()
+    pipeline = RCAPipeline(load_config(config))
     rows = []
     for name, prompt, kind, text, cf_prompt in INCIDENTS:
         if only and name not in only:
@@ -171,8 +173,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="bench_out/incidents")
     p.add_argument("--only", help="comma-separated incident names")
+    p.add_argument("--config", help="YAML config file (default: built-in defaults)")
     args = p.parse_args()
-    rows = run(Path(args.workdir), set(args.only.split(",")) if args.only else None)
+    rows = run(Path(args.workdir), set(args.only.split(",")) if args.only else None, args.config)
     print(table(rows))
     (Path(args.workdir) / "incidents.json").write_text(json.dumps(rows, indent=2))
 

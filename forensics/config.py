@@ -120,7 +120,7 @@ class CCAConfig:
     components: tuple[ComponentName, ...] = ("resid", "attn", "mlp", "head")
     prefilter: Prefilter = "atp"
     prefilter_top_k: int = 48
-    prefilter_sink_exact: float = 0.0  # share of first-position candidates AtP replays exactly (atp.SINK_EXACT)
+    prefilter_sink_exact: float = 0.1  # share of first-position candidates AtP replays exactly (atp.SINK_EXACT)
     beam_width: int = 3
     random_samples: int = 256
     seed: int = 0

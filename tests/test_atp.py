@@ -173,12 +173,12 @@ def test_report_keeps_the_estimate_next_to_the_exact_effect(lab: Any, tmp_path: 
     assert any("pre-filter" in n["why"] for n in report["not_evaluated"])
     if report["fix_set"]:
         assert report["fix_set"]["validated"]
-    assert attribution["sink_exact"] == 0  # off by default in the analysis (modules.cca.prefilter_sink_exact)
+    assert attribution["sink_exact"] > 0  # on by default (modules.cca.prefilter_sink_exact)
 
 
-def test_the_analysis_can_replay_first_position_candidates_exactly(lab: Any, tmp_path: Path) -> None:
-    report = _analyze(lab, tmp_path, prefilter_top_k=16, prefilter_sink_exact=0.5)
-    assert report["attribution"]["sink_exact"] > 0
+def test_the_analysis_can_turn_the_first_position_correction_off(lab: Any, tmp_path: Path) -> None:
+    report = _analyze(lab, tmp_path, prefilter_top_k=16, prefilter_sink_exact=0.0)
+    assert report["attribution"]["sink_exact"] == 0
     with pytest.raises(ConfigError, match="prefilter_sink_exact"):
         CCAConfig(prefilter_sink_exact=1.5)
 

@@ -237,14 +237,25 @@ def test_head_patch_takes_the_source_heads_at_aligned_positions(sourced: Any) ->
     assert outcome.hook_fires == (1,)
 
 
-def test_head_mean_is_the_population_mean_and_blends_with_alpha(sourced: Any) -> None:
+def test_head_mean_is_the_population_mean_at_the_aligned_position_and_blends_with_alpha(sourced: Any) -> None:
     loaded, bundle, others = sourced
     rp = Replayer(bundle, loaded=loaded, baselines=others)
     _, head_dim = arch_for(rp.model).head_slices(rp.model)
     cols = slice(0, head_dim)
-    mean = torch.stack([_captured(rp, b, 0)[:, cols].mean(dim=0) for b in others]).mean(dim=0)
+
+    def aligned(p: int) -> torch.Tensor:  # each baseline's prompt aligned from the end, those that reach p
+        rows = [
+            _captured(rp, b, 0)[n - rp.length + p, cols]
+            for b in others
+            if (n := len(b.inputs["input_ids"])) - rp.length + p >= 0
+        ]
+        return torch.stack(rows).mean(dim=0)
+
+    mean = aligned(rp.length - 1)
     got = rp.logits([(Intervention(_attn(rp, 0), "mean", "last", head=0),)])[0]
     torch.testing.assert_close(got, _replaced(rp, 0, cols, {rp.length - 1: mean}), atol=1e-4, rtol=1e-4)
+    got = rp.logits([(Intervention(_attn(rp, 0), "mean", (0, 1), head=0),)])[0]
+    torch.testing.assert_close(got, _replaced(rp, 0, cols, {0: aligned(0), 1: aligned(1)}), atol=1e-4, rtol=1e-4)
     half = rp.logits([(Intervention(_attn(rp, 0), "mean", "last", head=0, alpha=0.5),)])[0]
     mine = _captured(rp, bundle, 0)[rp.length - 1, cols]
     want = _replaced(rp, 0, cols, {rp.length - 1: 0.5 * mean + 0.5 * mine})

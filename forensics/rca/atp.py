@@ -10,7 +10,7 @@ activation ``a`` and gradient ``g = dM/da`` on the incident, replacing ``a`` by 
 changes the metric by about ``sum_p (v_p - a_p) . g_p`` (Nanda 2022; Kramar et al. 2024). Nodes are,
 per decoder layer: the residual stream, the attention output, the MLP output and every head's output
 (its slice of the attention out-projection's input). ``v`` is 0 (``zero``), the benign population's
-mean (``mean``) or a counterfactual's activation aligned from the end (``patch``; for heads captured
+mean at the aligned position (``mean``) or a counterfactual's activation aligned from the end (``patch``; for heads captured
 from the source's own tokens). A head patched from a reference model (other weights) replaces its
 contribution ``c = W_O[:, h] z_h``, so its estimate is ``sum_p (c_ref_p - c_p) . g_p`` with ``g`` the
 gradient at the out-projection's output. Position sets: the last position, every position, each
@@ -388,8 +388,7 @@ def _values(
     if kind == "zero":
         return np.zeros((length, 1))
     if kind == "mean":
-        mean = rp.bank.mean(node.module, heads=heads).astype(np.float64)[cols]
-        return np.repeat(mean[None, :], length, axis=0)
+        return rp.bank.mean(node.module, length=length, heads=heads).astype(np.float64)[:, cols]
     return _from_the_end(rp.bank.patch(node.module, source, step=rp.step, heads=heads)[:, cols], length)
 
 
@@ -444,7 +443,9 @@ def _correct_sink(rp: Replayer, atp: Attribution, columns: Mapping[int, slice], 
     picked = int(np.ceil(share * len(rows)))
     if not rows or picked == 0:
         return
-    moved = _first_position_moves(rp, [(atp.nodes[n], v) for n, k, v in rows], columns)
+    candidates = [(atp.intervention(n, k, s0),) for n, k, _ in rows]
+    starts = [rp.prefix.start(ivs) for ivs in candidates] if rp.prefix.can_grow(candidates) else None
+    moved = _first_position_moves(rp, [(atp.nodes[n], v) for n, k, v in rows], columns, starts)
     order = np.argsort(-moved, kind="stable")[:picked]
     chosen = [rows[i] for i in order]
     sets = [(atp.intervention(n, k, s0),) for n, k, _ in chosen]
@@ -462,62 +463,83 @@ def _correct_sink(rp: Replayer, atp: Attribution, columns: Mapping[int, slice], 
 
 @torch.inference_mode()
 def _first_position_moves(
-    rp: Replayer, rows: Sequence[tuple[Node, np.ndarray]], columns: Mapping[int, slice]
+    rp: Replayer,
+    rows: Sequence[tuple[Node, np.ndarray]],
+    columns: Mapping[int, slice],
+    starts: Sequence[int] | None = None,
 ) -> np.ndarray:
     """[R]: for each (node, value at position 0), the largest relative change of a decoder layer's output
     at position 0 when the node's output there is replaced by the value; one pass over the first token,
-    R + 1 rows (the last unchanged), stopped before the LM head."""
+    R + 1 rows (the first unchanged), stopped before the LM head. ``starts``: each row's first layer that
+    must run; the row then joins the batch there, from the recording (``PrefixReuse.growing``)."""
     spec = arch_for(rp.model)
     layers = spec.layer_names(rp.model)
-    outputs: dict[str, list[tuple[int, np.ndarray]]] = {}
-    inputs: dict[str, list[tuple[int, slice, np.ndarray]]] = {}
-    for r, (node, value) in enumerate(rows):
-        if node.head is None:
-            outputs.setdefault(node.module, []).append((r, value))
-        else:
-            inputs.setdefault(spec.head_proj(node.module), []).append((r, columns[node.head], value))
     device = next(rp.model.parameters()).device
-    seen: list[torch.Tensor] = []
+    dtype = next(rp.model.parameters()).dtype
+    order = sorted(range(len(rows)), key=lambda r: starts[r]) if starts is not None else list(range(len(rows)))
+    slot = np.empty(len(rows), dtype=np.int64)  # batch row of each row (the unchanged row is 0)
+    slot[order] = np.arange(1, len(rows) + 1)
+    outputs: dict[str, list[int]] = {}
+    inputs: dict[tuple[str, int], list[int]] = {}
+    for r, (node, _) in enumerate(rows):
+        if node.head is None:
+            outputs.setdefault(node.module, []).append(r)
+        else:
+            inputs.setdefault((spec.head_proj(node.module), node.head), []).append(r)
 
-    def write_out(entries: list[tuple[int, np.ndarray]]) -> Any:
+    def stacked(members: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(rows[r][1].shape[-1] for r in members)  # zero writes one column, broadcast
+        values = np.stack([np.broadcast_to(rows[r][1], (width,)) for r in members])
+        return torch.as_tensor(slot[members], device=device), torch.as_tensor(values, dtype=dtype, device=device)
+
+    def write_out(idx: torch.Tensor, values: torch.Tensor) -> Any:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             out = primary(output).clone()
-            for r, value in entries:
-                out[r, 0] = torch.as_tensor(value, dtype=out.dtype, device=out.device)
+            out[idx, 0] = values
             return with_primary(output, out)
 
         return hook
 
-    def write_in(entries: list[tuple[int, slice, np.ndarray]]) -> Any:
+    def write_in(entries: list[tuple[slice, torch.Tensor, torch.Tensor]]) -> Any:
         def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
             x = args[0].clone()
-            for r, cols, value in entries:
-                x[r, 0, cols] = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+            for cols, idx, values in entries:
+                x[idx, 0, cols] = values
             return (x, *args[1:]), kwargs
 
         return hook
 
+    moved = torch.zeros(len(rows) + 1, device=device)
+
     def keep(last: bool) -> Any:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            seen.append(primary(output)[:, 0].float())
+            state = primary(output)[:, 0].float()  # the rows that have joined so far
+            base = state[:1]
+            change = (state - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-6)
+            moved[: state.shape[0]] = torch.maximum(moved[: state.shape[0]], change)
             if last:
                 raise _Stop
 
         return hook
 
-    ids = rp.input_ids[:, :1].to(device).expand(len(rows) + 1, 1)
+    by_proj: dict[str, list[tuple[slice, torch.Tensor, torch.Tensor]]] = {}
+    for (proj, head), members in inputs.items():
+        by_proj.setdefault(proj, []).append((columns[head], *stacked(members)))
+    grow = starts is not None
+    first = rp.input_ids[:, :1].to(device)
     with HookSet(rp.model) as hooks:
-        for name, entries in outputs.items():
-            hooks.forward(name, write_out(entries))
-        for name, in_entries in inputs.items():
-            hooks.forward_pre(get_module(rp.model, name), write_in(in_entries))
+        for name, members in outputs.items():
+            hooks.forward(name, write_out(*stacked(members)))
+        for proj, entries in by_proj.items():
+            hooks.forward_pre(get_module(rp.model, proj), write_in(entries))
         for i, layer in enumerate(layers):
             hooks.forward(layer, keep(i == len(layers) - 1))
-        with contextlib.suppress(_Stop):
-            rp.model(input_ids=ids, use_cache=False)
-    states = torch.stack(seen)  # [layers, R + 1, d]
-    base = states[:, -1:]
-    moved = (states[:, :-1] - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-6)
+        joined = [0] + [starts[r] for r in order] if starts is not None else []
+        with (
+            contextlib.suppress(_Stop),
+            rp.prefix.growing(joined, device, dtype, end=1) if grow else contextlib.nullcontext(),
+        ):
+            rp.model(input_ids=first if grow else first.expand(len(rows) + 1, 1), use_cache=False)
     rp.forward_passes += 1
-    result: np.ndarray = moved.amax(dim=0).cpu().numpy()
+    result: np.ndarray = moved[torch.as_tensor(slot, device=device)].cpu().numpy()
     return result

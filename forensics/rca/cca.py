@@ -33,11 +33,14 @@ __all__ = [
     "is_reference_patch",
     "prune",
     "strength",
+    "touches_sink",
     "validate",
+    "without_sink",
 ]
 
 Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
+SINK_CHECKED = 12  # fixed sets touching the first position re-tested without it before choosing alternatives
 COMPONENT_ALTERNATIVES = 3  # ... and the best that act on components only (no residual-stream overwrite),
 # and those patched from a reference run only that come closest to restoring it
 
@@ -54,6 +57,7 @@ class FixSet:
     regenerated: dict[str, Any] | None = None
     side_effects: dict[str, Any] | None = None
     gain: float = 0.0  # the search's ranking value (recovery, or progress toward the mirror of the margin)
+    sink: bool = False  # it no longer fixes without the first position (the attention sink; see find_fix_set)
 
     @property
     def breadth(self) -> int:
@@ -81,6 +85,7 @@ class FixSet:
             "verdict": self.verdict,
             "regenerated": self.regenerated,
             "side_effects": self.side_effects,
+            "sink": self.sink,
         }
 
 
@@ -118,6 +123,32 @@ def is_input_substitution(iv: Intervention, same_input: frozenset[str] = frozens
     if iv.positions == "all":
         return True
     return _overwrites_state(iv) and isinstance(iv.positions, tuple) and len(iv.positions) > 1
+
+
+def touches_sink(ivs: Sequence[Intervention], references: Collection[str] = ()) -> bool:
+    """Whether a member acts on the first position: the attention sink, which every later position reads.
+    A patch from a reference run (``references``) restores that model's value there, so it does not count."""
+    return any(_at_first(iv) and not is_reference_patch(iv, references) for iv in ivs)
+
+
+def without_sink(
+    ivs: Sequence[Intervention], length: int, references: Collection[str] = ()
+) -> tuple[Intervention, ...]:
+    """``ivs`` with the first position taken out of every member but reference patches (a member left
+    with no position is dropped)."""
+    out: list[Intervention] = []
+    for iv in ivs:
+        positions = tuple(range(length)) if iv.positions == "all" else iv.positions
+        if _at_first(iv) and not is_reference_patch(iv, references) and isinstance(positions, tuple):
+            if len(positions) > 1:
+                out.append(replace(iv, positions=tuple(p for p in positions if p != 0)))
+        else:
+            out.append(iv)
+    return tuple(out)
+
+
+def _at_first(iv: Intervention) -> bool:
+    return iv.positions == "all" or (isinstance(iv.positions, tuple) and 0 in iv.positions)
 
 
 def breadth(ivs: Sequence[Intervention]) -> int:
@@ -187,11 +218,16 @@ def find_fix_set(
     output_module: str | None = None,
     same_input: frozenset[str] = frozenset(),
     candidates: Sequence[Intervention] | None = None,
+    length: int | None = None,
 ) -> CCAResult:
     """``m_baseline`` None: no baseline produces the target, so recovery is reported as unavailable
     (the search still ranks by the metric). ``deadline`` (``time.monotonic()``) stops the search.
     ``candidates``: the single interventions to search, in order (the pre-filter's top N); by default
-    every one ``build_candidates`` proposes for ``modules``."""
+    every one ``build_candidates`` proposes for ``modules``. ``length``: the incident's positions; with it,
+    fixed sets that act on the first position are replayed without it, and those that then no longer fix
+    act through the attention sink (``FixSet.sink``): the first position is what every later position
+    attends to when it has nothing to read, so a patch there moves the answer by disturbing all of them,
+    not where the answer is computed. The alternatives validated include the best that fix without it."""
     prior = prior or {}
     given = candidates is not None  # a pre-filter's short list: every one is replayed, for the component table
     if candidates is None:
@@ -215,22 +251,42 @@ def find_fix_set(
     result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
     pool = sorted({s.interventions: s for s in scorer.fixed_seen}.values(), key=scorer.key, reverse=True)
     named = [s for s in pool if not any(_overwrites_state(iv) for iv in s.interventions)]
+    sink = _sink_driven(scorer, named[:SINK_CHECKED], length, same_input)
+    content = [s for s in named if s.interventions not in sink]
     measured = m_baseline is not None
     restoring = sorted(  # from a reference run only, closest to restoring its run: where two versions differ
         (s for s in named if all(is_reference_patch(iv, same_input) for iv in s.interventions)),
         key=lambda s: -closeness(s.gain, measured, 1.0, digits=2),
     )
     minimal: dict[frozenset[Intervention], Scored] = {}
-    alternatives = [*pool[: ALTERNATIVES + 1], *named[:COMPONENT_ALTERNATIVES], *restoring[:COMPONENT_ALTERNATIVES]]
+    alternatives = [
+        *pool[: ALTERNATIVES + 1],
+        *named[:COMPONENT_ALTERNATIVES],
+        *content[:COMPONENT_ALTERNATIVES],
+        *restoring[:COMPONENT_ALTERNATIVES],
+    ]
     for found in dict.fromkeys(alternatives):
         pruned = prune(scorer, found)
         minimal.setdefault(frozenset(pruned.interventions), pruned)
     result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]
-    result.fix_sets.sort(key=lambda f: (len(f.interventions), -strength(f), f.positions, f.breadth, -f.metric))
+    sink |= _sink_driven(scorer, [s for s in result.fix_sets if s.interventions not in sink], length, same_input)
+    result.fix_sets = [replace(f, sink=f.interventions in sink) for f in result.fix_sets]
+    result.fix_sets.sort(key=lambda f: (len(f.interventions), f.sink, -strength(f), f.positions, f.breadth, -f.metric))
     result.evaluated = scorer.evaluated
     result.budget_exhausted = scorer.remaining == 0
     result.timed_out = scorer.timed_out
     return result
+
+
+def _sink_driven(
+    scorer: Scorer, sets: Sequence[Scored | FixSet], length: int | None, references: Collection[str]
+) -> set[InterventionSet]:
+    """Those of ``sets`` that act on the first position and no longer fix without it (one batched pass)."""
+    if not length or length < 2:
+        return set()
+    touching = [s.interventions for s in sets if touches_sink(s.interventions, references)]
+    reduced = scorer.score([without_sink(ivs, length, references) for ivs in touching], force=True)
+    return {ivs for ivs, r in zip(touching, reduced, strict=True) if not r.fixed}
 
 
 def _search(

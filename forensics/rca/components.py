@@ -207,4 +207,9 @@ def _push(
         )
         effects = f"; {side['changed']} of {side['checked']} benign answers change" if side.get("checked") else ""
         text += f" The smallest validated fix: {members};{said}{effects}."
+        if fix.get("sink"):
+            text += (
+                " It acts through the first position, the attention sink every later position reads, and no "
+                "longer fixes without it: it shows the answer can be moved there, not where it is computed."
+            )
     return text

@@ -134,12 +134,12 @@ def _aligned(fix: FixSet, rp: Replayer, length: int | None) -> tuple[Interventio
 def rank(fixes: Sequence[FixSet], references: Collection[str] = ()) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
     is the expected text, then sets that name components (heads, attention, MLPs) before those that
-    overwrite the residual stream, then (``references``: reference runs of the incident's input) sets
+    overwrite the residual stream, then sets that fix without the first position (``FixSet.sink``), then (``references``: reference runs of the incident's input) sets
     made only of patches from a reference — where the two versions differ — fewer members, the stronger
     fix (``strength``), fewer positions, the narrower components (a head before its whole attention,
     ``FixSet.breadth``), the larger margin."""
 
-    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, bool, int, float, int, int, float]:
+    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, bool, bool, int, float, int, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
         return (
             not f.validated,
@@ -147,6 +147,7 @@ def rank(fixes: Sequence[FixSet], references: Collection[str] = ()) -> list[FixS
             broken,
             f.verdict == "partial",
             any(iv.head is None and component_of(iv.module).site == "resid" for iv in f.interventions),
+            f.sink,
             not all(is_reference_patch(iv, references) for iv in f.interventions),
             len(f.interventions),
             -strength(f),

@@ -9,6 +9,7 @@ Analysis refuses to interpret interventions on an unfaithful replay: CF is still
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -315,6 +316,7 @@ class RCAPipeline:
             output_module=output_module(rp),
             same_input=same,
             candidates=candidates,
+            length=rp.length,
         )
         self._unevaluated(incident, cca, story)
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
@@ -411,11 +413,13 @@ class RCAPipeline:
         out = []
         for b in population:
             try:
-                out.append(
-                    Replayer(b, loaded=rp.loaded, baselines=population, counterfactuals=sources, options=rp.options)
-                )
+                other = Replayer(b, loaded=rp.loaded, baselines=population, counterfactuals=sources, options=rp.options)
             except ReplayError as exc:
                 story.skip(f"side effects on {b.id}", str(exc))
+                continue
+            with contextlib.suppress(ReplayError):  # same baselines: heads captured for the incident serve here
+                other.bank.share(rp.bank)
+            out.append(other)
         return out
 
     def _job(self, rp: Replayer, incident: Bundle, cfs: Sequence[Bundle]) -> ReplayJob:

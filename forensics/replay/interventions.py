@@ -25,7 +25,8 @@ Positions = PositionName | tuple[int, ...]
 class Intervention:
     """Replace (or scale) ``module``'s output at ``positions``.
 
-    kind: ``zero`` | ``mean`` (mean over benign baselines) | ``patch`` (from baseline bundle
+    kind: ``zero`` | ``mean`` (the benign baselines' mean at the aligned position,
+    aligned from the end as patches are) | ``patch`` (from baseline bundle
     ``source``, positions aligned from the end) | ``scale`` (multiply by ``factor``).
     alpha: how far to go, in [0, 1] (None: all the way, 1): a replacing kind blends
     ``alpha * replacement + (1 - alpha) * activation``; ``scale`` multiplies by ``1 + alpha * (factor - 1)``.

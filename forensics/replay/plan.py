@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from forensics.errors import ReplayError
@@ -144,7 +145,7 @@ def _apply_head(
 def _source_width(iv: Intervention, bank: SourceBank, step: int) -> int:
     """Width of an unrecorded module: from its source, or 1 (broadcast) for zero / scale."""
     if iv.kind == "mean":
-        return int(bank.mean(iv.module).shape[-1])
+        return int(bank.mean(iv.module, length=1).shape[-1])
     if iv.kind == "patch":
         return int(bank.patch(iv.module, iv.source, step=step).shape[-1])
     return 1
@@ -176,8 +177,16 @@ def _replacement(
     """(the positions a replacing kind overwrites, the values there: [n, d], [d] or a scalar)."""
     if iv.kind == "zero":
         return positions, 0.0
-    if iv.kind == "mean":
-        return positions, torch.from_numpy(bank.mean(iv.module, heads=heads))
+    if iv.kind == "mean":  # the population's mean at each aligned position
+        mean = bank.mean(iv.module, length=length, heads=heads)
+        keep = [p for p in positions if np.isfinite(mean[p]).all()]
+        if not keep or (iv.positions != "all" and len(keep) < len(positions)):
+            missing = [p for p in positions if p not in keep]
+            raise ReplayError(
+                f"mean of {iv.module}: no benign baseline reaches position(s) {missing[:8]} "
+                f"(baselines are aligned from the end; the longest is shorter than this prompt)"
+            )
+        return keep, torch.from_numpy(mean[keep])
     src = torch.from_numpy(bank.patch(iv.module, iv.source, step=step, heads=heads).copy())  # aligned from the end
     keep = _aligned(iv, positions, length, src.shape[0])
     return keep, src[[p - length + src.shape[0] for p in keep]]

@@ -83,9 +83,9 @@ class PrefixReuse:
 
     @contextmanager
     def skipping(
-        self, layer: int, rows: int, device: torch.device, dtype: torch.dtype, offset: int = 0
+        self, layer: int, rows: int, device: torch.device, dtype: torch.dtype, offset: int = 0, end: int | None = None
     ) -> Iterator[None]:
-        """Layers below ``layer`` return the recorded residual (positions ``offset``.., ``rows`` rows)."""
+        """Layers below ``layer`` return the recorded residual (positions ``offset``..``end``, ``rows`` rows)."""
         if self.tuple_output is None and self.layers and not self.reason:
             with HookSet(self.model) as hooks:
                 hooks.forward(self.layers[0], self._detect)
@@ -94,7 +94,7 @@ class PrefixReuse:
         if layer <= 0 or self.reason:
             yield
             return
-        value = self._recorded(layer - 1, device, dtype)[:, offset:].expand(rows, -1, -1)
+        value = self._recorded(layer - 1, device, dtype)[:, offset:end].expand(rows, -1, -1)
         out: Any = (value,) if self.tuple_output else value
         stubbed = [self.model.get_submodule(name) for name in self.layers[:layer]]
         try:
@@ -107,7 +107,12 @@ class PrefixReuse:
 
     @contextmanager
     def growing(
-        self, starts: Sequence[int], device: torch.device, dtype: torch.dtype, offset: int = 0
+        self,
+        starts: Sequence[int],
+        device: torch.device,
+        dtype: torch.dtype,
+        offset: int = 0,
+        end: int | None = None,
     ) -> Iterator[None]:
         """Row k joins the batch at layer ``starts[k]`` (ascending; feed the model one row). Rows starting
         at the first start come from the stubs (or the embeddings, expanded before layer 0); later rows
@@ -116,12 +121,12 @@ class PrefixReuse:
             raise ReplayError(f"growing needs rows sorted by start layer, got {list(starts)}")
         joins = Counter(starts)
         first = starts[0]
-        with HookSet(self.model) as hooks, self.skipping(first, joins[first], device, dtype, offset):
+        with HookSet(self.model) as hooks, self.skipping(first, joins[first], device, dtype, offset, end):
             if first == 0:
                 hooks.forward_pre(self.model.get_submodule(self.layers[0]), _expander(joins[0]))
             for layer, rows in sorted(joins.items()):
                 if layer > first:
-                    value = self._recorded(layer - 1, device, dtype)[:, offset:].expand(rows, -1, -1)
+                    value = self._recorded(layer - 1, device, dtype)[:, offset:end].expand(rows, -1, -1)
                     hooks.forward(self.layers[layer - 1], _appender(value))
             yield
 

@@ -1,7 +1,7 @@
 """Where ``mean`` and ``patch`` interventions get their values: benign / counterfactual bundles.
 
 bank = SourceBank([benign_a, benign_b])
-bank.mean("model.layers.3")                         # [d] mean over baselines and positions
+bank.mean("model.layers.3", length=12)              # [12, d] mean over baselines, aligned from the end
 bank.patch("model.layers.3", "turkey_ok", length=12, step=0)   # [n, d] aligned from the end
 bank.patch("model.layers.3.self_attn", "turkey_ok", step=0, heads=True)   # [n, heads * head_dim]
 
@@ -37,7 +37,7 @@ class SourceBank:
     def __init__(self, baselines: Sequence[Any] = (), counterfactuals: Sequence[Any] = ()) -> None:
         self.population = {b.id: b for b in baselines}
         self.bundles = {**{b.id: b for b in counterfactuals}, **self.population}
-        self._means: dict[tuple[str, bool], np.ndarray] = {}
+        self._means: dict[tuple[str, bool, int], np.ndarray] = {}
         self._patches: dict[tuple[str, str, int, bool], np.ndarray] = {}
         self._heads: dict[str, dict[str, np.ndarray]] = {}  # bundle id -> {attention module: [T, width]}
         self._contributions: dict[str, dict[str, np.ndarray]] = {}  # ... -> {attention: [T, heads, hidden]}
@@ -52,6 +52,15 @@ class SourceBank:
         if contributions is not None:
             self._contributions[source] = contributions
 
+    def share(self, other: SourceBank) -> None:
+        """Use ``other``'s caches (means, patch rows, captured heads): a replayer of another bundle with
+        the same baselines (the side-effect check's benign replayers) then captures nothing twice.
+        Refused unless both banks hold the same bundles."""
+        if self.population.keys() != other.population.keys() or self.bundles.keys() != other.bundles.keys():
+            raise ReplayError("source banks with different baselines cannot share their caches")
+        self._means, self._patches = other._means, other._patches
+        self._heads, self._contributions = other._heads, other._contributions
+
     def contribution(self, module: str, source: str | None, *, step: int) -> np.ndarray | None:
         """[n, heads, hidden]: what each head of ``module`` added in ``source`` (aligned from the end, as
         ``patch``), when the source comes from other weights; None for a source of the replay's own
@@ -65,15 +74,28 @@ class SourceBank:
             raise ReplayError(f"baseline {bundle.id}: no head contributions for {module!r}")
         return contribs[module][: prefix_length(bundle, step)]
 
-    def mean(self, module: str, *, heads: bool = False) -> np.ndarray:
-        """Mean activation over the benign population's bundles and positions (``heads``: of the
-        module's out-projection input, every head side by side)."""
-        if (module, heads) not in self._means:
+    def mean(self, module: str, *, length: int, heads: bool = False) -> np.ndarray:
+        """[length, d] float32: at each position, the benign population's mean at the aligned position
+        (every baseline's prompt aligned from the end, as patch sources are: its last prompt position with
+        the last of ``length``), over the baselines long enough to reach it; NaN rows where none does.
+        ``heads``: the module's out-projection input, every head side by side."""
+        key = (module, heads, length)
+        if key not in self._means:
             if not self.population:
                 raise ReplayError("a 'mean' intervention needs benign baseline bundles; none were given")
-            rows = [self._values(b, module, heads).mean(axis=0) for b in self.population.values()]
-            self._means[module, heads] = np.mean(rows, axis=0).astype(np.float32)
-        return self._means[module, heads]
+            total: np.ndarray | None = None
+            count = np.zeros(length)
+            for b in self.population.values():
+                rows = self._values(b, module, heads)[: prefix_length(b, 0)]
+                n = min(length, rows.shape[0])
+                if total is None:
+                    total = np.zeros((length, rows.shape[-1]))
+                total[length - n :] += rows[rows.shape[0] - n :]
+                count[length - n :] += 1
+            assert total is not None
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._means[key] = (total / count[:, None]).astype(np.float32)
+        return self._means[key]
 
     def patch(self, module: str, source: str | None, *, step: int, heads: bool = False) -> np.ndarray:
         """The source's activation up to its own decision position ``step`` (aligned from the end)."""
