@@ -13,6 +13,7 @@ from forensics.config import CCAConfig
 from forensics.errors import ReplayError
 from forensics.models import resolve_model
 from forensics.models.arch import arch_for
+from forensics.rca import atp
 from forensics.rca.atp import _first_position_moves, _head_columns, _nodes, _values
 from forensics.rca.cca import find_fix_set, touches_sink, without_sink
 from forensics.record import record_greedy
@@ -38,7 +39,9 @@ def lab(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_fac
     return loaded, rp, others
 
 
-def test_the_sink_pass_joining_rows_at_their_layer_equals_the_full_pass(lab: Any) -> None:
+def test_the_sink_pass_joining_rows_at_their_layer_equals_the_full_pass(
+    lab: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, rp, _ = lab
     spec = arch_for(rp.model)
     columns = _head_columns(rp, spec)
@@ -52,6 +55,9 @@ def test_the_sink_pass_joining_rows_at_their_layer_equals_the_full_pass(lab: Any
     assert rp.prefix.can_grow(sets) and len(set(starts)) > 1  # rows really join at different layers
     full = _first_position_moves(rp, rows, columns)
     grown = _first_position_moves(rp, rows, columns, starts)
+    monkeypatch.setattr(atp, "SINK_ROWS", 7)  # several passes, rows by first layer
+    split = _first_position_moves(rp, rows, columns, starts)
+    np.testing.assert_allclose(split, full, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grown, full, rtol=1e-4, atol=1e-5)
     assert (full > 0).sum() > len(rows) // 2  # zero and mean move the first position's stream
 

@@ -51,6 +51,9 @@ __all__ = ["MAX_RANGE", "Attribution", "Node", "attribute", "position_sets"]
 
 MAX_RANGE = 8  # longest contiguous range of positions proposed (longer stretches come as named spans)
 SINK_EXACT = 0.1  # share of first-position candidates whose estimate is replaced by an exact replay
+SINK_BATCH = 16  # sets per exact replay of first-position candidates: each touches its own module at every
+# position (no suffix to skip), so a full replay batch holds ~30 modules' plans; 16 keeps the peak at the search's
+SINK_ROWS = 256  # rows per pass over the first token (memory: ~10 MB of activations per pass on smollm2)
 
 
 @dataclass(frozen=True)
@@ -451,14 +454,16 @@ def _correct_sink(rp: Replayer, atp: Attribution, columns: Mapping[int, slice], 
     sets = [(atp.intervention(n, k, s0),) for n, k, _ in chosen]
     try:
         base = rp.run(()).metric
-        exact = [o.metric - base for o in rp.evaluate(sets)]
+        exact = [
+            o.metric - base for i in range(0, len(sets), SINK_BATCH) for o in rp.evaluate(sets[i : i + SINK_BATCH])
+        ]
     except ReplayError:
         return  # a candidate the replay refuses: keep the first-order estimates
     reach = _membership(atp.positions, atp.length)[:, 0]  # position sets that include position 0
     for (n, k, _), value in zip(chosen, exact, strict=True):
         atp.values[n, k, reach] += value - atp.values[n, k, s0]
     atp.sink_exact = len(chosen)
-    atp.forward_passes += 2 + -(-len(sets) // max(1, rp.batch_size))
+    atp.forward_passes += 2 + -(-len(sets) // max(1, min(SINK_BATCH, rp.batch_size)))
 
 
 @torch.inference_mode()
@@ -471,7 +476,16 @@ def _first_position_moves(
     """[R]: for each (node, value at position 0), the largest relative change of a decoder layer's output
     at position 0 when the node's output there is replaced by the value; one pass over the first token,
     R + 1 rows (the first unchanged), stopped before the LM head. ``starts``: each row's first layer that
-    must run; the row then joins the batch there, from the recording (``PrefixReuse.growing``)."""
+    must run; the row then joins the batch there, from the recording (``PrefixReuse.growing``). Rows go
+    in passes of up to ``SINK_ROWS`` (by first layer), which bounds the memory a pass takes."""
+    if len(rows) > SINK_ROWS:
+        order = sorted(range(len(rows)), key=lambda r: starts[r]) if starts is not None else list(range(len(rows)))
+        out = np.empty(len(rows))
+        for i in range(0, len(order), SINK_ROWS):
+            part = order[i : i + SINK_ROWS]
+            joins = None if starts is None else [starts[r] for r in part]
+            out[part] = _first_position_moves(rp, [rows[r] for r in part], columns, joins)
+        return out
     spec = arch_for(rp.model)
     layers = spec.layer_names(rp.model)
     device = next(rp.model.parameters()).device
