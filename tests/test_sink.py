@@ -15,7 +15,8 @@ from forensics.models import resolve_model
 from forensics.models.arch import arch_for
 from forensics.rca import atp
 from forensics.rca.atp import _first_position_moves, _head_columns, _nodes, _values
-from forensics.rca.cca import find_fix_set, touches_sink, without_sink
+from forensics.rca.cca import FixSet, find_fix_set, touches_sink, without_sink
+from forensics.rca.judge import rank
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
 
@@ -135,3 +136,19 @@ def test_replayers_with_the_same_baselines_share_captured_heads(lab: Any) -> Non
     assert second.run((Intervention(attn, "mean", "last", head=0),)).hook_fires == (1,)
     with pytest.raises(ReplayError, match="different baselines"):
         Replayer(others[0], loaded=loaded, baselines=others[:1]).bank.share(first.bank)
+
+
+def test_fixes_that_patch_nothing_from_a_longer_prompt_rank_first() -> None:
+    """A patch from a source that holds more than the incident's tokens (the question with its answer
+    stated first) carries that context in; an ablation that fixes names a part of the incident's run."""
+    patch = Intervention("model.layers.0.self_attn", "patch", (1,), "long", head=6)
+    zero = Intervention("model.layers.0.self_attn", "zero", (1,), head=6)
+    sunk = Intervention("model.layers.0.self_attn", "zero", (0,), head=4)
+
+    def fix(iv: Intervention, recovery: float, sink: bool = False) -> FixSet:
+        return FixSet((iv,), True, recovery, recovery, True, " Canberra", sink=sink, gain=recovery)
+
+    fixes = [fix(sunk, 1.0, sink=True), fix(patch, 1.0), fix(zero, 0.7)]
+    assert [f.interventions[0] for f in rank(fixes)] == [patch, zero, sunk]  # closest to restoring, sink last
+    assert [f.interventions[0] for f in rank(fixes, contexts={"long"})] == [zero, patch, sunk]
+    assert fixes[0].to_dict()["sink"] is True

@@ -42,6 +42,7 @@ Verdict = Literal["correction", "partial", "suppression"]
 ALTERNATIVES = 5  # fixed sets pruned and validated besides the search's best
 SINK_CHECKED = 12  # fixed sets touching the first position re-tested without it before choosing alternatives
 COMPONENT_ALTERNATIVES = 3  # ... and the best that act on components only (no residual-stream overwrite),
+# those of them that fix without the first position, those that patch nothing from another prompt,
 # and those patched from a reference run only that come closest to restoring it
 
 
@@ -253,6 +254,7 @@ def find_fix_set(
     named = [s for s in pool if not any(_overwrites_state(iv) for iv in s.interventions)]
     sink = _sink_driven(scorer, named[:SINK_CHECKED], length, same_input)
     content = [s for s in named if s.interventions not in sink]
+    ablating = [s for s in content if all(iv.kind != "patch" for iv in s.interventions)]  # no other prompt's values
     measured = m_baseline is not None
     restoring = sorted(  # from a reference run only, closest to restoring its run: where two versions differ
         (s for s in named if all(is_reference_patch(iv, same_input) for iv in s.interventions)),
@@ -263,6 +265,7 @@ def find_fix_set(
         *pool[: ALTERNATIVES + 1],
         *named[:COMPONENT_ALTERNATIVES],
         *content[:COMPONENT_ALTERNATIVES],
+        *ablating[:COMPONENT_ALTERNATIVES],
         *restoring[:COMPONENT_ALTERNATIVES],
     ]
     for found in dict.fromkeys(alternatives):

@@ -131,15 +131,19 @@ def _aligned(fix: FixSet, rp: Replayer, length: int | None) -> tuple[Interventio
     return tuple(out)
 
 
-def rank(fixes: Sequence[FixSet], references: Collection[str] = ()) -> list[FixSet]:
+def rank(fixes: Sequence[FixSet], references: Collection[str] = (), contexts: Collection[str] = ()) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
     is the expected text, then sets that name components (heads, attention, MLPs) before those that
     overwrite the residual stream, then sets that fix without the first position (``FixSet.sink``), then (``references``: reference runs of the incident's input) sets
-    made only of patches from a reference — where the two versions differ — fewer members, the stronger
+    made only of patches from a reference — where the two versions differ — then (``contexts``: patch
+    sources whose prompt holds more than the incident's tokens, such as the question with its answer
+    stated first) sets that patch nothing from them: such a patch carries that context into the
+    incident, so it shows where the stated answer can travel, while an ablation that fixes names a
+    component of the incident's own run that pushes the wrong answer; then fewer members, the stronger
     fix (``strength``), fewer positions, the narrower components (a head before its whole attention,
     ``FixSet.breadth``), the larger margin."""
 
-    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, bool, bool, int, float, int, int, float]:
+    def key(f: FixSet) -> tuple[bool, bool, int, bool, bool, bool, bool, bool, int, float, int, int, float]:
         broken = f.side_effects["changed"] if f.side_effects else 0
         return (
             not f.validated,
@@ -149,6 +153,7 @@ def rank(fixes: Sequence[FixSet], references: Collection[str] = ()) -> list[FixS
             any(iv.head is None and component_of(iv.module).site == "resid" for iv in f.interventions),
             f.sink,
             not all(is_reference_patch(iv, references) for iv in f.interventions),
+            any(iv.kind == "patch" and iv.source in contexts for iv in f.interventions),
             len(f.interventions),
             -strength(f),
             f.positions,

@@ -46,6 +46,7 @@ from forensics.replay.heads import attention_modules
 from forensics.replay.interventions import Intervention
 from forensics.replay.options import ReplayOptions
 from forensics.replay.replayer import Replayer
+from forensics.replay.sources import prefix_length
 
 __all__ = ["RCAPipeline", "cf_prior", "replay_options"]
 
@@ -322,7 +323,8 @@ class RCAPipeline:
         judged_fixes = [judge_answer(rp, fix) for fix in cca.fix_sets]
         benign = self._benign_replayers(rp, population, sources, story) if judged_fixes else []
         checked = check_side_effects(judged_fixes, benign, length=rp.length, references=same)
-        story.fixes = rank(checked, same)[:MAX_FIX_SETS]
+        contexts = {b.id for b in sources if b.id not in same and prefix_length(b, rp.step) > rp.length}
+        story.fixes = rank(checked, same, contexts)[:MAX_FIX_SETS]
         modules, fix = self.config.modules, (story.fixes[0] if story.fixes else None)
         advanced = {
             "isc": isc_for(rp, fix, story) if modules.isc.enabled else None,
