@@ -145,3 +145,6 @@ def test_eval_cli(six_layer: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     data = json.loads((tmp_path / "eval.json").read_text())
     assert data["faults"] == 3 and len(data["cases"]) == 3
     assert "top1_component" in data and data["table"]
+    # a second run in the same workdir replaces its own incident bundles instead of refusing
+    assert main(["eval", "--model", str(six_layer), "--faults", "3", "--workdir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["cases"] == data["cases"]

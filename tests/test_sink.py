@@ -16,6 +16,7 @@ from forensics.models.arch import arch_for
 from forensics.rca import atp
 from forensics.rca.atp import _first_position_moves, _head_columns, _nodes, _values
 from forensics.rca.cca import FixSet, find_fix_set, touches_sink, without_sink
+from forensics.rca.components import summarize
 from forensics.rca.judge import rank
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
@@ -152,3 +153,30 @@ def test_fixes_that_patch_nothing_from_a_longer_prompt_rank_first() -> None:
     assert [f.interventions[0] for f in rank(fixes)] == [patch, zero, sunk]  # closest to restoring, sink last
     assert [f.interventions[0] for f in rank(fixes, contexts={"long"})] == [zero, patch, sunk]
     assert fixes[0].to_dict()["sink"] is True
+
+
+def test_the_summary_names_components_off_the_sink_and_says_what_the_sink_does() -> None:
+    def row(label: str, site: str, positions: Any, effect: float, fixed: bool) -> dict[str, Any]:
+        return {
+            "component": {"label": label, "site": site},
+            "intervention": {"kind": "zero", "positions": positions},
+            "where": "position 0 ('The')" if positions == [0] else "positions 1-2",
+            "effect": effect,
+            "fixed": fixed,
+            "argmax_token": " Canberra",
+        }
+
+    rows = [row("L0.H4", "head", [0], 2.4, True), row("L9 MLP", "mlp", [1, 2], 1.8, True)]
+    decision = {"observed": " Sydney", "target": " Canberra"}
+    fix = {
+        "interventions": [{"module": "model.layers.0.self_attn", "head": 4, "kind": "zero"}],
+        "argmax_token": " Canberra",
+        "sink": True,
+    }
+    text = summarize(rows, fix, decision)
+    assert "Pushing ' Sydney' over ' Canberra'" in text and "L9 MLP at positions 1-2" in text
+    assert "L0.H4 at" not in text  # the sink's effect is told apart, not listed as a push
+    assert "1 more move it at the first position alone (up to +2.40 logits, L0.H4)" in text
+    assert "It acts through the first position" in text
+    only = summarize(rows[:1], {**fix, "sink": False}, decision)
+    assert "L0.H4 at position 0" in only and "first position alone" not in only  # nothing else to name

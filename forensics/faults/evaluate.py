@@ -329,9 +329,10 @@ def _one_case(
         return case
     case.prompt = prompt
     spec = FailureSpec("expected", "", (answers[prompt],))
-    incident = record_greedy(
-        faulty, prompt, work / "incidents" / f"f{i:02d}", spec, kind="incident", max_new_tokens=2
-    ).bundle
+    dest = work / "incidents" / f"f{i:02d}"
+    if (dest / "manifest.json").is_file():  # this eval's own bundle from an earlier run of the same workdir
+        shutil.rmtree(dest)
+    incident = record_greedy(faulty, prompt, dest, spec, kind="incident", max_new_tokens=2).bundle
     result = pipeline.analyze_incident(
         incident,
         baseline=clean_dir,

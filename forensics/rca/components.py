@@ -178,9 +178,11 @@ def _push(
 ) -> str:
     observed, target = decision.get("observed"), decision.get("target")
     best: dict[str, Mapping[str, Any]] = {}  # each component once, at its largest effect
-    for r in rows:
-        if r["effect"] > 0:
-            best.setdefault(r["component"]["label"], r)
+    positive = [r for r in rows if r["effect"] > 0]
+    sunk = [r for r in positive if r["intervention"].get("positions") == [0]]  # the first position alone
+    keep = [r for r in positive if r["intervention"].get("positions") != [0]] or positive
+    for r in keep:
+        best.setdefault(r["component"]["label"], r)
     named = [r for r in best.values() if r["component"]["site"] != "resid"]
     pushing = sorted(named or best.values(), key=lambda r: -r["effect"])[:top]  # components before the state
     if not pushing:
@@ -192,6 +194,13 @@ def _push(
         for r in pushing
     )
     text = f"Pushing {over} (exact replay, margin change per single intervention): {parts}."
+    if sunk and len(keep) < len(positive):
+        strongest = max(sunk, key=lambda r: r["effect"])
+        text += (
+            f" {len(sunk)} more move it at the first position alone (up to {strongest['effect']:+.2f} logits, "
+            f"{strongest['component']['label']}): the attention sink, which every later position reads, so "
+            "they disturb everything after it rather than name where the answer is computed."
+        )
     if fix and fix.get("interventions"):
         members = ", ".join(
             component_of(iv["module"], iv.get("head")).label()
