@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,3 +87,30 @@ def ray_cluster() -> Iterator[object]:
     except Exception:
         pass
     ray.shutdown()
+
+
+ATP_PROMPT = "The capital of Australia is"
+ATP_OTHERS = {
+    "france": "The capital of France is",
+    "long": "Canberra is the capital of Australia. The capital of Australia is",
+}
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt2"])
+def atp_lab(
+    request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """(model, a replayer of a 'runner-up' incident on ATP_PROMPT, its baselines ATP_OTHERS) on two families:
+    the attribution and attention-sink tests' lab."""
+    from forensics.record import record_greedy
+    from forensics.replay import Replayer
+
+    loaded = resolve_model(str(tiny_dirs[request.param]), device="cpu")
+    root = tmp_path_factory.mktemp(f"atp-{request.param}")
+    others = [
+        record_greedy(loaded, text, root / name, "as-generated", kind="benign", max_new_tokens=2).bundle
+        for name, text in ATP_OTHERS.items()
+    ]
+    runner = record_greedy(loaded, ATP_PROMPT, root / "incident", "runner-up", kind="incident", max_new_tokens=2)
+    rp = Replayer(runner.bundle, loaded=loaded, baselines=others, counterfactuals=others)
+    return loaded, rp, others

@@ -15,7 +15,6 @@ import pytest
 from forensics.config import CCAConfig, Config, ModulesConfig
 from forensics.errors import ConfigError
 from forensics.failure import FailureSpec
-from forensics.models import resolve_model
 from forensics.models.arch import arch_for
 from forensics.rca.atp import MAX_RANGE, attribute, position_sets
 from forensics.rca.cca import build_candidates, is_input_substitution
@@ -30,17 +29,9 @@ OTHERS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def lab(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    loaded = resolve_model(str(tiny_dirs[request.param]), device="cpu")
-    root = tmp_path_factory.mktemp(f"atp-{request.param}")
-    others = [
-        record_greedy(loaded, text, root / name, "as-generated", kind="benign", max_new_tokens=2).bundle
-        for name, text in OTHERS.items()
-    ]
-    runner = record_greedy(loaded, PROMPT, root / "incident", "runner-up", kind="incident", max_new_tokens=2).bundle
-    rp = Replayer(runner, loaded=loaded, baselines=others, counterfactuals=others)
-    return loaded, rp, others
+@pytest.fixture
+def lab(atp_lab: Any) -> Any:
+    return atp_lab
 
 
 def test_estimates_are_the_first_derivative_of_the_exact_effect(lab: Any) -> None:

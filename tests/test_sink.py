@@ -3,7 +3,6 @@ and the aligned benign mean that no longer writes a content position's average i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,34 +10,18 @@ import pytest
 
 from forensics.config import CCAConfig
 from forensics.errors import ReplayError
-from forensics.models import resolve_model
 from forensics.models.arch import arch_for
 from forensics.rca import atp
 from forensics.rca.atp import _first_position_moves, _head_columns, _nodes, _values
 from forensics.rca.cca import FixSet, find_fix_set, touches_sink, without_sink
 from forensics.rca.components import summarize
 from forensics.rca.judge import rank
-from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
 
-PROMPT = "The capital of Australia is"
-OTHERS = {
-    "france": "The capital of France is",
-    "long": "Canberra is the capital of Australia. The capital of Australia is",
-}
 
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def lab(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    loaded = resolve_model(str(tiny_dirs[request.param]), device="cpu")
-    root = tmp_path_factory.mktemp(f"sink-{request.param}")
-    others = [
-        record_greedy(loaded, text, root / name, "as-generated", kind="benign", max_new_tokens=2).bundle
-        for name, text in OTHERS.items()
-    ]
-    runner = record_greedy(loaded, PROMPT, root / "incident", "runner-up", kind="incident", max_new_tokens=2).bundle
-    rp = Replayer(runner, loaded=loaded, baselines=others, counterfactuals=others)
-    return loaded, rp, others
+@pytest.fixture
+def lab(atp_lab: Any) -> Any:
+    return atp_lab
 
 
 def test_the_sink_pass_joining_rows_at_their_layer_equals_the_full_pass(
