@@ -252,8 +252,8 @@ def find_fix_set(
     result = CCAResult([], best, singles, config.search_strategy, steps, len(candidates))
     pool = sorted({s.interventions: s for s in scorer.fixed_seen}.values(), key=scorer.key, reverse=True)
     named = [s for s in pool if not any(_overwrites_state(iv) for iv in s.interventions)]
-    sink = _sink_driven(scorer, named[:SINK_CHECKED], length, same_input)
-    content = [s for s in named if s.interventions not in sink]
+    through = _sink_driven(scorer, named[:SINK_CHECKED], length, same_input)  # set -> needs the sink
+    content = [s for s in named if not through.get(s.interventions, False)]
     ablating = [s for s in content if all(iv.kind != "patch" for iv in s.interventions)]  # no other prompt's values
     measured = m_baseline is not None
     restoring = sorted(  # from a reference run only, closest to restoring its run: where two versions differ
@@ -272,8 +272,8 @@ def find_fix_set(
         pruned = prune(scorer, found)
         minimal.setdefault(frozenset(pruned.interventions), pruned)
     result.fix_sets = [fix for fix in (validate(evaluate, scorer, s) for s in minimal.values()) if fix.validated]
-    sink |= _sink_driven(scorer, [s for s in result.fix_sets if s.interventions not in sink], length, same_input)
-    result.fix_sets = [replace(f, sink=f.interventions in sink) for f in result.fix_sets]
+    through |= _sink_driven(scorer, [s for s in result.fix_sets if s.interventions not in through], length, same_input)
+    result.fix_sets = [replace(f, sink=through.get(f.interventions, False)) for f in result.fix_sets]
     result.fix_sets.sort(key=lambda f: (len(f.interventions), f.sink, -strength(f), f.positions, f.breadth, -f.metric))
     result.evaluated = scorer.evaluated
     result.budget_exhausted = scorer.remaining == 0
@@ -283,13 +283,14 @@ def find_fix_set(
 
 def _sink_driven(
     scorer: Scorer, sets: Sequence[Scored | FixSet], length: int | None, references: Collection[str]
-) -> set[InterventionSet]:
-    """Those of ``sets`` that act on the first position and no longer fix without it (one batched pass)."""
+) -> dict[InterventionSet, bool]:
+    """For each of ``sets`` that acts on the first position: whether it no longer fixes without it (one
+    batched pass; the caller skips sets it has already asked about)."""
     if not length or length < 2:
-        return set()
+        return {}
     touching = [s.interventions for s in sets if touches_sink(s.interventions, references)]
     reduced = scorer.score([without_sink(ivs, length, references) for ivs in touching], force=True)
-    return {ivs for ivs, r in zip(touching, reduced, strict=True) if not r.fixed}
+    return {ivs: not r.fixed for ivs, r in zip(touching, reduced, strict=True)}
 
 
 def _search(

@@ -134,8 +134,9 @@ def _aligned(fix: FixSet, rp: Replayer, length: int | None) -> tuple[Interventio
 def rank(fixes: Sequence[FixSet], references: Collection[str] = (), contexts: Collection[str] = ()) -> list[FixSet]:
     """Validated corrections first, then fewer benign answers changed, then those whose regenerated answer
     is the expected text, then sets that name components (heads, attention, MLPs) before those that
-    overwrite the residual stream, then sets that fix without the first position (``FixSet.sink``), then (``references``: reference runs of the incident's input) sets
-    made only of patches from a reference — where the two versions differ — then (``contexts``: patch
+    overwrite the residual stream, then sets that fix without the first position (``FixSet.sink``),
+    then (``references``: reference runs of the incident's input) sets made only of patches from a
+    reference — where the two versions differ — then (``contexts``: patch
     sources whose prompt holds more than the incident's tokens, such as the question with its answer
     stated first) sets that patch nothing from them: such a patch carries that context into the
     incident, so it shows where the stated answer can travel, while an ablation that fixes names a
