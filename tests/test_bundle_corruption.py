@@ -407,6 +407,16 @@ TAR_CASES = [
     pytest.param(lambda t: add_special(t, "hard", tarfile.LNKTYPE, "/etc/passwd"), "is a hard link", id="hardlink"),
     pytest.param(lambda t: add_special(t, "dev", tarfile.CHRTYPE), "is a character device", id="device"),
     pytest.param(lambda t: add_special(t, "fifo", tarfile.FIFOTYPE), "is a fifo", id="fifo"),
+    pytest.param(
+        lambda t: add_special(t, "evil", tarfile.GNUTYPE_SPARSE),
+        r"member 'evil' is a GNU sparse file \(tar type 'S'\); only regular files and directories",
+        id="gnu-sparse",
+    ),
+    pytest.param(
+        lambda t: add_special(t, "old", tarfile.CONTTYPE),
+        r"member 'old' is a contiguous file \(tar type '7'\)",
+        id="contiguous",
+    ),
 ]
 
 

@@ -1,11 +1,12 @@
 """Safe extraction of ``.tar`` / ``.tar.zst`` bundles into a private temporary directory.
 
-Only regular files and directories are accepted; absolute names, ``..`` components,
-symlinks, hard links and devices are refused, and the total size is bounded: by default to
-``extract_limit(archive size)``, a small multiple of what the archive occupies, so a few KB of
-zstd cannot fill the disk. Every header is checked: after the last member only zero padding may
-follow (``tarfile`` alone silently stops at a malformed header), and the decompressed stream as a
-whole is bounded too (pax headers are read into memory).
+Only regular files and directories are accepted (by their tar type flag: ``tarfile`` counts GNU sparse
+and contiguous files as regular too); absolute names, ``..`` components, symlinks, hard links, devices,
+fifos, sparse files and any other member type are refused, and the total size is bounded: by default
+to ``extract_limit(archive size)``, a small multiple of what the archive occupies, so a few KB of zstd
+cannot fill the disk. Every header is checked: after the last member only zero padding may follow
+(``tarfile`` alone silently stops at a malformed header), and the decompressed stream as a whole is
+bounded too (pax headers are read into memory).
 
     >>> archive_stem("incident_7.tar.zst"), is_archive("incident_7/"), extract_limit(34_500) // 2**20
     ('incident_7', False, 4)
@@ -46,6 +47,16 @@ _HEADER_SLACK = 16 * 1024**2  # headers, pax records and padding on top of the m
 _TAIL = 64 * 1024  # > tarfile's read-ahead (20 blocks), so the end of the archive is still at hand
 _COPY_CHUNK = 8 * 1024 * 1024
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f]|^[A-Za-z]:")
+_ALLOWED_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)  # regular files (old and new flag), directories
+_TYPE_NAMES = {
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "fifo",
+    tarfile.GNUTYPE_SPARSE: "GNU sparse file",
+    tarfile.CONTTYPE: "contiguous file",
+}
 
 
 def is_archive(path: str) -> bool:
@@ -131,16 +142,16 @@ class _Watched:
 
 def _extract_member(site: Site, file: str, tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> int:
     relative = _safe_relative(site, file, member.name)
-    if relative is None:
-        return 0
-    target = os.path.join(dest, relative)
-    if member.isdir():
-        os.makedirs(target, mode=0o700, exist_ok=True)
-        return 0
-    if not member.isreg():
+    if member.type not in _ALLOWED_TYPES:  # not isreg(): tarfile counts sparse and contiguous files as regular
         raise site.error(
             file, f"member {member.name!r} is a {_kind(member)}; only regular files and directories are allowed"
         )
+    if relative is None:
+        return 0
+    target = os.path.join(dest, relative)
+    if member.type == tarfile.DIRTYPE:
+        os.makedirs(target, mode=0o700, exist_ok=True)
+        return 0
     os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
     source = tar.extractfile(member)
     if source is None:
@@ -165,14 +176,9 @@ def _safe_relative(site: Site, file: str, name: str) -> str | None:
 
 
 def _kind(member: tarfile.TarInfo) -> str:
-    kinds = (
-        (member.issym(), "symlink"),
-        (member.islnk(), "hard link"),
-        (member.ischr(), "character device"),
-        (member.isblk(), "block device"),
-        (member.isfifo(), "fifo"),
-    )
-    return next((word for flag, word in kinds if flag), f"member of type {member.type!r}")
+    """What a refused member is, in words, with its tar type flag."""
+    word = _TYPE_NAMES.get(member.type, "member of an unsupported type")
+    return f"{word} (tar type {member.type.decode('latin-1')!r})"
 
 
 def find_root(site: Site, archive: str, dest: str) -> str:

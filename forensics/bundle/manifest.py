@@ -1,7 +1,7 @@
 """The manifest of an incident bundle: parse, validate, prepare and write ``manifest.json``.
 
 JSON only, parsed under size, depth and number bounds (``strictjson``) and checked against the one
-declarative schema (``schema.MANIFEST_SCHEMA``); nothing executable ever is.
+declarative schema (``schema.MANIFEST_SCHEMA``, by ``checks.check_manifest``); nothing executable ever is.
 
     >>> m = parse_manifest(Site("b"), encode_manifest(example_manifest()))
     >>> m["schema"] == SCHEMA_ID
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forensics.bundle._guard import Site
-from forensics.bundle.schema import check_manifest
+from forensics.bundle.checks import check_manifest
 from forensics.bundle.strictjson import LimitError, check_value, loads_strict
 from forensics.durable import write_atomic
 from forensics.errors import BundleError

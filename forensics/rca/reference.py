@@ -6,7 +6,7 @@
 
 The reference run is teacher-forced over exactly what the incident fed its model (prompt ids plus the
 generated ids before the decision step), so its positions align one to one with the incident's and
-it is a patch source of the same input (``evidence.same_input``). It records the incident's modules
+it is a patch source of the same input (``evidence.reference_run_ids``). It records the incident's modules
 under the incident's failure spec, as a ``benign`` bundle whose manifest ``reference`` names REF;
 the replayer exempts only such a bundle from the weights check (``ReplayOptions.reference_sha256``).
 """
@@ -17,6 +17,7 @@ import inspect
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +94,12 @@ def reference_run(
     shutil.rmtree(dest, ignore_errors=True)  # a half-written run (no manifest) or a stale one
     dest.parent.mkdir(parents=True, exist_ok=True)
     rec = record(ref.model, ref.tokenizer, list(incident.modules), model_ref=ref.info.ref, model_sha256=ref.info.sha256)
-    sites = incident.manifest.get("recorded", {}).get("sites") or {}
-    rec.sites = {m: sites.get(m, "custom") for m in incident.modules}  # the incident's site names
     _teacher_forced(ref.model, rec, incident)
+    sites = incident.manifest.get("recorded", {}).get("sites") or {}
+    observed = replace(rec.observation(), sites={m: sites.get(m, "custom") for m in incident.modules})
     spec = FailureSpec.from_dict(incident.failure) if incident.failure else None
     manifest = build_manifest(
-        rec,
+        observed,
         failure=spec,
         kind="benign",
         prompt=incident.inputs.get("prompt"),

@@ -1,24 +1,18 @@
-"""Turn what a Recorder saw into the bundle manifest (JSON only, nothing executable)."""
+"""Turn what a recorder observed (an ``Observation``) into the bundle manifest (JSON only, nothing executable)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import platform
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from forensics.failure import FailureSpec
+from forensics.record.observation import Observation
 from forensics.record.spans import build_spans
 
-if TYPE_CHECKING:
-    from forensics.record.recorder import Recorder
-
-__all__ = ["build_manifest", "environment", "external_call", "jsonable"]
+__all__ = ["build_manifest", "external_call", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -44,22 +38,8 @@ def external_call(
     }
 
 
-def environment(model: torch.nn.Module) -> dict[str, Any]:
-    import transformers
-
-    param = next(model.parameters(), None)
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(param.device) if param is not None else "cpu",
-        "dtype": str(param.dtype).removeprefix("torch.") if param is not None else "float32",
-    }
-
-
 def build_manifest(
-    rec: Recorder,
+    obs: Observation,
     *,
     failure: FailureSpec | None,
     kind: str,
@@ -69,43 +49,45 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest fields a bundle needs (the writer adds schema, id, time and the file table).
 
-    With the input text (``prompt``, the rendered ``messages`` for a chat) ``inputs.spans`` lists its
-    spans and each external call gets ``span``: the index of the span its result became, or null."""
-    from forensics.models.arch import arch_for
-    from forensics.models.registry import weights_sha256
-
-    generated = rec.generated_ids
-    step = failure.decision_step(generated, rec.tokenizer) if failure is not None else None
-    env = environment(rec.model)
-    text = rec.tokenizer.decode(generated) if rec.tokenizer is not None else None
-    calls = copy.deepcopy(rec.external_calls)
-    inputs: dict[str, Any] = {"prompt": prompt, "input_ids": rec.prompt_ids}
-    if prompt is not None and rec.tokenizer is not None:
+    The input text is ``prompt`` (for a chat, the rendered ``messages``), else the text the observation
+    recovered from the prompt's token ids; with it ``inputs.spans`` lists its spans and each external call
+    gets ``span``: the index of the span its result became, or null."""
+    generated = list(obs.generated_ids)
+    step = failure.decision_step(generated, obs.tokenizer) if failure is not None else None
+    calls = [copy.deepcopy(dict(c)) for c in obs.external_calls]
+    text = prompt if prompt is not None else obs.prompt_text
+    inputs: dict[str, Any] = {"prompt": text, "input_ids": list(obs.prompt_ids)}
+    if text is not None and obs.tokenizer is not None:
         inputs["spans"] = build_spans(
-            rec.tokenizer, prompt, rec.prompt_ids, messages=messages, calls=calls, explicit=rec.calls.spans
+            obs.tokenizer, text, obs.prompt_ids, messages=messages, calls=calls, explicit=obs.explicit_spans
         )
     return {
         "kind": kind,
         "model": {
-            "ref": rec.model_ref,
-            "sha256": rec.model_sha256 or weights_sha256(rec.model),
-            "family": arch_for(rec.model).family,
-            "dtype": env["dtype"],
+            "ref": obs.model_ref,
+            "sha256": obs.model_sha256,
+            "family": obs.family,
+            "dtype": obs.environment["dtype"],
         },
-        "tokenizer": {"ref": rec.model_ref},
+        "tokenizer": {"ref": obs.model_ref},
         "inputs": inputs,
         "generation": generation or {"greedy": True},
-        "outputs": {
-            "generated_ids": generated,
-            "text": text,
-            "top_k": [{"ids": ids, "logits": vals} for ids, vals in rec.steps],
-            "decision_step": step,
-            "is_failure": step is not None,
-            "observed_id": generated[step] if step is not None else None,
-            "target_id": failure.target_id(step) if (failure is not None and step is not None) else None,
-        },
+        "outputs": _outputs(obs, failure, step),
         "failure": failure.to_dict() if failure is not None else None,
-        "recorded": {"sites": dict(rec.sites), "positions": len(rec.fed_ids), "dtype": "float32"},
+        "recorded": {"sites": dict(obs.sites), "positions": obs.positions, "dtype": "float32"},
         "external_calls": calls,
-        "environment": env,
+        "environment": dict(obs.environment),
+    }
+
+
+def _outputs(obs: Observation, failure: FailureSpec | None, step: int | None) -> dict[str, Any]:
+    generated = list(obs.generated_ids)
+    return {
+        "generated_ids": generated,
+        "text": obs.tokenizer.decode(generated) if obs.tokenizer is not None else None,
+        "top_k": [{"ids": list(ids), "logits": list(vals)} for ids, vals in obs.steps],
+        "decision_step": step,
+        "is_failure": step is not None,
+        "observed_id": generated[step] if step is not None else None,
+        "target_id": failure.target_id(step) if (failure is not None and step is not None) else None,
     }

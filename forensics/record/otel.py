@@ -8,8 +8,8 @@
 A trace is re-recorded, never replayed from the provider: the chat span's ``gen_ai.input.messages``
 become chat messages for the local model, and every tool result (``execute_tool`` spans) and
 retrieved document list (``gen_ai.retrieval.documents``) of the same trace goes into the manifest's
-``external_calls``, served from the trace; no tool is ever run. Every problem with the file is one
-``TraceError`` line naming the span and attribute.
+``external_calls``, served from the trace; no tool is ever run. The file itself is read by
+``forensics.record.otlp``; every problem with it is one ``TraceError`` line naming the span and attribute.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from forensics.bundle import Bundle
-from forensics.bundle.strictjson import LimitError, check_value, loads_strict
+from forensics.bundle.strictjson import LimitError, check_value
 from forensics.errors import ModelError, TraceError
 from forensics.models.registry import LoadedModel
 from forensics.record.greedy import SpecChoice, record_greedy
+from forensics.record.otlp import TraceSpan, describe, read_spans, strict_json
 from forensics.record.recorder import CallLog
+from forensics.record.spans import CHAT_ROLES
 from forensics.vocab import BundleKind
 
 __all__ = [
@@ -39,31 +40,11 @@ __all__ = [
     "compare_outputs",
     "import_call",
     "read_call",
-    "read_spans",
     "render_prompt",
 ]
 
 MAX_TRACE_BYTES = 64 * 1024 * 1024
 CHAT_OPERATIONS = ("chat", "text_completion", "generate_content")
-ROLES = ("system", "user", "assistant", "tool")
-_SCALARS: dict[str, type | tuple[type, ...]] = {"stringValue": str, "boolValue": bool, "doubleValue": (int, float)}
-
-
-@dataclass(frozen=True)
-class Span:
-    """One OTLP span, its attributes decoded from ``[{key, value: {stringValue|...}}]`` into plain values."""
-
-    trace_id: str
-    span_id: str
-    name: str
-    start_ns: int
-    end_ns: int | None
-    attributes: dict[str, Any]
-
-    @property
-    def operation(self) -> str | None:
-        op = self.attributes.get("gen_ai.operation.name")
-        return op if isinstance(op, str) else None
 
 
 @dataclass(frozen=True)
@@ -88,149 +69,10 @@ class TraceImport:
     verdict: str
 
 
-# -- reading ---------------------------------------------------------------------------------------
-def read_spans(path: str | os.PathLike[str]) -> list[Span]:
-    """Every span of an OTLP JSON file (one document, or one document per line), in file order."""
-    where = f"trace {os.fspath(path)}"
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TRACE_BYTES + 1)
-    except OSError as exc:
-        raise TraceError(f"{where}: cannot be read ({exc.strerror or exc})") from exc
-    if len(data) > MAX_TRACE_BYTES:
-        raise TraceError(f"{where}: expected at most {MAX_TRACE_BYTES} bytes, got more")
-    spans: list[Span] = []
-    for line, doc in _documents(where, data):
-        spans.extend(_spans_of(f"{where}{line}", doc))
-    return spans
-
-
-def _documents(where: str, data: bytes) -> Iterator[tuple[str, Any]]:
-    """One JSON document, or JSON Lines (the file exporter writes one ExportTraceServiceRequest per line)."""
-    try:
-        whole = _strict(data)
-    except TraceError as exc:
-        lines = [(n, raw) for n, raw in enumerate(data.splitlines(), 1) if raw.strip()]
-        if len(lines) < 2 or not _is_object(lines[0][1]):  # a broken pretty-printed file: the whole error
-            raise TraceError(f"{where}: {exc}") from None
-    else:
-        yield "", whole
-        return
-    for n, raw in lines:
-        try:
-            yield f" line {n}", _strict(raw)
-        except TraceError as exc:
-            raise TraceError(f"{where} line {n}: {exc}") from None
-
-
-def _is_object(line: bytes) -> bool:
-    try:
-        return isinstance(_strict(line), dict)
-    except TraceError:
-        return False
-
-
-def _strict(data: bytes, what: str = "OTLP JSON") -> Any:
-    try:
-        return loads_strict(data)
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"expected UTF-8 JSON, got undecodable bytes at offset {exc.start}") from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, LimitError, duplicate keys
-        raise TraceError(f"expected {what}, got invalid JSON ({str(exc)[:200]})") from None
-
-
-def _spans_of(where: str, doc: Any) -> Iterator[Span]:
-    for i, resource in enumerate(_list(doc, "resourceSpans", where)):
-        for j, scope in enumerate(_list(resource, "scopeSpans", f"{where}: resourceSpans[{i}]")):
-            for k, raw in enumerate(_list(scope, "spans", f"{where}: resourceSpans[{i}].scopeSpans[{j}]")):
-                yield _span(f"{where}: resourceSpans[{i}].scopeSpans[{j}].spans[{k}]", raw)
-
-
-def _list(obj: Any, key: str, where: str) -> list[Any]:
-    if not isinstance(obj, dict):
-        raise TraceError(f"{where}: expected an object with {key!r}, got {_kind(obj)}")
-    value = obj.get(key, [])
-    if not isinstance(value, list):
-        raise TraceError(f"{where}.{key}: expected a list, got {_kind(value)}")
-    return value
-
-
-def _span(where: str, raw: Any) -> Span:
-    if not isinstance(raw, dict):
-        raise TraceError(f"{where}: expected a span object, got {_kind(raw)}")
-    ids = {}
-    for key in ("traceId", "spanId", "name"):
-        value = raw.get(key, "")
-        if not isinstance(value, str):
-            raise TraceError(f"{where}.{key}: expected a string, got {_kind(value)}")
-        ids[key] = value
-    attributes = {}
-    for n, item in enumerate(_list(raw, "attributes", where)):
-        if not isinstance(item, dict) or not isinstance(item.get("key"), str):
-            raise TraceError(f"{where}.attributes[{n}]: expected {{key, value}}, got {_kind(item)}")
-        attributes[item["key"]] = _any_value(f"{where}.attributes[{item['key']!r}]", item.get("value"))
-    end = raw.get("endTimeUnixNano")
-    return Span(
-        ids["traceId"].lower(),
-        ids["spanId"].lower(),
-        ids["name"],
-        _nanos(f"{where}.startTimeUnixNano", raw.get("startTimeUnixNano", 0)),
-        None if end is None else _nanos(f"{where}.endTimeUnixNano", end),
-        attributes,
-    )
-
-
-def _nanos(where: str, value: Any) -> int:
-    """OTLP JSON writes 64-bit integers as decimal strings; numbers are accepted too."""
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,20}", value):
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise TraceError(f"{where}: expected nanoseconds (a decimal string), got {_kind(value)}")
-
-
-def _any_value(where: str, value: Any) -> Any:
-    """An OTLP ``AnyValue`` as a plain value (nesting is bounded by the strict parser's depth limit)."""
-    if not isinstance(value, dict) or len(value) > 1:
-        raise TraceError(f"{where}: expected an AnyValue with one field, got {_kind(value)}")
-    if not value:
-        return None
-    ((field, inner),) = value.items()
-    if field in _SCALARS:
-        if not isinstance(inner, _SCALARS[field]) or (field == "doubleValue" and isinstance(inner, bool)):
-            raise TraceError(f"{where}.{field}: expected a {field.removesuffix('Value')}, got {_kind(inner)}")
-        return inner
-    if field == "intValue":
-        if isinstance(inner, str) and re.fullmatch(r"-?[0-9]{1,20}", inner):
-            return int(inner)
-        if isinstance(inner, int) and not isinstance(inner, bool):
-            return inner
-        raise TraceError(f"{where}.intValue: expected an integer, got {_kind(inner)}")
-    if field == "bytesValue" and isinstance(inner, str):
-        return inner  # base64, kept as text
-    if field in ("arrayValue", "kvlistValue"):
-        items = _list(inner, "values", f"{where}.{field}")
-        if field == "arrayValue":
-            return [_any_value(f"{where}[{n}]", item) for n, item in enumerate(items)]
-        out = {}
-        for n, item in enumerate(items):
-            if not isinstance(item, dict) or not isinstance(item.get("key"), str):
-                raise TraceError(f"{where}.kvlistValue[{n}]: expected {{key, value}}, got {_kind(item)}")
-            out[item["key"]] = _any_value(f"{where}[{item['key']!r}]", item.get("value"))
-        return out
-    raise TraceError(f"{where}: expected stringValue, intValue, doubleValue, boolValue, arrayValue, ..., got {field!r}")
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value[:40] + ("…" if len(value) > 40 else ""))
-    return {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}.get(type(value), repr(value))
-
-
 # -- picking the call ------------------------------------------------------------------------------
 def read_call(path: str | os.PathLike[str], span_id: str | None = None) -> TraceCall:
     """The chat span ``span_id`` of the trace file (default: the chat span that started last)."""
-    spans = read_spans(path)
+    spans = read_spans(path, MAX_TRACE_BYTES)
     chats = [s for s in spans if s.operation in CHAT_OPERATIONS]
     if span_id is not None:
         wanted = span_id.strip().lower()
@@ -268,7 +110,7 @@ def _json_attr(where: str, attributes: dict[str, Any], key: str) -> Any:
     value = attributes.get(key)
     if isinstance(value, str):
         try:
-            return _strict(value.encode("utf-8"), "JSON")
+            return strict_json(value.encode("utf-8"), "JSON")
         except TraceError as exc:
             raise TraceError(f"{where}: {key}: {exc}") from None
     return value
@@ -279,7 +121,7 @@ def _loose_attr(attributes: dict[str, Any], key: str) -> Any:
     value = attributes.get(key)
     if isinstance(value, str):
         try:
-            return _strict(value.encode("utf-8"), "JSON")
+            return strict_json(value.encode("utf-8"), "JSON")
         except TraceError:
             return value
     return value
@@ -293,7 +135,7 @@ def _messages(where: str, attributes: dict[str, Any]) -> list[dict[str, str]]:
         out.extend([{"role": "system", "content": text}] if text else [])
     raw = _json_attr(where, attributes, "gen_ai.input.messages")
     if not isinstance(raw, list):
-        raise TraceError(f"{where}: gen_ai.input.messages: expected a list of messages, got {_kind(raw)}")
+        raise TraceError(f"{where}: gen_ai.input.messages: expected a list of messages, got {describe(raw)}")
     for n, message in enumerate(raw):
         out.extend(_message(f"{where}: gen_ai.input.messages[{n}]", message))
     return out
@@ -301,15 +143,15 @@ def _messages(where: str, attributes: dict[str, Any]) -> list[dict[str, str]]:
 
 def _message(where: str, message: Any) -> list[dict[str, str]]:
     """One trace message as chat messages: tool results split off as ``tool`` messages, in order."""
-    if not isinstance(message, dict) or message.get("role") not in ROLES:
-        got = _kind(message.get("role") if isinstance(message, dict) else message)
-        raise TraceError(f"{where}: expected a message with role one of {list(ROLES)}, got {got}")
+    if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+        got = describe(message.get("role") if isinstance(message, dict) else message)
+        raise TraceError(f"{where}: expected a message with role one of {list(CHAT_ROLES)}, got {got}")
     role = message["role"]
     if isinstance(message.get("content"), str) and "parts" not in message:
         return [{"role": role, "content": message["content"]}]
     parts = message.get("parts")
     if not isinstance(parts, list):
-        raise TraceError(f"{where}.parts: expected a list of parts, got {_kind(parts)}")
+        raise TraceError(f"{where}.parts: expected a list of parts, got {describe(parts)}")
     out: list[dict[str, str]] = []
     pending: list[str] = []
     for n, part in enumerate(parts):
@@ -335,12 +177,12 @@ def _part_text(where: str, part: Any) -> str:
         return f"<tool_call>{json.dumps(call, ensure_ascii=False)}</tool_call>"
     if kind == "reasoning":
         return ""  # the provider's hidden reasoning is not part of what the local model reads
-    raise TraceError(f"{where}: expected a text, tool_call or tool_call_response part, got {_kind(part)}")
+    raise TraceError(f"{where}: expected a text, tool_call or tool_call_response part, got {describe(part)}")
 
 
 def _text_parts(where: str, parts: Any) -> str:
     if not isinstance(parts, list):
-        raise TraceError(f"{where}: expected a list of parts, got {_kind(parts)}")
+        raise TraceError(f"{where}: expected a list of parts, got {describe(parts)}")
     return "".join(_part_text(f"{where}[{n}]", part) for n, part in enumerate(parts))
 
 
@@ -348,21 +190,21 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _output_text(where: str, span: Span) -> str | None:
+def _output_text(where: str, span: TraceSpan) -> str | None:
     raw = _json_attr(where, span.attributes, "gen_ai.output.messages")
     if raw is None:
         return None
     if not isinstance(raw, list) or not raw:
-        raise TraceError(f"{where}: gen_ai.output.messages: expected a non-empty list of messages, got {_kind(raw)}")
+        raise TraceError(f"{where}: gen_ai.output.messages: expected a non-empty list of messages, got {describe(raw)}")
     first = raw[0]
     if not isinstance(first, dict):
-        raise TraceError(f"{where}: gen_ai.output.messages[0]: expected a message object, got {_kind(first)}")
+        raise TraceError(f"{where}: gen_ai.output.messages[0]: expected a message object, got {describe(first)}")
     if isinstance(first.get("content"), str) and "parts" not in first:
         return str(first["content"])
     return _text_parts(f"{where}: gen_ai.output.messages[0].parts", first.get("parts"))
 
 
-def _calls_of(span: Span) -> list[dict[str, Any]]:
+def _calls_of(span: TraceSpan) -> list[dict[str, Any]]:
     """The external calls a span records: a tool's arguments and result, a retriever's documents."""
     where, attrs = f"span {span.span_id or span.name}", span.attributes
     timing: dict[str, Any] = {"started_at": span.start_ns / 1e9}
@@ -372,14 +214,14 @@ def _calls_of(span: Span) -> list[dict[str, Any]]:
     if span.operation == "execute_tool" or "gen_ai.tool.call.result" in attrs:
         name = attrs.get("gen_ai.tool.name", span.name)
         if not isinstance(name, str) or not name:
-            raise TraceError(f"{where}: gen_ai.tool.name: expected a tool name, got {_kind(name)}")
+            raise TraceError(f"{where}: gen_ai.tool.name: expected a tool name, got {describe(name)}")
         args = _loose_attr(attrs, "gen_ai.tool.call.arguments")
         result = _loose_attr(attrs, "gen_ai.tool.call.result")
         calls.append({"name": name, "args": [] if args is None else [args], "kwargs": {}, "result": result, **timing})
     if "gen_ai.retrieval.documents" in attrs:
         docs = _json_attr(where, attrs, "gen_ai.retrieval.documents")
         if not isinstance(docs, list):
-            raise TraceError(f"{where}: gen_ai.retrieval.documents: expected a list of documents, got {_kind(docs)}")
+            raise TraceError(f"{where}: gen_ai.retrieval.documents: expected a list of documents, got {describe(docs)}")
         query = attrs.get("gen_ai.retrieval.query.text")
         name = attrs.get("gen_ai.data_source.id", "retrieval")
         calls.append(

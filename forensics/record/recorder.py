@@ -16,6 +16,7 @@ time into the bundle; the directory is removed after ``save`` and when the recor
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -34,7 +35,10 @@ from forensics.errors import ForensicsError, ReplayError
 from forensics.failure import FailureSpec
 from forensics.hooks import HookSet, primary
 from forensics.models.arch import Site, arch_for
+from forensics.models.registry import weights_sha256
 from forensics.record.manifest import build_manifest, external_call
+from forensics.record.observation import Observation, environment
+from forensics.record.spans import input_text
 from forensics.vocab import BUNDLE_KINDS, BundleKind
 
 __all__ = ["CallLog", "Recorder", "record"]
@@ -284,6 +288,30 @@ class Recorder:
             raise ReplayError("recorder saw no forward call; wrap the generate/forward call in the with block")
         return [*self._fed[self._prompt_len :], self._steps[-1][0][0]]
 
+    def observation(self) -> Observation:
+        """A snapshot of what was recorded so far (everything but the activations), for ``build_manifest``.
+
+        The model's weights are hashed here unless ``model_sha256`` was given; the input text is recovered
+        from the prompt's token ids (``spans.input_text``), so a bundle gets its spans however the model
+        was called."""
+        generated = tuple(self.generated_ids)  # raises first when no forward call was seen
+        prompt = tuple(self.prompt_ids)
+        return Observation(
+            model_ref=self.model_ref,
+            model_sha256=self.model_sha256 or weights_sha256(self.model),
+            family=arch_for(self.model).family,
+            environment=environment(self.model),
+            tokenizer=self.tokenizer,
+            prompt_ids=prompt,
+            generated_ids=generated,
+            positions=len(self._fed),
+            steps=tuple((tuple(ids), tuple(vals)) for ids, vals in self._steps),
+            sites={name: str(site) for name, site in self.sites.items()},
+            external_calls=tuple(copy.deepcopy(self.calls.calls)),
+            explicit_spans=tuple(self.calls.spans),
+            prompt_text=input_text(self.tokenizer, prompt) if self.tokenizer is not None else None,
+        )
+
     def activations(self) -> Iterator[tuple[str, np.ndarray]]:
         """(module, [positions, d]) in forward order, one module at a time (memory-mapped when streamed)."""
         return self._store.arrays()
@@ -303,13 +331,14 @@ class Recorder:
         """Write the bundle (``forensics.bundle`` v1, encrypted with ``encryption_key`` if given) and return
         it loaded. A streamed recorder's spill files are removed afterwards, whether the write worked or not.
 
-        ``prompt`` is the model input as text (for a chat, the rendered ``messages``); with it the manifest
-        gets ``inputs.spans`` (``forensics.record.spans``)."""
+        ``prompt`` is the model input as text (for a chat, the rendered ``messages``); without it the text
+        recovered from the recorded token ids stands in. The manifest's ``inputs.spans`` then lists its
+        sentences (or messages) and every external-call result found in it (``forensics.record.spans``)."""
         if kind not in BUNDLE_KINDS:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
         try:
             manifest = build_manifest(
-                self, failure=failure, kind=kind, prompt=prompt, generation=generation, messages=messages
+                self.observation(), failure=failure, kind=kind, prompt=prompt, generation=generation, messages=messages
             )
             return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id, encryption_key=encryption_key)
         finally:

@@ -19,17 +19,18 @@ from typing import Any
 from forensics.errors import ConfigError, ForensicsError
 
 __all__ = [
-    "ROLES",
+    "CHAT_ROLES",
     "build_spans",
     "char_offsets",
     "check_messages",
     "explicit_range",
+    "input_text",
     "render_chat",
     "sentence_ranges",
     "token_range",
 ]
 
-ROLES = ("system", "user", "assistant", "tool")
+CHAT_ROLES = ("system", "user", "assistant", "tool")  # chat message roles (not access roles: forensics.vocab)
 _SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s|$)|(?=\n)|$)", re.DOTALL)
 
 Span = dict[str, Any]
@@ -46,8 +47,10 @@ def check_messages(messages: object) -> list[dict[str, str]]:
     for i, msg in enumerate(messages):
         if not isinstance(msg, Mapping) or not isinstance(msg.get("content"), str):
             raise ConfigError(f"messages[{i}]: expected an object with a string 'content', got {msg!r:.80}")
-        if msg.get("role") not in ROLES:
-            raise ConfigError(f"messages[{i}]: role {msg.get('role')!r} unknown; expected one of {', '.join(ROLES)}")
+        if msg.get("role") not in CHAT_ROLES:
+            raise ConfigError(
+                f"messages[{i}]: role {msg.get('role')!r} unknown; expected one of {', '.join(CHAT_ROLES)}"
+            )
         out.append({"role": str(msg["role"]), "content": str(msg["content"])})
     return out
 
@@ -64,6 +67,26 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> str:
     if not isinstance(text, str):
         raise ConfigError(f"chat template rendered {type(text).__name__}, expected a string")
     return text
+
+
+def input_text(tokenizer: Any, ids: Sequence[int]) -> str | None:
+    """The text whose tokenisation is ``ids``, recovered by decoding: what a recorder that saw only token
+    ids (the user's own ``generate``, forward or pipeline call) records as ``inputs.prompt``.
+
+    A plain prompt decodes without its special tokens (the tokenizer adds them back); a rendered chat,
+    which carries its own, with them. None when neither tokenises back to exactly ``ids``."""
+    want = [int(i) for i in ids]
+    for skip in (True, False):
+        try:
+            text = tokenizer.decode(want, skip_special_tokens=skip, clean_up_tokenization_spaces=False)
+        except (TypeError, ValueError, KeyError):
+            return None
+        if not isinstance(text, str) or not text:
+            continue
+        for special in (True, False):
+            if list(tokenizer(text, add_special_tokens=special)["input_ids"]) == want:
+                return text
+    return None
 
 
 def char_offsets(tokenizer: Any, text: str, ids: Sequence[int]) -> list[CharRange]:
