@@ -23,7 +23,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy forensics
+	$(VENV)/bin/mypy forensics serve_app ray_jobs
 
 pytest: setup
 	$(PY) -m pytest

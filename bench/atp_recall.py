@@ -9,7 +9,7 @@ answer stated first, aligned from the end). Two
 rankings of every (layer, head, position) patch of a head's output (30 x 9 x T candidates):
 
 - exact: our batched replay of every patch, one set per candidate (``Replayer.evaluate``);
-- AtP: ``forensics.rca.atp.attribute`` — one forward and one backward pass, every estimate at once,
+- AtP: ``forensics.cca.atp.attribute`` — one forward and one backward pass, every estimate at once,
   then the first-position correction (one pass over the first token, the ``SINK_EXACT`` share of the
   first-position candidates that move its own stream most replayed exactly); ``--no-sink`` leaves it
   out, for the first-order estimates alone.
@@ -62,14 +62,14 @@ def one(
 ) -> dict[str, Any]:
     from incidents import _spec
 
-    from forensics.rca.atp import attribute
+    from forensics.cca.atp import attribute
     from forensics.record import record_greedy
     from forensics.replay import Intervention, Replayer
 
     spec = _spec(kind, text, loaded.tokenizer)  # recorded as bench/incidents.py does: up to the wrong token
     incident = record_greedy(loaded, prompt, work / name, spec, kind="incident", max_new_tokens=6).bundle
     source = record_greedy(loaded, cf_prompt, work / f"{name}_cf", spec, kind="benign", max_new_tokens=6)
-    rp = Replayer(incident, loaded=loaded, counterfactuals=[source.bundle])
+    rp = Replayer(incident, loaded=loaded, sources=[source.bundle])
     rp.run(())  # warm
     t = time.perf_counter()
     atp = attribute(
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--output", default=str(ROOT / "bench" / "results" / "atp_recall.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
-    from forensics.rca.atp import SINK_EXACT
+    from forensics.cca.sink import SINK_EXACT
 
     sink = 0.0 if args.no_sink else SINK_EXACT
     loaded = resolve_model("smollm2-135m", device="cpu")

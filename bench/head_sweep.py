@@ -107,7 +107,7 @@ def ours(lab: HeadLab, *, prefix_reuse: bool = True, suffix_reuse: bool = True, 
         for layer, pos, head in lab.grid
     ]
     options = ReplayOptions(prefix_reuse=prefix_reuse, suffix_reuse=suffix_reuse, batch_size=batch_size)
-    rp = Replayer(lab.incident, loaded=lab.loaded, counterfactuals=[lab.clean], options=options)
+    rp = Replayer(lab.incident, loaded=lab.loaded, sources=[lab.clean], options=options)
     return Engine(lambda: lab.metric(rp.logits(sets)))
 
 

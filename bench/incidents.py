@@ -93,6 +93,7 @@ def run(workdir: Path, only: set[str] | None, config: str | None = None) -> list
     from forensics.models import resolve_model
     from forensics.rca import RCAPipeline
     from forensics.record import record_greedy
+    from forensics.report import write_html
 
     loaded = resolve_model("smollm2-135m", device="cpu")
     _, benign_dir = record_demo_bundles(loaded, workdir / "demo", say=lambda _m: None)
@@ -116,8 +117,9 @@ def run(workdir: Path, only: set[str] | None, config: str | None = None) -> list
         cf = record_greedy(loaded, cf_prompt, cf_dir, spec, kind="benign", max_new_tokens=6)
         t0 = time.perf_counter()
         result = pipeline.analyze_incident(
-            inc.bundle, baseline=str(baseline), model=loaded, output=case / "report.json", html=case / "report.html"
+            inc.bundle, baseline=str(baseline), model=loaded, output=case / "report.json"
         )
+        write_html(result, case / "report.html")
         seconds = time.perf_counter() - t0
         report = result.to_dict()
         rows.append(_row(name, prompt, inc.text, cf.text, spec, report, seconds))

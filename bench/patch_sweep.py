@@ -121,7 +121,7 @@ def ours(lab: Lab, *, prefix_reuse: bool = True, suffix_reuse: bool = True, batc
 
     sets = our_sets(lab)
     options = ReplayOptions(prefix_reuse=prefix_reuse, suffix_reuse=suffix_reuse, batch_size=batch_size)
-    rp = Replayer(lab.incident, loaded=lab.loaded, counterfactuals=[lab.clean], options=options)
+    rp = Replayer(lab.incident, loaded=lab.loaded, sources=[lab.clean], options=options)
     return Engine(lambda: lab.metric(rp.logits(sets)))
 
 
@@ -133,7 +133,7 @@ def ours_first_call(lab: Lab) -> Engine:
     holder: list[Any] = []
 
     def prepare() -> None:
-        holder[:] = [Replayer(lab.incident, loaded=lab.loaded, counterfactuals=[lab.clean])]
+        holder[:] = [Replayer(lab.incident, loaded=lab.loaded, sources=[lab.clean])]
 
     return Engine(lambda: lab.metric(holder[0].logits(sets)), prepare)
 

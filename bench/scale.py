@@ -56,7 +56,7 @@ def record_lab(work: Path, n: int) -> tuple[Path, Path]:
 def batch_rate(incidents: Path, benign: Path, actors: int) -> tuple[float, float]:
     from forensics.batch import plan_batch, run_batch
     from forensics.exec.ray_executor import RayExecutor
-    from forensics.rca.population import list_bundle_paths
+    from forensics.population import list_bundle_paths
 
     out = Path(tempfile.mkdtemp(prefix="scale-"))
     paths = list_bundle_paths(incidents)

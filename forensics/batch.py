@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from forensics.config import Config, from_dict, to_dict
-from forensics.durable import storage_errors
+from forensics.durable import storage_errors, write_json_atomic
 from forensics.errors import StorageError
 from forensics.exec.base import Executor, TaskError
 from forensics.ops.stats import INDEX_NAME, index_result, indexed_paths
-from forensics.rca.population import bundle_name
-from forensics.rca.result import write_json_atomic
+from forensics.population import bundle_name
+from forensics.rca.request import AnalysisRequest
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,22 @@ Checkpoint = Callable[[str, str], None]
 
 @dataclass(frozen=True)
 class BatchTask:
-    """Plain data: everything a worker needs to analyse one bundle."""
+    """Plain data: everything a worker needs to analyse one bundle: the analysis request (paths and
+    model references only) and the config it runs under."""
 
-    bundle: str
-    report: str
-    baseline: str | None = None
-    model: str | None = None
+    request: AnalysisRequest
     config: dict[str, Any] = field(default_factory=dict, hash=False)
     html: bool = False
     model_key: str = ""
     encryption_key: bytes | None = field(default=None, repr=False)  # ``config`` holds no secrets
-    reference_model: str | None = None  # a known-good model version: the patch source of every bundle
+
+    @property
+    def bundle(self) -> str:
+        return str(self.request.incident)
+
+    @property
+    def report(self) -> str:
+        return str(self.request.output)
 
     @property
     def name(self) -> str:
@@ -114,15 +119,17 @@ def plan_batch(
     key = config.encryption_key if config is not None else None
     return [
         BatchTask(
-            str(p),
-            str(out / f"{bundle_name(p)}.json"),
-            baseline,
-            model,
+            AnalysisRequest.of(
+                str(p),
+                population=baseline,
+                model=model,
+                output=out / f"{bundle_name(p)}.json",
+                reference_model=reference_model,
+            ),
             cfg,
             html,
             model or _model_key(str(p)),
             key,
-            reference_model,
         )
         for p in paths
     ]
@@ -133,20 +140,16 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
 
     On any failure the task's own outputs are removed, so no report stands without its HTML page."""
     from forensics.rca.pipeline import RCAPipeline
+    from forensics.report.html import write_html
 
     key = ("pipeline", json.dumps(task.config, sort_keys=True), task.encryption_key)
     if key not in state:
         state[key] = RCAPipeline(replace(from_dict(Config, task.config), encryption_key=task.encryption_key))
     report, html = Path(task.report), task.html_path
     try:
-        result = state[key].analyze_incident(
-            task.bundle,
-            baseline=task.baseline,
-            model=task.model,
-            output=report,
-            html=html,
-            reference_model=task.reference_model,
-        )
+        result = state[key].run(task.request)
+        if html is not None:
+            write_html(result, html)
     except BaseException:
         for path in (report, html):
             if path is not None:

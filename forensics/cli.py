@@ -80,6 +80,7 @@ AUDITED = {
     "triage": "directory",
     "batch": "directory",
     "validate-fix": "report",
+    "export-fix": "report",
     "build-baseline": "directory",
     "compress-bundles": "directory",
 }
@@ -93,9 +94,9 @@ def _audited(args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     from forensics.ops.audit import AuditLog
-    from forensics.ops.env import config_from_env
+    from forensics.ops.env import config_from_env, env_value
 
-    path = os.environ.get("MODEL_FORENSICS_AUDIT_LOG", "").strip() or None
+    path = env_value(os.environ, "audit_log")
     if path is None:
         try:
             path = config_from_env(getattr(args, "config", None), os.environ).audit_log
@@ -104,19 +105,22 @@ def _audited(args: argparse.Namespace) -> Iterator[None]:
     if path is not None:
         _check_audit_log(path)  # before the action: an action that cannot be audited does not run
     target = getattr(args, AUDITED[args.command], None)
+    if isinstance(target, list):  # `analyze B1 B2 …`: a family
+        target = ", ".join(map(str, target)) or getattr(args, "family", None)
     with AuditLog.from_path(path).action(getpass.getuser(), "cli", args.command, str(target) if target else None):
         yield
 
 
 def _check_audit_log(path: str) -> None:
     from forensics.errors import ConfigError
+    from forensics.ops.env import env_var
 
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     except OSError as exc:
         raise ConfigError(
-            f"audit log {path}: cannot append ({exc.strerror}); fix MODEL_FORENSICS_AUDIT_LOG / "
+            f"audit log {path}: cannot append ({exc.strerror}); fix {env_var('audit_log')} / "
             "audit_log or the directory's permissions"
         ) from None
 

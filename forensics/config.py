@@ -12,19 +12,20 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from forensics.errors import ConfigError
 from forensics.vocab import (
+    ACCESS_ROLES,
     CANDIDATE_POSITIONS,
     COMPONENTS,
     COMPRESSION_METHODS,
     INTERVENTION_KINDS,
     PERMISSIONS,
     PREFILTERS,
-    ROLES,
     STRATEGIES,
     CandidatePositions,
     ComponentName,
@@ -37,11 +38,13 @@ from forensics.vocab import (
 __all__ = [
     "AUTH_TYPES",
     "CONFIG_VERSION",
+    "RENAMED_KEYS",
     "AuthenticationConfig",
     "CCAConfig",
     "CFConfig",
     "CacheConfig",
     "Config",
+    "ConfigDeprecationWarning",
     "ModulesConfig",
     "RoleConfig",
     "RolesConfig",
@@ -64,13 +67,13 @@ def _check(key: str, ok: bool, value: Any, allowed: str) -> None:
 
 @dataclass(frozen=True)
 class CFConfig:
-    """Compression Forensics settings (``modules.cf``), used as they are by ``forensics.rca.cf``."""
+    """Compression Forensics settings (``modules.cf``), used as they are by ``forensics.cf.scores``."""
 
     enabled: bool = True
     anomaly_threshold: float = 2.0
     compression_methods: tuple[CompressionMethod, ...] = ("zlib", "gzip", "arithmetic")
     entropy_window: int = 256  # values per compressed window
-    baseline_samples: int = 50  # at most this many benign bundles feed the statistics
+    population_samples: int = 50  # at most this many population bundles feed the CF statistics
 
     def __post_init__(self) -> None:
         methods = self.compression_methods
@@ -94,9 +97,9 @@ class CFConfig:
             "an integer from 8 to 1048576",
         )
         _check(
-            "modules.cf.baseline_samples",
-            _is_int(self.baseline_samples) and self.baseline_samples >= 2,
-            self.baseline_samples,
+            "modules.cf.population_samples",
+            _is_int(self.population_samples) and self.population_samples >= 2,
+            self.population_samples,
             "an integer >= 2",
         )
 
@@ -126,7 +129,7 @@ class CCAConfig:
     seed: int = 0
     max_replays: int = 20000
     batch_size: int = 32
-    patch_sources: int = 3
+    counterfactuals: int = 3  # sources picked from the population (the most similar prompts that answer right)
 
     def __post_init__(self) -> None:
         _check(
@@ -173,7 +176,7 @@ class CCAConfig:
             self.prefilter_sink_exact,
             "a number in [0, 1]",
         )
-        for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "patch_sources"):
+        for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "counterfactuals"):
             value = getattr(self, key)
             _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
 
@@ -221,13 +224,13 @@ class RolesConfig:
     enforces them), so a config may restate a role but not change it: each role listed must grant exactly
     its built-in permissions, and a role name other than viewer, analyst or admin is an unknown key."""
 
-    viewer: RoleConfig = field(default_factory=lambda: RoleConfig(("view_results",)))
-    analyst: RoleConfig = field(default_factory=lambda: RoleConfig(("read_bundles", "run_analysis", "view_results")))
+    viewer: RoleConfig = field(default_factory=lambda: RoleConfig(tuple(sorted(ACCESS_ROLES["viewer"]))))
+    analyst: RoleConfig = field(default_factory=lambda: RoleConfig(tuple(sorted(ACCESS_ROLES["analyst"]))))
     admin: RoleConfig = field(default_factory=lambda: RoleConfig((ALL_PERMISSIONS,)))
 
     def __post_init__(self) -> None:
         known = (*PERMISSIONS, ALL_PERMISSIONS)
-        for name, builtin in ROLES.items():
+        for name, builtin in ACCESS_ROLES.items():
             granted = getattr(self, name).permissions
             key = f"roles.{name}.permissions"
             _check(key, all(p in known for p in granted), list(granted), f"permissions from {', '.join(known)}")
@@ -282,9 +285,9 @@ class AuthenticationConfig:
         _check("authentication.role_claim", bool(self.role_claim.strip()), self.role_claim, "a JWT claim name")
         _check(
             "authentication.default_role",
-            self.default_role is None or self.default_role in ROLES,
+            self.default_role is None or self.default_role in ACCESS_ROLES,
             self.default_role,
-            f"null or one of {', '.join(ROLES)}",
+            f"null or one of {', '.join(ACCESS_ROLES)}",
         )
         if self.type == "oauth2":
             for key in ("jwks_file", "issuer", "audience"):
@@ -354,11 +357,44 @@ class Config:
         )
 
 
+class ConfigDeprecationWarning(UserWarning):
+    """A config key was renamed; the old name still loads (``migrate-config`` rewrites the file)."""
+
+
+# Old config keys -> their names now (one word per concept: the *population*, *sources*, *counterfactuals*).
+RENAMED_KEYS: dict[str, str] = {
+    "modules.cf.baseline_samples": "modules.cf.population_samples",
+    "modules.cca.patch_sources": "modules.cca.counterfactuals",
+}
+
+
+def _renamed(data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` with deprecated keys under their new names (a warning each); both names at once is an error."""
+    out = dict(data)
+    for key in list(data):
+        new = RENAMED_KEYS.get(prefix + str(key))
+        if new is None:
+            continue
+        leaf = new.rsplit(".", 1)[-1]
+        if leaf in data:
+            raise ConfigError(f"config keys {prefix + str(key)!r} and {new!r} both given; {new!r} is its name now")
+        warnings.warn(
+            f"config key {prefix + str(key)!r} is deprecated: it is {new!r} now "
+            "(`model-forensics migrate-config --from v1.1 --to v1.1 FILE` rewrites the file)",
+            ConfigDeprecationWarning,
+            stacklevel=4,
+        )
+        out[leaf] = out.pop(key)
+    return out
+
+
 def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from plain data, checking keys and types; errors name the key."""
+    """Build dataclass ``cls`` from plain data, checking keys and types; errors name the key. Deprecated
+    keys (``RENAMED_KEYS``) load under their new names with a ``ConfigDeprecationWarning``."""
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "<root>"
         raise ConfigError(f"config key {where!r}: expected a mapping, got {type(data).__name__}")
+    data = _renamed(data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("secret")}
     unknown = sorted(set(data) - fields)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from forensics.config import Config, ToggleConfig
+from forensics.config import Config
 from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.vocab import BundleKind
@@ -112,36 +111,36 @@ def run_demo(
 ) -> dict[str, Any]:
     """Record and analyse both demo incidents; returns the Australia report, the retrieval incident's report
     (provenance on) under ``"retrieval"``."""
-    from forensics.commands.analyze_cmd import print_summary
     from forensics.rca.pipeline import RCAPipeline
+    from forensics.rca.request import AnalysisRequest
+    from forensics.report.html import write_html
+    from forensics.report.text import print_summary
 
     t0 = time.perf_counter()
     work = Path(workdir)
     say("loading smollm2-135m (the first run converts the embedded GGUF once, ~15-40 s)...")
     config = config or Config()
-    on = ToggleConfig(enabled=True)  # the demo shows the advanced modules the guide keeps off by default
-    config = replace(config, modules=replace(config.modules, isc=on, dbc=on))
     loaded = resolve_model("smollm2-135m", device=config.device, cache_dir=config.cache_dir)
     t_model = time.perf_counter()
     incident, benign_dir = record_demo_bundles(loaded, work, say, key=config.encryption_key)
     retrieved = record_retrieval(loaded, work, say, key=config.encryption_key)
     t_rec = time.perf_counter()
     reports = work / "reports"
-    result = RCAPipeline(config).analyze_incident(
-        incident, baseline=benign_dir, model=loaded, output=reports / "australia.json", html=reports / "australia.html"
-    )
-    report = result.to_dict()
-    print_summary(report)
-    say(f"reports:  {reports / 'australia.json'}  {reports / 'australia.html'}")
-    off = ToggleConfig(enabled=False)  # the cause is in the input: provenance answers it, a CCA search would not
-    cca = replace(config.modules.cca, enabled=False)
-    with_provenance = replace(config, modules=replace(config.modules, provenance=on, cca=cca, isc=off, dbc=off))
-    result = RCAPipeline(with_provenance).analyze_incident(
-        retrieved, baseline=benign_dir, model=loaded, output=reports / "retrieval.json", html=reports / "retrieval.html"
-    )
-    report["retrieval"] = result.to_dict()
-    print_summary(report["retrieval"])
-    say(f"reports:  {reports / 'retrieval.json'}  {reports / 'retrieval.html'}")
+    pipeline = RCAPipeline(config)
+    report: dict[str, Any] = {}
+    for name, bundle, modules in (
+        ("australia", incident, {"isc": True, "dbc": True}),  # the advanced modules the guide keeps off by default
+        ("retrieval", retrieved, {"provenance": True, "cca": False}),  # the cause is in the input: provenance answers
+    ):
+        request = AnalysisRequest.of(
+            bundle, population=benign_dir, model=loaded, output=reports / f"{name}.json", modules=modules
+        )
+        result = pipeline.run(request)
+        write_html(result, reports / f"{name}.html")
+        answer = result.to_dict()
+        print_summary(answer)
+        say(f"reports:  {reports / f'{name}.json'}  {reports / f'{name}.html'}")
+        report = answer if name == "australia" else {**report, "retrieval": answer}
     say(
         f"time:     model {t_model - t0:.1f}s, recording {t_rec - t_model:.1f}s, "
         f"analysis {time.perf_counter() - t_rec:.1f}s, total {time.perf_counter() - t0:.1f}s"

@@ -8,15 +8,18 @@ with storage_errors("results/index.sqlite"):       # disk full / SQLite I/O -> S
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from forensics.errors import StorageError
 
-__all__ = ["fsync_path", "storage_errors", "write_atomic"]
+__all__ = ["fsync_path", "storage_errors", "write_atomic", "write_json_atomic"]
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
@@ -77,3 +80,11 @@ def _storage_error(path: str, reason: str, code: int | None) -> StorageError:
     error = StorageError(f"cannot write {path}: {reason}{name}")
     error.errno, error.filename = code, path
     return error
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """tmp file in the same directory + fsync + rename: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, allow_nan=False, default=str)
+    write_atomic(target, text.encode("utf-8"), mode=0o644)  # results are meant to be read by others

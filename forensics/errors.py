@@ -16,6 +16,10 @@
 
 Messages name the thing, what was expected and what arrived, e.g.
 ``bundle incident_7: activations.arrow sha256 mismatch (manifest 3fa2…, file 91c0…)``.
+
+Across a process or network boundary an error travels as plain data, ``error_data(exc)`` (type and
+message; the traceback stays in the log where it happened): Ray workers wrap it as
+``forensics.exec.TaskError``, the HTTP layer adds a status and a request id (``serve_app.errors``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "TraceError",
     "UnknownModuleError",
     "UploadTooLargeError",
+    "error_data",
 ]
 
 
@@ -92,3 +97,14 @@ class StorageError(ForensicsError, OSError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+def error_data(exc: BaseException) -> dict[str, str]:
+    """``exc`` as plain data that can cross a Ray or HTTP boundary: ``{"type", "message"}``.
+
+    The type is the exception's class name, the message its text (the class name when it has none).
+
+    >>> error_data(BundleError("bundle incident_7: no manifest.json"))
+    {'type': 'BundleError', 'message': 'bundle incident_7: no manifest.json'}
+    """
+    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}

@@ -2,7 +2,7 @@
 
     >>> STRATEGIES
     ('greedy', 'beam', 'random')
-    >>> sorted(ROLES["analyst"])
+    >>> sorted(ACCESS_ROLES["analyst"])
     ['read_bundles', 'run_analysis', 'view_results']
 
 Config validation, the interventions, the search, the coders and auth all take their allowed values
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
+    "ACCESS_ROLES",
     "BUNDLE_KINDS",
     "CANDIDATE_POSITIONS",
     "COMPONENTS",
@@ -22,7 +23,6 @@ __all__ = [
     "PERMISSIONS",
     "POSITION_NAMES",
     "PREFILTERS",
-    "ROLES",
     "STRATEGIES",
     "BundleKind",
     "CandidatePositions",
@@ -56,7 +56,9 @@ CANDIDATE_POSITIONS: tuple[CandidatePositions, ...] = get_args(CandidatePosition
 COMPONENTS: tuple[ComponentName, ...] = get_args(ComponentName)
 PREFILTERS: tuple[Prefilter, ...] = get_args(Prefilter)
 PERMISSIONS: tuple[Permission, ...] = get_args(Permission)
-ROLES: dict[str, frozenset[Permission]] = {  # the deployment guide's roles (keys: every Role)
+# Who may do what over HTTP (API tokens, JWTs): the deployment guide's roles (keys: every Role). Not the
+# roles of a chat message (system, user, ...), which ``forensics.record.spans`` names.
+ACCESS_ROLES: dict[str, frozenset[Permission]] = {
     "viewer": frozenset({"view_results"}),
     "analyst": frozenset({"read_bundles", "run_analysis", "view_results"}),
     "admin": frozenset(PERMISSIONS),

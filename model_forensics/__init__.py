@@ -33,7 +33,7 @@ class RCAPipeline(forensics.RCAPipeline):
       ``MODEL_FORENSICS_CONFIG``, ``_CACHE_ENABLED``, ``_DEVICE``, ``_ENCRYPTION_KEY``, ...). An explicit
       ``config`` wins and the environment is not read. Why here and not in ``forensics.rca``: the library
       never reads the environment (config is loaded at the edge and passed down) and ``forensics.rca``
-      (layer 3) may not import ``forensics.ops`` (layer 4); this alias is an edge, above both.
+      (layer 4) may not import ``forensics.ops`` (layer 6); this alias is an edge, above both.
     - **The model positionally.** ``analyze_incident(bundle, model)``, the guide's MLflow form: a second
       positional argument that is a model (a torch ``nn.Module``, ``(model, tokenizer)`` or a
       ``LoadedModel``) is the model, not a baseline. That model is the one analysed; a model whose
@@ -58,10 +58,11 @@ class RCAPipeline(forensics.RCAPipeline):
     ) -> forensics.RCAResult:
         from forensics.ops.logs import log_analysis
         from forensics.ops.stats import index_result
+        from forensics.rca.inputs import bundle_of
 
         if model is None and is_model(baseline):
             model, baseline = baseline, None
-        incident = self._bundle(bundle)
+        incident = bundle_of(bundle, self.config)
         if output is None:
             output = Path(self.config.output_dir) / f"{incident.id}.json"
         result = super().analyze_incident(incident, baseline, model, output=output, **kwargs)

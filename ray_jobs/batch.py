@@ -22,7 +22,7 @@ from forensics.ops.env import config_from_env
 def list_bundles(location: str) -> list[str]:
     """Bundle directories/archives directly under a local path or a pyarrow.fs URI."""
     if "://" not in location:
-        from forensics.rca.population import list_bundle_paths
+        from forensics.population import list_bundle_paths
 
         return [str(p) for p in list_bundle_paths(location)]
     from pyarrow import fs

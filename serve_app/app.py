@@ -5,10 +5,12 @@
     model-forensics serve --host 127.0.0.1 --port 8000       # the same, from the CLI
 
 ``ForensicsAPI`` (ingress) answers HTTP (``serve_app.api``); ``Analyzer`` holds one ``RCAPipeline``
-per replica (its model stays loaded) and runs ``forensics.service`` functions. Errors cross from
-Analyzer to ingress as plain data. Backpressure: past ``max_ongoing_requests`` + ``max_queued_requests``
-callers get 503 at once instead of waiting without bound. Replicas refuse to start without an auth
-source (API tokens, OAuth2 JWTs, or an explicit ``authentication.type: none``; see docs/config.md).
+per replica (its model stays loaded) and runs ``forensics.service`` functions, each analysis bounded
+by the config's ``timeout_minutes``. Errors cross from Analyzer to ingress as plain data
+(``serve_app.errors.http_error_data``) and are raised there again as ``APIError``. Backpressure: past
+``max_ongoing_requests`` + ``max_queued_requests`` callers get 503 at once instead of waiting without
+bound. Replicas refuse to start without an auth source (API tokens, OAuth2 JWTs, or an explicit
+``authentication.type: none``; see docs/config.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ray.serve.handle import DeploymentHandle
 
 from forensics import service
 from forensics.ops.metrics import Metrics
-from serve_app.api import RETRY_AFTER_S, APIError, build_api
+from serve_app.api import build_api
+from serve_app.errors import RETRY_AFTER_S, APIError, http_error_data
 from serve_app.settings import (
     ANALYZER_MAX_ONGOING_REQUESTS,
     ANALYZER_MAX_QUEUED_REQUESTS,
@@ -100,7 +103,6 @@ class Analyzer:
             result_id=result_id,
             encryption_key=s.encryption_key,
             allowed_models=s.allowed_models,
-            timeout_s=s.config.timeout_minutes * 60.0,
             reference_model=reference_model,
         )
 
@@ -113,7 +115,6 @@ class Analyzer:
             **{**trace, "baseline": self._baseline(trace.get("baseline"))},
             encryption_key=s.encryption_key,
             allowed_models=s.allowed_models,
-            timeout_s=s.config.timeout_minutes * 60.0,
         )
 
     def _triage(self, directory: str, baseline: str | None) -> list[dict[str, Any]]:
@@ -132,8 +133,8 @@ class Analyzer:
 
         try:
             return {"ok": True, "value": await asyncio.to_thread(locked)}
-        except Exception as exc:  # crosses the Ray boundary as data; unexpected ones are logged in error_data
-            return {"ok": False, "error": service.error_data(exc, request_id)}
+        except Exception as exc:  # crosses the Ray boundary as data; unexpected ones are logged in http_error_data
+            return {"ok": False, "error": http_error_data(exc, request_id)}
 
 
 class AnalyzerBackend:

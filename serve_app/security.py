@@ -8,14 +8,18 @@
 
 ``requires`` reads ``Authorization: Bearer <token>`` through ``app.state.access`` and checks one
 permission: no or bad credentials -> ``AuthFailure`` 401, a role or scope that does not allow it -> 403.
-Refusals of audited actions are written to ``app.state.audit`` (an ``AuditLog``) as outcome ``denied``.
+Refusals of audited actions are written to ``app.state.audit`` (an ``AuditLog``) as outcome ``denied``;
+an audited route wraps its work in ``audited(...)``, which writes ``ok`` or ``error`` when it ends.
 Secure by default: ``AuthSetup.resolve`` refuses to build an app without an auth source unless
 ``authentication.type: none`` is set explicitly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -25,16 +29,18 @@ from fastapi import Depends, Request
 from forensics.config import AuthenticationConfig
 from forensics.errors import ConfigError
 from forensics.ops.auth import Authenticator, AuthFailure, OIDCConfig, Principal, TokenStore, read_jwks
+from forensics.ops.env import env_var
+from serve_app.errors import CLIENT_CLOSED, AccessUnavailable, APIError, AuditFailure, status_of
 
 __all__ = [
     "ANONYMOUS",
     "Access",
-    "AccessUnavailable",
     "AnonymousAccess",
     "Audit",
-    "AuditFailure",
     "AuthSetup",
     "BearerAccess",
+    "audited",
+    "record",
     "requires",
 ]
 
@@ -44,7 +50,7 @@ ANONYMOUS = Principal("anonymous", "admin", "anonymous")
 NO_AUTH_MESSAGE = (
     "no authentication configured for the HTTP API; refusing to serve bundles to anyone who can reach the port. "
     "Choose one: API tokens (`model-forensics tokens add NAME --role analyst` writes {default}; or point "
-    "authentication.tokens_file / MODEL_FORENSICS_TOKENS_FILE / --tokens-file at a tokens file), "
+    f"authentication.tokens_file / {env_var('authentication.tokens_file')} / --tokens-file at a tokens file), "
     "OAuth2/OIDC JWTs (authentication.type: oauth2 with jwks_file, issuer and audience), "
     "or, for a trusted network only, authentication.type: none"
 )
@@ -66,14 +72,6 @@ class Audit(Protocol):
     def append(
         self, principal: str | None, role: str | None, action: str, bundle: str | None, outcome: str, **extra: Any
     ) -> None: ...
-
-
-class AccessUnavailable(Exception):
-    """The credential store cannot be read (the server's fault, not the caller's): answered 503."""
-
-
-class AuditFailure(RuntimeError):
-    """An audit line could not be written; the request fails (500) rather than go unrecorded."""
 
 
 class AnonymousAccess:
@@ -112,7 +110,7 @@ class AuthSetup:
     def resolve(cls, auth: AuthenticationConfig, *, tokens_file: str | None, default_tokens_file: Path) -> AuthSetup:
         """Check every source now (files exist and parse) so a bad setup stops the start, not a request.
 
-        ``tokens_file`` (an app arg) wins over ``auth.tokens_file`` (config or MODEL_FORENSICS_TOKENS_FILE);
+        ``tokens_file`` (given explicitly) wins over ``auth.tokens_file`` (config, app args or the environment);
         ``default_tokens_file`` is used when ``type`` is tokens or unset and nothing else names a file.
         """
         explicit = tokens_file or auth.tokens_file
@@ -230,3 +228,40 @@ def record(
     except ConfigError as exc:
         log.error("audit log: %s", exc)
         raise AuditFailure(str(exc)) from None
+
+
+@asynccontextmanager
+async def audited(request: Request, principal: Principal, action: str, **fields: Any) -> AsyncIterator[dict[str, Any]]:
+    """One audit line when the block ends: ``ok``, or ``error`` with the error's type (then re-raised).
+
+    The block fills the yielded dict: ``bundle`` (the bundle or directory it touched) and more fields.
+    """
+    entry: dict[str, Any] = {"bundle": None, **fields}
+    try:
+        yield entry
+    except asyncio.CancelledError:  # behind Serve's proxy a client that hangs up cancels its request
+        await _audit(request, principal, action, "error", entry, error="ClientDisconnect", status=CLIENT_CLOSED)
+        raise
+    except Exception as exc:
+        kind = exc.kind if isinstance(exc, APIError) else type(exc).__name__
+        await _audit(request, principal, action, "error", entry, error=kind, status=status_of(exc))
+        raise
+    await _audit(request, principal, action, "ok", entry)
+
+
+async def _audit(
+    request: Request, principal: Principal, action: str, outcome: str, entry: dict[str, Any], **more: Any
+) -> None:
+    extra = {k: v for k, v in entry.items() if k != "bundle"}
+    await asyncio.to_thread(
+        record,
+        request,
+        principal.name,
+        principal.role,
+        action,
+        entry["bundle"],
+        outcome,
+        via=principal.via,
+        **extra,
+        **more,
+    )

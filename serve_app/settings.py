@@ -5,23 +5,30 @@
 
 ``AppArgs`` is what ``serve_app.app:build_app`` takes (from Python, the Serve config's ``args:``, or
 ``model-forensics serve --app-args FILE``); unknown keys and out-of-range values are errors naming the field.
+Paths the config defines (``bundle_dir``, ``output_dir``, ``log_file``, ``audit_log``, the tokens file)
+are config keys here too (``CONFIG_KEYS``): an arg that names one overrides the config's value
+(``AppArgs.configured``), and everything after reads the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forensics.config import Config
 from forensics.errors import ConfigError
 from forensics.ops.auth import DEFAULT_TOKENS_FILE
+from forensics.ops.env import env_var
+from forensics.service import MAX_UPLOAD_BYTES
 from serve_app.security import NONE_WARNING, AuthSetup
 
-__all__ = ["AppArgs", "Settings", "audit_log_path"]
+__all__ = ["CONFIG_KEYS", "AppArgs", "Settings", "audit_log_path", "default_tokens_path", "with_overrides"]
 
 log = logging.getLogger("serve_app")
 
@@ -32,7 +39,24 @@ INGRESS_MAX_ONGOING_REQUESTS = 32
 INGRESS_MAX_QUEUED_REQUESTS = 64
 TARGET_ONGOING_REQUESTS = 2.0
 GPU_FRACTION = 0.5  # two analyzer replicas share one GPU when there is one
-MAX_UPLOAD_BYTES = 1024**3
+
+# App arg -> the config key it overrides: the config defines these paths, an arg only replaces one.
+CONFIG_KEYS = {
+    "bundle_dir": "bundle_dir",
+    "output_dir": "output_dir",
+    "log_file": "log_file",
+    "audit_log": "audit_log",
+    "tokens_file": "authentication.tokens_file",
+}
+
+
+def _overrides(key: str, what: str) -> str:
+    """An arg's description: what it is, and the config key (and variable) it overrides."""
+    try:
+        variable = f" or {env_var(key)}"
+    except KeyError:  # a key no variable sets
+        variable = ""
+    return f"{what}; default: config {key}{variable}"
 
 
 class AppArgs(BaseModel):
@@ -41,14 +65,14 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     log_file: str | None = Field(
-        default=None, description="service log file; default: config log_file; relative paths are under output_dir"
+        default=None, description=_overrides("log_file", "service log file; relative paths are under output_dir")
     )
     config_path: str | None = Field(
         default=None, description="YAML config; default MODEL_FORENSICS_CONFIG, else built-ins"
     )
-    bundle_dir: str | None = Field(default=None, description="root of every bundle name; default: config bundle_dir")
+    bundle_dir: str | None = Field(default=None, description=_overrides("bundle_dir", "root of every bundle name"))
     output_dir: str | None = Field(
-        default=None, description="where <result id>.json reports go; default: config output_dir"
+        default=None, description=_overrides("output_dir", "where <result id>.json reports go")
     )
     baseline: str | None = Field(
         default=None, description="default baseline: a benign bundle dir under bundle_dir, or a .json"
@@ -70,13 +94,10 @@ class AppArgs(BaseModel):
     )
     tokens_file: str | None = Field(
         default=None,
-        description="API tokens file; default: config authentication.tokens_file, "
-        "MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json",
+        description=_overrides("authentication.tokens_file", "API tokens file") + f", else {DEFAULT_TOKENS_FILE}",
     )
     audit_log: str | None = Field(
-        default=None,
-        description="audit log (JSON lines); default: config audit_log "
-        "or MODEL_FORENSICS_AUDIT_LOG; None: no audit log",
+        default=None, description=_overrides("audit_log", "audit log (JSON lines)") + "; None: no audit log"
     )
 
     @model_validator(mode="after")
@@ -91,6 +112,25 @@ class AppArgs(BaseModel):
     @property
     def autoscaling(self) -> bool:
         return self.autoscaling_max_replicas is not None
+
+    def configured(self, config: Config) -> Config:
+        """``config`` with the paths these args name (non-empty) in place of its own (``CONFIG_KEYS``)."""
+        given = {key: getattr(self, name) for name, key in CONFIG_KEYS.items() if getattr(self, name)}
+        return with_overrides(config, given)
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with dotted keys replaced (``{"authentication.tokens_file": ...}``), validated again."""
+    changed: Any = config
+    for dotted, value in overrides.items():
+        changed = _replaced(changed, dotted.split("."), value)
+    result: Config = changed
+    return result
+
+
+def _replaced(node: Any, path: list[str], value: Any) -> Any:
+    head, *rest = path
+    return dataclasses.replace(node, **{head: _replaced(getattr(node, head), rest, value) if rest else value})
 
 
 @dataclass(frozen=True)
@@ -112,19 +152,15 @@ class Settings:
         from forensics.ops.env import config_from_env, encryption_key_from_env
         from forensics.ops.logs import configure_logging
 
-        config = config_from_env(args.config_path, os.environ)
-        bundle_dir = Path(args.bundle_dir or config.bundle_dir).resolve()
-        output_dir = Path(args.output_dir or config.output_dir).resolve()
-        log_file = args.log_file or config.log_file
+        config = args.configured(config_from_env(args.config_path, os.environ))
+        bundle_dir = Path(config.bundle_dir).resolve()
+        output_dir = Path(config.output_dir).resolve()
+        log_file = config.log_file
         configure_logging(config.log_level, None if log_file is None else output_dir / log_file)  # absolute stays
         if not bundle_dir.is_dir():
             raise ConfigError(f"bundle_dir {str(bundle_dir)!r}: not a directory")
         output_dir.mkdir(parents=True, exist_ok=True)
-        auth = AuthSetup.resolve(
-            config.authentication,
-            tokens_file=args.tokens_file,
-            default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser(),
-        )
+        auth = AuthSetup.resolve(config.authentication, tokens_file=None, default_tokens_file=default_tokens_path())
         if auth.kind == "none":
             log.warning(NONE_WARNING)
         return cls(
@@ -136,7 +172,7 @@ class Settings:
             encryption_key=encryption_key_from_env(os.environ),
             allowed_models=None if args.allowed_models is None else frozenset(args.allowed_models),
             auth=auth,
-            audit_log=audit_log_path(args.audit_log or config.audit_log),
+            audit_log=audit_log_path(config.audit_log),
         )
 
     def problems(self) -> list[str]:
@@ -149,6 +185,11 @@ class Settings:
         if self.audit_log is not None and _audit_problem(self.audit_log):
             found.append(f"audit_log {self.audit_log}: {_audit_problem(self.audit_log)}")
         return found
+
+
+def default_tokens_path() -> Path:
+    """Where ``model-forensics tokens add`` writes unless told otherwise (the serving user's home)."""
+    return Path(DEFAULT_TOKENS_FILE).expanduser()
 
 
 def audit_log_path(path: str | None) -> Path | None:

@@ -112,5 +112,5 @@ def atp_lab(
         for name, text in ATP_OTHERS.items()
     ]
     runner = record_greedy(loaded, ATP_PROMPT, root / "incident", "runner-up", kind="incident", max_new_tokens=2)
-    rp = Replayer(runner.bundle, loaded=loaded, baselines=others, counterfactuals=others)
+    rp = Replayer(runner.bundle, loaded=loaded, population=others, sources=others)
     return loaded, rp, others

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from forensics.cca.atp import attribute
+from forensics.cca.candidates import build_candidates
+from forensics.cca.fixset import is_input_substitution
+from forensics.cca.positions import MAX_RANGE, position_sets
 from forensics.config import CCAConfig, Config, ModulesConfig
 from forensics.errors import ConfigError
 from forensics.failure import FailureSpec
 from forensics.models.arch import arch_for
-from forensics.rca.atp import MAX_RANGE, attribute, position_sets
-from forensics.rca.cca import build_candidates, is_input_substitution
 from forensics.rca.pipeline import RCAPipeline
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
@@ -101,7 +103,7 @@ def test_candidates_leave_out_input_and_output_substitutions(lab: Any) -> None:
 def test_a_reference_source_may_patch_every_position(lab: Any) -> None:
     _, rp, _ = lab
     spec = arch_for(rp.model)
-    atp = attribute(rp, kinds=("patch",), sources=["france"], same_input=frozenset({"france"}))
+    atp = attribute(rp, kinds=("patch",), sources=["france"], reference_runs=frozenset({"france"}))
     assert atp.estimate(Intervention(f"{spec.layers}.0", "patch", "all", "france")) is not None
     assert atp.estimate(Intervention(f"{spec.layers}.0", "patch", (0, 1), "france")) is not None
 
@@ -187,7 +189,7 @@ def test_estimates_agree_with_exact_head_patching_on_the_real_model(smol: Any, t
     spec_ok = FailureSpec.expected(" Canberra", smol.tokenizer)
     incident = record_greedy(smol, PROMPT, tmp_path / "inc", spec_ok, kind="incident", max_new_tokens=1).bundle
     source = record_greedy(smol, OTHERS["france"], tmp_path / "fr", "as-generated", kind="benign", max_new_tokens=1)
-    rp = Replayer(incident, loaded=smol, counterfactuals=[source.bundle])
+    rp = Replayer(incident, loaded=smol, sources=[source.bundle])
     atp = attribute(rp, kinds=("patch",), sources=["fr"], sites=("head",))
     sets = [
         (Intervention(f"model.layers.{layer}.self_attn", "patch", (p,) if p < rp.length - 1 else "last", "fr", head=h),)

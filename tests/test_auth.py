@@ -12,7 +12,8 @@ import pytest
 
 from forensics.cli import main
 from forensics.errors import AuthError, ConfigError
-from forensics.ops.auth import ROLES, Authenticator, AuthFailure, OIDCConfig, TokenStore
+from forensics.ops.auth import Authenticator, AuthFailure, OIDCConfig, TokenStore
+from forensics.vocab import ACCESS_ROLES
 
 jwt = pytest.importorskip("jwt")
 
@@ -56,7 +57,7 @@ def test_roles_map_to_the_guides_permissions(tmp_path: Path, role: str, allowed:
             with pytest.raises(AuthError) as err:
                 principal.require(permission)
             assert err.value.status == 403  # type: ignore[attr-defined]
-    assert ROLES[role] == allowed
+    assert ACCESS_ROLES[role] == allowed
 
 
 @pytest.fixture(scope="module")

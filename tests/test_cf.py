@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import forensics.rca.coding as coding
+import forensics.cf.coding as coding
 from forensics.bundle import Bundle, write_bundle
+from forensics.cf.coding import ALPHABET, adaptive_code_bits, code_lengths, quantise_planes
+from forensics.cf.scores import CFConfig, CFStats, analyze_cf, build_cf_stats, compression_ratios
 from forensics.errors import BundleError, ConfigError
-from forensics.rca.cf import BaselineStats, CFConfig, analyze_cf, build_baseline, compression_ratios
-from forensics.rca.coding import ALPHABET, adaptive_code_bits, code_lengths, quantise_planes
 
 MANIFEST: dict[str, Any] = {
     "kind": "benign",
@@ -60,8 +60,8 @@ def benign(tmp_path_factory: pytest.TempPathFactory) -> list[Bundle]:
 
 
 @pytest.fixture(scope="module")
-def stats(benign: list[Bundle]) -> BaselineStats:
-    return build_baseline(benign, CFConfig())
+def stats(benign: list[Bundle]) -> CFStats:
+    return build_cf_stats(benign, CFConfig())
 
 
 # --- arithmetic code length -------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_quantisation_keeps_x10_out_of_saturation_and_survives_nan() -> None:
 @pytest.mark.parametrize("corrupt", ["x10", "noise"])
 @pytest.mark.parametrize("k", [1, 7])
 def test_only_the_corrupted_module_is_flagged_and_ranked_first(
-    tmp_path: Path, stats: BaselineStats, corrupt: str, k: int
+    tmp_path: Path, stats: CFStats, corrupt: str, k: int
 ) -> None:
     rng = np.random.default_rng(10 + k)
     acts, module = _sample(rng), MODULES[k]
@@ -149,7 +149,7 @@ def test_only_the_corrupted_module_is_flagged_and_ranked_first(
     assert [m.module for m in metrics if m.is_anomalous] == [module]
 
 
-def test_fresh_benign_samples_stay_below_threshold(tmp_path: Path, stats: BaselineStats) -> None:
+def test_fresh_benign_samples_stay_below_threshold(tmp_path: Path, stats: CFStats) -> None:
     rng = np.random.default_rng(99)
     fresh = [_write(tmp_path / f"f{i}", _sample(rng, positions=8 + 2 * i)) for i in range(10)]  # 8..26 positions
     scores = np.array([[m.score for m in analyze_cf(b, stats, CFConfig())] for b in fresh])
@@ -157,14 +157,14 @@ def test_fresh_benign_samples_stay_below_threshold(tmp_path: Path, stats: Baseli
     assert np.median(scores) < 1.0 and np.mean(scores > CFConfig().anomaly_threshold) <= 0.05
 
 
-def test_dead_module_compresses_better_and_is_flagged(tmp_path: Path, stats: BaselineStats) -> None:
+def test_dead_module_compresses_better_and_is_flagged(tmp_path: Path, stats: CFStats) -> None:
     acts = _sample(np.random.default_rng(5))
     acts[MODULES[4]] = np.zeros_like(acts[MODULES[4]])
     metrics = {m.module: m for m in analyze_cf(_write(tmp_path / "dead", acts), stats, CFConfig())}
     assert metrics[MODULES[4]].is_anomalous and min(metrics[MODULES[4]].z_scores.values()) > 0
 
 
-def test_metrics_follow_the_bundles_module_order_and_shared_modules(tmp_path: Path, stats: BaselineStats) -> None:
+def test_metrics_follow_the_bundles_module_order_and_shared_modules(tmp_path: Path, stats: CFStats) -> None:
     acts = _sample(np.random.default_rng(6))
     order = [MODULES[5], "lm_head", MODULES[0], MODULES[2]]
     bundle = _write(tmp_path / "partial", {m: acts.get(m, acts[MODULES[0]]) for m in order})
@@ -177,20 +177,20 @@ def test_metrics_follow_the_bundles_module_order_and_shared_modules(tmp_path: Pa
         analyze_cf(bundle, stats, CFConfig(compression_methods=("lzma",)))
 
 
-def test_baseline_statistics(benign: list[Bundle], stats: BaselineStats) -> None:
+def test_baseline_statistics(benign: list[Bundle], stats: CFStats) -> None:
     assert stats.n_bundles == 20 and stats.bundle_ids == [b.id for b in benign] and set(stats.modules) == set(MODULES)
     for i, m in enumerate(MODULES):  # step = robust sigma / 16; module i has scales ~ (1 + i)
         base = stats.modules[m]
         assert base.n == 20 and 0.5 * (1 + i) / 16 < base.step < 4 * (1 + i) / 16
         assert all(base.std[k] >= 0.01 * abs(base.mean[k]) for k in base.mean)
-    capped = build_baseline(iter(benign), CFConfig(baseline_samples=3))
+    capped = build_cf_stats(iter(benign), CFConfig(population_samples=3))
     assert capped.n_bundles == 3 and capped.bundle_ids == [b.id for b in benign[:3]]
 
 
 def test_identical_baselines_give_finite_z(tmp_path: Path) -> None:
     acts = _sample(np.random.default_rng(7))
     twins = [_write(tmp_path / f"t{i}", acts) for i in range(2)]
-    stats = build_baseline(twins, CFConfig())
+    stats = build_cf_stats(twins, CFConfig())
     assert all(all(s > 0 for s in b.std.values()) for b in stats.modules.values())
     assert all(math.isfinite(m.score) and not m.is_anomalous for m in analyze_cf(twins[0], stats, CFConfig()))
 
@@ -198,7 +198,7 @@ def test_identical_baselines_give_finite_z(tmp_path: Path) -> None:
 def test_fewer_than_two_bundles_is_a_clear_error(benign: list[Bundle]) -> None:
     for few in ([], benign[:1]):
         with pytest.raises(ConfigError, match=rf"needs ≥ 2 benign bundles .*got {len(few)}"):
-            build_baseline(few, CFConfig())
+            build_cf_stats(few, CFConfig())
 
 
 class _Streaming:
@@ -221,18 +221,18 @@ class _Streaming:
 
 def test_build_baseline_holds_one_activation_at_a_time() -> None:
     bundles = [_Streaming(f"s{i}") for i in range(3)]
-    build_baseline(bundles, CFConfig())
+    build_cf_stats(bundles, CFConfig())
     assert all(max(b.alive_at_yield) <= 1 for b in bundles)
 
 
 # --- persistence and config ------------------------------------------------------------------
 
 
-def test_baseline_json_round_trip(tmp_path: Path, stats: BaselineStats) -> None:
+def test_baseline_json_round_trip(tmp_path: Path, stats: CFStats) -> None:
     stats.to_json(tmp_path / "cf.json")
     data = json.loads((tmp_path / "cf.json").read_text())
     assert data["schema"] == "model-forensics/cf-baseline@1"
-    assert BaselineStats.from_json(tmp_path / "cf.json") == stats
+    assert CFStats.from_json(tmp_path / "cf.json") == stats
 
 
 @pytest.mark.parametrize(
@@ -247,11 +247,11 @@ def test_baseline_json_round_trip(tmp_path: Path, stats: BaselineStats) -> None:
         lambda d: [d],
     ],
 )
-def test_corrupt_baseline_file_names_the_file(tmp_path: Path, stats: BaselineStats, mutate: Any) -> None:
+def test_corrupt_baseline_file_names_the_file(tmp_path: Path, stats: CFStats, mutate: Any) -> None:
     stats.to_json(tmp_path / "good.json")
     (tmp_path / "bad.json").write_text(json.dumps(mutate(json.loads((tmp_path / "good.json").read_text()))))
     with pytest.raises(ConfigError, match=r"CF baseline file .*bad\.json"):
-        BaselineStats.from_json(tmp_path / "bad.json")
+        CFStats.from_json(tmp_path / "bad.json")
 
 
 @settings(max_examples=50, deadline=None)
@@ -260,12 +260,12 @@ def test_any_bytes_load_or_fail_with_config_error(tmp_path_factory: pytest.TempP
     path = tmp_path_factory.mktemp("blob") / "cf.json"
     path.write_bytes(blob)
     with pytest.raises(ConfigError, match="cf.json"):
-        BaselineStats.from_json(path)
+        CFStats.from_json(path)
 
 
 def test_missing_baseline_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nowhere.json"):
-        BaselineStats.from_json(tmp_path / "nowhere.json")
+        CFStats.from_json(tmp_path / "nowhere.json")
 
 
 @pytest.mark.parametrize(
@@ -279,7 +279,7 @@ def test_missing_baseline_file_names_it(tmp_path: Path) -> None:
         ({"anomaly_threshold": 0}, "anomaly_threshold"),
         ({"entropy_window": 4}, "entropy_window"),
         ({"entropy_window": 256.0}, "entropy_window"),
-        ({"baseline_samples": 1}, "baseline_samples"),
+        ({"population_samples": 1}, "population_samples"),
     ],
 )
 def test_cf_config_validation_names_the_key_and_value(kwargs: dict[str, Any], key: str) -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from forensics.bundle import write_bundle
+from forensics.cf.coding import ALPHABET, adaptive_code_bits, code_lengths
+from forensics.cf.scores import CFConfig, CFStats, analyze_cf, build_cf_stats, compression_ratios
 from forensics.errors import ConfigError, ForensicsError
-from forensics.rca.cf import BaselineStats, CFConfig, analyze_cf, build_baseline, compression_ratios
-from forensics.rca.coding import ALPHABET, adaptive_code_bits, code_lengths
 
 
 def _slow_bits(row: np.ndarray) -> float:
@@ -70,7 +70,7 @@ def _population(n: int, seed: int = 0) -> list[_Fake]:
 
 def test_only_the_corrupted_module_is_anomalous_and_ranked_first() -> None:
     config = CFConfig(compression_methods=("zlib", "arithmetic"))
-    stats = build_baseline(_population(20), config)
+    stats = build_cf_stats(_population(20), config)
     fresh = [analyze_cf(f, stats, config) for f in _population(10, seed=99)]
     flagged = sum(m.is_anomalous for ms in fresh for m in ms)
     assert flagged <= 0.15 * 60  # benign samples: few false alarms at threshold 2 (6 modules x 10 samples)
@@ -94,15 +94,15 @@ def test_baseline_json_round_trip_with_real_bundles(tmp_path: Path) -> None:
     bundles = [
         write_bundle(tmp_path / f"b{i}", manifest, fake.iter_activations()) for i, fake in enumerate(_population(3))
     ]
-    stats = build_baseline(bundles, CFConfig())
+    stats = build_cf_stats(bundles, CFConfig())
     stats.to_json(tmp_path / "s.json")
-    again = BaselineStats.from_json(tmp_path / "s.json")
+    again = CFStats.from_json(tmp_path / "s.json")
     assert again == stats and again.bundle_ids == ["b0", "b1", "b2"]
     (tmp_path / "bad.json").write_text('{"schema": "other"}')
     with pytest.raises(ConfigError, match=r"bad\.json"):
-        BaselineStats.from_json(tmp_path / "bad.json")
+        CFStats.from_json(tmp_path / "bad.json")
     with pytest.raises(ForensicsError, match="≥ 2 benign"):
-        build_baseline(bundles[:1], CFConfig())
+        build_cf_stats(bundles[:1], CFConfig())
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_baseline_json_round_trip_with_real_bundles(tmp_path: Path) -> None:
         ({"compression_methods": ("zip",)}, "compression_methods"),
         ({"anomaly_threshold": -1.0}, "anomaly_threshold"),
         ({"entropy_window": 4}, "entropy_window"),
-        ({"baseline_samples": 1}, "baseline_samples"),
+        ({"population_samples": 1}, "population_samples"),
     ],
 )
 def test_cf_config_validation(kwargs: dict[str, object], key: str) -> None:
@@ -120,7 +120,7 @@ def test_cf_config_validation(kwargs: dict[str, object], key: str) -> None:
 
 
 def test_every_compression_method_of_the_vocabulary_has_a_coder() -> None:
-    from forensics.rca.coding import _COMPRESSORS
+    from forensics.cf.coding import _COMPRESSORS
     from forensics.vocab import COMPRESSION_METHODS
 
     assert set(COMPRESSION_METHODS) == {*_COMPRESSORS, "arithmetic"}

@@ -31,7 +31,7 @@ CHILD = f"""
 import os, sys
 from forensics.batch import plan_batch, run_batch
 from forensics.exec import LocalExecutor
-from forensics.rca.population import list_bundle_paths
+from forensics.population import list_bundle_paths
 
 incidents, benign, output, step = sys.argv[1:5]
 

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from forensics.cca.fixset import is_input_substitution
+from forensics.cca.judge import is_empty_answer, judge_answer
 from forensics.failure import FailureSpec
 from forensics.models import LoadedModel, resolve_model
 from forensics.rca import RCAPipeline
-from forensics.rca.cca import is_input_substitution
-from forensics.rca.judge import is_empty_answer, judge_answer
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer, ReplayOptions
 
@@ -71,7 +71,7 @@ def test_recovery_is_measured_against_a_run_that_gives_the_target(lab: dict[str,
     d = report["decision"]
     assert d["recovery_available"] is True and d["m_baseline"] > 0 > d["m_incident"]
     assert report["baselines"]["patch_sources"], "the benign run that answers the target is a patch source"
-    rp = Replayer(lab["sourced"], loaded=tiny_llama, baselines=lab["benign"])
+    rp = Replayer(lab["sourced"], loaded=tiny_llama, population=lab["benign"])
     for source in report["baselines"]["patch_sources"]:
         bundle = next(b for b in lab["benign"] if b.id == source)
         assert bundle.outputs["generated_ids"][0] == rp.target_id
@@ -117,8 +117,8 @@ def test_every_fix_is_checked_on_the_benign_bundles(lab: dict[str, Any], tiny_ll
 def test_side_effects_count_what_a_fix_really_changes(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
     """Zeroing the last residual at the last position makes every logit 0 (RMSNorm(0) = 0): the argmax of
     every benign prompt becomes token 0, so the check must count each one whose answer was not token 0."""
-    from forensics.rca.cca import FixSet
-    from forensics.rca.judge import check_side_effects
+    from forensics.cca.fixset import FixSet
+    from forensics.cca.judge import check_side_effects
 
     wreck = FixSet((Intervention("model.layers.1", "zero", "last"),), True, None, 0.0, True, "x")
     benign = [Replayer(b, loaded=tiny_llama) for b in lab["benign"]]
@@ -128,12 +128,13 @@ def test_side_effects_count_what_a_fix_really_changes(lab: dict[str, Any], tiny_
         "checked": len(BENIGN),
         "changed": expect,
         "changed_bundles": [b.id for b in lab["benign"] if b.outputs["generated_ids"][0] != 0],
+        "skipped": 0,
     }
 
 
-def test_analysis_without_baselines_says_what_it_rests_on(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
+def test_analysis_without_a_population_says_what_it_rests_on(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
     report = RCAPipeline().analyze_incident(lab["orphan"], model=tiny_llama).to_dict()
-    assert any("analysis without baselines" in n for n in report["notes"])
+    assert any("analysis without a population" in n for n in report["notes"])
     assert any(row["what"].startswith("CF") for row in report["not_evaluated"])
 
 
@@ -145,7 +146,7 @@ def test_forbidden_fix_is_judged_on_the_regenerated_answer(
     spec = FailureSpec.forbidden(tok.decode([first]))
     bundle = record_greedy(tiny_llama, PROMPT, tmp_path / "forbidden", spec, max_new_tokens=3).bundle
     rp = Replayer(bundle, loaded=tiny_llama)
-    from forensics.rca.cca import FixSet
+    from forensics.cca.fixset import FixSet
 
     noop = Intervention("model.layers.0.mlp", "scale", "last", factor=1.0)  # changes nothing: the text stays
     judged = judge_answer(rp, FixSet((noop,), True, None, 0.0, True, "x"))
@@ -200,9 +201,9 @@ def test_a_genuinely_unfaithful_replay_is_caught_with_advice(lab: dict[str, Any]
 
 
 def test_side_effects_align_explicit_positions_from_the_end(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
-    from forensics.rca.cca import FixSet
-    from forensics.rca.judge import check_side_effects
-    from forensics.rca.population import load_population
+    from forensics.cca.fixset import FixSet
+    from forensics.cca.judge import check_side_effects
+    from forensics.population import load_population
 
     benign = [Replayer(b, loaded=tiny_llama) for b in load_population(lab["benign_dir"])]
     incident = Replayer(lab["sourced"], loaded=tiny_llama)

@@ -183,7 +183,9 @@ def test_the_service_answers_507_and_stores_nothing(lab: dict[str, Path], disk: 
             RCAPipeline(), bundle_dir=lab["bundles"], output_dir=out, bundle="incidents/inc0", baseline=lab["benign"]
         )
     assert str(out) in str(caught.value) and "\n" not in str(caught.value)
-    data: dict[str, Any] = service.error_data(caught.value, "req-1")
+    from serve_app.errors import http_error_data
+
+    data: dict[str, Any] = http_error_data(caught.value, "req-1")
     assert data["status"] == 507 and data["request_id"] == "req-1" and str(out) not in data["message"]
     assert _left(disk) == {"results"}
     shutil.rmtree(out, ignore_errors=True)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from forensics.cca.atp import attribute
 from forensics.failure import FailureSpec
 from forensics.faults.plant import Fault, plant_fault
 from forensics.models import LoadedModel, resolve_model
 from forensics.models.arch import arch_for, get_module
-from forensics.rca.atp import attribute
 from forensics.rca.reference import reference_heads, reference_run
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
@@ -53,9 +53,7 @@ def case(request: pytest.FixtureRequest, tiny_dirs: dict[str, Path], tmp_path_fa
     spec = FailureSpec("expected", "", (want,))
     incident = record_greedy(faulty, PROMPT, root / "inc", spec, kind="incident", max_new_tokens=2).bundle
     ref = reference_run(incident, clean, root / "ref", model=faulty)
-    rp = Replayer(
-        incident, loaded=faulty, counterfactuals=[ref], options=ReplayOptions(reference_sha256=clean.info.sha256)
-    )
+    rp = Replayer(incident, loaded=faulty, sources=[ref], options=ReplayOptions(reference_sha256=clean.info.sha256))
     rp.bank.set_heads(ref.id, *reference_heads(clean, ref))
     spec_ = arch_for(clean.model)
     attn = f"{spec_.layers}.{LAYER}.{spec_.attn}"
@@ -147,7 +145,7 @@ def test_atp_estimates_a_heads_contribution_difference(case: Any) -> None:
     other heads' are zero: the first-order ranking points at the head, not only its layer."""
     rp, attn, head, ref = case["rp"], case["attn"], case["head"], case["ref"].id
     atp = attribute(
-        rp, kinds=("patch",), sources=[ref], same_input=frozenset({ref}), sites=("attn", "head"), sink_exact=0.0
+        rp, kinds=("patch",), sources=[ref], reference_runs=frozenset({ref}), sites=("attn", "head"), sink_exact=0.0
     )
     whole = atp.estimate(Intervention(attn, "patch", "all", ref))
     mine = atp.estimate(Intervention(attn, "patch", "all", ref, head=head))

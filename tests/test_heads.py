@@ -223,7 +223,7 @@ def _replaced(rp: Replayer, layer: int, cols: slice, values: dict[int, torch.Ten
 
 def test_head_patch_takes_the_source_heads_at_aligned_positions(sourced: Any) -> None:
     loaded, bundle, others = sourced
-    rp = Replayer(bundle, loaded=loaded, counterfactuals=others)
+    rp = Replayer(bundle, loaded=loaded, sources=others)
     heads, head_dim = arch_for(rp.model).head_slices(rp.model)
     head, layer = heads - 1, 1
     cols = slice(head * head_dim, (head + 1) * head_dim)
@@ -239,7 +239,7 @@ def test_head_patch_takes_the_source_heads_at_aligned_positions(sourced: Any) ->
 
 def test_head_mean_is_the_population_mean_at_the_aligned_position_and_blends_with_alpha(sourced: Any) -> None:
     loaded, bundle, others = sourced
-    rp = Replayer(bundle, loaded=loaded, baselines=others)
+    rp = Replayer(bundle, loaded=loaded, population=others)
     _, head_dim = arch_for(rp.model).head_slices(rp.model)
     cols = slice(0, head_dim)
 
@@ -274,7 +274,7 @@ def test_head_values_of_a_source_from_other_weights_are_refused(sourced: Any, tm
         kind="benign",
         max_new_tokens=2,
     ).bundle
-    rp = Replayer(bundle, loaded=loaded, counterfactuals=[foreign], options=_lenient())
+    rp = Replayer(bundle, loaded=loaded, sources=[foreign], options=_lenient())
     with pytest.raises(ReplayError, match="recorded on other weights"):
         rp.run((Intervention(_attn(rp, 0), "patch", "last", foreign.id, head=0),))
     rp.run((Intervention(_attn(rp, 0), "patch", "last", foreign.id),))  # module outputs are recorded: fine
@@ -290,4 +290,4 @@ def _saved(model: Any, loaded: Any, root: Path) -> str:
 def _lenient() -> Any:
     from forensics.replay.options import ReplayOptions
 
-    return ReplayOptions(allow_baseline_mismatch=True)
+    return ReplayOptions(allow_source_mismatch=True)

@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 import torch
 
+from forensics.cca.dbc import POINTS, boundary, flip_point
+from forensics.cca.isc import interactions, shapley, subsets
 from forensics.config import Config, ToggleConfig
 from forensics.errors import ConfigError
 from forensics.failure import FailureSpec
 from forensics.models import LoadedModel
 from forensics.rca import RCAPipeline
-from forensics.rca.dbc import POINTS, boundary, flip_point
-from forensics.rca.isc import interactions, shapley, subsets
-from forensics.rca.report_html import render_html
 from forensics.record import record_greedy
 from forensics.replay import Intervention, Replayer
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.plan import compile_plan
 from forensics.replay.replayer import Outcome
+from forensics.report.html import render_html
 
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
 PROMPT = "The capital of Australia is"
@@ -64,7 +64,7 @@ def report(lab: dict[str, Any], tiny_llama: LoadedModel) -> dict[str, Any]:
 
 @pytest.fixture
 def rp(lab: dict[str, Any], tiny_llama: LoadedModel) -> Replayer:
-    return Replayer(lab["incident"], loaded=tiny_llama, baselines=lab["benign"], counterfactuals=lab["benign"])
+    return Replayer(lab["incident"], loaded=tiny_llama, population=lab["benign"], sources=lab["benign"])
 
 
 class Counting:
@@ -148,7 +148,7 @@ def test_isc_table_every_subset_in_one_call_and_shapley_efficiency(rp: Replayer,
     members = _members(lab)[:3]
     m_inc = rp.run(()).metric
     evaluate = Counting(rp)
-    isc = interactions(evaluate, members, m_incident=m_inc, m_baseline=m_inc + 2.0)
+    isc = interactions(evaluate, members, m_incident=m_inc, m_source=m_inc + 2.0)
     assert evaluate.calls == 1 and evaluate.sets == 8 and len(isc["subsets"]) == 2**3
     alone = rp.evaluate([tuple(iv for i, iv in enumerate(members) if mask >> i & 1) for mask in range(8)])
     for row, out in zip(isc["subsets"], alone, strict=True):
@@ -164,7 +164,7 @@ def test_two_equivalent_members_are_redundant(rp: Replayer) -> None:
     """Zeroing the last residual at 'last' and at [-1] is one change twice: v(a) = v(b) = v(ab) = 0 (every
     logit 0), so the interaction is v(none) − v(a) < 0 and each member gets half the effect."""
     a, b = Intervention(LAST, "zero", "last"), Intervention(LAST, "zero", (-1,))
-    isc = interactions(rp.evaluate, [a, b], m_incident=None, m_baseline=None)
+    isc = interactions(rp.evaluate, [a, b], m_incident=None, m_source=None)
     v = [row["metric"] for row in isc["subsets"]]
     assert v[1] == v[2] == v[3] == 0.0 and v[0] < 0
     assert isc["overall"]["interaction"] == pytest.approx(v[0] - v[1]) == pytest.approx(isc["pairs"][0]["interaction"])
@@ -177,7 +177,7 @@ def test_two_negations_that_cancel_are_synergy(rp: Replayer) -> None:
     """Negating the last residual negates every logit (RMSNorm is odd, the head linear); twice is the
     identity: v(ab) = v(none), so the interaction is 2·(v(none) − v(a)), > 0 as negation hurts here."""
     a, b = (Intervention(LAST, "scale", pos, factor=-1.0) for pos in ("last", (-1,)))
-    isc = interactions(rp.evaluate, [a, b], m_incident=None, m_baseline=None)
+    isc = interactions(rp.evaluate, [a, b], m_incident=None, m_source=None)
     v = [row["metric"] for row in isc["subsets"]]
     assert v[3] == pytest.approx(v[0], abs=1e-5) and v[1] == pytest.approx(v[2], abs=1e-5) and v[1] < v[0]
     assert isc["overall"]["interaction"] == pytest.approx(2 * (v[0] - v[1]), abs=1e-5)
@@ -187,7 +187,7 @@ def test_two_negations_that_cancel_are_synergy(rp: Replayer) -> None:
 def test_positive_scalings_of_the_last_residual_add_up_to_nothing(rp: Replayer) -> None:
     """Scaling the last residual by a positive factor changes nothing (RMSNorm): every interaction is ~0."""
     a, b = Intervention(LAST, "scale", "last", factor=2.0), Intervention(LAST, "scale", "all", factor=0.5)
-    isc = interactions(rp.evaluate, [a, b], m_incident=None, m_baseline=None)
+    isc = interactions(rp.evaluate, [a, b], m_incident=None, m_source=None)
     assert isc["overall"]["verdict"] == "additive" and abs(isc["overall"]["interaction"]) <= isc["tolerance"]
 
 

@@ -27,16 +27,21 @@ LAYERS: dict[str, int] = {
     "forensics.failure": 1,
     "forensics.record": 2,
     "forensics.replay": 2,
+    "forensics.population": 2,
     "forensics.exec": 3,
-    "forensics.rca": 3,
-    "forensics.faults": 3,
-    "forensics.ops": 4,
-    "forensics.service": 5,
-    "forensics.batch": 5,
-    "forensics.commands": 6,
-    "forensics.cli": 6,
-    "forensics.demo": 6,
-    "forensics": 6,  # the package root re-exports the public API and sits on top
+    "forensics.cf": 3,
+    "forensics.cca": 3,
+    "forensics.edit": 4,
+    "forensics.rca": 4,
+    "forensics.faults": 4,
+    "forensics.report": 5,
+    "forensics.ops": 6,
+    "forensics.service": 7,
+    "forensics.batch": 7,
+    "forensics.commands": 8,
+    "forensics.cli": 8,
+    "forensics.demo": 8,
+    "forensics": 8,  # the package root re-exports the public API and sits on top
 }
 
 
@@ -112,12 +117,79 @@ def test_no_import_runs_back_up() -> None:
     assert not bad, "imports against the layer order of DESIGN.md:\n" + "\n".join(bad)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the forensics modules it imports (any import, module- or function-level). A package's
+    ``__init__`` re-exporting its own submodules is not an edge back into them."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        edges = set()
+        for _, target in imported(tree, module, path.name == "__init__.py"):
+            while target not in modules and "." in target:  # `from pkg.mod import name` names pkg.mod
+                target = target.rsplit(".", 1)[0]
+            if target != module and target in modules:
+                edges.add(target)
+        graph[module] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_between_modules() -> None:
+    found = cycles(import_graph())
+    assert not found, "modules that import each other (directly or round a loop):\n" + "\n".join(
+        " <-> ".join(c) for c in found
+    )
+
+
+def test_the_cycle_finder_finds_a_loop_of_three() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
 @pytest.mark.parametrize(
     ("module", "target", "ok"),
     [
-        ("forensics.rca.cca", "forensics.replay", True),
-        ("forensics.replay.plan", "forensics.rca.cca", False),
-        ("forensics.rca.batch", "forensics.ops.stats", False),
+        ("forensics.cca.fixset", "forensics.replay", True),
+        ("forensics.replay.plan", "forensics.cca.fixset", False),
+        ("forensics.rca.pipeline", "forensics.report.html", False),
+        ("forensics.cca.isc", "forensics.rca.story", False),
+        ("forensics.report.html", "forensics.rca.result", True),
+        ("forensics.population", "forensics.cf.stats", False),
     ],
 )
 def test_the_checker_itself_tells_up_from_down(module: str, target: str, ok: bool) -> None:

@@ -15,7 +15,9 @@ import torch
 from forensics.config import Config, load_config
 from forensics.models import LoadedModel
 from forensics.ops.cache import ResultCache, cached_analyze, config_hash, default_results_dir
+from forensics.ops.env import config_from_env
 from forensics.rca import RCAPipeline
+from forensics.rca.request import AnalysisRequest
 from forensics.record import record_greedy
 
 BENIGN = ["The capital of France is", "One plus one is", "The answer is", "Berlin is the capital of"]
@@ -47,6 +49,10 @@ def forward_counter(model: torch.nn.Module) -> Iterator[list[int]]:
         handle.remove()
 
 
+def _request(lab: dict[str, Path], population: str, model: LoadedModel, **kw: Any) -> AnalysisRequest:
+    return AnalysisRequest.of(str(lab["incident"]), population=str(lab[population]), model=model, **kw)
+
+
 def _comparable(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in ("export_path", "bundle_path")}
 
@@ -57,13 +63,9 @@ def test_repeat_is_a_hit_with_zero_forward_passes(
     cache = ResultCache(tmp_path / "cache", 10**8)
     pipeline = RCAPipeline()
     with forward_counter(tiny_llama.model) as calls:
-        first = cached_analyze(
-            pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama, output=tmp_path / "a.json"
-        )
+        first = cached_analyze(pipeline, _request(lab, "benign", tiny_llama, output=tmp_path / "a.json"), cache)
         after_first = calls[0]
-        second = cached_analyze(
-            pipeline, str(lab["incident"]), str(lab["benign"]), cache, model=tiny_llama, output=tmp_path / "b.json"
-        )
+        second = cached_analyze(pipeline, _request(lab, "benign", tiny_llama, output=tmp_path / "b.json"), cache)
         assert calls[0] == after_first  # the hit ran no forward pass
     assert after_first >= first["replays"]["forward_passes"] > 0
     assert (cache.misses, cache.hits, cache.last_hit) == (1, 1, True)
@@ -77,17 +79,19 @@ def test_result_changing_inputs_miss_ops_settings_hit(
 ) -> None:
     cache = ResultCache(tmp_path / "cache", 10**8)
     base = Config()
-    args = (str(lab["incident"]), str(lab["benign"]), cache)
-    cached_analyze(RCAPipeline(base), *args, model=tiny_llama)
-    cached_analyze(RCAPipeline(replace(base, output_dir="/elsewhere", log_level="DEBUG")), *args, model=tiny_llama)
+    request = _request(lab, "benign", tiny_llama)
+    cached_analyze(RCAPipeline(base), request, cache)
+    cached_analyze(RCAPipeline(replace(base, output_dir="/elsewhere", log_level="DEBUG")), request, cache)
     assert cache.last_hit is True
     changed = load_config(overrides={"modules.cca.max_fix_set_size": 2})
     with forward_counter(tiny_llama.model) as calls:
-        cached_analyze(RCAPipeline(changed), *args, model=tiny_llama)
+        cached_analyze(RCAPipeline(changed), request, cache)
         assert cache.last_hit is False and calls[0] > 0
-    cached_analyze(RCAPipeline(base), str(lab["incident"]), str(lab["benign2"]), cache, model=tiny_llama)
-    assert cache.last_hit is False  # another baseline population
-    assert (cache.hits, cache.misses) == (1, 3)
+    cached_analyze(RCAPipeline(base), _request(lab, "benign2", tiny_llama), cache)
+    assert cache.last_hit is False  # another population
+    cached_analyze(RCAPipeline(base), replace(request, modules=(("provenance", True),)), cache)
+    assert cache.last_hit is False  # a module turned on by the request changes the result
+    assert (cache.hits, cache.misses) == (1, 4)
     assert config_hash(base) != config_hash(changed)
     assert config_hash(base) == config_hash(replace(base, bundle_dir="/x", cache=replace(base.cache, enabled=True)))
 
@@ -121,6 +125,8 @@ def test_damaged_entry_is_a_miss_and_removed(tmp_path: Path) -> None:
     assert cache.get("k") is None and not cache.path("k").exists()
 
 
-def test_default_results_dir() -> None:
-    assert default_results_dir({"MODEL_FORENSICS_CACHE_DIR": "/var/cache/mf"}) == Path("/var/cache/mf/results")
-    assert default_results_dir({}) == Path.home() / ".cache" / "model-forensics" / "results"
+def test_default_results_dir_is_under_the_one_cache_root() -> None:
+    assert default_results_dir(Config(cache_dir="/var/cache/mf")) == Path("/var/cache/mf/results")
+    assert default_results_dir(Config()) == Path.home() / ".cache" / "model-forensics" / "results"
+    env_config = config_from_env(None, {"MODEL_FORENSICS_CACHE_DIR": "/var/cache/env"})
+    assert default_results_dir(env_config) == Path("/var/cache/env/results")

@@ -17,10 +17,10 @@ from forensics.failure import FailureSpec
 from forensics.models import LoadedModel
 from forensics.rca import RCAPipeline
 from forensics.rca.provenance import attribution, provenance_for, token_attribution
-from forensics.rca.report_html import render_html
 from forensics.record import CallLog, record_greedy
 from forensics.replay import Intervention, Replayer
 from forensics.replay.hybrid import regenerate
+from forensics.report.html import render_html
 
 DOC = "The capital of France is Lyon."
 DOCS = [DOC, "Zebras eat grass in Kenya every day, quietly.", "Lyon Lyon Lyon.", "Berlin is big.", "Paris."]

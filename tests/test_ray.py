@@ -16,8 +16,8 @@ from forensics.batch import plan_batch, run_batch
 from forensics.cli import main
 from forensics.exec import LocalExecutor
 from forensics.models import LoadedModel
+from forensics.population import list_bundle_paths
 from forensics.rca import RCAPipeline
-from forensics.rca.population import list_bundle_paths
 from forensics.record import record_greedy
 
 pytestmark = pytest.mark.ray

@@ -17,13 +17,13 @@ import torch
 
 from forensics import service
 from forensics.bundle import Bundle, load_bundle
+from forensics.cf.localise import layer_of
 from forensics.cli import main
 from forensics.config import Config
 from forensics.errors import ModelError, ReplayError
 from forensics.failure import FailureSpec
 from forensics.faults.evaluate import PROMPTS
 from forensics.models import LoadedModel, build_tiny_model, resolve_model
-from forensics.rca.localise import layer_of
 from forensics.rca.pipeline import RCAPipeline
 from forensics.rca.reference import fed_ids, reference_heads, reference_run
 from forensics.rca.result import RCAResult
@@ -153,14 +153,14 @@ def test_patches_from_the_reference_are_accepted_and_other_weights_still_refused
     incident, clean, tuned = case["incident"], case["clean"], case["tuned"]
     ref = reference_run(incident, clean, tmp_path)
     with pytest.raises(ReplayError, match=ref.id):  # without the option it is other weights like any
-        Replayer(incident, loaded=tuned, counterfactuals=[ref])
+        Replayer(incident, loaded=tuned, sources=[ref])
     opts = ReplayOptions(reference_sha256=clean.info.sha256)
-    rp = Replayer(incident, loaded=tuned, counterfactuals=[ref], options=opts)
+    rp = Replayer(incident, loaded=tuned, sources=[ref], options=opts)
     assert rp.bank.patch("model.layers.1", ref.id, step=rp.step).shape[0] == rp.length
     with pytest.raises(ReplayError, match=case["benign"].id):  # the population is still checked
-        Replayer(incident, loaded=tuned, baselines=[case["benign"]], counterfactuals=[ref], options=opts)
+        Replayer(incident, loaded=tuned, population=[case["benign"]], sources=[ref], options=opts)
     with pytest.raises(ReplayError, match=case["benign"].id):  # REF's weights but no reference run
-        Replayer(incident, loaded=tuned, counterfactuals=[ref, case["benign"]], options=opts)
+        Replayer(incident, loaded=tuned, sources=[ref, case["benign"]], options=opts)
 
 
 def test_reference_head_values_on_a_replayer_without_them(case: dict[str, Any], tmp_path: Path) -> None:
@@ -168,13 +168,11 @@ def test_reference_head_values_on_a_replayer_without_them(case: dict[str, Any], 
     incident, clean, tuned = case["incident"], case["clean"], case["tuned"]
     ref = reference_run(incident, clean, tmp_path)
     attn = f"model.layers.{CHANGED_LAYER}.self_attn"
-    bare = Replayer(
-        incident, loaded=tuned, counterfactuals=[ref], options=ReplayOptions(reference_sha256=clean.info.sha256)
-    )
+    bare = Replayer(incident, loaded=tuned, sources=[ref], options=ReplayOptions(reference_sha256=clean.info.sha256))
     with pytest.raises(ReplayError, match="reference_model is unset"):
         bare.bank.patch(attn, ref.id, step=bare.step, heads=True)
     opts = ReplayOptions(reference_sha256=clean.info.sha256, reference_model=str(case["clean_dir"]), device="cpu")
-    rp = Replayer(incident, loaded=tuned, counterfactuals=[ref], options=opts)
+    rp = Replayer(incident, loaded=tuned, sources=[ref], options=opts)
     got = rp.bank.patch(attn, ref.id, step=rp.step, heads=True)
     np.testing.assert_array_equal(got, capture_heads(clean.model, fed_ids(incident))[attn])
     job = ReplayOptions.from_dict(opts.to_dict())  # what crosses to a worker inside ReplayJob

@@ -28,7 +28,7 @@ def llama_case(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def rp(llama_case: dict[str, Any], tiny_llama: LoadedModel) -> Replayer:
-    return Replayer(llama_case["incident"], loaded=tiny_llama, baselines=llama_case["benign"])
+    return Replayer(llama_case["incident"], loaded=tiny_llama, population=llama_case["benign"])
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2", "mistral", "phi"])
@@ -146,3 +146,14 @@ def test_intervention_json_round_trip_and_validation() -> None:
     ]:
         with pytest.raises(ConfigError):
             Intervention.parse_sets(bad)
+
+
+def test_no_sets_is_no_pass(rp: Replayer) -> None:
+    """Evaluating nothing returns nothing, without a forward pass (a caller whose every set was filtered
+    out, such as a side-effect check on a short benign prompt, must not have to special-case it)."""
+    from forensics.replay.schedule import chunk_indices
+
+    assert chunk_indices([], 4, layers=2, pass_cost=float("inf")) == []
+    before = rp.forward_passes
+    assert rp.evaluate([]) == [] and tuple(rp.logits([]).shape) == (0, rp.model.config.vocab_size)
+    assert rp.forward_passes == before

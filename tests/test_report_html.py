@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from forensics.cca.fixset import FixSet
 from forensics.models import LoadedModel
 from forensics.rca import RCAPipeline
-from forensics.rca.cca import FixSet
-from forensics.rca.report_html import render_html, threshold_of, verdict, write_html
-from forensics.rca.report_svg import FIXED_COLOUR, column_label, recovery_colour, site_of
 from forensics.rca.result import RCAResult
 from forensics.replay.interventions import Intervention
+from forensics.report.html import render_html, threshold_of, verdict, write_html
+from forensics.report.svg import FIXED_COLOUR, column_label, recovery_colour, site_of
 
 HOSTILE = "<script>alert(1)</script>"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -399,7 +399,7 @@ def test_unfaithful_replay_shows_the_advice(rca2: dict[str, Any]) -> None:
 
 
 def test_confidence_that_departs_from_the_formula_is_flagged(rca2: dict[str, Any]) -> None:
-    from forensics.rca.report_story import documented_confidence
+    from forensics.report.story import documented_confidence
 
     assert documented_confidence(rca2["confidence_terms"]) == rca2["confidence"]
     rca2["confidence"] = 0.6
@@ -568,8 +568,8 @@ def test_pipeline_report_validates_and_renders(tiny_llama: LoadedModel, tmp_path
         baseline=str(tmp_path / "benign"),
         model=tiny_llama,
         output=tmp_path / "r.json",
-        html=tmp_path / "r.html",
     )
+    write_html(result, tmp_path / "r.html")
     report = json.loads((tmp_path / "r.json").read_text())
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator(json.loads(SCHEMA_FILES[report["schema"]].read_text())).validate(report)
@@ -580,3 +580,106 @@ def test_pipeline_report_validates_and_renders(tiny_llama: LoadedModel, tmp_path
     assert cells == len(report["single_effects"]) == len(result.single_effects)
     assert len(re.findall(r'class="bar[ "]', page)) == len(report["compression_metrics"])
     assert report["bundle_id"] in page and "validate-fix" in page
+    grid = report["attribution"]["grid"]  # the AtP pre-filter is on by default
+    assert len(grid["tokens"]) == grid["positions"] and "".join(grid["tokens"]).endswith(" Australia is")
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", _svg(page, "AtP estimate"))
+    assert "Australia" in texts and "estimated change of the decision margin, logits" in texts
+
+
+# -- components: token columns, colour keys, fix sizes ---------------------------------------------
+TOKENS = ["The", " capital", " of", " Australia", " is"]
+
+
+def _with_components(rca2: dict[str, Any]) -> dict[str, Any]:
+    """rca2 plus an attribution grid over the incident's five tokens and two evaluated components."""
+    cells: list[list[float | None]] = [[None, None, 0.2, -0.4, 1.1], [None, 0.3, None, None, -0.7]]
+    rca2["attribution"] = {
+        "method": "atp",
+        "candidates": 40,
+        "kept": 10,
+        "forward_passes": 1,
+        "backward_passes": 1,
+        "seconds": 0.5,
+        "top": [],
+        "grid": {"layers": 2, "positions": 5, "sites": {"mlp": cells}, "tokens": TOKENS},
+    }
+    component = {"layer": 1, "site": "mlp", "head": None, "label": "L1.MLP"}
+    rca2["components"] = [
+        {
+            "component": component,
+            "intervention": {"module": "model.layers.1.mlp", "kind": "zero", "positions": "last"},
+            "where": "the last position (' is')",
+            "effect": 0.9,
+            "metric": -1.4,
+            "fixed": False,
+            "recovery": 0.4,
+            "argmax_token": " Sydney",
+            "atp": 1.1,
+        },
+        {
+            "component": {**component, "layer": 0, "label": "L0.MLP"},
+            "intervention": {"module": "model.layers.0.mlp", "kind": "zero", "positions": [3]},
+            "where": "position 3 (' Australia')",
+            "effect": -0.2,
+            "metric": -2.5,
+            "fixed": False,
+            "recovery": -0.1,
+            "argmax_token": " Sydney",
+            "atp": -0.4,
+        },
+    ]
+    return rca2
+
+
+def test_effect_heatmaps_label_columns_with_tokens_and_carry_a_colour_key(rca2: dict[str, Any]) -> None:
+    page = render_html(_with_components(rca2))
+    for label, legend in (
+        ("AtP estimate", "estimated change of the decision margin, logits"),
+        ("exact effect", "exact change of the decision margin, logits"),
+    ):
+        heat = _svg(page, label)
+        texts = re.findall(r"<text[^>]*>([^<]*)</text>", heat)
+        for token in ("The", "capital", "of", "Australia", "is"):  # each column named by its token
+            assert token in texts, (label, token, texts)
+        assert "position (token)" in texts and legend in texts
+        assert 'class="legend"' in heat and "blue towards the expected answer, red away" in heat
+        assert "rotate(-90" in heat  # 'capital', 'Australia': long labels stand up
+        assert "<image" not in heat and "data:" not in heat  # the key is vector, the page stays self-contained
+    cell = _svg(page, "exact effect")
+    assert "layer 1, position 4 ' is': 0.900 logits" in cell  # the tooltip names the token too
+
+
+def test_effect_heatmap_columns_fall_back_to_numbers_without_tokens(rca2: dict[str, Any]) -> None:
+    """An older report (no tokens in the grid): the columns keep their position numbers."""
+    from forensics.report.components import column_tokens, token_label
+
+    report = _with_components(rca2)
+    del report["attribution"]["grid"]["tokens"]
+    assert column_tokens(report, 5) == []
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", _svg(render_html(report), "AtP estimate"))
+    assert all(str(p) in texts for p in range(5)) and "Australia" not in texts
+    report["incident"]["tokens"] = TOKENS  # the incident section may carry them instead
+    assert column_tokens(report, 5) == TOKENS and column_tokens(report, 4) == []
+    assert token_label("\n", 0) == "\\n" and token_label(" " * 3, 1) == "␣"
+    assert token_label("x" * 40, 2) == "x" * 11 + "…"
+
+
+def test_a_fix_at_every_position_says_so(rca2: dict[str, Any]) -> None:
+    """FixSet.positions counts 'all' as 1000 (a ranking weight): the page says "every position"."""
+    fix = rca2["fix_sets"][0]
+    fix["interventions"] = [{"module": "model.layers.3.mlp", "kind": "zero", "positions": "all"}]
+    fix.update(size=1, positions=1000)
+    rca2["fix_set"] = fix
+    part = _part(render_html(rca2), "fix")
+    assert "1 member, every position" in part and "1000" not in part
+    assert "2 members, 2 positions" in part  # the alternative, at the last position of each member
+
+
+def test_side_effects_skipped_on_short_prompts_are_named(rca2: dict[str, Any]) -> None:
+    fixes = rca2["fix_sets"]
+    fixes[0]["side_effects"] = {"checked": 0, "changed": 0, "changed_bundles": [], "skipped": 11}
+    fixes[1]["side_effects"] = {"checked": 4, "changed": 1, "changed_bundles": ["benign_france"], "skipped": 7}
+    rca2["fix_set"] = fixes[0]
+    part = _part(render_html(rca2), "fix")
+    assert "not checked: 11 benign bundles it has no counterpart on (a prompt shorter" in part
+    assert "changes 1 of 4 benign answers" in part and "(not checked on 7 benign bundles" in part

@@ -360,8 +360,8 @@ def test_metrics_text_names_the_metrics(server: Server) -> None:
 
 # -- without the server: the library half and the CLI's argument handling -----------------------
 def test_resolve_bundle_follows_symlinks_before_deciding(lab: dict[str, Path], tmp_path: Path) -> None:
-    from forensics.errors import BundleError
-    from forensics.service import BundleNotFoundError, resolve_bundle
+    from forensics.errors import BundleError, BundleNotFoundError
+    from forensics.service import resolve_bundle
 
     root = lab["root"]
     assert resolve_bundle(root, "incidents/inc0") == (root / "incidents" / "inc0").resolve()
@@ -379,7 +379,8 @@ def test_resolve_bundle_follows_symlinks_before_deciding(lab: dict[str, Path], t
 
 
 def test_save_upload_is_size_bounded_and_leaves_nothing_behind(lab: dict[str, Path], tmp_path: Path) -> None:
-    from forensics.service import UploadTooLargeError, save_upload
+    from forensics.errors import UploadTooLargeError
+    from forensics.service import save_upload
 
     root = tmp_path / "bundles"
     root.mkdir()

@@ -174,8 +174,8 @@ def test_openapi_documents_the_trace_body(server: Server) -> None:
 
 # -- without the server ----------------------------------------------------------------------------
 def test_save_trace_is_bounded_and_keeps_no_refused_trace(tmp_path: Path, trace: dict[str, Any]) -> None:
-    from forensics.errors import ModelError, TraceError
-    from forensics.service import UploadTooLargeError, check_model_allowed, save_trace
+    from forensics.errors import ModelError, TraceError, UploadTooLargeError
+    from forensics.service import check_model_allowed, save_trace
 
     data = json.dumps(trace).encode()
     with pytest.raises(UploadTooLargeError, match="limit of 100 bytes"):

@@ -8,14 +8,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from forensics.cca import sink
+from forensics.cca.atp import _head_columns, _nodes, _values
+from forensics.cca.components import summarize
+from forensics.cca.fixset import FixSet, touches_sink, without_sink
+from forensics.cca.judge import rank
+from forensics.cca.search import find_fix_set
+from forensics.cca.sink import first_position_moves
 from forensics.config import CCAConfig
 from forensics.errors import ReplayError
 from forensics.models.arch import arch_for
-from forensics.rca import atp
-from forensics.rca.atp import _first_position_moves, _head_columns, _nodes, _values
-from forensics.rca.cca import FixSet, find_fix_set, touches_sink, without_sink
-from forensics.rca.components import summarize
-from forensics.rca.judge import rank
 from forensics.replay import Intervention, Replayer
 
 
@@ -34,14 +36,14 @@ def test_the_sink_pass_joining_rows_at_their_layer_equals_the_full_pass(
     for node in _nodes(rp, spec, ("attn", "mlp", "head")):
         for kind, source in (("zero", None), ("mean", None), ("patch", "long")):
             value = _values(rp, node, kind, source, columns, rp.length)[0]
-            rows.append((node, value))
+            rows.append((node.module, node.head, value))
             sets.append((Intervention(node.module, kind, (0,), source, head=node.head),))
     starts = [rp.prefix.start(ivs) for ivs in sets]
     assert rp.prefix.can_grow(sets) and len(set(starts)) > 1  # rows really join at different layers
-    full = _first_position_moves(rp, rows, columns)
-    grown = _first_position_moves(rp, rows, columns, starts)
-    monkeypatch.setattr(atp, "SINK_ROWS", 7)  # several passes, rows by first layer
-    split = _first_position_moves(rp, rows, columns, starts)
+    full = first_position_moves(rp, rows, columns)
+    grown = first_position_moves(rp, rows, columns, starts)
+    monkeypatch.setattr(sink, "SINK_ROWS", 7)  # several passes, rows by first layer
+    split = first_position_moves(rp, rows, columns, starts)
     np.testing.assert_allclose(split, full, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(grown, full, rtol=1e-4, atol=1e-5)
     assert (full > 0).sum() > len(rows) // 2  # zero and mean move the first position's stream
@@ -63,7 +65,7 @@ def test_a_fix_set_is_marked_sink_when_it_no_longer_fixes_without_the_first_posi
         modules,
         CCAConfig(max_fix_set_size=2),
         m_incident=m_incident,
-        m_baseline=None,
+        m_source=None,
         candidates=candidates,
         length=rp.length,
     )
@@ -82,8 +84,8 @@ def test_without_sink_drops_the_first_position_but_not_reference_patches() -> No
     ref = Intervention("model.layers.0.mlp", "patch", "all", "ref")
     assert without_sink((zero, only), 4) == (Intervention("model.layers.0.mlp", "zero", (1,)),)
     assert without_sink((Intervention("model.layers.0.mlp", "zero", "all"),), 3)[0].positions == (1, 2)
-    assert without_sink((ref,), 3, references={"ref"}) == (ref,)
-    assert touches_sink((ref,)) and not touches_sink((ref,), references={"ref"})
+    assert without_sink((ref,), 3, reference_runs={"ref"}) == (ref,)
+    assert touches_sink((ref,)) and not touches_sink((ref,), reference_runs={"ref"})
     assert not touches_sink((Intervention("model.layers.0.mlp", "zero", "last"),))
 
 
@@ -97,7 +99,7 @@ def test_the_mean_is_taken_at_the_aligned_position(lab: Any) -> None:
     mean = rp.bank.mean(module, length=rp.length)
     want = np.mean([np.asarray(b.activation(module))[len(b.inputs["input_ids"]) - rp.length] for b in others], axis=0)
     np.testing.assert_allclose(mean[0], want, rtol=1e-5, atol=1e-6)
-    short = Replayer(others[1], loaded=loaded, baselines=[others[0]])  # a 13-token prompt, a 5-token baseline
+    short = Replayer(others[1], loaded=loaded, population=[others[0]])  # a 13-token prompt, a 5-token baseline
     assert np.isnan(short.bank.mean(module, length=short.length)[0]).all()
     with pytest.raises(ReplayError, match="no benign baseline reaches position"):
         short.run((Intervention(module, "mean", (0,)),))
@@ -107,8 +109,8 @@ def test_the_mean_is_taken_at_the_aligned_position(lab: Any) -> None:
 
 def test_replayers_with_the_same_baselines_share_captured_heads(lab: Any) -> None:
     loaded, rp, others = lab
-    first = Replayer(others[0], loaded=loaded, baselines=others, counterfactuals=others)
-    second = Replayer(others[1], loaded=loaded, baselines=others, counterfactuals=others)
+    first = Replayer(others[0], loaded=loaded, population=others, sources=others)
+    second = Replayer(others[1], loaded=loaded, population=others, sources=others)
     second.bank.share(first.bank)
     attn = f"{arch_for(rp.model).layer_names(rp.model)[0]}.{arch_for(rp.model).attn}"
     first.run((Intervention(attn, "mean", "last", head=0),))  # captures every baseline's heads
@@ -119,7 +121,7 @@ def test_replayers_with_the_same_baselines_share_captured_heads(lab: Any) -> Non
     second.bank.capture = refuse
     assert second.run((Intervention(attn, "mean", "last", head=0),)).hook_fires == (1,)
     with pytest.raises(ReplayError, match="different baselines"):
-        Replayer(others[0], loaded=loaded, baselines=others[:1]).bank.share(first.bank)
+        Replayer(others[0], loaded=loaded, population=others[:1]).bank.share(first.bank)
 
 
 def test_fixes_that_patch_nothing_from_a_longer_prompt_rank_first() -> None:

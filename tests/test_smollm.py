@@ -109,8 +109,8 @@ def test_other_weights_are_still_caught_on_the_real_model(smol: LoadedModel, ari
 def test_zeroing_the_first_mlp_against_lagos_is_a_suppression_not_a_fix(smol: LoadedModel, tmp_path: Path) -> None:
     """The issue's example: "The capital of Nigeria is" --forbidden " Lagos" was "fixed" by zeroing
     model.layers.0.mlp at the last position, which makes the model say "." — a suppression."""
-    from forensics.rca.cca import FixSet
-    from forensics.rca.judge import judge_answer
+    from forensics.cca.fixset import FixSet
+    from forensics.cca.judge import judge_answer
 
     spec = FailureSpec.forbidden(" Lagos")
     bundle = record_greedy(smol, "The capital of Nigeria is", tmp_path / "nigeria", spec, max_new_tokens=4).bundle

@@ -3,23 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from forensics.commands.common import add_config_arg, config_from_args, progress_bar
-from forensics.config import ToggleConfig
 
 NAME = "analyze"
 HELP = "analyse one incident: CF (where) + CCA (minimal validated fix set)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", help="incident bundle (directory, archive or URI)")
-    p.add_argument("--baseline", help="benign bundles directory, one bundle, or a build-baseline .json file")
-    p.add_argument("--patch-source", action="append", help="counterfactual bundle to patch from (repeatable)")
+    p.add_argument(
+        "bundle",
+        nargs="*",
+        help="incident bundle (directory, archive or URI); several bundles are analysed as one failure family",
+    )
+    p.add_argument(
+        "--family",
+        metavar="DIR",
+        help="analyse every incident bundle in DIR (benign ones are left out) as one failure family",
+    )
+    p.add_argument(
+        "--baseline",
+        "--population",
+        dest="baseline",
+        help="the population: benign bundles of the same model (a directory or one bundle), or its CF "
+        "statistics (a build-baseline .json file)",
+    )
+    p.add_argument(
+        "--patch-source",
+        "--source",
+        dest="patch_source",
+        action="append",
+        help="a source to patch from: a counterfactual bundle (repeatable; default: picked from the population)",
+    )
     p.add_argument("--model", help="model reference to use instead of the bundle's")
     p.add_argument(
         "--reference-model",
@@ -43,8 +61,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--allow-baseline-mismatch",
+        "--allow-source-mismatch",
+        dest="allow_source_mismatch",
         action="store_true",
-        help="use baselines recorded on another model version (a known-good reference)",
+        help="use a population and sources recorded on another model version (a known-good reference)",
     )
     add_config_arg(p)
 
@@ -55,30 +75,33 @@ def run(args: argparse.Namespace) -> int:
     from forensics.ops.cache import ResultCache, cached_analyze, default_results_dir
     from forensics.ops.stats import INDEX_NAME, index_result
     from forensics.rca.pipeline import RCAPipeline
+    from forensics.rca.request import AnalysisRequest
+    from forensics.report.text import print_summary
 
     config = config_from_args(args)
-    if args.provenance:
-        config = replace(config, modules=replace(config.modules, provenance=ToggleConfig(enabled=True)))
-    output = Path(args.output or Path(config.output_dir) / f"{Path(str(args.bundle).rstrip('/')).name}.json")
-    cache = ResultCache(default_results_dir(os.environ), config.cache.max_bytes) if config.cache.enabled else None
+    bundles = _incidents(args)
+    if len(bundles) > 1:
+        return _run_family(args, config, bundles)
+    (bundle,) = bundles
+    output = Path(args.output or Path(config.output_dir) / f"{Path(str(bundle).rstrip('/')).name}.json")
+    request = AnalysisRequest.of(
+        bundle,
+        population=args.baseline,
+        sources=args.patch_source,
+        model=args.model,
+        reference_model=args.reference_model,
+        output=output,
+        allow_model_mismatch=args.allow_model_mismatch,
+        allow_source_mismatch=args.allow_source_mismatch,
+        modules={"provenance": True} if args.provenance else None,
+    )
+    cache = ResultCache(default_results_dir(config), config.cache.max_bytes) if config.cache.enabled else None
     profiler = _start_profile() if args.profile else None
     written = {p: _inode(p) for p in (output, Path(args.html) if args.html else None) if p is not None}
     try:
         with progress_bar("analysing", unit="sets") as advance:
             pipeline = RCAPipeline(config, progress=lambda phase, n, total: advance(n, total))
-            report = cached_analyze(
-                pipeline,
-                args.bundle,
-                args.baseline,
-                cache,
-                model=args.model,
-                patch_source=args.patch_source,
-                output=output,
-                html=args.html,
-                allow_model_mismatch=args.allow_model_mismatch,
-                allow_baseline_mismatch=args.allow_baseline_mismatch,
-                reference_model=args.reference_model,
-            )
+            report = cached_analyze(pipeline, request, cache, html=args.html)
         with storage_errors(output.parent / INDEX_NAME):
             index_result(output.parent, report, output)  # the SQLite index `stats` reads sits next to the reports
     except StorageError:  # disk full: a failed analyze leaves no report of its own without its page or index row
@@ -94,74 +117,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _incidents(args: argparse.Namespace) -> list[str]:
+    """The bundles named, and with ``--family DIR`` every incident bundle in DIR."""
+    from forensics.errors import ConfigError
+    from forensics.population import is_benign, list_bundle_paths
+
+    bundles = list(args.bundle or [])
+    if args.family:
+        bundles += [str(p) for p in list_bundle_paths(args.family) if not is_benign(p)]
+    if not bundles:
+        raise ConfigError("analyze: name an incident bundle (or several, or --family DIR)")
+    return bundles
+
+
+def _run_family(args: argparse.Namespace, config: Any, bundles: list[str]) -> int:
+    """Several incidents: one failure family (``RCAPipeline.run_family``); the family report and its summary."""
+    from forensics.errors import ConfigError
+    from forensics.rca.pipeline import RCAPipeline
+    from forensics.rca.request import AnalysisRequest
+    from forensics.report.family import print_family, write_family_html
+
+    for flag, given in (("--patch-source", args.patch_source), ("--reference-model", args.reference_model)):
+        if given:
+            raise ConfigError(f"analyze: {flag} is for one incident; a family is searched with position-free ablations")
+    first = Path(str(bundles[0]).rstrip("/")).name
+    output = Path(args.output or Path(config.output_dir) / f"family-{first}.json")
+    request = AnalysisRequest.of(
+        bundles,
+        population=args.baseline,
+        model=args.model,
+        output=output,
+        allow_model_mismatch=args.allow_model_mismatch,
+        allow_source_mismatch=args.allow_source_mismatch,
+    )
+    report = RCAPipeline(config).run_family(request).to_dict()
+    if args.html:
+        write_family_html(report, args.html)
+    print_family(report)
+    print(f"report: {output}" + (f"  html: {args.html}" if args.html else ""))
+    return 0
+
+
 def _inode(path: Path) -> int | None:
     """The file's inode (atomic writes replace it), None when there is none."""
     try:
         return path.stat().st_ino
     except OSError:
         return None
-
-
-def print_summary(report: dict[str, Any]) -> None:
-    d = report["decision"]
-    margin = d.get("margin")
-    print(
-        f"incident {report['bundle_id']}: observed {d['observed']!r}"
-        + (f", expected {d['target']!r}" if d.get("target") else "")
-        + f" at step {d['step']}"
-        + (f" (margin {margin:.3f} logits)" if isinstance(margin, float) else "")
-    )
-    if report.get("reference"):
-        print(f"reference: {report['reference']['statement']}")
-    anomalous = [m["module"] for m in report["compression_metrics"] if m["is_anomalous"]]
-    top = ", ".join(
-        f"layer {r['layer']} (score {r['score']:.1f}, onset +{r.get('onset', 0.0):.1f})"
-        for r in report["localisation"][:3]
-    )
-    print(f"CF: {len(anomalous)} anomalous modules; layers by onset: {top or 'n/a'}")
-    for row in report.get("input_level", []):
-        print(f"input level: {row['statement']}")
-    if report.get("summary"):
-        print(f"answer: {report['summary']}")
-    fix = report["fix_set"]
-    if fix:
-        print(f"fix set: {_describe(fix)}")
-        for other in report.get("fix_sets", [])[1:]:
-            print(f"  also:  {_describe(other)}")
-    else:
-        skipped = next((n for n in report.get("not_evaluated", []) if n.get("what") == "the CCA search"), None)
-        print(f"no fix set: the CCA search did not run ({skipped['why']})" if skipped else "no fix set found")
-    if report.get("isc"):
-        print(f"isc: {report['isc']['summary']}")
-    if report.get("dbc"):
-        print(f"dbc: {report['dbc']['summary']}")
-    if report.get("provenance"):
-        print(f"provenance: {report['provenance'].get('summary', '')}")
-    for note in report["notes"]:
-        print(f"note: {note}")
-    r = report["replays"]
-    print(report.get("confidence_explanation") or f"confidence {report['confidence']:.2f}")
-    print(f"{r['forward_passes']} forward passes, {r['evaluated']} sets evaluated, {report['execution_time']:.1f}s")
-
-
-def _describe(fix: dict[str, Any]) -> str:
-    ivs = "; ".join(
-        f"{iv['kind']} {iv['module']}"
-        + (f" head {iv['head']}" if iv.get("head") is not None else "")
-        + f" @{iv['positions']}"
-        + (f" from {iv['source']}" if iv.get("source") else "")
-        for iv in fix["interventions"]
-    )
-    state = "validated" if fix["validated"] else "NOT validated"
-    recovery = "n/a" if fix.get("recovery") is None else f"{fix['recovery']:.2f}"
-    side = fix.get("side_effects")
-    side_text = f", changes {side['changed']} of {side['checked']} benign answers" if side else ""
-    regen = fix.get("regenerated") or {}
-    said = f", says {regen['text']!r}" if regen.get("text") is not None else f", now {fix['argmax_token']!r}"
-    return (
-        f"{fix.get('verdict', 'correction')} ({fix['size']}, {state}, recovery {recovery}, margin "
-        f"{fix['metric']:+.2f}{side_text}{said}): {ivs}"
-    )
 
 
 def _start_profile() -> Any:

@@ -22,7 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forensics.rca.triage import load_stats
+    from forensics.cf.triage import load_stats
 
     config = config_from_args(args)
     stats = load_stats(None, args.directory, config)

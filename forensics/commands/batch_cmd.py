@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from forensics.commands.common import add_config_arg, config_from_args, progress_bar
@@ -42,11 +41,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from forensics.batch import plan_batch, run_batch
     from forensics.exec import Executor, LocalExecutor
-    from forensics.rca.population import list_bundle_paths
+    from forensics.population import is_benign, list_bundle_paths
 
     config = config_from_args(args)
     args.output = args.output or config.output_dir
-    paths = [p for p in list_bundle_paths(args.directory) if not _is_benign(p)]
+    paths = [p for p in list_bundle_paths(args.directory) if not is_benign(p)]
     tasks = plan_batch(
         paths,
         output_dir=args.output,
@@ -77,11 +76,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  FAILED {name}: {error}")
     print(f"results: {args.output}/ (summary.json)")
     return 1 if summary.failed else 0
-
-
-def _is_benign(path: Path) -> bool:
-    """Benign bundles in the same directory are baselines, not work (unreadable ones are work: they get reported)."""
-    try:
-        return bool(json.loads((path / "manifest.json").read_text()).get("kind") == "benign")
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -33,9 +33,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from forensics.durable import write_json_atomic
     from forensics.faults import PROMPTS, component_faults, default_faults, evaluate_faults
     from forensics.models.registry import resolve_model
-    from forensics.rca.result import write_json_atomic
 
     config = config_from_args(args)
     loaded = resolve_model(args.model, device="cpu", cache_dir=config.cache_dir)

@@ -16,6 +16,8 @@ EXAMPLES: dict[str, str] = {
     "triage": "model-forensics triage bundles/ --sort-by anomaly",
     "batch": "model-forensics batch bundles/ --baseline bundles/benign/ --output results/ --ray --actors 2",
     "validate-fix": "model-forensics validate-fix rca.json --model smollm2-135m",
+    "export-fix": "model-forensics export-fix rca.json --out fixed-model --population bundles/benign/ "
+    "--prompts held_out.jsonl",
     "build-baseline": "model-forensics build-baseline bundles/benign/ --out baselines/benign.json",
     "demo": "model-forensics demo --workdir demo_output",
     "eval": "model-forensics eval --model tiny-llama/ --faults 12 --workdir eval_output --format json",

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_env(args.config, os.environ)
     source = args.config or os.environ.get("MODEL_FORENSICS_CONFIG") or None
-    info = system_info(config, results_dir=default_results_dir(os.environ), config_source=source)
+    info = system_info(config, results_dir=default_results_dir(config), config_source=source)
     if args.format == "json":
         print_json(info)
     else:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         fidelity_rtol=config.fidelity_rtol,
         allow_model_mismatch=args.allow_model_mismatch or dtype != bundle.model.get("dtype", "float32"),
     )
-    rp = Replayer(bundle, loaded=loaded, baselines=baselines, options=options)
+    rp = Replayer(bundle, loaded=loaded, population=baselines, options=options)
     fid = rp.fidelity()
     base = rp.run(())
     ivs = _interventions(args.intervene) if args.intervene else ()

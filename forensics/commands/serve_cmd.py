@@ -15,11 +15,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forensics.commands.common import add_config_arg
 from forensics.config import Config
 from forensics.errors import ConfigError
+
+if TYPE_CHECKING:
+    from serve_app.security import AuthSetup
+    from serve_app.settings import AppArgs
 
 NAME = "serve"
 HELP = "serve the HTTP API (Ray Serve + FastAPI; OpenAPI docs at /docs)"
@@ -27,6 +31,14 @@ APP_NAME = "model-forensics"
 DEFAULT_HOST = "127.0.0.1"  # loopback unless the operator opens it up on purpose
 DEFAULT_PORT = 8000
 STOP_WAIT_S = 10.0  # after ray.shutdown, how long Ray's processes get before SIGKILL
+# Serve app arg (serve_app.settings.AppArgs) -> the flag that sets it; the paths override the config's keys.
+_FLAGS = {
+    "config_path": "config",
+    "bundle_dir": "bundle_dir",
+    "output_dir": "output_dir",
+    "baseline": "baseline",
+    "tokens_file": "tokens_file",
+}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -37,6 +49,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="join this Ray cluster (e.g. auto, ray://head:10001); default: $RAY_ADDRESS, "
         "else a local Ray started (and stopped) by this command",
     )
+    from forensics.ops.auth import DEFAULT_TOKENS_FILE
+    from forensics.ops.env import env_var
+
     p.add_argument("--bundle-dir", help="root of the bundle names clients send (default: config bundle_dir)")
     p.add_argument("--output-dir", help="where <result id>.json reports go (default: config output_dir)")
     p.add_argument("--baseline", help="default baseline: benign bundle dir under bundle_dir, or a .json")
@@ -44,7 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokens-file",
         help="API tokens file (default: config authentication.tokens_file, "
-        "$MODEL_FORENSICS_TOKENS_FILE, else ~/.config/model-forensics/tokens.json if it exists)",
+        f"${env_var('authentication.tokens_file')}, else {DEFAULT_TOKENS_FILE} if it exists)",
     )
     add_config_arg(p)
 
@@ -134,27 +149,39 @@ def _stop(processes: list[Any], wait_s: float = STOP_WAIT_S) -> None:
 def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
     """Builder args with every path absolute (replicas may not share our working directory).
 
-    Config errors surface here, before Ray starts, as one CLI line, and so does a missing auth source.
+    The flags override the ``--app-args`` file; both override the config's paths (``AppArgs.configured``),
+    and the paths sent to the replicas are the config's after that. Config errors surface here, before
+    Ray starts, as one CLI line, and so does a missing auth source.
     """
     from forensics.ops.env import config_from_env
     from forensics.ops.health import require_device
+    from serve_app.settings import audit_log_path
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 1 to 65535")
     values: dict[str, Any] = _load_app_args(args.app_args) if args.app_args else {}
-    config_path = args.config or values.get("config_path")
-    config = config_from_env(config_path, os.environ)
+    flags = {name: getattr(args, dest) for name, dest in _FLAGS.items()}
+    values.update({name: value for name, value in flags.items() if value})
+    if values.get("baseline") is not None:
+        values["baseline"] = str(values["baseline"])
+    config_path = values.get("config_path")
+    config = _validated(values).configured(config_from_env(config_path, os.environ))
     require_device(config, config_path, os.environ)
-    values["config_path"] = _abs(config_path)
-    values["bundle_dir"] = _abs(args.bundle_dir or values.get("bundle_dir") or config.bundle_dir)
-    values["output_dir"] = _abs(args.output_dir or values.get("output_dir") or config.output_dir)
-    log_file = values.get("log_file") or config.log_file
-    values["log_file"] = None if log_file is None else _abs(log_file)  # replicas run in Ray's directories
-    baseline = args.baseline or values.get("baseline")
-    if baseline is not None:
-        values["baseline"] = str(baseline)
-    _resolve_security(values, config, args.tokens_file)
-    parsed = _validated(values)
+    audit_log = audit_log_path(config.audit_log)
+    setup = _auth_setup(config)
+    values |= {
+        "config_path": _abs(config_path),
+        "bundle_dir": _abs(config.bundle_dir),
+        "output_dir": _abs(config.output_dir),
+        "log_file": _abs(config.log_file),  # replicas run in Ray's directories
+        "audit_log": None if audit_log is None else str(audit_log),
+        "tokens_file": None if setup.tokens_file is None else str(setup.tokens_file),
+    }
+    if setup.kind == "none":
+        from serve_app.security import NONE_WARNING
+
+        print(f"WARNING: {NONE_WARNING}", file=sys.stderr, flush=True)
+    parsed = _validated(values).model_dump()
     for key in ("bundle_dir", "output_dir"):
         try:
             Path(parsed[key]).mkdir(parents=True, exist_ok=True)
@@ -163,35 +190,20 @@ def app_args_from(args: argparse.Namespace) -> dict[str, Any]:
     return parsed
 
 
-def _resolve_security(values: dict[str, Any], config: Config, tokens_file: str | None) -> None:
-    """Set ``tokens_file`` and ``audit_log`` to the absolute paths the replicas will use (the CLI's HOME
-    and environment decide, not theirs); ConfigError when there is no auth source or no writable log."""
-    from serve_app.settings import audit_log_path
-
-    audit_log = audit_log_path(values.get("audit_log") or config.audit_log)
-    values["audit_log"] = None if audit_log is None else str(audit_log)
-    setup = _auth_setup(config, tokens_file or values.get("tokens_file"))
-    values["tokens_file"] = None if setup.tokens_file is None else str(setup.tokens_file)
-    if setup.kind == "none":
-        from serve_app.security import NONE_WARNING
-
-        print(f"WARNING: {NONE_WARNING}", file=sys.stderr, flush=True)
-
-
 def _describe_security(app_args: dict[str, Any]) -> str:
     from forensics.ops.env import config_from_env
+    from serve_app.settings import AppArgs
 
-    setup = _auth_setup(config_from_env(app_args["config_path"], os.environ), app_args["tokens_file"])
-    return f"authentication: {setup.describe()}; audit log: {app_args['audit_log'] or 'off'}"
+    config = AppArgs.model_validate(app_args).configured(config_from_env(app_args["config_path"], os.environ))
+    return f"authentication: {_auth_setup(config).describe()}; audit log: {app_args['audit_log'] or 'off'}"
 
 
-def _auth_setup(config: Config, tokens_file: str | None) -> Any:  # serve_app.security.AuthSetup
-    from forensics.ops.auth import DEFAULT_TOKENS_FILE
+def _auth_setup(config: Config) -> AuthSetup:
+    """How the replicas will authenticate: the CLI's HOME and environment decide, not theirs."""
     from serve_app.security import AuthSetup
+    from serve_app.settings import default_tokens_path
 
-    return AuthSetup.resolve(
-        config.authentication, tokens_file=_abs(tokens_file), default_tokens_file=Path(DEFAULT_TOKENS_FILE).expanduser()
-    )
+    return AuthSetup.resolve(config.authentication, tokens_file=None, default_tokens_file=default_tokens_path())
 
 
 def _load_app_args(path: str) -> dict[str, Any]:
@@ -206,18 +218,17 @@ def _load_app_args(path: str) -> dict[str, Any]:
     return data
 
 
-def _validated(values: dict[str, Any]) -> dict[str, Any]:
+def _validated(values: dict[str, Any]) -> AppArgs:
     from pydantic import ValidationError
 
     from serve_app.settings import AppArgs
 
     try:
-        parsed: dict[str, Any] = AppArgs.model_validate(values).model_dump()
+        return AppArgs.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "args"
         raise ConfigError(f"serve app arg {where!r}: {first['msg']} (got {first.get('input')!r})") from None
-    return parsed
 
 
 def _abs(path: str | None) -> str | None:

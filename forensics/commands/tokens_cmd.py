@@ -8,15 +8,23 @@ import time
 
 NAME = "tokens"
 HELP = "manage API tokens (add prints the token once; only its hash is stored)"
+TOKENS_FILE_KEY = "authentication.tokens_file"  # the config key; its variable (ENV_VARS) sets it here too
 
 
 def default_tokens_file() -> str:
+    """The tokens file of ``MODEL_FORENSICS_TOKENS_FILE``, else ``DEFAULT_TOKENS_FILE`` (where ``serve`` looks)."""
     from forensics.ops.auth import DEFAULT_TOKENS_FILE
+    from forensics.ops.env import env_value
 
-    return os.environ.get("MODEL_FORENSICS_TOKENS_FILE", "").strip() or os.path.expanduser(DEFAULT_TOKENS_FILE)
+    from_env: str | None = env_value(os.environ, TOKENS_FILE_KEY)
+    return from_env or os.path.expanduser(DEFAULT_TOKENS_FILE)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from forensics.ops.auth import DEFAULT_TOKENS_FILE
+    from forensics.ops.env import env_var
+    from forensics.vocab import ACCESS_ROLES
+
     p.add_argument(
         "action",
         choices=("add", "list", "revoke"),
@@ -25,14 +33,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="token name (add, revoke)")
     p.add_argument(
         "--role",
-        choices=("viewer", "analyst", "admin"),
+        choices=tuple(ACCESS_ROLES),
         default="viewer",
         help="role of a new token: viewer (results), analyst (+ bundles, analyses), admin (all); default viewer",
     )
     p.add_argument(
         "--tokens-file",
         default=None,
-        help="default: $MODEL_FORENSICS_TOKENS_FILE or ~/.config/model-forensics/tokens.json",
+        help=f"default: ${env_var(TOKENS_FILE_KEY)} or {DEFAULT_TOKENS_FILE}",
     )
 
 

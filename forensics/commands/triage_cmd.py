@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forensics.rca.triage import sort_rows, triage
+    from forensics.cf.triage import sort_rows, triage
 
     config = config_from_args(args)
     with progress_bar("triage", unit="bundle") as advance:

@@ -1,7 +1,7 @@
 """`validate-fix`: re-replay a report's fix set from scratch; exit 0 only if it still fixes the failure.
 
 Two checks: the decision token (the target is the argmax again), then the whole regenerated
-continuation with the fix at every step (``forensics.rca.judge.judge_answer``): the expected text now
+continuation with the fix at every step (``forensics.cca.judge.judge_answer``): the expected text now
 appears where the failure was, or the forbidden text appears nowhere. The output says which held.
 """
 
@@ -37,10 +37,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from forensics.bundle import load_bundle
+    from forensics.cca.fixset import FixSet
+    from forensics.cca.judge import judge_answer
     from forensics.commands.common import config_from_args
     from forensics.models.registry import resolve_model
-    from forensics.rca.cca import FixSet
-    from forensics.rca.judge import judge_answer
     from forensics.replay import Intervention, Replayer, ReplayOptions
 
     report = _read(args.report)
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         device=args.device, cache_dir=config.cache_dir, allow_model_mismatch=args.allow_model_mismatch
     )
-    rp = Replayer(bundle, loaded=loaded, baselines=baselines, counterfactuals=counterfactuals, options=options)
+    rp = Replayer(bundle, loaded=loaded, population=baselines, sources=counterfactuals, options=options)
     ivs = tuple(Intervention.from_dict(iv) for iv in fix["interventions"])
     out = rp.run(ivs)
     judged = judge_answer(rp, FixSet(ivs, out.fixed, None, out.metric, out.fixed, out.argmax_token))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from forensics.errors import error_data
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.options import DEFAULT_OPTIONS, ReplayOptions
 from forensics.replay.replayer import Outcome
@@ -33,16 +34,16 @@ class ReplayJob:
     """Plain-data description of a replay session, so any worker can rebuild it."""
 
     bundle: str
-    baselines: tuple[str, ...] = ()
-    counterfactuals: tuple[str, ...] = ()
+    population: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
     model: str | None = None
     options: ReplayOptions = DEFAULT_OPTIONS
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": self.bundle,
-            "baselines": list(self.baselines),
-            "counterfactuals": list(self.counterfactuals),
+            "population": list(self.population),
+            "sources": list(self.sources),
             "model": self.model,
             "options": self.options.to_dict(),
         }
@@ -51,8 +52,8 @@ class ReplayJob:
     def from_dict(cls, data: dict[str, Any]) -> ReplayJob:
         return cls(
             str(data["bundle"]),
-            tuple(data["baselines"]),
-            tuple(data["counterfactuals"]),
+            tuple(data["population"]),
+            tuple(data["sources"]),
             data["model"],
             ReplayOptions.from_dict(data["options"]),
         )
@@ -64,6 +65,11 @@ class TaskError:
 
     type: str
     message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> TaskError:
+        """``exc`` as plain data (``forensics.errors.error_data``)."""
+        return cls(**error_data(exc))
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"

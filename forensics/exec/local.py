@@ -24,7 +24,7 @@ R = TypeVar("R")
 
 
 def build_replayer(job: ReplayJob, loaded: LoadedModel | None = None) -> Replayer:
-    """Load the job's bundle, baselines and model (through the registry) into a Replayer."""
+    """Load the job's bundle, population, sources and model (through the registry) into a Replayer."""
     from forensics.bundle import load_bundle
     from forensics.models.registry import resolve_model
 
@@ -38,8 +38,8 @@ def build_replayer(job: ReplayJob, loaded: LoadedModel | None = None) -> Replaye
     return Replayer(
         bundle,
         loaded=loaded,
-        baselines=[load_bundle(b, encryption_key=key) for b in job.baselines],
-        counterfactuals=[load_bundle(b, encryption_key=key) for b in job.counterfactuals],
+        population=[load_bundle(b, encryption_key=key) for b in job.population],
+        sources=[load_bundle(b, encryption_key=key) for b in job.sources],
         options=opts,
     )
 
@@ -54,10 +54,10 @@ def run_task(fn: Work[T, R], item: T, state: dict[Any, Any]) -> tuple[R | None, 
         return fn(item, state), None
     except ForensicsError as exc:
         log.warning("task failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-        return None, TaskError(type(exc).__name__, str(exc))
+        return None, TaskError.of(exc)
     except Exception as exc:  # one bad item must not stop the others; the log keeps the traceback
         log.error("task failed unexpectedly: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return None, TaskError(type(exc).__name__, str(exc) or type(exc).__name__)
+        return None, TaskError.of(exc)
 
 
 class LocalEvaluator:

@@ -15,6 +15,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from forensics.exec.base import Evaluator, Executor, ReplayJob, TaskError, Work
@@ -181,10 +182,11 @@ class RayExecutor(Executor):
             time.sleep(0.2 * (attempt + 1))
             return None, TaskError("WorkerLost", str(exc).splitlines()[0])
         except RayTaskError as exc:  # an unexpected exception inside the worker: plain data from here on
-            return None, TaskError(type(exc.cause).__name__ if exc.cause else "RayTaskError", str(exc.cause or exc))
+            return None, TaskError.of(exc.cause or exc)
         except RayError as exc:  # lost objects, out of memory, cancelled: still this item's error, not the run's
             log.warning("task failed in ray: %s", exc)
-            return None, TaskError(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            error = TaskError.of(exc)
+            return None, replace(error, message=error.message.splitlines()[0])
 
     def close(self) -> None:
         for actor in getattr(self, "actors", []):

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
+from forensics.cf.localise import layer_of
 from forensics.config import Config
 from forensics.failure import FailureSpec
 from forensics.faults.plant import Fault, plant_fault
 from forensics.models.arch import Component, component_of
 from forensics.models.registry import LoadedModel, resolve_model
-from forensics.rca.localise import layer_of
+from forensics.rca.request import AnalysisRequest
 from forensics.record import record_greedy
 
 __all__ = [
@@ -333,14 +334,15 @@ def _one_case(
     if (dest / "manifest.json").is_file():  # this eval's own bundle from an earlier run of the same workdir
         shutil.rmtree(dest)
     incident = record_greedy(faulty, prompt, dest, spec, kind="incident", max_new_tokens=2).bundle
-    result = pipeline.analyze_incident(
+    request = AnalysisRequest.of(
         incident,
-        baseline=clean_dir,
+        population=clean_dir,
         model=faulty,
-        allow_baseline_mismatch=True,
+        allow_source_mismatch=True,
         reference_model=clean if reference else None,
         output=work / "reports" / f"f{i:02d}.json",
     )
+    result = pipeline.run(request)
     _drop(faulty_dir, keep_models)
     case.top_components = [_component(row["component"]) for row in result.components[:3]]
     case.top_layers = [row["layer"] for row in result.localisation]

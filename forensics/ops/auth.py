@@ -24,12 +24,10 @@ from typing import Any
 
 from forensics.durable import write_atomic
 from forensics.errors import AuthError, ConfigError
-from forensics.vocab import PERMISSIONS, ROLES
+from forensics.vocab import ACCESS_ROLES
 
 __all__ = [
     "DEFAULT_TOKENS_FILE",
-    "PERMISSIONS",
-    "ROLES",
     "AuthFailure",
     "Authenticator",
     "OIDCConfig",
@@ -62,7 +60,7 @@ class Principal:
 
     @property
     def permissions(self) -> frozenset[str]:
-        return ROLES.get(self.role, frozenset())
+        return ACCESS_ROLES.get(self.role, frozenset())
 
     def require(self, permission: str) -> None:
         if permission not in self.permissions and "admin" not in self.permissions:
@@ -101,8 +99,8 @@ class TokenStore:
         write_atomic(self.path, text.encode("utf-8"), mode=0o600)
 
     def add(self, name: str, role: str) -> str:
-        if not isinstance(role, str) or role not in ROLES:
-            raise ConfigError(f"role {role!r} not allowed; use one of {', '.join(ROLES)}")
+        if not isinstance(role, str) or role not in ACCESS_ROLES:
+            raise ConfigError(f"role {role!r} not allowed; use one of {', '.join(ACCESS_ROLES)}")
         tokens = self._load()
         if any(t["name"] == name for t in tokens):
             raise ConfigError(f"a token named {name!r} exists; revoke it first")
@@ -212,7 +210,7 @@ class Authenticator:
         role = claims.get(oidc.role_claim, oidc.default_role)
         if role is None:
             raise AuthFailure(f"bearer JWT has no {oidc.role_claim!r} claim", 403, principal=subject)
-        if not isinstance(role, str) or role not in ROLES:
+        if not isinstance(role, str) or role not in ACCESS_ROLES:
             raise AuthFailure(f"bearer JWT names unknown role {str(role)[:40]!r}", 403, principal=subject)
         return Principal(subject, str(role), "oidc")
 

@@ -1,7 +1,7 @@
 """Results cache: a repeated analysis of the same bundle, config and version is read, not replayed.
 
-    cache = ResultCache(default_results_dir(os.environ), config.cache.max_bytes)
-    report = cached_analyze(pipeline, "bundles/incident_7", "bundles/benign/", cache, output="r.json")
+    cache = ResultCache(default_results_dir(config), config.cache.max_bytes)
+    report = cached_analyze(pipeline, AnalysisRequest.of("bundles/incident_7", "bundles/benign/", output="r.json"), cache)
 
 Entries are report JSON files named by a key over (bundle sha256, config hash, package version,
 and the other inputs: baseline bundles, model, patch sources, mismatch flags). Each read or write
@@ -21,13 +21,17 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from forensics.bundle import Bundle, load_bundle
 from forensics.config import Config, to_dict
-from forensics.durable import write_atomic
+from forensics.durable import write_atomic, write_json_atomic
 from forensics.ops.logs import log_analysis
-from forensics.rca.result import write_json_atomic
+from forensics.rca.pipeline import RCAPipeline
+from forensics.rca.request import AnalysisRequest
+from forensics.version import __version__
 
 __all__ = ["OPS_ONLY_KEYS", "ResultCache", "cache_key", "cached_analyze", "config_hash", "default_results_dir"]
 
@@ -51,10 +55,12 @@ OPS_ONLY_KEYS = frozenset(
 )
 
 
-def default_results_dir(environ: Mapping[str, str]) -> Path:
-    """``<MODEL_FORENSICS_CACHE_DIR or ~/.cache/model-forensics>/results`` (call at the edge)."""
-    base = environ.get("MODEL_FORENSICS_CACHE_DIR", "").strip()
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "model-forensics"
+def default_results_dir(config: Config) -> Path:
+    """``<cache_dir>/results``: the results cache sits in the one cache root (``Config.cache_dir``, env
+    ``MODEL_FORENSICS_CACHE_DIR``, else ``~/.cache/model-forensics``), beside the converted models."""
+    from forensics.models.registry import default_cache_dir
+
+    root = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     return root / "results"
 
 
@@ -180,25 +186,16 @@ def _stamp(path: Path) -> None:
     os.utime(path, ns=(now, now))
 
 
-def input_identity(
-    bundle: Any,
-    baseline: Any,
-    model: Any,
-    patch_source: Any,
-    allow_model_mismatch: bool,
-    allow_baseline_mismatch: bool,
-    key: bytes | None = None,
-    reference_model: Any = None,
-) -> dict[str, Any]:
-    """What besides the bundle and config decides the result, as plain data."""
-    model_id, reference_id = _model_identity(model), _model_identity(reference_model)
-    sources = patch_source if isinstance(patch_source, list | tuple) else [patch_source] if patch_source else []
+def input_identity(request: AnalysisRequest, key: bytes | None = None) -> dict[str, Any]:
+    """What besides the bundle and config decides the result, as plain data (module overrides are in
+    the config hash: ``request.configured``)."""
+    model_id, reference_id = _model_identity(request.model), _model_identity(request.reference_model)
     return {
-        "baseline": _baseline_identity(baseline, key),
+        "baseline": _baseline_identity(request.population, key),
         "model": model_id,
-        "patch_sources": [_bundle_sha(p, key) for p in sources],
-        "allow_model_mismatch": allow_model_mismatch,
-        "allow_baseline_mismatch": allow_baseline_mismatch,
+        "patch_sources": [_bundle_sha(p, key) for p in request.sources or ()],
+        "allow_model_mismatch": request.allow_model_mismatch,
+        "allow_baseline_mismatch": request.allow_source_mismatch,  # the key keeps its name: old entries stay valid
         **({"reference_model": reference_id} if reference_id is not None else {}),  # old keys stay valid
     }
 
@@ -219,7 +216,7 @@ def _bundle_sha(obj: Any, key: bytes | None) -> str:
 
 
 def _baseline_identity(baseline: Any, key: bytes | None) -> Any:
-    from forensics.rca.population import list_bundle_paths
+    from forensics.population import list_bundle_paths
 
     if baseline is None:
         return None
@@ -234,77 +231,49 @@ def _baseline_identity(baseline: Any, key: bytes | None) -> Any:
 
 
 def cached_analyze(
-    pipeline: Any,
-    bundle_path: Any,
-    baseline: Any,
-    cache: ResultCache | None,
-    *,
-    model: Any = None,
-    patch_source: Any = None,
-    output: str | Path | None = None,
-    html: str | Path | None = None,
-    allow_model_mismatch: bool = False,
-    allow_baseline_mismatch: bool = False,
-    reference_model: Any = None,
+    pipeline: RCAPipeline, request: AnalysisRequest, cache: ResultCache | None, *, html: str | Path | None = None
 ) -> dict[str, Any]:
-    """``pipeline.analyze_incident(...).to_dict()``, answered from ``cache`` when the same inputs were
-    analysed before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses.
-    Either way a written report is indexed in ``output_dir`` and the analysis logged (``log_analysis``)."""
-    from forensics.bundle import Bundle, load_bundle
-    from forensics.version import __version__
+    """``pipeline.run(request).to_dict()``, answered from ``cache`` when the same inputs were analysed
+    before (then no model is loaded and no forward pass runs). ``cache=None`` just analyses. Either way
+    a written report is indexed in ``output_dir``, the analysis logged (``log_analysis``), and the HTML
+    page written to ``html`` when given."""
+    config = pipeline.config
+    request = replace(request, incidents=(_loaded(request.incident, config.encryption_key),))
+    key = _key(cache, request, request.configured(config)) if cache is not None else None
+    hit = cache.get(key) if cache is not None and key is not None else None
+    if hit is not None:
+        hit["bundle_path"] = request.incident.path  # same content, maybe another place
+        log_analysis(hit, cached=True)
+        report = _deliver(hit, request.output)
+    else:
+        report = pipeline.run(request).to_dict()
+        log_analysis(report)
+        if cache is not None and key is not None:
+            cache.put(key, report)
+    if html is not None:
+        from forensics.report.html import write_html
 
-    key_bytes = pipeline.config.encryption_key
-    if cache is not None and cache.encryption_key is None and key_bytes is not None:
-        cache.encryption_key = key_bytes  # the bundles' key seals the cache too: no plaintext copy of a report
-    incident = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path, encryption_key=key_bytes)
-    key = None
-    if cache is not None:
-        extra = input_identity(
-            incident,
-            baseline,
-            model,
-            patch_source,
-            allow_model_mismatch,
-            allow_baseline_mismatch,
-            key_bytes,
-            reference_model=reference_model,
-        )
-        key = cache_key(incident.file_sha256(), config_hash(pipeline.config), __version__, extra)
-        hit = cache.get(key)
-        if hit is not None:
-            hit["bundle_path"] = incident.path  # same content, maybe another place
-            log_analysis(hit, cached=True)
-            delivered = _deliver(hit, output, html)
-            _index(pipeline.config, delivered, output)
-            return delivered
-    result = pipeline.analyze_incident(
-        incident,
-        baseline=baseline,
-        model=model,
-        patch_source=patch_source,
-        output=output,
-        html=html,
-        allow_model_mismatch=allow_model_mismatch,
-        allow_baseline_mismatch=allow_baseline_mismatch,
-        reference_model=reference_model,
-    )
-    report: dict[str, Any] = result.to_dict()
-    log_analysis(report)
-    _index(pipeline.config, report, output)
-    if cache is not None and key is not None:
-        cache.put(key, report)
+        write_html(report, html)
+    _index(config, report, request.output)
     return report
 
 
-def _deliver(report: dict[str, Any], output: str | Path | None, html: str | Path | None) -> dict[str, Any]:
+def _loaded(bundle: Any, key: bytes | None) -> Bundle:
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle, encryption_key=key)
+
+
+def _key(cache: ResultCache, request: AnalysisRequest, config: Config) -> str:
+    if cache.encryption_key is None and config.encryption_key is not None:
+        cache.encryption_key = config.encryption_key  # the bundles' key seals the cache too: no plaintext report
+    extra = input_identity(request, config.encryption_key)
+    return cache_key(request.incident.file_sha256(), config_hash(config), __version__, extra)
+
+
+def _deliver(report: dict[str, Any], output: str | Path | None) -> dict[str, Any]:
     """A cached report written where this call asked for it."""
     if output is not None:
         report["export_path"] = str(Path(output))
         write_json_atomic(output, report)
-    if html is not None:
-        from forensics.rca.report_html import write_html
-
-        write_html(report, html)
     return report
 
 

@@ -2,6 +2,7 @@
 
     config = config_from_env(args.config, os.environ)    # --config, else MODEL_FORENSICS_CONFIG
     parse_size("10GB")                                    # 10_000_000_000
+    env_var("audit_log")                                  # 'MODEL_FORENSICS_AUDIT_LOG': ENV_VARS names each one
 
 Only the CLI and the Serve app call this with ``os.environ``; the library gets the ``Config``.
 Errors name the variable, the value it had and what is allowed (the encryption key is never shown).
@@ -28,6 +29,8 @@ __all__ = [
     "config_from_env",
     "encryption_key_from_env",
     "env_overrides",
+    "env_value",
+    "env_var",
     "parse_bool",
     "parse_duration",
     "parse_memory",
@@ -131,26 +134,54 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 }
 
 
+def env_var(key: str) -> str:
+    """The variable that sets config key ``key``.
+
+    >>> env_var("authentication.tokens_file")
+    'MODEL_FORENSICS_TOKENS_FILE'
+    """
+    for suffix, (name, _parse, _allowed) in ENV_VARS.items():
+        if name == key:
+            return PREFIX + suffix
+    raise KeyError(f"config key {key!r} has no environment variable (see ENV_VARS)")
+
+
+def env_value(environ: Mapping[str, str], key: str) -> Any:
+    """What the environment sets config key ``key`` to (parsed and checked), or None when its variable is unset.
+
+    >>> env_value({"MODEL_FORENSICS_AUDIT_LOG": " /var/log/mf.log "}, "audit_log")
+    '/var/log/mf.log'
+    """
+    var = env_var(key)
+    return _parsed(var, environ.get(var, ""))
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Dotted config overrides from the environment, each parsed and checked on its own."""
     overrides: dict[str, Any] = {}
-    for suffix, (key, parse, allowed) in ENV_VARS.items():
-        var = PREFIX + suffix
-        raw = environ.get(var, "")
-        if not raw.strip():
-            continue
-        try:
-            value = parse(raw)
-        except ValueError:
-            raise ConfigError(f"environment variable {var}={raw!r} not allowed; expected {allowed}") from None
-        try:
-            load_config(overrides={key: value})
-        except ConfigError as exc:
-            raise ConfigError(f"environment variable {var}={raw!r}: {exc}") from None
-        overrides[key] = value
+    for suffix, (key, _parse, _allowed) in ENV_VARS.items():
+        value = _parsed(PREFIX + suffix, environ.get(PREFIX + suffix, ""))
+        if value is not None:
+            overrides[key] = value
     if encryption_key_from_env(environ) is not None:
         overrides["encryption_key_set"] = True
     return overrides
+
+
+def _parsed(var: str, raw: str) -> Any:
+    """The value of variable ``var`` (``raw`` its text) for its config key; None when empty."""
+    if not raw.strip():
+        return None
+    key, parse, allowed = ENV_VARS[var.removeprefix(PREFIX)]
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {var}={raw!r} not allowed; expected {allowed}") from None
+    try:
+        load_config(overrides={key: value})
+    except ConfigError as exc:
+        raise ConfigError(f"environment variable {var}={raw!r}: {exc}") from None
+    return value
 
 
 def encryption_key_from_env(environ: Mapping[str, str]) -> bytes | None:

@@ -8,14 +8,21 @@ v1.0 is the deployment guide's format: no ``version`` key, and neither ``fidelit
 uses v1.1 keys, like configs shipped before the key existed, migrates the same way). The migration inserts that one line
 after the file's leading comments, so values and comments survive byte for byte, then loads the
 result to prove it valid.
+
+Keys renamed since (``forensics.config.RENAMED_KEYS``: ``modules.cf.baseline_samples`` is
+``population_samples``, ``modules.cca.patch_sources`` is ``counterfactuals``) still load with a
+deprecation warning; every migration rewrites them in place, line by line, and ``--from v1.1 --to v1.1``
+does only that.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
-from forensics.config import CONFIG_VERSION, Config, from_dict
+from forensics.config import CONFIG_VERSION, RENAMED_KEYS, Config, ConfigDeprecationWarning, from_dict
 from forensics.errors import ConfigError
 
 __all__ = ["VERSIONS", "detect_version", "migrate_file", "migrate_text", "validate_text"]
@@ -42,8 +49,11 @@ def migrate_text(text: str, from_version: str, to_version: str, where: str = "co
     import yaml
 
     src, dst = _norm(from_version), _norm(to_version)
-    if (src, dst) != ("v1.0", "v1.1"):
-        raise ConfigError(f"no migration from {src} to {dst}; supported: --from v1.0 --to v1.1")
+    if (src, dst) not in (("v1.0", "v1.1"), ("v1.1", "v1.1")):
+        raise ConfigError(
+            f"no migration from {src} to {dst}; supported: --from v1.0 --to v1.1, and --from v1.1 --to v1.1 "
+            "(renamed keys only)"
+        )
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -53,9 +63,31 @@ def migrate_text(text: str, from_version: str, to_version: str, where: str = "co
     found = detect_version(data)
     if found != src:
         raise ConfigError(f"{where}: is a {found} config, not {src}")
-    out = _insert_version(text)
+    out = _rename_keys(_insert_version(text) if src != dst else text, data)
     validate_text(out, where)
     return out
+
+
+def _rename_keys(text: str, data: dict[str, Any]) -> str:
+    """``text`` with each deprecated key that ``data`` holds renamed on its own line (values, comments and
+    layout kept); a key nested under its parents is found by its indentation under them."""
+    lines = text.splitlines(keepends=True)
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        pattern = re.compile(rf"^(\s+){re.escape(leaf)}(\s*:)")
+        hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+        if len(hits) != 1:
+            raise ConfigError(
+                f"cannot rewrite {old!r} in place ({len(hits)} lines name {leaf!r}); rename it to {new!r}"
+            )
+        i = hits[0]
+        lines[i] = pattern.sub(rf"\g<1>{new.rsplit('.', 1)[-1]}\g<2>", lines[i], count=1)
+    return "".join(lines)
 
 
 def _insert_version(text: str) -> str:
@@ -72,8 +104,10 @@ def validate_text(text: str, where: str) -> Config:
     import yaml
 
     try:
-        config: Config = from_dict(Config, yaml.safe_load(text) or {})
-    except ConfigError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConfigDeprecationWarning)  # a key left under its old name
+            config: Config = from_dict(Config, yaml.safe_load(text) or {})
+    except (ConfigError, ConfigDeprecationWarning) as exc:
         raise ConfigError(f"{where}: migrated file does not validate: {exc}") from None
     return config
 

@@ -50,11 +50,17 @@ def _record(loaded: Any, prompt: str, dest: Path, *, incident: bool, n: int, key
     ).bundle
 
 
-def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, Callable[[], str]]]:
-    from forensics.bundle import load_bundle
+Plan = list[tuple[str, Callable[[], str]]]  # (step name, what it does -> its detail line), in order
+
+
+def _plan(config: Config, work: Path, state: dict[str, Any]) -> Plan:
+    """Every step, in order; the steps share ``state`` (a later step reads what an earlier one made)."""
+    return [*_recording_steps(config, work, state), *_analysis_steps(config, work, state)]
+
+
+def _recording_steps(config: Config, work: Path, state: dict[str, Any]) -> Plan:
+    """Build and load the tiny model, record its incident and the benign bundles."""
     from forensics.models import build_tiny_model, resolve_model
-    from forensics.rca.pipeline import RCAPipeline, replay_options
-    from forensics.replay import Replayer
 
     def build() -> str:
         state["model_dir"] = build_tiny_model("llama", work / "model", seed=0, layers=2)
@@ -87,6 +93,21 @@ def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, 
             )
         return f"{len(BENIGN_PROMPTS)} bundles"
 
+    return [
+        ("build tiny model", build),
+        ("load model", load),
+        ("record incident", incident),
+        ("record 3 benign bundles", benign),
+    ]
+
+
+def _analysis_steps(config: Config, work: Path, state: dict[str, Any]) -> Plan:
+    """Reload the bundles, check replay fidelity, analyse the incident and require a validated fix set."""
+    from forensics.bundle import load_bundle
+    from forensics.rca.inputs import replay_options
+    from forensics.rca.pipeline import RCAPipeline
+    from forensics.replay import Replayer
+
     def integrity() -> str:
         paths = [work / "bundles" / "incident", *sorted((work / "bundles" / "benign").iterdir())]
         return ", ".join(load_bundle(p, encryption_key=config.encryption_key).file_sha256()[:12] for p in paths)
@@ -113,10 +134,6 @@ def _plan(config: Config, work: Path, state: dict[str, Any]) -> list[tuple[str, 
         return f"{fix['size']} intervention(s), recovery {fix['recovery']:.2f}"
 
     return [
-        ("build tiny model", build),
-        ("load model", load),
-        ("record incident", incident),
-        ("record 3 benign bundles", benign),
         ("reload bundles (checksums)", integrity),
         ("replay fidelity", fidelity),
         ("analyse (CF + CCA)", analyse),

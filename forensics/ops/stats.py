@@ -99,7 +99,7 @@ def _bundle_sha(report: dict[str, Any]) -> str | None:
 
 
 def _row(report: dict[str, Any], report_path: str, created: float) -> tuple[Any, ...]:
-    from forensics.rca.localise import layer_of
+    from forensics.cf.localise import layer_of
 
     modules = [str(m["module"]) for m in report.get("compression_metrics") or [] if m.get("is_anomalous")]
     # a decoder layer index as text, or the module name for modules outside the layer stack

@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ConfidenceTerms", "confidence", "explain"]
+__all__ = ["NEAR_TIE_SHARE", "ConfidenceTerms", "confidence", "explain"]
 
 WEIGHTS = {"recovery": 0.45, "margin": 0.35, "size": 0.2}
+NEAR_TIE_SHARE = 0.1  # more than this share of single interventions flipping the answer: a near tie (weak evidence)
 
 
 @dataclass(frozen=True)

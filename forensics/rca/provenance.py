@@ -124,10 +124,11 @@ def _measure(rp: Replayer, span: Mapping[str, Any], score: float) -> dict[str, A
 def _decide(rp: Replayer, prompt_ids: list[int]) -> dict[str, Any] | None:
     """Metric and argmax at the decision step for another prompt (the generated prefix kept): one full
     forward pass, since the recording's prefix and cache belong to the old input. None: nothing is left
-    to run (the span was the whole input)."""
+    to run: the span was the whole input, and an answer from the generated prefix alone says nothing
+    about the input (it could not be regenerated either)."""
     spec = _spec(rp)
     prefix = list(rp.bundle.outputs["generated_ids"])[: rp.step]
-    if not prompt_ids + prefix:
+    if not prompt_ids:
         return None
     ids = torch.tensor([prompt_ids + prefix], device=rp.device)
     with torch.inference_mode():

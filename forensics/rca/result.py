@@ -6,16 +6,15 @@ result.confidence, result.fix_set, result.compression_metrics, result.export_pat
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forensics.durable import write_atomic
-from forensics.rca.cca import FixSet
+from forensics.cca.fixset import FixSet
+from forensics.durable import write_json_atomic
 
-__all__ = ["REPORT_SCHEMA", "REPORT_SCHEMAS", "RCAResult", "write_json_atomic"]
+__all__ = ["REPORT_SCHEMA", "REPORT_SCHEMAS", "RCAResult"]
 
 REPORT_SCHEMA = "model-forensics/rca@2"
 REPORT_SCHEMAS = ("model-forensics/rca@1", "model-forensics/rca@2")  # what readers accept (validate-fix, stats, HTML)
@@ -39,8 +38,8 @@ class RCAResult:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     provenance: dict[str, Any] | None = None
-    isc: dict[str, Any] | None = None  # forensics.rca.isc, when modules.isc is on and there is a fix set
-    dbc: dict[str, Any] | None = None  # forensics.rca.dbc, likewise
+    isc: dict[str, Any] | None = None  # forensics.cca.isc, when modules.isc is on and there is a fix set
+    dbc: dict[str, Any] | None = None  # forensics.cca.dbc, likewise
     bundle_path: str | None = None
     cf: dict[str, Any] = field(default_factory=dict)
     export_path: str | None = None
@@ -52,7 +51,7 @@ class RCAResult:
     confidence_explanation: str = ""
     commands: dict[str, str] = field(default_factory=dict)
     reference: dict[str, Any] | None = None  # forensics.rca.reference: REF and its answer, with a reference model
-    attribution: dict[str, Any] | None = None  # forensics.rca.atp: the pre-filter's estimates (prefilter: atp)
+    attribution: dict[str, Any] | None = None  # forensics.cca.atp: the pre-filter's estimates (prefilter: atp)
     components: list[dict[str, Any]] = field(default_factory=list)  # exact single effects by component, best first
     summary: str = ""  # the components that push the wrong answer and what the fix does, in words
 
@@ -105,11 +104,3 @@ class RCAResult:
         self.export_path = str(Path(path))
         write_json_atomic(path, self.to_dict())
         return self.export_path
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """tmp file in the same directory + fsync + rename: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, allow_nan=False, default=str)
-    write_atomic(target, text.encode("utf-8"), mode=0o644)  # results are meant to be read by others

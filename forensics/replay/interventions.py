@@ -30,7 +30,7 @@ class Intervention:
     ``source``, positions aligned from the end) | ``scale`` (multiply by ``factor``).
     alpha: how far to go, in [0, 1] (None: all the way, 1): a replacing kind blends
     ``alpha * replacement + (1 - alpha) * activation``; ``scale`` multiplies by ``1 + alpha * (factor - 1)``.
-    0 changes nothing; the decision-boundary scan (``forensics.rca.dbc``) walks it.
+    0 changes nothing; the decision-boundary scan (``forensics.cca.dbc``) walks it.
     head: with an attention ``module`` (``model.layers.3.self_attn``), change only that head's output —
     its slice of the input of the attention output projection — and leave the other heads alone.
     """

@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_OPTIONS", "ReplayOptions"]
 class ReplayOptions:
     """``device``: auto | cpu | cuda[:N] | mps, used when the replayer loads the model itself.
     ``cache_dir``: where converted models are cached (None: the registry's documented default).
-    ``allow_model_mismatch`` / ``allow_baseline_mismatch``: replay although weights hashes differ.
+    ``allow_model_mismatch`` / ``allow_source_mismatch``: replay although weights hashes differ.
     ``reference_sha256``: the weights of a known-good reference model; a counterfactual that is a reference
     run on them (manifest ``reference``, ``forensics.rca.reference``) is exempt from the weights check, every
     other bundle is still checked. ``reference_model``: where that model loads from (a reference or path),
@@ -36,7 +36,7 @@ class ReplayOptions:
     device: str = "auto"
     cache_dir: str | None = None
     allow_model_mismatch: bool = False
-    allow_baseline_mismatch: bool = False
+    allow_source_mismatch: bool = False
     reference_sha256: str | None = None
     reference_model: str | None = None
     batch_size: int = 32

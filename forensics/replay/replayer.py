@@ -74,8 +74,8 @@ class Replayer:
         bundle: Bundle,
         *,
         loaded: LoadedModel | None = None,
-        baselines: Sequence[Bundle] = (),
-        counterfactuals: Sequence[Bundle] = (),
+        population: Sequence[Bundle] = (),
+        sources: Sequence[Bundle] = (),
         options: ReplayOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.bundle, self.options = bundle, options
@@ -89,10 +89,10 @@ class Replayer:
         _check_identity(
             bundle,
             self.loaded,
-            [] if options.allow_baseline_mismatch else [*baselines, *_checked(counterfactuals, options)],
+            [] if options.allow_source_mismatch else [*population, *_checked(sources, options)],
             options.allow_model_mismatch,
         )
-        self.bank = SourceBank(baselines, counterfactuals)
+        self.bank = SourceBank(population, sources)
         self.bank.capture = self._capture_heads
         self.batch_size = options.batch_size
         self.device = next(self.model.parameters()).device
@@ -125,7 +125,7 @@ class Replayer:
         """Outcomes of K intervention sets, in order. Sets are grouped by the first position they change
         where that saves more than a pass costs (suffix reuse), ordered by the first decoder layer they
         need (prefix reuse), and cut into chunks that fit the batch size and the memory budget; each
-        chunk is ONE forward pass."""
+        chunk is ONE forward pass. No sets, no pass."""
         outcomes: list[Outcome | None] = [None] * len(sets)
         for indices in self._chunks(sets):
             for i, outcome in zip(indices, self._evaluate_chunk([tuple(sets[i]) for i in indices]), strict=True):
@@ -180,7 +180,9 @@ class Replayer:
         return out
 
     def logits(self, sets: Sequence[InterventionSet] = ((),)) -> torch.Tensor:
-        """Decision-step logits [K, vocab] for K sets, in order."""
+        """Decision-step logits [K, vocab] for K sets, in order (K = 0: an empty [0, vocab], no pass)."""
+        if not sets:
+            return torch.empty(0, self._vocab, device=self.device)
         out: list[torch.Tensor | None] = [None] * len(sets)
         for indices in self._chunks(sets):
             logits = self._run_plan([tuple(sets[i]) for i in indices])[0]
@@ -253,6 +255,15 @@ class Replayer:
         if unfired:
             raise ReplayError(f"interventions on {', '.join(unfired)} never fired; nothing was changed there")
         return logits, plan
+
+    @property
+    def _vocab(self) -> int:
+        """Width of the logits: the output embedding's rows, else the config's vocabulary size."""
+        embeddings: Any = getattr(self.model, "get_output_embeddings", None)
+        weight = getattr(embeddings() if callable(embeddings) else None, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return int(weight.shape[0])
+        return int(getattr(getattr(self.model, "config", None), "vocab_size", 0))
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -412,19 +423,19 @@ def is_reference_run(bundle: Any, options: ReplayOptions) -> bool:
     return sha is not None and bundle.model.get("sha256") == sha and mark.get("sha256") == sha
 
 
-def _checked(counterfactuals: Sequence[Any], options: ReplayOptions) -> list[Any]:
-    """The counterfactuals the weights check applies to: all but the reference run."""
-    return [b for b in counterfactuals if not is_reference_run(b, options)]
+def _checked(sources: Sequence[Any], options: ReplayOptions) -> list[Any]:
+    """The sources the weights check applies to: all but the reference run."""
+    return [b for b in sources if not is_reference_run(b, options)]
 
 
-def _check_identity(bundle: Any, loaded: LoadedModel, baselines: Sequence[Any], allow: bool) -> None:
+def _check_identity(bundle: Any, loaded: LoadedModel, others: Sequence[Any], allow: bool) -> None:
     if allow:
         return
-    for b in (bundle, *baselines):
+    for b in (bundle, *others):
         want = b.model.get("sha256")
         if want != loaded.info.sha256:
             raise ReplayError(
                 f"bundle {b.id}: recorded with weights sha256 {str(want)[:12]}…, model {loaded.info.ref!r} has "
                 f"{loaded.info.sha256[:12]}…; set allow_model_mismatch to replay anyway (or, for baselines "
-                f"from a known-good reference model, allow_baseline_mismatch)"
+                f"from a known-good reference model, allow_source_mismatch)"
             )

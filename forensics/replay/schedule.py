@@ -2,6 +2,8 @@
 
     >>> chunk_indices([(0, 2), (0, 0), (0, 1)], 2, layers=4, pass_cost=float("inf"))
     [[1], [2, 0]]
+    >>> chunk_indices([], 2, layers=4, pass_cost=float("inf"))
+    []
 
 Sets are keyed by (first position they change, first decoder layer they need). Keys sharing a first
 position form a group unless a pass of their own saves less than a pass costs (``pass_cost``); each
@@ -29,7 +31,7 @@ Key = tuple[int, int]  # (first changed position, first decoder layer)
 
 def chunk_indices(keys: Sequence[Key], size: int, *, layers: int, pass_cost: float) -> list[list[int]]:
     """Indices grouped by first changed position, ordered by first layer and cut into full chunks;
-    rows within a chunk ascend by first layer."""
+    rows within a chunk ascend by first layer. No keys, no chunks."""
     out: list[list[int]] = []
     for order in position_groups(keys, layers=layers, pass_cost=pass_cost).values():
         order.sort(key=lambda i: (-keys[i][1], i))
@@ -46,8 +48,9 @@ def position_groups(keys: Sequence[Key], *, layers: int, pass_cost: float) -> di
         groups.setdefault(position, []).append(i)
     merged: dict[int, list[int]] = {}
     positions = sorted(groups, reverse=True)
+    below_each: list[int | None] = [*positions[1:], None] if positions else []  # no keys: no groups
     carry: list[int] = []
-    for here, below in zip(positions, [*positions[1:], None], strict=True):
+    for here, below in zip(positions, below_each, strict=True):
         rows = carry + groups[here]
         saved = 0 if below is None else sum(layers - keys[i][1] for i in rows) * (here - below)
         if below is not None and saved < pass_cost:

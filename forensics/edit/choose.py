@@ -1,0 +1,93 @@
+"""Which fix of an RCA report to ship, and how: the best fix set with an exact weight form by default.
+
+    choice = choose_fix(report, model, "auto")     # report: an rca@2 JSON object (a dict)
+    choice.method, choice.fix, choice.note
+
+``auto``: the first fix set (they are ranked best first) with a weight form; when none has one, the
+best fix set as a hook spec (its refusal is the note). ``weights``: the same, and the note says when it
+fell back to hooks. ``rank-one``: an MLP edit at the layer of the first MLP a fix set names (else the
+first member's layer). ``rollback``: the modules of the best fix set, from the reference model.
+``hooks``: the best fix set as hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from forensics.edit.weights import weight_form_problem
+from forensics.errors import ConfigError
+from forensics.models.arch import arch_for, component_of
+from forensics.replay.interventions import Intervention
+
+__all__ = ["METHODS", "FixChoice", "MethodChoice", "choose_fix", "report_fix_sets"]
+
+MethodChoice = Literal["auto", "weights", "rank-one", "rollback", "hooks"]
+METHODS: tuple[MethodChoice, ...] = ("auto", "weights", "rank-one", "rollback", "hooks")
+
+
+@dataclass(frozen=True)
+class FixChoice:
+    """What to export: ``method``, the fix set (``index`` into the report's ``fix_sets``), the MLP layer
+    of a rank-one edit, and a note for the user (why a fix set was passed over or refused)."""
+
+    method: Literal["weights", "rank-one", "rollback", "hooks"]
+    fix: tuple[Intervention, ...]
+    index: int | None
+    layer: int | None = None
+    note: str = ""
+
+
+def report_fix_sets(report: Mapping[str, Any]) -> list[tuple[Intervention, ...]]:
+    """The report's validated fix sets, best first (``fix_sets``, else ``fix_set``)."""
+    sets = report.get("fix_sets") or ([report["fix_set"]] if report.get("fix_set") else [])
+    if not isinstance(sets, list):
+        raise ConfigError(f"report: fix_sets is {type(sets).__name__}, expected a list")
+    out = []
+    for i, item in enumerate(sets):
+        if not isinstance(item, dict) or not isinstance(item.get("interventions"), list):
+            raise ConfigError(f"report: fix_sets[{i}] has no interventions list")
+        if item.get("validated", True) is not False:
+            out.append(tuple(Intervention.from_dict(iv) for iv in item["interventions"]))
+    return out
+
+
+def choose_fix(
+    report: Mapping[str, Any], model: nn.Module, method: MethodChoice = "auto", *, layer: int | None = None
+) -> FixChoice:
+    """The fix to export (see module docstring); ``ConfigError`` when the report has none to export."""
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r} unknown; use one of {', '.join(METHODS)}")
+    sets = report_fix_sets(report)
+    if method == "rank-one":
+        return FixChoice("rank-one", sets[0] if sets else (), 0 if sets else None, _layer(sets, model, layer))
+    if not sets:
+        raise ConfigError("report has no validated fix set to export; use --method rank-one with --layer")
+    if method == "rollback":
+        return FixChoice("rollback", sets[0], 0)
+    if method == "hooks":
+        return FixChoice("hooks", sets[0], 0)
+    problems: list[str] = []
+    for i, fix in enumerate(sets):
+        problem = next((p for iv in fix if (p := weight_form_problem(iv)) is not None), None)
+        if problem is None:
+            note = "" if i == 0 else f"fix set #0 has no weight form ({problems[0]}); exporting fix set #{i}"
+            return FixChoice("weights", fix, i, note=note)
+        problems.append(problem)
+    return FixChoice("hooks", sets[0], 0, note=f"no fix set has a weight form: {problems[0]}; exported as hooks")
+
+
+def _layer(sets: Sequence[tuple[Intervention, ...]], model: nn.Module, layer: int | None) -> int:
+    if layer is not None:
+        return layer
+    family = arch_for(model).family
+    members = [iv for fix in sets for iv in fix]
+    mlps = [c.layer for iv in members if (c := component_of(iv.module, iv.head, family)).site == "mlp"]
+    layers = [c.layer for iv in members if (c := component_of(iv.module, iv.head, family)).layer is not None]
+    found = next((x for x in [*mlps, *layers] if x is not None), None)
+    if found is None:
+        raise ConfigError("rank-one edit: the report names no layer (no fix set); pass --layer")
+    return found

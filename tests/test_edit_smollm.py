@@ -1,0 +1,67 @@
+"""The rank-one edit on the embedded model (issue 23, item 7): SmolLM2-135M says " Sydney" for the capital of
+Australia; a rank-one edit of layer 4's MLP, fitted on three phrasings, fixes held-out phrasings and
+leaves the answers to other capitals and to other questions about Australia unchanged."""
+
+from __future__ import annotations
+
+import pytest
+
+from forensics.edit import edited_copy, evaluate_edit, family_prompt, population_prompts, rank_one_edit
+from forensics.edit.evaluate import decision_logits
+from forensics.failure import FailureSpec
+from forensics.models import LoadedModel
+
+pytestmark = pytest.mark.slow
+
+FIT = [
+    "The capital of Australia is",
+    "Which city is the capital of Australia? It is",
+    "The capital city of Australia is",
+]
+HELD_OUT = [
+    "Fact: the capital of Australia is",
+    "The capital of Australia is the city of",
+    "Everyone knows that the capital of Australia is",
+    "The Australian capital is",
+    "Q: What is the capital of Australia?\nA:",
+]
+CAPITALS = {  # ones SmolLM2-135M answers right with greedy decoding (Egypt, India, Turkey it does not)
+    "France": " Paris",
+    "Japan": " Tokyo",
+    "Germany": " Berlin",
+    "Italy": " Rome",
+    "Spain": " Madrid",
+    "Russia": " Moscow",
+    "China": " Beijing",
+    "Canada": " Ottawa",
+}
+AUSTRALIA = [  # the neighbourhood: other questions about the subject, whose answers must stay
+    "Australia's currency is",
+    "The official language of Australia is",
+    "The largest city in Australia is",  # " Sydney" is right here
+    "Australia is a country in",
+]
+
+
+def test_a_rank_one_edit_fixes_held_out_phrasings_and_breaks_nothing(smol: LoadedModel) -> None:
+    tok = smol.tokenizer
+    spec = FailureSpec.expected(" Canberra", tok)
+    fitting = [family_prompt(text, spec, tok) for text in FIT]
+    held_out = [family_prompt(text, spec, tok) for text in HELD_OUT]
+    texts = [f"The capital of {country} is" for country in CAPITALS] + AUSTRALIA
+    population = population_prompts(smol.model, tok, texts)
+    for prompt, answer in zip(population, CAPITALS.values(), strict=False):
+        assert tok.decode(list(prompt.continuation[:1])) == answer
+    before = evaluate_edit(smol.model, tok, fitting=fitting, held_out=held_out)
+    assert before.efficacy.passed == 0 and before.generalisation.passed == 0  # every phrasing fails today
+
+    edit = rank_one_edit(smol.model, tok, fitting, population, layer=4)
+    edited = edited_copy(smol.model, edit)
+    result = evaluate_edit(edited, tok, fitting=fitting, held_out=held_out, population=population)
+    margins = [round(p.margin(row), 2) for p, row in zip(held_out, decision_logits(edited, held_out), strict=True)]
+    summary = f"{result.line()}; held-out margins {margins}; ||dW||/||W|| {edit.details['relative_norm']:.3f}"
+    assert edit.details["subject"] == "australia" and edit.details["rank"] == 1, summary
+    assert result.efficacy.share == 1.0, summary
+    assert result.generalisation.passed >= 3, summary
+    assert result.specificity.share == 1.0, f"{summary}; broken: {result.specificity.failed}"
+    assert (result.fluency.share or 0.0) >= 0.9, f"{summary}; changed: {result.fluency.failed}"

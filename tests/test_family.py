@@ -1,0 +1,148 @@
+"""Failure families: position-free fix sets scored on every member, generalisation measured only held out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from forensics.cca.family import FAMILY_POSITIONS, FamilySearch, family_candidates
+from forensics.failure import FailureSpec
+from forensics.models import LoadedModel
+from forensics.rca import AnalysisRequest, RCAPipeline
+from forensics.rca.family import family_confidence
+from forensics.record import record_greedy
+from forensics.replay import Intervention
+
+PHRASINGS = [
+    "The capital of Australia is",
+    "Australia's capital is",
+    "The capital city of Australia is",
+    "Fact: the capital of Australia is",
+]
+BENIGN = ["The capital of France is", "One plus one is", "The answer is"]
+
+
+def _search(fixed: list[list[bool]], sets: list[tuple[Intervention, ...]]) -> FamilySearch:
+    matrix = np.array(fixed, bool)
+    return FamilySearch(sets, matrix, matrix.astype(float) * 2 - 1, np.full(matrix.shape[1], -1.0))
+
+
+def test_a_set_fitted_on_one_member_is_never_held_out_evidence() -> None:
+    a = (Intervention("model.layers.0.mlp", "zero", "all"),)
+    b = (Intervention("model.layers.1.mlp", "zero", "all"),)
+    search = _search([[True, True, True, False], [False, False, False, True]], [a, b])
+    assert search.ranked() == [0, 1]
+    assert search.held_out(0) == 3  # found on the others each time, and fixes the one left out, but for #3
+    assert search.held_out(1) == 0  # it fixes member 3 only: without 3 it fixes nobody, so it is never found
+    assert search.procedure_held_out() == 3
+
+
+def test_family_confidence_uses_the_held_out_share() -> None:
+    fix = {"fixed_members": 4, "size": 1, "held_out": 2, "side_effects": {"checked": 4, "changed": 0}}
+    assert family_confidence(fix, 4) == pytest.approx(0.5 * 0.5 + 0.3 + 0.2)
+    assert family_confidence({**fix, "held_out": 4}, 4) == 1.0
+    one = {"fixed_members": 1, "size": 1, "held_out": None, "side_effects": {"checked": 4, "changed": 0}}
+    assert family_confidence(one, 1) == 0.5  # a family of one has no held-out evidence: at most half
+
+
+def test_candidates_are_position_free(tiny_llama: LoadedModel) -> None:
+    cands = family_candidates(tiny_llama.model, population=True)
+    assert cands and {iv.positions for iv in cands} == set(FAMILY_POSITIONS)
+    assert {iv.kind for iv in cands} == {"zero", "mean"} and any(iv.head is not None for iv in cands)
+    assert not any(iv.kind == "mean" and iv.head is not None for iv in cands)
+
+
+@pytest.fixture(scope="module")
+def family(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("family")
+    benign = [
+        record_greedy(tiny_llama, p, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
+        for i, p in enumerate(BENIGN)
+    ]
+    answer = benign[0].outputs["generated_ids"][0]
+    members = []
+    for i, prompt in enumerate(PHRASINGS):
+        run = record_greedy(
+            tiny_llama,
+            prompt,
+            root / "members" / f"m{i}",
+            FailureSpec("expected", "", (answer,)),
+            kind="incident",
+            max_new_tokens=2,
+        )
+        members.append(run.bundle)
+    return {"root": root, "population": str(root / "benign"), "members": members}
+
+
+def test_a_family_report_says_per_member_and_held_out(
+    family: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path
+) -> None:
+    request = AnalysisRequest.of(
+        [b.path for b in family["members"]],
+        population=family["population"],
+        model=tiny_llama,
+        output=tmp_path / "f.json",
+    )
+    report = RCAPipeline().run_family(request).to_dict()
+    assert report["schema"] == "model-forensics/family@1"
+    assert json.loads((tmp_path / "f.json").read_text())["schema"] == "model-forensics/family@1"
+    analysed = [m for m in report["members"] if m["analysed"]]
+    assert len(report["members"]) == len(PHRASINGS)
+    for fix in report["fix_sets"]:
+        assert all(iv["positions"] in FAMILY_POSITIONS for iv in fix["interventions"])
+        assert fix["fixed_members"] == sum(row["fixed"] for row in fix["per_member"])
+        assert fix["held_out"] is None or fix["held_out"] <= fix["fixed_members"]
+        assert fix["side_effects"]["checked"] + fix["side_effects"]["skipped"] == len(BENIGN)
+    if len(analysed) > 1:
+        assert report["held_out"]["of"] == len(analysed) and 0 <= report["held_out"]["fixed"] <= len(analysed)
+    assert report["components"] and all(
+        set(r["gains"]) == {m["bundle_id"] for m in analysed} for r in report["components"]
+    )
+    assert report["summary"].startswith(f"family of {len(PHRASINGS)} incidents")
+
+
+def test_cli_analyzes_several_bundles_as_a_family(
+    family: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from forensics.cli import main
+
+    out = tmp_path / "family.json"
+    html = tmp_path / "family.html"
+    args = [
+        "analyze",
+        *(b.path for b in family["members"][:3]),
+        "--baseline",
+        family["population"],
+        "--model",
+        str(tiny_llama.info.path),
+        "--output",
+        str(out),
+        "--html",
+        str(html),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "family of 3 incidents" in printed and f"report: {out}" in printed
+    page = html.read_text()
+    assert "Components across the family" in page and "https://" not in page
+    assert (
+        main(
+            [
+                "analyze",
+                "--family",
+                str(family["root"] / "members"),
+                "--baseline",
+                family["population"],
+                "--model",
+                str(tiny_llama.info.path),
+                "--output",
+                str(tmp_path / "f2.json"),
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads((tmp_path / "f2.json").read_text())["members"]) == len(PHRASINGS)
