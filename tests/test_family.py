@@ -41,6 +41,14 @@ def test_a_set_fitted_on_one_member_is_never_held_out_evidence() -> None:
     assert search.procedure_held_out() == 3
 
 
+def test_a_set_that_changes_population_answers_ranks_below_one_that_does_not() -> None:
+    a = (Intervention("model.layers.0.mlp", "zero", "all"),)
+    b = (Intervention("model.layers.1.self_attn", "zero", "all", head=0),)
+    search = _search([[True, True], [True, True]], [a, b])
+    search.broken = {0: 2, 1: 0}
+    assert search.ranked() == [1, 0]
+
+
 def test_family_confidence_uses_the_held_out_share() -> None:
     fix = {"fixed_members": 4, "size": 1, "held_out": 2, "side_effects": {"checked": 4, "changed": 0}}
     assert family_confidence(fix, 4) == pytest.approx(0.5 * 0.5 + 0.3 + 0.2)
@@ -146,3 +154,30 @@ def test_cli_analyzes_several_bundles_as_a_family(
         == 0
     )
     assert len(json.loads((tmp_path / "f2.json").read_text())["members"]) == len(PHRASINGS)
+
+
+def test_export_fix_takes_a_family_report_fitted_on_every_member(
+    family: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path
+) -> None:
+    from forensics.cli import main
+
+    report_path = tmp_path / "family.json"
+    model = str(tiny_llama.info.path)
+    members = [b.path for b in family["members"]]
+    assert (
+        main(["analyze", *members, "--baseline", family["population"], "--model", model, "--output", str(report_path)])
+        == 0
+    )
+    report = json.loads(report_path.read_text())
+    out = tmp_path / "fixed"
+    code = main(
+        ["export-fix", str(report_path), "--out", str(out), "--model", model, "--max-broken", "1", "--device", "cpu"]
+    )
+    if not report["fix_sets"]:
+        assert code == 2  # nothing to ship: a one-line error
+        return
+    assert code == 0
+    fix = json.loads((out / "fix.json").read_text())
+    analysed = sum(m["analysed"] for m in report["members"])
+    assert fix["evaluation"]["efficacy"]["total"] == analysed  # fitted on every member, judged on them as efficacy
+    assert fix["evaluation"]["generalisation"]["total"] == 0  # no held-out prompt was given: none is claimed

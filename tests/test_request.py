@@ -127,3 +127,24 @@ def test_no_usable_intervention_type_skips_the_search_and_keeps_the_rest(
     whys = [row["why"] for row in result.not_evaluated if row["what"] == "the CCA search"]
     assert whys and "no usable intervention type" in whys[0]
     assert result.fix_set is None and result.compression_metrics
+
+
+def test_the_failure_spec_can_be_overridden_by_the_request(lab: dict[str, Any], tiny_llama: LoadedModel) -> None:
+    incident = lab["incident"]
+    said = tiny_llama.tokenizer.decode(incident.outputs["generated_ids"][:1])
+    pipeline = RCAPipeline()
+    request = AnalysisRequest.of(incident, population=lab["population"], model=tiny_llama, failure=("expected", said))
+    result = pipeline.run(request)  # judged against what it does say: nothing to explain
+    assert result.fix_set is None and any("does not fail its failure spec" in n for n in result.notes)
+    assert result.decision["failure"]["text"] == said
+    assert "--expected" in request.command()["reproduce"]
+    forbidden = pipeline.run(replace_failure(request, ("forbidden", said)))
+    assert forbidden.decision["step"] == 0 and forbidden.decision["failure"]["type"] == "forbidden"
+    with pytest.raises(ConfigError, match="failure: expected"):
+        AnalysisRequest.of("a", failure=("wanted", "x"))
+
+
+def replace_failure(request: AnalysisRequest, failure: tuple[str, str]) -> AnalysisRequest:
+    from dataclasses import replace
+
+    return replace(request, failure=failure)

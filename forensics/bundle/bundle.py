@@ -162,6 +162,17 @@ class Bundle:
     def kind(self) -> str:
         return str(self._manifest["kind"])
 
+    def with_failure(self, failure: dict[str, Any], decision_step: int | None) -> Bundle:
+        """This bundle judged against another failure spec: a view whose manifest holds ``failure`` and the
+        decision step that spec gives (``None``: the run does not fail it); the files are the same."""
+        view = copy.copy(self)
+        manifest = copy.deepcopy(self._manifest)
+        manifest["failure"] = copy.deepcopy(failure)
+        manifest["outputs"]["decision_step"] = decision_step
+        manifest["outputs"]["is_failure"] = decision_step is not None
+        view._manifest = manifest
+        return view
+
     @property
     def failure(self) -> dict[str, Any] | None:
         failure: dict[str, Any] | None = self._manifest["failure"]

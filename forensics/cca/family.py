@@ -62,19 +62,22 @@ class FamilySearch:
     metric: np.ndarray  # [S, M] float
     m_incident: np.ndarray  # [M]
     refused: dict[InterventionSet, str] = field(default_factory=dict)
+    broken: dict[int, int] = field(default_factory=dict)  # set -> population answers it changes (where checked)
     forward_passes: int = 0
     seconds: float = 0.0
 
     def ranked(self, members: Sequence[int] | None = None) -> list[int]:
         """Set indices, best first, judged on ``members`` only (default: all): most members fixed, then
-        fewer interventions, then narrower components, then the larger mean gain of the margin."""
+        fewer population answers changed (``broken``, where checked), then fewer interventions, then
+        narrower components, then the larger mean gain of the margin."""
         cols = list(range(self.fixed.shape[1])) if members is None else list(members)
         fixed = self.fixed[:, cols].sum(axis=1)
         gain = (self.metric[:, cols] - self.m_incident[cols]).mean(axis=1) if cols else np.zeros(len(self.sets))
 
-        def key(s: int) -> tuple[int, int, int, float]:
+        def key(s: int) -> tuple[int, int, int, int, float]:
             ivs = self.sets[s]
-            return (-int(fixed[s]), len(ivs), sum(component_of(iv.module, iv.head).breadth for iv in ivs), -gain[s])
+            breadth = sum(component_of(iv.module, iv.head).breadth for iv in ivs)
+            return (-int(fixed[s]), self.broken.get(s, 0), len(ivs), breadth, -gain[s])
 
         return sorted(range(len(self.sets)), key=key)
 
@@ -129,9 +132,11 @@ def search_family(
     *,
     max_size: int = 3,
     top_k: int | None = None,
+    population: Sequence[Replayer] = (),
 ) -> FamilySearch:
     """Score the single candidates (the ``top_k`` by attribution when given, else all) on every member,
-    then pairs and triples grown from the best singles."""
+    then pairs and triples grown from the best singles; with ``population`` replayers, every set that
+    fixes a member is replayed on the population too, and one that changes its answers ranks lower."""
     t0 = time.perf_counter()
     before = sum(rp.forward_passes for rp in replayers)
     search = FamilySearch(
@@ -147,9 +152,22 @@ def search_family(
         _score(search, replayers, grown)
         if search.fixed.all(axis=1).any():  # a set fixes every member: larger sets add nothing to find
             break
-    search.forward_passes = sum(rp.forward_passes for rp in replayers) - before
+    if population:
+        check_population(search, population)
+    search.forward_passes = sum(rp.forward_passes for rp in [*replayers, *population]) - before
     search.seconds = time.perf_counter() - t0
     return search
+
+
+def check_population(search: FamilySearch, population: Sequence[Replayer]) -> None:
+    """``search.broken``: for each set that fixes some member, how many population answers it changes
+    (one batched pass per population bundle; a set its replay refuses there counts as unchanged)."""
+    fixing = [s for s in range(len(search.sets)) if search.fixed[s].any()]
+    search.broken = dict.fromkeys(fixing, 0)
+    for rp in population:
+        plain = rp.run(()).argmax_id
+        for i, outcome in _outcomes(rp, [search.sets[s] for s in fixing], {}):
+            search.broken[fixing[i]] += int(outcome.argmax_id != plain)
 
 
 def _grow(search: FamilySearch, seeds: Sequence[InterventionSet], size: int) -> list[InterventionSet]:

@@ -46,6 +46,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         "quantisation): its run of the incident's own tokens is the patch source, so the fix set names "
         "the components where the two versions diverge; the report says what REF answers",
     )
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument(
+        "--expected",
+        metavar="TEXT",
+        help="judge the incident against this expected continuation instead of its recorded spec",
+    )
+    spec.add_argument(
+        "--forbidden",
+        metavar="TEXT",
+        help="judge the incident against this forbidden text instead of its recorded spec",
+    )
     p.add_argument("--output", help="JSON report path (default: OUTPUT_DIR/<bundle>.json)")
     p.add_argument("--html", help="also write a self-contained HTML report here")
     p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
@@ -94,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
         allow_model_mismatch=args.allow_model_mismatch,
         allow_source_mismatch=args.allow_source_mismatch,
         modules={"provenance": True} if args.provenance else None,
+        failure=("expected", args.expected)
+        if args.expected
+        else ("forbidden", args.forbidden)
+        if args.forbidden
+        else None,
     )
     cache = ResultCache(default_results_dir(config), config.cache.max_bytes) if config.cache.enabled else None
     profiler = _start_profile() if args.profile else None

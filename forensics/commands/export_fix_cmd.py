@@ -10,11 +10,6 @@ of the population's answers is refused, naming them.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Any
-
-from forensics.errors import ConfigError
 
 NAME = "export-fix"
 HELP = (
@@ -63,8 +58,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from forensics.commands.common import config_from_args
     from forensics.edit.from_report import ExportRequest, export_from_report
+    from forensics.rca.family import FAMILY_SCHEMA
+    from forensics.rca.result import REPORT_SCHEMAS, read_report
 
-    report = _read(args.report)
+    report = read_report(args.report, (*REPORT_SCHEMAS, FAMILY_SCHEMA))
     config = config_from_args(args)
     request = ExportRequest(
         report,
@@ -95,19 +92,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<15} {share:>5}  ({score.passed}/{score.total})")
     print(f"load it: {result.load_command()}")
     return 0
-
-
-def _read(path: str) -> dict[str, Any]:
-    from forensics.rca.result import REPORT_SCHEMAS
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"report {path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") not in REPORT_SCHEMAS:
-        schema = data.get("schema") if isinstance(data, dict) else None
-        raise ConfigError(
-            f"report {path}: schema {schema!r} is not one this version reads (expected one of "
-            f"{', '.join(REPORT_SCHEMAS)})"
-        )
-    return data

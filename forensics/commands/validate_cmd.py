@@ -8,11 +8,7 @@ appears where the failure was, or the forbidden text appears nowhere. The output
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
-
-from forensics.errors import ConfigError
 
 NAME = "validate-fix"
 HELP = (
@@ -41,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from forensics.cca.judge import judge_answer
     from forensics.commands.common import config_from_args
     from forensics.models.registry import resolve_model
+    from forensics.rca.result import read_report
     from forensics.replay import Intervention, Replayer, ReplayOptions
 
-    report = _read(args.report)
+    report = read_report(args.report)
     fix = report.get("fix_set")
     if not fix:
         print(f"report {args.report}: no fix set to validate")
@@ -96,20 +93,3 @@ def _answer_check(regenerated: dict[str, Any], rp: Any) -> tuple[bool, str]:
             return True, f"the expected {spec.text!r} now appears where the failure was: {text!r}"
         return False, f"the regenerated answer {text!r} does not continue with the expected {spec.text!r}"
     return True, f"regenerated {text!r} (the spec names no text, so only the decision token is checked)"
-
-
-def _read(path: str) -> dict[str, Any]:
-    """The report as a dict, any schema in REPORT_SCHEMAS (rca@1 and rca@2 share fix_set.interventions)."""
-    from forensics.rca.result import REPORT_SCHEMAS
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"report {path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") not in REPORT_SCHEMAS:
-        schema = data.get("schema") if isinstance(data, dict) else None
-        raise ConfigError(
-            f"report {path}: schema {schema!r} is not one this version reads "
-            f"(expected one of {', '.join(REPORT_SCHEMAS)})"
-        )
-    return data

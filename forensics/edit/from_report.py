@@ -3,7 +3,7 @@
     request = ExportRequest(report, "rca.json", "fixed/", population_dir="bundles/benign")
     result, choice = export_from_report(request)      # what ``model-forensics export-fix`` runs
 
-The report is an rca@2 object (the caller checks its schema): its ``fix_sets``, ``bundle_path``,
+The report is an rca@2 object or a family report (the caller checks its schema): its ``fix_sets``, ``bundle_path``,
 ``baselines`` (``population`` ids, ``patch_sources``, ``paths``), ``model`` and ``reference``. The
 incident is the fitting prompt (plus ``fit_prompts``); ``prompts`` adds held-out family prompts and
 neighbourhood prompts; the population is the report's benign bundles and those in ``population_dir``,
@@ -65,7 +65,7 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
     bundle = load_bundle(path, encryption_key=request.encryption_key)
     loaded = _load_model(request, bundle)
     benign = _population_bundles(request, bundle)
-    fitting = [incident_prompt(bundle)]
+    fitting = [incident_prompt(b) for b in _fitting_bundles(request, bundle)]
     held_out: list[FamilyPrompt] = []
     neighbours: list[str] = []
     if request.fit_prompts:
@@ -98,6 +98,15 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
         provenance=provenance,
     )
     return result, choice
+
+
+def _fitting_bundles(request: ExportRequest, bundle: Bundle) -> list[Bundle]:
+    """The incidents the fix was found on: the report's incident, or every analysed member of a family
+    report (``model-forensics/family@1``); held-out prompts come only from ``prompts``."""
+    members = [m for m in request.report.get("members") or [] if m.get("analysed")]
+    if not members or request.bundle:
+        return [bundle]
+    return [load_bundle(m["path"], encryption_key=request.encryption_key) for m in members]
 
 
 def _load_model(request: ExportRequest, bundle: Bundle) -> LoadedModel:

@@ -197,6 +197,7 @@ def input_identity(request: AnalysisRequest, key: bytes | None = None) -> dict[s
         "allow_model_mismatch": request.allow_model_mismatch,
         "allow_baseline_mismatch": request.allow_source_mismatch,  # the key keeps its name: old entries stay valid
         **({"reference_model": reference_id} if reference_id is not None else {}),  # old keys stay valid
+        **({"failure": list(request.failure)} if request.failure is not None else {}),
     }
 
 

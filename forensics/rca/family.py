@@ -27,7 +27,7 @@ from forensics.config import Config
 from forensics.durable import write_json_atomic
 from forensics.errors import ReplayError
 from forensics.models.arch import arch_for, component_of
-from forensics.rca.inputs import ModelCache, bundle_of, population_of, replay_options
+from forensics.rca.inputs import ModelCache, bundle_of, judged_by, population_of, replay_options
 from forensics.rca.request import AnalysisRequest
 from forensics.replay.interventions import InterventionSet
 from forensics.replay.replayer import Replayer
@@ -51,6 +51,7 @@ class FamilyResult:
     replays: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     population: list[str] = field(default_factory=list)
+    population_paths: dict[str, str] = field(default_factory=dict)
     execution_time: float = 0.0
     commands: dict[str, str] = field(default_factory=dict)
     export_path: str | None = None
@@ -74,6 +75,8 @@ class FamilyResult:
             "replays": self.replays,
             "model": self.model,
             "population": self.population,
+            "bundle_path": next((m["path"] for m in self.members if m["analysed"]), None),
+            "baselines": {"population": self.population, "paths": self.population_paths},
             "execution_time": self.execution_time,
             "commands": self.commands,
             "export_path": self.export_path,
@@ -97,6 +100,8 @@ def analyze_family(request: AnalysisRequest, config: Config, models: ModelCache)
     incidents = [bundle_of(b, config) for b in request.incidents]
     population, _ = population_of(request.population, config)
     loaded = models.model(incidents[0], request.model)
+    if request.failure is not None:
+        incidents = [judged_by(b, request.failure, loaded.tokenizer) for b in incidents]
     notes: list[str] = []
     skipped: list[dict[str, str]] = []
     members = _members(incidents, loaded, population, request, config, skipped)
@@ -107,12 +112,14 @@ def analyze_family(request: AnalysisRequest, config: Config, models: ModelCache)
     rp0 = members[0].rp
     cca = config.modules.cca
     candidates = family_candidates(rp0.model, population=bool(population), heads="head" in cca.components)
+    benign = _population_replayers(population, loaded, request, config, skipped)
     search = search_family(
         [m.rp for m in members],
         candidates,
         [m.m_incident for m in members],
         max_size=min(3, cca.max_fix_set_size),
         top_k=cca.prefilter_top_k if cca.prefilter == "atp" else None,
+        population=benign,
     )
     if search.refused:
         skipped.append(
@@ -121,7 +128,6 @@ def analyze_family(request: AnalysisRequest, config: Config, models: ModelCache)
                 "why": next(iter(search.refused.values())),
             }
         )
-    benign = _population_replayers(population, loaded, request, config, skipped)
     fix_sets = [_fix_set(search, s, members, benign) for s in search.ranked()[:KEEP] if search.fixed[s].any()]
     held = _held_out(search, len(members))
     result = FamilyResult(
@@ -137,6 +143,7 @@ def analyze_family(request: AnalysisRequest, config: Config, models: ModelCache)
         replays={"candidates": len(candidates), "evaluated": len(search.sets), "forward_passes": search.forward_passes},
         model=loaded.info.to_dict(),
         population=[b.id for b in population],
+        population_paths={b.id: b.path for b in population},
         commands=request.command(),
     )
     result.summary = _summary(result, len(incidents))

@@ -20,13 +20,23 @@ from forensics.bundle import Bundle, load_bundle
 from forensics.cf.stats import CFStats
 from forensics.config import Config
 from forensics.errors import ModelError
+from forensics.failure import FailureSpec
 from forensics.models.registry import LoadedModel, resolve_model, wrap_model
 from forensics.population import load_population, pick_counterfactuals
 from forensics.rca.reference import reference_run
 from forensics.rca.request import AnalysisRequest
 from forensics.replay.options import ReplayOptions
 
-__all__ = ["Inputs", "ModelCache", "bundle_of", "loadable", "population_of", "replay_options", "resolve_inputs"]
+__all__ = [
+    "Inputs",
+    "ModelCache",
+    "bundle_of",
+    "judged_by",
+    "loadable",
+    "population_of",
+    "replay_options",
+    "resolve_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,8 @@ def resolve_inputs(request: AnalysisRequest, config: Config, models: ModelCache)
     incident = bundle_of(request.incident, config)
     population, stats = population_of(request.population, config)
     loaded = models.model(incident, request.model)
+    if request.failure is not None:
+        incident = judged_by(incident, request.failure, loaded.tokenizer)
     reference = None
     if request.reference_model is not None:
         ref = models.reference(incident, request.reference_model)
@@ -104,6 +116,21 @@ def resolve_inputs(request: AnalysisRequest, config: Config, models: ModelCache)
     else:
         sources = [*first, *pick_counterfactuals(incident, population, k=config.modules.cca.counterfactuals)]
     return Inputs(incident, population, stats, loaded, reference, sources)
+
+
+def judged_by(incident: Bundle, failure: tuple[str, str], tokenizer: Any) -> Bundle:
+    """``incident`` against another failure spec; its decision step is the first generated token that
+    violates it (a run that never does keeps its step, and the analysis says it does not fail)."""
+    kind, text = failure
+    spec = (
+        FailureSpec.expected(text, tokenizer)
+        if kind == "expected"
+        else FailureSpec.forbidden(text, tokenizer=tokenizer)
+    )
+    generated = list(incident.outputs.get("generated_ids") or [])
+    step = spec.decision_step(generated, tokenizer)
+    view = incident.with_failure(spec.to_dict(), step if step is not None else incident.outputs.get("decision_step"))
+    return view
 
 
 def bundle_of(obj: Any, config: Config) -> Bundle:

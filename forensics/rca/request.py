@@ -39,7 +39,9 @@ class AnalysisRequest:
     ``population``: benign bundles of the same model (a directory, a list) or CF statistics (``.json``).
     ``sources``: the runs patched from; ``None`` picks them from the population. ``model``: a reference,
     a ``LoadedModel``, a torch module or ``(module, tokenizer)``; ``None`` loads the bundle's own.
-    ``modules``: ``{"provenance": True, ...}`` over the config's toggles. ``timeout_s``: the analysis's
+    ``modules``: ``{"provenance": True, ...}`` over the config's toggles. ``failure``: the spec the incident
+    is judged against instead of its recorded one, ``("expected", " Canberra")`` or ``("forbidden", "Sydney")``
+    (the decision step follows from it). ``timeout_s``: the analysis's
     deadline (``None``: the config's ``timeout_minutes``); ``on_timeout`` says what happens past it."""
 
     incidents: tuple[Any, ...]
@@ -51,6 +53,7 @@ class AnalysisRequest:
     allow_model_mismatch: bool = False
     allow_source_mismatch: bool = False
     modules: tuple[tuple[str, bool], ...] = ()
+    failure: tuple[str, str] | None = None
     timeout_s: float | None = None
     on_timeout: OnTimeout = "partial"
 
@@ -62,6 +65,10 @@ class AnalysisRequest:
             raise ConfigError(f"modules: unknown module(s) {', '.join(unknown)}; expected some of {', '.join(MODULES)}")
         if self.timeout_s is not None and self.timeout_s < 0:
             raise ConfigError(f"timeout_s: expected a number of seconds >= 0, got {self.timeout_s}")
+        if self.failure is not None and (
+            len(self.failure) != 2 or self.failure[0] not in ("expected", "forbidden") or not self.failure[1]
+        ):
+            raise ConfigError(f"failure: expected ('expected' or 'forbidden', a text), got {self.failure!r}")
         if self.on_timeout not in ("partial", "error"):
             raise ConfigError(f"on_timeout: expected 'partial' or 'error', got {self.on_timeout!r}")
 
@@ -133,6 +140,8 @@ class AnalysisRequest:
                 words.append("--provenance")
         if self.output is not None:
             words += ["--output", self.output]
+        if self.failure is not None:
+            words += [f"--{self.failure[0]}", self.failure[1]]
         if self.allow_model_mismatch:
             words.append("--allow-model-mismatch")
         if self.allow_source_mismatch:

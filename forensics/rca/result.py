@@ -6,6 +6,7 @@ result.confidence, result.fix_set, result.compression_metrics, result.export_pat
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 
 from forensics.cca.fixset import FixSet
 from forensics.durable import write_json_atomic
+from forensics.errors import ConfigError
 
-__all__ = ["REPORT_SCHEMA", "REPORT_SCHEMAS", "RCAResult"]
+__all__ = ["REPORT_SCHEMA", "REPORT_SCHEMAS", "RCAResult", "read_report"]
 
 REPORT_SCHEMA = "model-forensics/rca@2"
 REPORT_SCHEMAS = ("model-forensics/rca@1", "model-forensics/rca@2")  # what readers accept (validate-fix, stats, HTML)
@@ -104,3 +106,18 @@ class RCAResult:
         self.export_path = str(Path(path))
         write_json_atomic(path, self.to_dict())
         return self.export_path
+
+
+def read_report(path: str | os.PathLike[str], schemas: tuple[str, ...] = REPORT_SCHEMAS) -> dict[str, Any]:
+    """A JSON report of one of ``schemas`` (default: the single-incident reports, rca@1 and rca@2, which
+    share ``fix_set.interventions``); a file that is not one is a one-line ``ConfigError``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"report {path}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") not in schemas:
+        schema = data.get("schema") if isinstance(data, dict) else None
+        raise ConfigError(
+            f"report {path}: schema {schema!r} is not one this version reads (expected one of {', '.join(schemas)})"
+        )
+    return data
