@@ -44,6 +44,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/atp_recall.py
 	$(PY) bench/analysis.py
 	$(PY) bench/scale.py
+	$(PY) bench/families.py
 
 clean:
 	rm -rf demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,13 @@ HELP = "analyse one incident: CF (where) + CCA (minimal validated fix set)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    _inputs(p)
+    _outputs(p)
+    add_config_arg(p)
+
+
+def _inputs(p: argparse.ArgumentParser) -> None:
+    """What is analysed: the incident(s), the population, the sources, the model and the spec."""
     p.add_argument(
         "bundle",
         nargs="*",
@@ -57,6 +64,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="judge the incident against this forbidden text instead of its recorded spec",
     )
+
+
+def _outputs(p: argparse.ArgumentParser) -> None:
+    """Where the answer goes, and how the analysis runs."""
     p.add_argument("--output", help="JSON report path (default: OUTPUT_DIR/<bundle>.json)")
     p.add_argument("--html", help="also write a self-contained HTML report here")
     p.add_argument("--profile", action="store_true", help="print a timing breakdown and the hottest functions")
@@ -77,7 +88,6 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use a population and sources recorded on another model version (a known-good reference)",
     )
-    add_config_arg(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``--expected`` / ``--forbidden``: the spec the incident(s) are judged against instead of the recorded one."""
+    if args.expected:
+        return ("expected", args.expected)
+    return ("forbidden", args.forbidden) if args.forbidden else None
+
+
 def _incidents(args: argparse.Namespace) -> list[str]:
     """The bundles named, and with ``--family DIR`` every incident bundle in DIR."""
     from forensics.errors import ConfigError
@@ -165,6 +182,7 @@ def _run_family(args: argparse.Namespace, config: Any, bundles: list[str]) -> in
         output=output,
         allow_model_mismatch=args.allow_model_mismatch,
         allow_source_mismatch=args.allow_source_mismatch,
+        failure=_failure(args),
     )
     report = RCAPipeline(config).run_family(request).to_dict()
     if args.html:

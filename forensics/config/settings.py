@@ -1,20 +1,8 @@
-"""Typed configuration: frozen dataclasses validated on construction, loaded from YAML at the edge.
-
-    cfg = load_config("configs/default.yaml")     # or Config() for the defaults
-    cfg.modules.cca.max_fix_set_size              # 5
-
-Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the key, the value
-and what is allowed. Keys follow the deployment guide (``bundle_dir``, ``modules.cf.*``, ...).
-"""
+"""The settings: frozen dataclasses, each validated on construction (``ConfigError`` naming the key)."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from forensics.errors import ConfigError
@@ -36,22 +24,20 @@ from forensics.vocab import (
 )
 
 __all__ = [
+    "ALL_PERMISSIONS",
+    "AUTH_ALIASES",
     "AUTH_TYPES",
     "CONFIG_VERSION",
-    "RENAMED_KEYS",
     "AuthenticationConfig",
     "CCAConfig",
     "CFConfig",
     "CacheConfig",
     "Config",
-    "ConfigDeprecationWarning",
     "ModulesConfig",
     "RoleConfig",
     "RolesConfig",
     "ToggleConfig",
-    "from_dict",
-    "load_config",
-    "to_dict",
+    "check_key",
 ]
 
 CONFIG_VERSION = "1.1"  # a file without ``version`` is v1.0 (the guide's format) and still loads
@@ -60,7 +46,8 @@ AUTH_ALIASES = {"oidc": "oauth2"}
 ALL_PERMISSIONS = "all"  # the guide's shorthand for every permission (the admin role)
 
 
-def _check(key: str, ok: bool, value: Any, allowed: str) -> None:
+def check_key(key: str, ok: bool, value: Any, allowed: str) -> None:
+    """Raise ``ConfigError`` naming ``key``, its ``value`` and what is ``allowed`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"config key {key!r}: value {value!r} not allowed; expected {allowed}")
 
@@ -77,26 +64,28 @@ class CFConfig:
 
     def __post_init__(self) -> None:
         methods = self.compression_methods
-        _check(
+        check_key(
             "modules.cf.compression_methods",
             not isinstance(methods, str) and bool(methods) and all(m in COMPRESSION_METHODS for m in methods),
             methods,
             f"a non-empty list of {', '.join(COMPRESSION_METHODS)}",
         )
-        _check("modules.cf.compression_methods", len(set(methods)) == len(methods), methods, "each method at most once")
-        _check(
+        check_key(
+            "modules.cf.compression_methods", len(set(methods)) == len(methods), methods, "each method at most once"
+        )
+        check_key(
             "modules.cf.anomaly_threshold",
             _is_number(self.anomaly_threshold) and self.anomaly_threshold > 0,
             self.anomaly_threshold,
             "a number > 0",
         )
-        _check(
+        check_key(
             "modules.cf.entropy_window",
             _is_int(self.entropy_window) and 8 <= self.entropy_window <= 1 << 20,
             self.entropy_window,
             "an integer from 8 to 1048576",
         )
-        _check(
+        check_key(
             "modules.cf.population_samples",
             _is_int(self.population_samples) and self.population_samples >= 2,
             self.population_samples,
@@ -132,45 +121,45 @@ class CCAConfig:
     counterfactuals: int = 3  # sources picked from the population (the most similar prompts that answer right)
 
     def __post_init__(self) -> None:
-        _check(
+        check_key(
             "modules.cca.search_strategy",
             self.search_strategy in STRATEGIES,
             self.search_strategy,
             " | ".join(STRATEGIES),
         )
-        _check(
+        check_key(
             "modules.cca.max_fix_set_size",
             1 <= self.max_fix_set_size <= 32,
             self.max_fix_set_size,
             "an integer from 1 to 32",
         )
-        _check(
+        check_key(
             "modules.cca.early_stop_threshold",
             0 < self.early_stop_threshold <= 1,
             self.early_stop_threshold,
             "a number in (0, 1]",
         )
         bad = [t for t in self.intervention_types if t not in INTERVENTION_KINDS]
-        _check(
+        check_key(
             "modules.cca.intervention_types",
             bool(self.intervention_types) and not bad,
             list(self.intervention_types),
             f"a non-empty list of {', '.join(INTERVENTION_KINDS)}",
         )
-        _check(
+        check_key(
             "modules.cca.positions",
             bool(self.positions) and set(self.positions) <= set(CANDIDATE_POSITIONS),
             list(self.positions),
             f"a non-empty list of {', '.join(CANDIDATE_POSITIONS)}",
         )
-        _check(
+        check_key(
             "modules.cca.components",
             bool(self.components) and set(self.components) <= set(COMPONENTS),
             list(self.components),
             f"a non-empty list of {', '.join(COMPONENTS)}",
         )
-        _check("modules.cca.prefilter", self.prefilter in PREFILTERS, self.prefilter, " | ".join(PREFILTERS))
-        _check(
+        check_key("modules.cca.prefilter", self.prefilter in PREFILTERS, self.prefilter, " | ".join(PREFILTERS))
+        check_key(
             "modules.cca.prefilter_sink_exact",
             _is_number(self.prefilter_sink_exact) and 0 <= self.prefilter_sink_exact <= 1,
             self.prefilter_sink_exact,
@@ -178,7 +167,7 @@ class CCAConfig:
         )
         for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "counterfactuals"):
             value = getattr(self, key)
-            _check(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
+            check_key(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -203,7 +192,7 @@ class CacheConfig:
     max_bytes: int = 10 * 1000**3
 
     def __post_init__(self) -> None:
-        _check(
+        check_key(
             "cache.max_bytes",
             isinstance(self.max_bytes, int) and self.max_bytes >= 1,
             self.max_bytes,
@@ -233,10 +222,10 @@ class RolesConfig:
         for name, builtin in ACCESS_ROLES.items():
             granted = getattr(self, name).permissions
             key = f"roles.{name}.permissions"
-            _check(key, all(p in known for p in granted), list(granted), f"permissions from {', '.join(known)}")
+            check_key(key, all(p in known for p in granted), list(granted), f"permissions from {', '.join(known)}")
             expanded = frozenset(PERMISSIONS) if ALL_PERMISSIONS in granted else frozenset(granted)
             builtin_text = "[all]" if builtin == frozenset(PERMISSIONS) else f"[{', '.join(sorted(builtin))}]"
-            _check(
+            check_key(
                 key,
                 expanded == builtin,
                 list(granted),
@@ -267,7 +256,7 @@ class AuthenticationConfig:
     def __post_init__(self) -> None:
         if self.type in AUTH_ALIASES:
             object.__setattr__(self, "type", AUTH_ALIASES[self.type])
-        _check(
+        check_key(
             "authentication.type",
             self.type is None or self.type in AUTH_TYPES,
             self.type,
@@ -275,15 +264,17 @@ class AuthenticationConfig:
         )
         for key in ("provider", "tokens_file", "jwks_file", "issuer", "audience"):
             value = getattr(self, key)
-            _check(f"authentication.{key}", value is None or bool(value.strip()), value, "null or a non-empty string")
-        _check(
+            check_key(
+                f"authentication.{key}", value is None or bool(value.strip()), value, "null or a non-empty string"
+            )
+        check_key(
             "authentication.scopes",
             all(s and not any(c.isspace() for c in s) for s in self.scopes),
             list(self.scopes),
             "a list of scope names without spaces, e.g. [model_forensics:analyze]",
         )
-        _check("authentication.role_claim", bool(self.role_claim.strip()), self.role_claim, "a JWT claim name")
-        _check(
+        check_key("authentication.role_claim", bool(self.role_claim.strip()), self.role_claim, "a JWT claim name")
+        check_key(
             "authentication.default_role",
             self.default_role is None or self.default_role in ACCESS_ROLES,
             self.default_role,
@@ -291,13 +282,13 @@ class AuthenticationConfig:
         )
         if self.type == "oauth2":
             for key in ("jwks_file", "issuer", "audience"):
-                _check(
+                check_key(
                     f"authentication.{key}",
                     getattr(self, key) is not None,
                     None,
                     "a value when authentication.type is oauth2 (JWTs are checked offline against it)",
                 )
-            _check(
+            check_key(
                 "authentication.scopes", bool(self.scopes), [], "at least one scope when authentication.type is oauth2"
             )
 
@@ -327,142 +318,31 @@ class Config:
     authentication: AuthenticationConfig = field(default_factory=AuthenticationConfig)
 
     def __post_init__(self) -> None:
-        _check(
+        check_key(
             "version",
             self.version == CONFIG_VERSION,
             self.version,
             f"{CONFIG_VERSION!r} (or no version key for a v1.0 file; "
             "`model-forensics migrate-config --from v1.0 --to v1.1 FILE` adds it)",
         )
-        _check(
+        check_key(
             "device",
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
             self.device,
             "auto, cpu, cuda, cuda:N or mps",
         )
-        _check("timeout_minutes", self.timeout_minutes >= 1, self.timeout_minutes, "an integer >= 1")
-        _check("fidelity_tolerance", self.fidelity_tolerance > 0, self.fidelity_tolerance, "a number > 0")
-        _check("fidelity_rtol", 0 <= self.fidelity_rtol < 1, self.fidelity_rtol, "a number in [0, 1)")
-        _check(
+        check_key("timeout_minutes", self.timeout_minutes >= 1, self.timeout_minutes, "an integer >= 1")
+        check_key("fidelity_tolerance", self.fidelity_tolerance > 0, self.fidelity_tolerance, "a number > 0")
+        check_key("fidelity_rtol", 0 <= self.fidelity_rtol < 1, self.fidelity_rtol, "a number in [0, 1)")
+        check_key(
             "log_level",
             self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             self.log_level,
             "DEBUG, INFO, WARNING, ERROR or CRITICAL",
         )
-        _check(
+        check_key(
             "max_memory",
             self.max_memory is None or self.max_memory >= 1,
             self.max_memory,
             "null or an integer number of bytes >= 1",
         )
-
-
-class ConfigDeprecationWarning(UserWarning):
-    """A config key was renamed; the old name still loads (``migrate-config`` rewrites the file)."""
-
-
-# Old config keys -> their names now (one word per concept: the *population*, *sources*, *counterfactuals*).
-RENAMED_KEYS: dict[str, str] = {
-    "modules.cf.baseline_samples": "modules.cf.population_samples",
-    "modules.cca.patch_sources": "modules.cca.counterfactuals",
-}
-
-
-def _renamed(data: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``data`` with deprecated keys under their new names (a warning each); both names at once is an error."""
-    out = dict(data)
-    for key in list(data):
-        new = RENAMED_KEYS.get(prefix + str(key))
-        if new is None:
-            continue
-        leaf = new.rsplit(".", 1)[-1]
-        if leaf in data:
-            raise ConfigError(f"config keys {prefix + str(key)!r} and {new!r} both given; {new!r} is its name now")
-        warnings.warn(
-            f"config key {prefix + str(key)!r} is deprecated: it is {new!r} now "
-            "(`model-forensics migrate-config --from v1.1 --to v1.1 FILE` rewrites the file)",
-            ConfigDeprecationWarning,
-            stacklevel=4,
-        )
-        out[leaf] = out.pop(key)
-    return out
-
-
-def from_dict(cls: type[Any], data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from plain data, checking keys and types; errors name the key. Deprecated
-    keys (``RENAMED_KEYS``) load under their new names with a ``ConfigDeprecationWarning``."""
-    if not isinstance(data, dict):
-        where = prefix.rstrip(".") or "<root>"
-        raise ConfigError(f"config key {where!r}: expected a mapping, got {type(data).__name__}")
-    data = _renamed(data, prefix)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("secret")}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; allowed here: {', '.join(sorted(fields))}")
-    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, key + ".")
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in typing.get_args(hint):
-            return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        allowed = typing.get_args(hint)
-        _check(
-            key.removesuffix("[]"),
-            isinstance(value, str) and value in allowed,
-            value,
-            f"one of {', '.join(map(str, allowed))}",
-        )
-        return value
-    if origin is tuple:
-        _check(key, isinstance(value, list | tuple), value, "a list")
-        return tuple(_coerce(f"{key}[]", typing.get_args(hint)[0], v) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    _check(
-        key,
-        isinstance(value, hint) and not (hint is int and isinstance(value, bool)),
-        value,
-        f"a value of type {hint.__name__}",
-    )
-    return value
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain-data form of a config (tuples become lists), for reports and ``info``; secrets are left out."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("secret")}
-    if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read YAML ``path`` (or the defaults), apply ``overrides`` (dotted keys), validate."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config file {path}: cannot be read as YAML ({exc})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded or {}
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    config: Config = from_dict(Config, data)
-    return config

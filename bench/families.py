@@ -1,0 +1,248 @@
+"""Failure families on smollm2-135m: does a fix found on a few phrasings fix the others, and what breaks?
+
+    python bench/families.py                 # every family below; prints a table row per family x method
+    python bench/families.py --families australia turkey --out bench_out/families.json
+
+Each family is eight phrasings of one wrong belief ("The capital of X is", "X's capital is", ...); the
+phrasings the model really gets wrong are its members. The first three failing phrasings are *given*:
+the family analysis and every edit see only them. The other failing phrasings are *held out*, and the
+neighbourhood is the same phrasings with subjects the model answers right plus other questions about the
+subject ("X's largest city is", "X's currency is"), which must keep the model's own answers. Methods:
+
+- ``ablation``: the family analysis (``RCAPipeline.run_family``) on the given members; its best fix set
+  with an exact weight form (a head or module zeroed at every position), shipped as weights.
+- ``rank-one@diagnosed``: a rank-one edit of the MLP the family analysis implicates (the first MLP row of
+  its components table; else the layer of its first row).
+- ``rank-one@middle``: the same edit at the middle layer; ``rank-one@random``: at a seeded random layer.
+
+Reported per family x method: held-out efficacy (the only generalisation evidence), specificity on the
+neighbourhood (share of answers unchanged), fluency (share of 8-token continuations unchanged) and seconds.
+Goals (the family issue): held-out efficacy >= 80 % and specificity >= 95 % with the method the tool picks
+by default; the diagnosed layer should beat the fixed and random layers at equal specificity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FAMILIES: dict[str, tuple[str, str, str]] = {  # name: (subject, adjective, correct answer)
+    "australia": ("Australia", "Australian", "Canberra"),
+    "turkey": ("Turkey", "Turkish", "Ankara"),
+    "india": ("India", "Indian", "New Delhi"),
+    "switzerland": ("Switzerland", "Swiss", "Bern"),
+    "nigeria": ("Nigeria", "Nigerian", "Abuja"),
+    "canada": ("Canada", "Canadian", "Ottawa"),
+    "brazil": ("Brazil", "Brazilian", "Brasília"),
+    "pakistan": ("Pakistan", "Pakistani", "Islamabad"),
+}
+TEMPLATES = [
+    "The capital of {X} is",
+    "{X}'s capital is",
+    "The capital city of {X} is",
+    "Q: What is the capital of {X}?\nA:",
+    "The {A} capital is",
+    "Which city is the capital of {X}? It is",
+    "{X} has its capital in",
+    "Fact: the capital of {X} is",
+]
+RIGHT = [
+    ("France", "French", "Paris"),
+    ("Japan", "Japanese", "Tokyo"),
+    ("Germany", "German", "Berlin"),
+    ("Italy", "Italian", "Rome"),
+    ("Spain", "Spanish", "Madrid"),
+    ("Russia", "Russian", "Moscow"),
+]
+ABOUT = ["{X}'s largest city is", "{X}'s currency is", "{X} is a country in", "The official language of {X} is"]
+GIVEN = 3
+
+
+def phrasings(subject: str, adjective: str) -> list[str]:
+    return [t.format(X=subject, A=adjective) for t in TEMPLATES]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES))
+    parser.add_argument("--out", default="bench_out/families.json")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    from forensics.models import resolve_model
+
+    loaded = resolve_model("smollm2-135m", device="cpu")
+    work = Path(tempfile.mkdtemp(prefix="families-"))
+    try:
+        population = _population(loaded, work)
+        rows = [row for name in args.families for row in _family(loaded, name, work, population, args.seed)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    print(
+        "\n| family | members (given + held out) | method | layer | held-out efficacy | specificity | fluency | seconds |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['family']} | {r['given']} + {r['held_out_total']} | {r['method']} | {r.get('layer', '—')} | "
+            f"{_frac(r, 'held_out')} | {_frac(r, 'specificity')} | {_frac(r, 'fluency')} | {r['seconds']:.1f} |"
+        )
+
+
+def _frac(row: dict[str, Any], key: str) -> str:
+    if row.get(key) is None:
+        return row.get("why", "—")
+    passed, total = row[key]
+    return f"{passed}/{total}" + (f" ({100 * passed / total:.0f} %)" if total else "")
+
+
+def _population(loaded: Any, work: Path) -> Path:
+    from forensics.record import record_greedy
+
+    root = work / "population"
+    for subject, _adj, _answer in RIGHT:
+        record_greedy(
+            loaded, f"The capital of {subject} is", root / subject, "as-generated", kind="benign", max_new_tokens=3
+        )
+    return root
+
+
+def _family(loaded: Any, name: str, work: Path, population: Path, seed: int) -> list[dict[str, Any]]:
+    from forensics.edit import family_prompt, population_prompts
+    from forensics.failure import FailureSpec
+
+    subject, adjective, answer = FAMILIES[name]
+    tok = loaded.tokenizer
+    spec = FailureSpec.expected(" " + answer, tok, warn=False)
+    prompts = [family_prompt(p, spec, tok) for p in phrasings(subject, adjective)]
+    failing = [p for p in prompts if not p.fixed(_logits(loaded.model, p))]
+    if len(failing) < GIVEN + 2:
+        print(f"{name}: only {len(failing)} of {len(prompts)} phrasings fail; left out", flush=True)
+        return []
+    given, held = failing[:GIVEN], failing[GIVEN:]
+    neighbourhood = [p for s, a, _ in RIGHT for p in phrasings(s, a)] + [t.format(X=subject) for t in ABOUT]
+    keep = population_prompts(loaded.model, tok, neighbourhood)
+    base = {"family": name, "given": len(given), "held_out_total": len(held)}
+    t0 = time.perf_counter()
+    family = _analyse(loaded, name, given, work, population, spec)
+    analysis_s = time.perf_counter() - t0
+    print(f"{name}: family analysis of {len(given)} members {analysis_s:.1f}s: {family['summary']}", flush=True)
+    rows = [{**base, **_ablation(loaded, family, given, held, keep, analysis_s)}]
+    layers = len(loaded.model.model.layers)
+    diagnosed = _diagnosed_layer(family)
+    chosen = {
+        "rank-one@diagnosed": diagnosed,
+        "rank-one@middle": layers // 2,
+        "rank-one@random": random.Random(seed + len(name)).randrange(1, layers - 1),
+    }
+    positions = [_subject_position(tok, p, subject, adjective) for p in given]
+    for method, layer in chosen.items():
+        rows.append({**base, **_rank_one(loaded, given, held, keep, layer, positions, method)})
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def _logits(model: Any, prompt: Any) -> Any:
+    from forensics.edit.evaluate import decision_logits
+
+    return decision_logits(model, [prompt])[0]
+
+
+def _analyse(loaded: Any, name: str, given: list[Any], work: Path, population: Path, spec: Any) -> dict[str, Any]:
+    from forensics.rca import AnalysisRequest, RCAPipeline
+    from forensics.record import record_greedy
+
+    paths = []
+    for i, p in enumerate(given):
+        dest = work / name / f"m{i}"
+        record_greedy(loaded, p.text, dest, spec, kind="incident", max_new_tokens=3)
+        paths.append(str(dest))
+    result = RCAPipeline().run_family(AnalysisRequest.of(paths, population=str(population), model=loaded))
+    return result.to_dict()
+
+
+def _diagnosed_layer(family: dict[str, Any]) -> int:
+    from forensics.models.arch import layer_of
+
+    rows = family["components"]
+    mlp = next((r for r in rows if r.get("head") is None and r["module"].endswith(".mlp")), None)
+    row = mlp or (rows[0] if rows else None)
+    return int(layer_of(row["module"]) or 0) if row else 8
+
+
+def _ablation(
+    loaded: Any, family: dict[str, Any], given: list[Any], held: list[Any], keep: list[Any], analysis_s: float
+) -> dict[str, Any]:
+    from forensics.edit import edited_copy, evaluate_edit, weight_form
+    from forensics.edit.base import NoWeightForm
+    from forensics.replay import Intervention
+
+    t0 = time.perf_counter()
+    for fix in family["fix_sets"]:
+        ivs = tuple(Intervention.from_dict(iv) for iv in fix["interventions"])
+        try:
+            edit = weight_form(loaded.model, ivs)
+        except NoWeightForm:
+            continue
+        model = edited_copy(loaded.model, edit)
+        ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
+        return {
+            "method": "ablation",
+            "fix": fix["components"],
+            "held_out": [ev.generalisation.passed, ev.generalisation.total],
+            "efficacy": [ev.efficacy.passed, ev.efficacy.total],
+            "specificity": [ev.specificity.passed, ev.specificity.total],
+            "fluency": [ev.fluency.passed, ev.fluency.total],
+            "seconds": analysis_s + time.perf_counter() - t0,
+        }
+    return {"method": "ablation", "why": "no fix set with a weight form", "held_out": None, "seconds": analysis_s}
+
+
+def _subject_position(tok: Any, prompt: Any, subject: str, adjective: str) -> int:
+    """The subject's last token in ``prompt``: the country, or its adjective where the phrasing uses that."""
+    from forensics.edit.prompts import subject_positions
+
+    return subject_positions(tok, [prompt], adjective if adjective in prompt.text else subject)[0]
+
+
+def _rank_one(
+    loaded: Any, given: list[Any], held: list[Any], keep: list[Any], layer: int, positions: list[int], method: str
+) -> dict[str, Any]:
+    from forensics.edit import edited_copy, evaluate_edit, rank_one_edit
+    from forensics.errors import ConfigError
+
+    t0 = time.perf_counter()
+    try:
+        edit = rank_one_edit(loaded.model, loaded.tokenizer, given, keep, layer=layer, subject_positions=positions)
+    except ConfigError as exc:
+        return {
+            "method": method,
+            "layer": layer,
+            "why": str(exc)[:80],
+            "held_out": None,
+            "seconds": time.perf_counter() - t0,
+        }
+    model = edited_copy(loaded.model, edit)
+    ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
+    return {
+        "method": method,
+        "layer": layer,
+        "held_out": [ev.generalisation.passed, ev.generalisation.total],
+        "efficacy": [ev.efficacy.passed, ev.efficacy.total],
+        "specificity": [ev.specificity.passed, ev.specificity.total],
+        "fluency": [ev.fluency.passed, ev.fluency.total],
+        "relative_norm": edit.details.get("relative_norm"),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+if __name__ == "__main__":
+    main()
