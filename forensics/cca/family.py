@@ -32,6 +32,7 @@ __all__ = ["FAMILY_POSITIONS", "FamilySearch", "family_candidates", "search_fami
 
 FAMILY_POSITIONS: tuple[Positions, ...] = ("all", "last")  # position-free: the same on every member
 TOP_SINGLES = 12  # singles that seed pairs and triples
+POPULATION_CHECKED = 24  # best sets replayed on the population (the rest rank as they are)
 KEEP = 3  # sets reported (and the rank a set must hold, without a member, to count as found without it)
 
 
@@ -160,9 +161,10 @@ def search_family(
 
 
 def check_population(search: FamilySearch, population: Sequence[Replayer]) -> None:
-    """``search.broken``: for each set that fixes some member, how many population answers it changes
-    (one batched pass per population bundle; a set its replay refuses there counts as unchanged)."""
-    fixing = [s for s in range(len(search.sets)) if search.fixed[s].any()]
+    """``search.broken``: for each of the ``POPULATION_CHECKED`` best sets that fix some member, how many
+    population answers it changes (one batched pass per population bundle; a set its replay refuses
+    there counts as unchanged)."""
+    fixing = [s for s in search.ranked() if search.fixed[s].any()][:POPULATION_CHECKED]
     search.broken = dict.fromkeys(fixing, 0)
     for rp in population:
         plain = rp.run(()).argmax_id

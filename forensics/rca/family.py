@@ -13,6 +13,7 @@ answer on each member and its side effects on the population. Report schema ``mo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,9 @@ def analyze_family(request: AnalysisRequest, config: Config, models: ModelCache)
     cca = config.modules.cca
     candidates = family_candidates(rp0.model, population=bool(population), heads="head" in cca.components)
     benign = _population_replayers(population, loaded, request, config, skipped)
+    for rp in benign:  # the same population: what the members captured serves the side-effect check
+        with contextlib.suppress(ReplayError):
+            rp.bank.share(members[0].rp.bank)
     search = search_family(
         [m.rp for m in members],
         candidates,
@@ -128,7 +132,8 @@ def analyze_family(request: AnalysisRequest, config: Config, models: ModelCache)
                 "why": next(iter(search.refused.values())),
             }
         )
-    fix_sets = [_fix_set(search, s, members, benign) for s in search.ranked()[:KEEP] if search.fixed[s].any()]
+    best = [s for s in search.ranked()[:KEEP] if search.fixed[s].any()]
+    fix_sets = [_fix_set(search, s, members, benign, regenerate=i == 0) for i, s in enumerate(best)]
     held = _held_out(search, len(members))
     result = FamilyResult(
         members=[_member_row(m, search, fix_sets) for m in members]
@@ -185,6 +190,9 @@ def _members(
             skipped.append({"what": f"member {b.id}", "why": why, "bundle": b.id, "path": b.path})
             continue
         out.append(_Member(b, rp, float(outcome.metric)))  # type: ignore[union-attr]
+    for member in out[1:]:  # one population: means and heads captured for the first member serve them all
+        with contextlib.suppress(ReplayError):
+            member.rp.bank.share(out[0].rp.bank)
     return out
 
 
@@ -203,7 +211,10 @@ def _population_replayers(
     return out
 
 
-def _fix_set(search: FamilySearch, s: int, members: list[_Member], benign: list[Replayer]) -> dict[str, Any]:
+def _fix_set(
+    search: FamilySearch, s: int, members: list[_Member], benign: list[Replayer], *, regenerate: bool
+) -> dict[str, Any]:
+    """One reported set; the regenerated answers (4 greedy tokens on every member) for the best set only."""
     ivs: InterventionSet = search.sets[s]
     n = len(members)
     stub = FixSet(ivs, True, None, float(search.metric[s].mean()), bool(search.fixed[s].all()), "")
@@ -211,7 +222,7 @@ def _fix_set(search: FamilySearch, s: int, members: list[_Member], benign: list[
     per_member = []
     for m, member in enumerate(members):
         rp = member.rp
-        new = rp.generate(ivs, REGENERATE_TOKENS)
+        new = rp.generate(ivs, REGENERATE_TOKENS) if regenerate else None
         generated = list(rp.bundle.outputs["generated_ids"])
         per_member.append(
             {
@@ -219,7 +230,7 @@ def _fix_set(search: FamilySearch, s: int, members: list[_Member], benign: list[
                 "fixed": bool(search.fixed[s, m]),
                 "margin_before": -member.m_incident,
                 "margin_after": float(search.metric[s, m]),
-                "regenerated": rp.tokenizer.decode(generated[: rp.step] + new),
+                "regenerated": None if new is None else rp.tokenizer.decode(generated[: rp.step] + new),
             }
         )
     family = arch_for(members[0].rp.model).family
