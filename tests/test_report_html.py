@@ -683,3 +683,18 @@ def test_side_effects_skipped_on_short_prompts_are_named(rca2: dict[str, Any]) -
     part = _part(render_html(rca2), "fix")
     assert "not checked: 11 benign bundles it has no counterpart on (a prompt shorter" in part
     assert "changes 1 of 4 benign answers" in part and "(not checked on 7 benign bundles" in part
+
+
+def test_the_page_says_what_fix_can_ship_and_how(report: dict[str, Any]) -> None:
+    page = render_html(report)  # the fixture's fix: zero the layer-1 MLP at the last position
+    assert "Fix you can ship" in page and "model-forensics export-fix" in page
+    assert "no exact weight form" in page and "position-dependent" in page
+    everywhere = {
+        **report,
+        "fix_set": {
+            **report["fix_set"],
+            "interventions": [{"module": "model.layers.1.mlp", "kind": "zero", "positions": "all"}],
+        },
+    }
+    assert "an exact weight form" in render_html(everywhere)
+    assert "Fix you can ship" not in render_html({**report, "fix_set": None, "fix_sets": []})

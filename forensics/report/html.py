@@ -24,6 +24,7 @@ from forensics.report.blocks import code, empty, facts, flag, is_number, section
 from forensics.report.components import components_section
 from forensics.report.plot import FIXED_COLOUR, NOT_EVALUATED_COLOUR, esc, fmt
 from forensics.report.provenance import provenance_section
+from forensics.report.ship import ship_section
 from forensics.report.story import (
     commands_section,
     confidence_section,
@@ -112,6 +113,7 @@ def render_html(report: Mapping[str, Any], *, threshold: float | None = None) ->
             _header(report),
             incident_section(report),
             fixes_section(report),
+            ship_section(report),
             components_section(report),
             isc_section(report),
             dbc_section(report),
