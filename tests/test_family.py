@@ -66,7 +66,11 @@ def test_candidates_are_position_free(tiny_llama: LoadedModel) -> None:
 
 @pytest.fixture(scope="module")
 def family(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("family")
+    return _record_family(tiny_llama, tmp_path_factory.mktemp("family"))
+
+
+def _record_family(tiny_llama: LoadedModel, root: Path) -> dict[str, Any]:
+    """The four phrasings, each failing toward the answer the first population prompt gets."""
     benign = [
         record_greedy(tiny_llama, p, root / "benign" / f"b{i}", "as-generated", kind="benign", max_new_tokens=2).bundle
         for i, p in enumerate(BENIGN)
@@ -89,6 +93,17 @@ def family(tiny_llama: LoadedModel, tmp_path_factory: pytest.TempPathFactory) ->
 def test_a_family_report_says_per_member_and_held_out(
     family: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path
 ) -> None:
+    _check_family_report(family, tiny_llama, tmp_path)
+
+
+def test_a_family_of_another_architecture(tiny_gpt2: LoadedModel, tmp_path: Path) -> None:
+    """GPT-2: fused attention projection, Conv1D weights, absolute positions; the same report contract."""
+    report = _check_family_report(_record_family(tiny_gpt2, tmp_path / "gpt2"), tiny_gpt2, tmp_path)
+    assert all(r["module"].startswith("transformer.h.") for r in report["components"])
+    assert any(iv.head is not None for iv in family_candidates(tiny_gpt2.model, population=True))
+
+
+def _check_family_report(family: dict[str, Any], tiny_llama: LoadedModel, tmp_path: Path) -> dict[str, Any]:
     request = AnalysisRequest.of(
         [b.path for b in family["members"]],
         population=family["population"],
@@ -111,6 +126,7 @@ def test_a_family_report_says_per_member_and_held_out(
         set(r["gains"]) == {m["bundle_id"] for m in analysed} for r in report["components"]
     )
     assert report["summary"].startswith(f"family of {len(PHRASINGS)} incidents")
+    return report
 
 
 def test_cli_analyzes_several_bundles_as_a_family(
