@@ -43,8 +43,11 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/head_sweep.py
 	$(PY) bench/atp_recall.py
 	$(PY) bench/analysis.py
+	$(PY) bench/ray_scale.py
 	$(PY) bench/scale.py
 	$(PY) bench/families.py
+	$(PY) bench/architectures.py
+	$(PY) bench/architectures.py --gemma3-270m
 
 clean:
 	rm -rf demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
     api = build_api(backend, settings, Metrics())      # backend: the Analyzer deployment's handle, wrapped
     # POST /v1/analyze  POST /v1/triage  GET /v1/results/{id}  GET /metrics   (Authorization: Bearer ...)
+    # POST /v1/export-fix                                                     (admin only)
     # GET /healthz  GET /docs  GET /openapi.json                              (open: probes, API docs)
 
 Routes live here, one router per concern (analyses, results, operations); what surrounds them lives
@@ -9,8 +10,8 @@ beside them: request bodies (``bodies``), bounded intake (``intake``), errors as
 every error body is ``{"error": {"type", "message"}, "request_id"}``), request ids, metrics and log
 lines (``middleware``), auth and audit (``security``). Each endpoint but the open ones needs one
 permission (``requires``): 401 with ``WWW-Authenticate: Bearer`` without valid credentials, 403 when
-the role or scope does not allow it. Analyses, triage and result reads are audited (one line each,
-refusals included) when an audit log is configured.
+the role or scope does not allow it. Analyses, triage, result reads and fix exports are audited (one
+line each, refusals included) when an audit log is configured.
 """
 
 from __future__ import annotations
@@ -26,9 +27,16 @@ from forensics import service
 from forensics.ops.audit import AuditLog
 from forensics.ops.auth import Principal
 from forensics.ops.metrics import Metrics
-from serve_app.bodies import ANALYZE_BODY, TRIAGE_BODY, TraceAnalyzeRequest, TriageRequest
+from serve_app.bodies import (
+    ANALYZE_BODY,
+    EXPORT_FIX_BODY,
+    TRIAGE_BODY,
+    ExportFixRequest,
+    TraceAnalyzeRequest,
+    TriageRequest,
+)
 from serve_app.errors import APIError, install_error_handlers
-from serve_app.intake import BundleInput, analyze_input, json_body
+from serve_app.intake import BundleInput, FamilyInput, analyze_input, json_body
 from serve_app.middleware import install_request_context
 from serve_app.security import Access, Audit, audited, requires
 from serve_app.settings import Settings
@@ -39,12 +47,18 @@ _DESCRIPTION = """Root-cause analysis of model incidents: analyse bundles, triag
 
 Send `Authorization: Bearer <token>` (an API token from `model-forensics tokens add`, or an OAuth2/OIDC JWT
 when configured). Permissions: analyze needs `run_analysis`, triage `read_bundles`, results and metrics
-`view_results`. `/healthz`, `/docs` and `/openapi.json` are open.
+`view_results`, export-fix `admin`. `/healthz`, `/docs` and `/openapi.json` are open.
 
-`POST /v1/analyze` takes a bundle name (JSON), a bundle archive (multipart `file`), or an OpenTelemetry
-GenAI trace (JSON `trace` or `trace_text`, with `model` and `expected` or `forbidden`): the trace's chat call
-is re-recorded on that model into a fresh bundle and analysed with provenance; the answer adds `trace`
-(`reproduces`, `verdict`: whether the local model says what the trace recorded)."""
+`POST /v1/analyze` takes a bundle name (JSON `bundle`), a list of bundle names (JSON `bundles`: 2 or more
+incidents of one failure mode, analysed as one failure family; the answer's `result` is the family report),
+a bundle archive (multipart `file`), or an OpenTelemetry GenAI trace (JSON `trace` or `trace_text`, with
+`model` and `expected` or `forbidden`): the trace's chat call is re-recorded on that model into a fresh
+bundle and analysed with provenance; the answer adds `trace` (`reproduces`, `verdict`: whether the local
+model says what the trace recorded).
+
+`POST /v1/export-fix` (admin) turns a stored report's fix (a result id, or a report path under the output
+directory) into an edited model written to `fixes/<out>` under the output directory, judged as
+`model-forensics export-fix` judges it."""
 
 
 class Backend(Protocol):
@@ -54,7 +68,13 @@ class Backend(Protocol):
         self, *, bundle: str, baseline: str | None, result_id: str, request_id: str, **reference_model: str
     ) -> dict[str, Any]: ...  # reference_model=... only when the request names one
 
+    async def analyze_family(
+        self, *, bundles: list[str], baseline: str | None, result_id: str, request_id: str
+    ) -> dict[str, Any]: ...
+
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> list[dict[str, Any]]: ...
+
+    async def export_fix(self, *, body: dict[str, Any], request_id: str) -> dict[str, Any]: ...  # ExportFixRequest
 
     async def analyze_trace(
         self,
@@ -81,6 +101,7 @@ def build_api(
     install_request_context(api, metrics)
     api.include_router(_analysis_routes(backend, settings, metrics))
     api.include_router(_result_routes(settings))
+    api.include_router(_fix_routes(backend))
     api.include_router(_operation_routes(settings, metrics))
     return api
 
@@ -102,6 +123,8 @@ def _analysis_routes(backend: Backend, settings: Settings, metrics: Metrics) -> 
                     metrics.observe_error(exc.kind)
                 raise
             entry["result"] = done["id"]
+        if isinstance(given, FamilyInput):  # a family report is no incident's: the metrics count incidents
+            return _family_answer(done)
         metrics.observe_report(done["report"])
         return _answer(done)
 
@@ -124,11 +147,21 @@ def _analysis_routes(backend: Backend, settings: Settings, metrics: Metrics) -> 
 
 
 async def _analyze(
-    backend: Backend, settings: Settings, given: BundleInput | TraceAnalyzeRequest, entry: dict[str, Any], rid: str
+    backend: Backend,
+    settings: Settings,
+    given: BundleInput | FamilyInput | TraceAnalyzeRequest,
+    entry: dict[str, Any],
+    rid: str,
 ) -> dict[str, Any]:
     """Ask the backend to analyse what ``POST /v1/analyze`` was sent; ``entry`` (the audit line) learns the bundle."""
     if isinstance(given, TraceAnalyzeRequest):
         return await _analyze_trace(backend, settings, given, entry, rid)
+    if isinstance(given, FamilyInput):
+        entry["bundle"] = ",".join(given.bundles)[:1000]
+        entry["members"] = len(given.bundles)
+        return await backend.analyze_family(
+            bundles=list(given.bundles), baseline=given.baseline, result_id=service.new_result_id(), request_id=rid
+        )
     entry["bundle"] = given.bundle
     extra = {"reference_model": given.reference_model} if given.reference_model is not None else {}
     return await backend.analyze(
@@ -175,6 +208,38 @@ def _answer(done: dict[str, Any]) -> dict[str, Any]:
         answer["trace"] = done["trace"]
         answer["result"]["provenance"] = done["report"].get("provenance")
     return answer
+
+
+def _family_answer(done: dict[str, Any]) -> dict[str, Any]:
+    """A family analysis's answer: the family report itself (it is short), also kept at ``/v1/results/{id}``."""
+    return {
+        "id": done["id"],
+        "status": "done",
+        "bundles": done["bundles"],
+        "result": done["report"],
+        "links": {"result": f"/v1/results/{done['id']}"},
+    }
+
+
+# -- fixes: POST /v1/export-fix (admin) ----------------------------------------------------------
+def _fix_routes(backend: Backend) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/export-fix",
+        openapi_extra=EXPORT_FIX_BODY,
+        summary="Export a stored report's fix as an edited model under the output directory (admin only)",
+    )
+    async def export_fix(
+        request: Request, principal: Annotated[Principal, requires("admin", "export_fix")]
+    ) -> dict[str, Any]:
+        async with audited(request, principal, "export_fix") as entry:
+            body = await json_body(request, ExportFixRequest)
+            entry["result"], entry["out"] = body.report[:200], body.out
+            done = await backend.export_fix(body=body.model_dump(), request_id=request.state.request_id)
+        return {"status": "done", **done}
+
+    return router
 
 
 # -- results: GET /v1/results/{id} ---------------------------------------------------------------

@@ -78,8 +78,17 @@ class Analyzer:
     ) -> dict[str, Any]:
         return await self._run(request_id, self._analyze, bundle, baseline, result_id, reference_model)
 
+    async def analyze_family(
+        self, *, bundles: list[str], baseline: str | None, result_id: str, request_id: str
+    ) -> dict[str, Any]:
+        return await self._run(request_id, self._analyze_family, bundles, baseline, result_id)
+
     async def triage(self, *, directory: str, baseline: str | None, request_id: str) -> dict[str, Any]:
         return await self._run(request_id, self._triage, directory, baseline)
+
+    async def export_fix(self, *, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """``body``: ``ExportFixRequest``'s fields (report, out, method, max_broken, layer, subject, population)."""
+        return await self._run(request_id, self._export_fix, dict(body))
 
     async def analyze_trace(self, *, request_id: str, **trace: Any) -> dict[str, Any]:
         """``trace``: ``service.run_trace_analysis``'s trace, model, expected/forbidden, span_id, baseline, result_id."""
@@ -104,6 +113,32 @@ class Analyzer:
             encryption_key=s.encryption_key,
             allowed_models=s.allowed_models,
             reference_model=reference_model,
+        )
+
+    def _analyze_family(self, bundles: list[str], baseline: str | None, result_id: str) -> dict[str, Any]:
+        s = self.settings
+        return service.run_family_analysis(
+            self.pipeline,
+            bundle_dir=s.bundle_dir,
+            output_dir=s.output_dir,
+            bundles=bundles,
+            baseline=self._baseline(baseline),
+            result_id=result_id,
+            encryption_key=s.encryption_key,
+            allowed_models=s.allowed_models,
+        )
+
+    def _export_fix(self, body: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        population = body.pop("population", None)
+        return service.run_export_fix(
+            s.config,
+            bundle_dir=s.bundle_dir,
+            output_dir=s.output_dir,
+            population=service.resolve_baseline(s.bundle_dir, population) if population else None,
+            encryption_key=s.encryption_key,
+            allowed_models=s.allowed_models,
+            **body,
         )
 
     def _analyze_trace(self, trace: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +182,16 @@ class AnalyzerBackend:
         value: dict[str, Any] = await self._call("analyze", **kwargs)
         return value
 
+    async def analyze_family(self, **kwargs: Any) -> dict[str, Any]:
+        value: dict[str, Any] = await self._call("analyze_family", **kwargs)
+        return value
+
     async def triage(self, **kwargs: Any) -> list[dict[str, Any]]:
         value: list[dict[str, Any]] = await self._call("triage", **kwargs)
+        return value
+
+    async def export_fix(self, **kwargs: Any) -> dict[str, Any]:
+        value: dict[str, Any] = await self._call("export_fix", **kwargs)
         return value
 
     async def analyze_trace(self, **kwargs: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Request bodies read within bounds, after authentication: JSON up to a size, archives up to the upload limit.
 
-    given = await analyze_input(request, settings)     # BundleInput (by name or uploaded) or TraceAnalyzeRequest
+    given = await analyze_input(request, settings)     # BundleInput (by name or uploaded), FamilyInput or a trace
     body = await json_body(request, TriageRequest)     # any bounded JSON body as its pydantic model
 
 A body over its limit is refused by its ``Content-Length`` before a byte is read and again while it
@@ -25,7 +25,7 @@ from serve_app.bodies import AnalyzeRequest, TraceAnalyzeRequest
 from serve_app.errors import APIError, disconnected, validation_message
 from serve_app.settings import Settings
 
-__all__ = ["FORM_OVERHEAD_BYTES", "MAX_JSON_BYTES", "BundleInput", "analyze_input", "json_body"]
+__all__ = ["FORM_OVERHEAD_BYTES", "MAX_JSON_BYTES", "BundleInput", "FamilyInput", "analyze_input", "json_body"]
 
 MAX_JSON_BYTES = 64 * 1024  # a JSON body; one carrying a trace may add the trace limit (service.trace_limit)
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and headers on top of the archive itself
@@ -42,9 +42,18 @@ class BundleInput:
     reference_model: str | None = None  # one of the app's allowed_models, checked on intake
 
 
-async def analyze_input(request: Request, settings: Settings) -> BundleInput | TraceAnalyzeRequest:
+@dataclass(frozen=True)
+class FamilyInput:
+    """The bundles of one failure family, named in a JSON body (``bundles``), analysed as one."""
+
+    bundles: tuple[str, ...]
+    baseline: str | None = None
+
+
+async def analyze_input(request: Request, settings: Settings) -> BundleInput | FamilyInput | TraceAnalyzeRequest:
     """What ``POST /v1/analyze`` was sent: a bundle (JSON body or multipart upload saved under bundle_dir),
-    or a trace body. A reference model must be one of the app's ``allowed_models``."""
+    a list of bundles (a failure family), or a trace body. A reference model must be one of the app's
+    ``allowed_models``."""
     kind = _content_type(request)
     if kind == "multipart/form-data":
         return await _upload(request, settings)
@@ -60,9 +69,11 @@ async def analyze_input(request: Request, settings: Settings) -> BundleInput | T
             413, "PayloadTooLarge", f"request body larger than {MAX_JSON_BYTES} bytes (only a trace body may be larger)"
         )
     body = _validated(AnalyzeRequest, raw)
+    if body.bundles is not None:
+        return FamilyInput(tuple(service.check_members(body.bundles)), body.baseline)
     if body.reference_model is not None:
         service.check_model_allowed(body.reference_model, settings.allowed_models)
-    return BundleInput(body.bundle, body.baseline, body.reference_model)
+    return BundleInput(str(body.bundle), body.baseline, body.reference_model)  # set: bundles is not
 
 
 async def json_body(request: Request, model: type[Body]) -> Body:

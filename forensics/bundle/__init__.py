@@ -15,8 +15,8 @@ Readable from a directory, a ``.tar`` / ``.tar.zst`` archive, or any ``pyarrow.f
 
 from __future__ import annotations
 
-from forensics.bundle.bundle import Bundle, load_bundle
-from forensics.bundle.manifest import ACTIVATIONS, MANIFEST, SCHEMA_ID
+from forensics.bundle.bundle import Bundle, load_bundle, read_manifest
+from forensics.bundle.manifest import ACTIVATIONS, MANIFEST, SCHEMA_ID, check_failure_family, family_key
 from forensics.bundle.store import ACTIVATION_SCHEMA, ALLOWED_DTYPES
 from forensics.bundle.writer import write_bundle
 
@@ -27,6 +27,9 @@ __all__ = [
     "MANIFEST",
     "SCHEMA_ID",
     "Bundle",
+    "check_failure_family",
+    "family_key",
     "load_bundle",
+    "read_manifest",
     "write_bundle",
 ]

@@ -25,7 +25,7 @@ from forensics.bundle.manifest import MANIFEST, MAX_MANIFEST_BYTES, data_file, p
 from forensics.bundle.seal import unseal
 from forensics.bundle.store import Array, decode_batch, open_reader
 
-__all__ = ["Bundle", "load_bundle"]
+__all__ = ["Bundle", "load_bundle", "read_manifest"]
 
 _SHOWN_MODULES = 5
 
@@ -57,6 +57,27 @@ def load_bundle(
     except BaseException:
         location.cleanup()
         raise
+
+
+def read_manifest(
+    path_or_uri: str | os.PathLike[str], *, filesystem: Any = None, encryption_key: bytes | None = None
+) -> dict[str, Any]:
+    """A bundle's checked manifest alone, no data file read (``batch`` groups incidents by it, so a bundle
+    whose activations are damaged still names its ``failure_family`` and failure spec). A sealed manifest
+    is opened when ``encryption_key`` is given, else returned sealed. ``BundleError`` when it is not valid.
+
+    >>> read_manifest("bundles/au1").get("failure_family")      # doctest: +SKIP
+    'australia-capital'
+    """
+    location = resolve(path_or_uri, filesystem, None)
+    try:
+        site = Site(location.name)
+        manifest = parse_manifest(site, _read_manifest_bytes(site, location))
+        if "sealed" in manifest and encryption_key is not None:
+            manifest = unseal(site, manifest, encryption_key)
+        return manifest
+    finally:
+        location.cleanup()
 
 
 def _load(location: Location, verify: bool, key: bytes | None) -> Bundle:
@@ -161,6 +182,13 @@ class Bundle:
     @property
     def kind(self) -> str:
         return str(self._manifest["kind"])
+
+    @property
+    def failure_family(self) -> str | None:
+        """The failure-family label it was recorded with (``record --family NAME``), or None: incidents of one
+        failure mode share it, and ``batch`` analyses each label's incidents as one family."""
+        label = self._manifest.get("failure_family")
+        return None if label is None else str(label)
 
     def with_failure(self, failure: dict[str, Any], decision_step: int | None) -> Bundle:
         """This bundle judged against another failure spec: a view whose manifest holds ``failure`` and the

@@ -19,9 +19,10 @@ from typing import Any
 
 from forensics.bundle._guard import Site
 from forensics.bundle.checks import check_manifest
+from forensics.bundle.schema import FAILURE_FAMILY_CHARS, MAX_FAILURE_FAMILY
 from forensics.bundle.strictjson import LimitError, check_value, loads_strict
 from forensics.durable import write_atomic
-from forensics.errors import BundleError
+from forensics.errors import BundleError, ConfigError
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,9 +31,11 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "SCHEMA_ID",
     "check_bundle_id",
+    "check_failure_family",
     "data_file",
     "encode_manifest",
     "example_manifest",
+    "family_key",
     "parse_manifest",
     "prepare_manifest",
     "validate_manifest",
@@ -46,6 +49,7 @@ KINDS = ("incident", "benign")
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FAILURE_FAMILY = re.compile(f"[A-Za-z0-9][{FAILURE_FAMILY_CHARS}]{{0,{MAX_FAILURE_FAMILY - 1}}}")
 
 
 def parse_manifest(site: Site, data: bytes) -> dict[str, Any]:
@@ -98,6 +102,47 @@ def check_bundle_id(site: Site, value: str) -> None:
         raise site.error(
             MANIFEST, f"bundle_id {value!r} must be a non-empty name without separators or control characters"
         )
+
+
+def check_failure_family(label: object) -> str:
+    """``label`` when it is a failure-family label (the manifest's ``failure_family``): 1-64 letters, digits,
+    ``.``, ``_`` or ``-``, a letter or digit first; ``ConfigError`` naming the field otherwise. It names
+    report files (``family-<label>.json``), so nothing that could be a path or a control character passes.
+
+    >>> check_failure_family("australia-capital")
+    'australia-capital'
+    >>> check_failure_family("../etc")
+    Traceback (most recent call last):
+    forensics.errors.ConfigError: failure_family: expected 1-64 letters, digits, '.', '_' or '-' (a letter or digit first), got '../etc'
+    """
+    if not isinstance(label, str) or not _FAILURE_FAMILY.fullmatch(label):
+        raise ConfigError(
+            f"failure_family: expected 1-{MAX_FAILURE_FAMILY} letters, digits, '.', '_' or '-' "
+            f"(a letter or digit first), got {str(label)[:80]!r}"
+        )
+    return label
+
+
+def family_key(manifest: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Which failure family an incident's manifest puts it in: ``("label", <failure_family>)``, else its
+    failure spec, ``("spec", "expected" | "label", <token ids>)`` or ``("spec", "forbidden", <text>, <regex>)``;
+    None when it has neither (or the spec is sealed). Incidents with equal keys are one family (``batch``).
+
+    >>> family_key({**example_manifest(), "failure_family": "au"})
+    ('label', 'au')
+    >>> family_key({**example_manifest(), "failure": {"type": "expected", "text": " Canberra", "token_ids": [9]}})
+    ('spec', 'expected', (9,))
+    """
+    label = manifest.get("failure_family")
+    if label is not None:
+        return ("label", str(label))
+    failure = manifest.get("failure")
+    if not isinstance(failure, Mapping):
+        return None
+    kind = failure.get("type")
+    if kind == "forbidden":
+        return ("spec", kind, str(failure.get("text", "")), bool(failure.get("regex", False)))
+    return ("spec", kind, tuple(int(t) for t in failure.get("token_ids") or ()))
 
 
 def prepare_manifest(

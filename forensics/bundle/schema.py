@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 SEALED_KEYS = ("external_calls", "failure", "inputs", "outputs")  # forensics.bundle.seal moves these
+FAILURE_FAMILY_CHARS = "A-Za-z0-9._-"  # a failure-family label: these characters only, a letter or digit first
+MAX_FAILURE_FAMILY = 64
 
-__all__ = ["MANIFEST_SCHEMA", "SEALED_KEYS"]
+__all__ = ["FAILURE_FAMILY_CHARS", "MANIFEST_SCHEMA", "MAX_FAILURE_FAMILY", "SEALED_KEYS"]
 
 _MANIFEST = "manifest.json"
 _INT32 = 2**31 - 1
@@ -191,6 +193,14 @@ _EXTERNAL_CALL = {
     },
 }
 
+FAILURE_FAMILY = _str(  # "not" a character outside the set: a "$" would let a trailing newline through
+    f"a failure-family label: 1-{MAX_FAILURE_FAMILY} letters, digits, '.', '_' or '-', a letter or digit first",
+    MAX_FAILURE_FAMILY,
+    minLength=1,
+    pattern="^[A-Za-z0-9]",
+    **{"not": {"type": "string", "pattern": f"[^{FAILURE_FAMILY_CHARS}]"}},
+)
+
 _RANGE = {
     "type": "array",
     "items": _int("an offset (an integer from 0 to 2147483647)"),
@@ -232,6 +242,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         ),
         "created_at": _str("an ISO-8601 timestamp", 64),
         "kind": {"enum": ["incident", "benign"], "title": "one of 'incident', 'benign'"},
+        "failure_family": FAILURE_FAMILY,  # optional: which failure mode the incident belongs to (batch groups by it)
         "model": {
             "type": "object",
             "title": "an object",

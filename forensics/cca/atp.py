@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -224,6 +225,27 @@ class _Grid:
     output_module: str | None
     position_free: bool = False  # a family's search: a component's mean at every position is an ablation
 
+    @cached_property
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each set's size, first position, end (exclusive) and the sets that are not one run of positions."""
+        sizes, first = self.mask.sum(axis=1), self.mask.argmax(axis=1)
+        end = self.length - self.mask[:, ::-1].argmax(axis=1)  # one past the last position
+        return sizes, first, first + sizes, np.flatnonzero(end - first != sizes)
+
+    def sums(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[S] sums of ``delta`` [T] over each position set (prefix sums: O(S + T), not O(S x T)), and [S]
+        whether a position of the set has no value (NaN)."""
+        _, first, ends, scattered = self.runs
+        finite = np.isfinite(delta)
+        cum = np.concatenate([[0.0], np.cumsum(np.where(finite, delta, 0.0))])
+        missing = np.concatenate([[0], np.cumsum(~finite)])
+        est, bad = cum[ends] - cum[first], missing[ends] - missing[first] > 0
+        if scattered.size:
+            rows = self.mask[scattered]
+            est[scattered] = np.where(rows, np.nan_to_num(delta)[None, :], 0.0).sum(axis=1)
+            bad[scattered] = (rows & ~finite[None, :]).any(axis=1)
+        return est, bad
+
 
 def _estimates(
     rp: Replayer,
@@ -239,7 +261,7 @@ def _estimates(
     a, g = act_grad
     out = np.full((len(kinds), grid.mask.shape[0]), np.nan)
     resid = node.component(grid.family).site == "resid"
-    sizes = grid.mask.sum(axis=1)
+    sizes = grid.runs[0]
     for k, (kind, source) in enumerate(kinds):
         if resid and kind != "patch":
             continue
@@ -252,8 +274,8 @@ def _estimates(
         except ReplayError:
             continue  # no value for this node (not recorded in the source, other weights): no candidate
         # delta: [T]; NaN where the source has no counterpart
-        est = np.where(grid.mask, np.nan_to_num(delta)[None, :], 0.0).sum(axis=1)
-        est[(grid.mask & ~np.isfinite(delta)[None, :]).any(axis=1)] = np.nan
+        est, bad = grid.sums(delta)
+        est[bad] = np.nan
         if kind == "patch" and (node.module == grid.output_module and node.head is None):
             est[:] = np.nan  # the last residual IS the source's prediction: output substitution
         if kind in ("patch", "mean") and source not in grid.reference_runs:  # fixset.is_input_substitution

@@ -68,7 +68,7 @@ def _one_pass(
 ) -> np.ndarray:
     spec = arch_for(rp.model)
     layers = spec.layer_names(rp.model)
-    param = next(rp.model.parameters())
+    param = _where(rp)
     slot = np.empty(len(rows), dtype=np.int64)  # batch row of each row (the unchanged row is 0)
     slot[order] = np.arange(1, len(rows) + 1)
     outputs, inputs = _writes(rp, rows, columns, slot, spec)
@@ -93,6 +93,11 @@ def _one_pass(
     return result
 
 
+def _where(rp: Replayer) -> torch.Tensor:
+    """An empty tensor on the replay's input device in the weights' dtype (weights may be offloaded)."""
+    return torch.empty(0, device=rp.device, dtype=next(rp.model.parameters()).dtype)
+
+
 Write = tuple[torch.Tensor, torch.Tensor]  # (batch rows, values written there)
 
 
@@ -101,7 +106,7 @@ def _writes(
 ) -> tuple[dict[str, Write], dict[str, list[tuple[slice, torch.Tensor, torch.Tensor]]]]:
     """The rows grouped by where they write: a module's output, or a head's columns of the input of its
     attention's out-projection (by projection)."""
-    param = next(rp.model.parameters())
+    param = _where(rp)
     by_output: dict[str, list[int]] = {}
     by_head: dict[tuple[str, int], list[int]] = {}
     for r, (module, head, _) in enumerate(rows):
@@ -127,7 +132,7 @@ def _writes(
 def _write_output(idx: torch.Tensor, values: torch.Tensor) -> Any:
     def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
         out = primary(output).clone()
-        out[idx, 0] = values
+        out[idx.to(out.device), 0] = values.to(out.device)
         return with_primary(output, out)
 
     return hook
@@ -137,7 +142,7 @@ def _write_input(entries: list[tuple[slice, torch.Tensor, torch.Tensor]]) -> Any
     def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> Any:
         x = args[0].clone()
         for cols, idx, values in entries:
-            x[idx, 0, cols] = values
+            x[idx.to(x.device), 0, cols] = values.to(x.device)
         return (x, *args[1:]), kwargs
 
     return hook
@@ -150,7 +155,7 @@ def _track(moved: torch.Tensor, *, last: bool) -> Any:
         state = primary(output)[:, 0].float()  # the rows that have joined so far
         base = state[:1]
         change = (state - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-6)
-        moved[: state.shape[0]] = torch.maximum(moved[: state.shape[0]], change)
+        moved[: state.shape[0]] = torch.maximum(moved[: state.shape[0]], change.to(moved.device))
         if last:
             raise _Stop
 

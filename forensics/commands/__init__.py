@@ -20,6 +20,7 @@ def register_all(sub: Any) -> None:
         import_trace_cmd,
         info_cmd,
         migrate_cmd,
+        model_cache_cmd,
         record_cmd,
         replay_cmd,
         selftest_cmd,
@@ -48,6 +49,7 @@ def register_all(sub: Any) -> None:
         migrate_cmd,
         selftest_cmd,
         compress_cmd,
+        model_cache_cmd,
         import_trace_cmd,
     )
     from forensics.commands.examples import epilog

@@ -1,9 +1,12 @@
-"""`batch`: analyse every incident bundle in a directory; one atomic result per bundle; resumable."""
+"""`batch`: analyse every incident bundle in a directory; one atomic result per bundle; resumable. Then each
+failure family (incidents sharing a ``failure_family`` label, else an identical failure spec) as one family."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from forensics.commands.common import add_config_arg, config_from_args, progress_bar
 
@@ -31,6 +34,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         "incident's tokens is the patch source (see analyze --reference-model)",
     )
     p.add_argument("--html", action="store_true", help="also write <bundle>.html next to each result")
+    p.add_argument(
+        "--no-families",
+        dest="families",
+        action="store_false",
+        help="analyse incidents one by one only; by default incidents sharing a failure-family label (record "
+        "--family), or unlabelled ones sharing a failure spec, are also analysed as a family, 2 or more each: "
+        "family-<label>.json (or family-spec-...json) beside the per-incident reports",
+    )
     p.add_argument("--ray", action="store_true", help="run on Ray: a local cluster, or --address")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://head:10001); implies --ray")
     p.add_argument("--actors", type=int, default=2, help="replayer actors in the Ray pool (default 2)")
@@ -39,7 +50,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from forensics.batch import plan_batch, run_batch
+    from forensics.batch import plan_batch, plan_families, run_batch
     from forensics.exec import Executor, LocalExecutor
     from forensics.population import is_benign, list_bundle_paths
 
@@ -55,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
         html=args.html,
         reference_model=args.reference_model,
     )
+    families = (
+        plan_families(
+            paths, output_dir=args.output, baseline=args.baseline, model=args.model, config=config, html=args.html
+        )
+        if args.families
+        else []
+    )
+    if families:
+        print(f"families: {len(families)} ({', '.join(f.name for f in families)})", flush=True)
     executor: Executor
     if args.ray or args.address:
         from forensics.exec.ray_executor import RayExecutor
@@ -65,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from forensics.ops.metrics import Metrics
 
     metrics = Metrics()
-    with executor, progress_bar("bundles", total=len(tasks), unit="bundle") as advance:
-        summary = run_batch(tasks, executor=executor, output_dir=args.output, progress=advance, metrics=metrics)
+    total = len(tasks) + len(families)
+    with executor, progress_bar("bundles and families", total=total, unit="task") as advance:
+        summary = run_batch(
+            tasks, executor=executor, output_dir=args.output, progress=advance, metrics=metrics, families=families
+        )
     metrics.write_textfile(args.metrics_file or Path(args.output) / "model_forensics.prom")
     print(
         f"batch: {len(summary.done)} analysed, {len(summary.skipped)} already done, {len(summary.failed)} failed, "
@@ -74,5 +97,29 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, error in summary.failed:
         print(f"  FAILED {name}: {error}")
+    print_families(summary.families)
     print(f"results: {args.output}/ (summary.json)")
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.families_failed else 0
+
+
+def print_families(rows: Sequence[dict[str, Any]]) -> None:
+    """One line per family of a batch, then one per member left out of it."""
+    if not rows:
+        return
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "already done", "not analysed", "failed")}
+    print("families: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for row in rows:
+        name, status = row["family"], row["status"]
+        if status == "done":
+            held, n = row["held_out"], row["analysed"]
+            held_text = f" ({held['fixed']} of {held['of']} held out)" if held else ""
+            fix = f"the best fix fixes {row['fixed_members']} of {n}{held_text}" if row["fixed_members"] else "no fix"
+            print(f"  family {name}: {n} of {len(row['members'])} members analysed, {fix} -> {row['report']}")
+        elif status == "already done":
+            print(f"  family {name}: already done -> {row['report']}")
+        elif status == "not analysed":
+            print(f"  family {name}: not analysed: {row['why']}")
+        else:
+            print(f"  FAILED family {name}: {row['error']}")
+        for gone in row.get("left_out") or []:
+            print(f"    LEFT OUT {gone['bundle']}: {gone['error']}")

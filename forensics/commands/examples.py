@@ -28,6 +28,7 @@ EXAMPLES: dict[str, str] = {
     "migrate-config": "model-forensics migrate-config configs/old.yaml --from v1.0 --to v1.1",
     "test": "model-forensics test --config configs/high_performance.yaml",
     "compress-bundles": "model-forensics compress-bundles bundles/ --older-than 30d --dry-run",
+    "model-cache": "model-forensics model-cache clear --older-than 30d --dry-run",
     "import-trace": 'model-forensics import-trace trace.json --model smollm2-135m --forbidden " Lyon" '
     "--out bundles/from-trace",
 }

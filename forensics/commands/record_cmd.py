@@ -41,6 +41,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="bundle kind (default: incident if the spec is violated, else benign)",
     )
     p.add_argument(
+        "--family",
+        metavar="NAME",
+        type=_family_label,
+        help="failure-family label (1-64 letters, digits, '.', '_', '-'): incidents of one failure mode share "
+        "it, and `batch` analyses each label's incidents together as a family",
+    )
+    p.add_argument(
         "--max-new-tokens",
         type=int,
         default=8,
@@ -48,6 +55,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps (default auto)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="precision to record in (default auto: the model's own, its config.json's dtype; float32 for a "
+        "GGUF); replay runs in the same dtype, bit-exact on CPU",
     )
     p.add_argument(
         "--seed",
@@ -70,7 +84,7 @@ def spec_from_args(args: argparse.Namespace, tokenizer: Any, prompt: str | None 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    loaded = resolve_model(args.model, device=args.device, cache_dir=config.cache_dir)
+    loaded = resolve_model(args.model, device=args.device, dtype=args.dtype, cache_dir=config.cache_dir)
     messages = read_messages(args.messages) if args.messages is not None else None
     rendered = render_chat(loaded.tokenizer, messages) if messages is not None else args.prompt
     spec = spec_from_args(args, loaded.tokenizer, rendered)
@@ -84,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         encryption_key=config.encryption_key,
         streaming=config.streaming_enabled,
+        failure_family=args.family,
     )
     bundle, text, failed = run_.bundle, run_.text, run_.failed
     outputs = bundle.outputs
@@ -98,8 +113,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAILURE at generated token {step}: {observed!r} violates the spec")
     else:
         print("no failure: the output satisfies the spec")
-    print(f"bundle:    {args.out} ({bundle.id}, kind={bundle.kind}, {len(bundle.modules)} modules)")
+    family = f", family={bundle.failure_family}" if bundle.failure_family else ""
+    print(f"bundle:    {args.out} ({bundle.id}, kind={bundle.kind}{family}, {len(bundle.modules)} modules)")
     return 0
+
+
+def _family_label(value: str) -> str:
+    """``--family``'s value, refused by argparse (usage and exit 2) unless it is a safe label."""
+    from forensics.bundle import check_failure_family
+
+    try:
+        return check_failure_family(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def read_messages(path: str) -> list[dict[str, str]]:

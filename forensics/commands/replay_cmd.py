@@ -134,6 +134,8 @@ def _print_text(rp: Replayer, fid: Fidelity, base: Outcome, result: Outcome | No
         f"fidelity: {verdict}; max |logit diff| {fid.max_logit_diff:.2e} (tolerance {fid.logit_tolerance:.1e}), "
         f"max |activation diff| {fid.max_activation_diff:.2e} (tolerance atol {fid.atol:g} + rtol {fid.rtol:g} x scale)"
     )
+    if fid.dtype_note:
+        print(f"dtype:    {fid.dtype_note}")
     if not fid.faithful:
         print(f"next:     {fid.advice()}")
     target = tok.decode([rp.target_id]) if rp.target_id is not None else None

@@ -15,7 +15,14 @@ from typing import Any
 from forensics.config.settings import Config, check_key
 from forensics.errors import ConfigError
 
-__all__ = ["RENAMED_KEYS", "ConfigDeprecationWarning", "from_dict", "load_config", "to_dict"]
+__all__ = [
+    "RENAMED_KEYS",
+    "ConfigDeprecationWarning",
+    "from_dict",
+    "load_config",
+    "to_dict",
+    "use_configured_architecture",
+]
 
 
 class ConfigDeprecationWarning(UserWarning):
@@ -72,8 +79,17 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in typing.get_args(hint):
             return None
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        arms = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(arms) > 1:
+            return _coerce_any(key, arms, value)
+        hint = arms[0]
         origin = typing.get_origin(hint)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            return from_dict(hint, value, key + ".")
+    if origin is dict:
+        check_key(key, isinstance(value, dict), value, "a mapping")
+        key_hint, value_hint = typing.get_args(hint)
+        return {_coerce(key, key_hint, k): _coerce(f"{key}.{k}", value_hint, v) for k, v in value.items()}
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         check_key(
@@ -95,6 +111,16 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         f"a value of type {hint.__name__}",
     )
     return value
+
+
+def _coerce_any(key: str, arms: list[Any], value: Any) -> Any:
+    """``value`` as the one of several plain types it is (``int | str | dict[str, ...]``)."""
+    for arm in arms:
+        base = typing.get_origin(arm) or arm
+        if isinstance(base, type) and isinstance(value, base):
+            return _coerce(key, arm, value)
+    names = " or ".join(getattr(typing.get_origin(a) or a, "__name__", str(a)) for a in arms)
+    raise ConfigError(f"config key {key!r}: value {value!r} not allowed; expected a value of type {names}")
 
 
 def to_dict(obj: Any) -> Any:
@@ -126,4 +152,17 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             node = node.setdefault(p, {})
         node[leaf] = value
     config: Config = from_dict(Config, data)
+    use_configured_architecture(config)
     return config
+
+
+def use_configured_architecture(config: Config) -> None:
+    """Make ``model.architecture`` the spec of its model type in this process (over the tables and
+    discovery; ``forensics.models.arch.use_architecture``). ``load_config`` calls it; a ``Config`` built in
+    Python needs this call to take effect."""
+    given = config.model.architecture
+    if given is None:
+        return
+    from forensics.models.arch import ArchSpec, use_architecture
+
+    use_architecture(ArchSpec(**dataclasses.asdict(given)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +29,13 @@ __all__ = [
     "AUTH_ALIASES",
     "AUTH_TYPES",
     "CONFIG_VERSION",
+    "ArchitectureConfig",
     "AuthenticationConfig",
     "CCAConfig",
     "CFConfig",
     "CacheConfig",
     "Config",
+    "ModelConfig",
     "ModulesConfig",
     "RoleConfig",
     "RolesConfig",
@@ -200,6 +203,78 @@ class CacheConfig:
         )
 
 
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|KIB|MIB|GIB)\s*$", re.IGNORECASE)
+_DEVICE_KEY = re.compile(r"^(cpu|disk|mps|cuda|cuda:\d+)$")
+_SIZE_ALLOWED = "bytes (an integer >= 0) or a size with its unit such as 200MiB or 8GB"
+
+
+def _is_size(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(_SIZE.match(value))
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_MODULE_PATH = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    """``model.architecture``: where a model type keeps its decoder layers and their parts (the fields of
+    ``forensics.models.arch.ArchSpec``), for what discovery gets wrong. ``family`` is the
+    ``config.model_type`` it applies to; paths are relative to the causal-LM wrapper (``model.layers``),
+    ``attn``/``mlp`` relative to a block, the out-projections relative to ``attn``/``mlp``."""
+
+    family: str = ""  # required, like layers and embed: empty is refused naming the key
+    layers: str = ""
+    embed: str = ""
+    attn: str | None = None
+    mlp: str | None = None
+    final_norm: str | None = None
+    attn_out_proj: str | None = None
+    mlp_out_proj: str | None = None
+
+    def __post_init__(self) -> None:
+        check_key("model.architecture.family", bool(self.family.strip()), self.family, "a model_type such as llama")
+        for key in ("layers", "embed"):
+            check_key(f"model.architecture.{key}", bool(getattr(self, key)), getattr(self, key), "a module path")
+        for key in ("layers", "embed", "attn", "mlp", "final_norm", "attn_out_proj", "mlp_out_proj"):
+            value = getattr(self, key)
+            check_key(
+                f"model.architecture.{key}",
+                value is None or bool(_MODULE_PATH.match(value)),
+                value,
+                "a dotted module path such as model.layers" + ("" if key in ("layers", "embed") else ", or null"),
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How models load (``model:``). ``max_memory``: the weights' budget, one size for the execution device
+    or one per device (``{cpu: 2GiB, cuda:0: 20GiB, disk: 100GiB}``; a device left out gets nothing);
+    weights larger than the execution device's share are dispatched by accelerate (``device_map="auto"``):
+    the rest in CPU memory, then on disk under ``offload_dir`` (null: ``CACHE_DIR/offload``). Null: the
+    whole model on ``device``, as before."""
+
+    max_memory: int | str | dict[str, int | str] | None = field(default=None, hash=False)
+    offload_dir: str | None = None
+    architecture: ArchitectureConfig | None = None  # module paths over the tables and discovery
+
+    def __post_init__(self) -> None:
+        budget = self.max_memory
+        if isinstance(budget, dict):
+            for key, size in budget.items():
+                check_key("model.max_memory", bool(_DEVICE_KEY.match(str(key))), key, "cpu, disk, mps, cuda or cuda:N")
+                check_key(f"model.max_memory.{key}", _is_size(size), size, _SIZE_ALLOWED)
+        elif budget is not None:
+            check_key("model.max_memory", _is_size(budget), budget, f"{_SIZE_ALLOWED}, or a mapping device -> size")
+        check_key(
+            "model.offload_dir",
+            self.offload_dir is None or bool(self.offload_dir.strip()),
+            self.offload_dir,
+            "null or a directory path",
+        )
+
+
 @dataclass(frozen=True)
 class RoleConfig:
     """One entry of the guide's ``roles:`` table: the permissions a role grants (``all``: every one)."""
@@ -311,6 +386,7 @@ class Config:
     audit_log: str | None = None
     encryption_key_set: bool = False  # only whether MODEL_FORENSICS_ENCRYPTION_KEY is set; never the key
     cache_dir: str | None = None  # converted models (and the results cache); None: ~/.cache/model-forensics
+    model: ModelConfig = field(default_factory=ModelConfig)  # how models load: weights budget, offload
     # The bundle key itself: set only by the edge (``forensics.ops.env.config_from_env`` from
     # MODEL_FORENSICS_ENCRYPTION_KEY), never read from a file, never in ``to_dict``, ``repr`` or a report.
     encryption_key: bytes | None = field(default=None, repr=False, metadata={"secret": True})

@@ -25,6 +25,7 @@ from torch import nn
 
 from forensics.edit.prompts import FamilyPrompt, PopulationPrompt, greedy_continuation
 from forensics.errors import ConfigError
+from forensics.models.placement import input_device
 
 __all__ = ["EditEvaluation", "Score", "decision_logits", "evaluate_edit"]
 
@@ -84,7 +85,7 @@ class EditEvaluation:
 def decision_logits(model: nn.Module, prompts: Sequence[FamilyPrompt], *, batch: int = 16) -> list[torch.Tensor]:
     """Per prompt, the logits [vocab] at its decision position (right-padded batches; causal attention
     keeps pads from changing earlier positions)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]

@@ -30,6 +30,7 @@ from torch import nn
 
 from forensics.errors import BundleError, ConfigError
 from forensics.failure import FailureSpec
+from forensics.models.placement import input_device
 
 __all__ = [
     "FamilyPrompt",
@@ -149,7 +150,7 @@ def read_prompts(path: str | Path, tokenizer: Any) -> tuple[list[FamilyPrompt], 
 def greedy_continuation(model: nn.Module, ids: Sequence[int], n: int, eos: int | None = None) -> tuple[int, ...]:
     """``n`` greedy tokens after ``ids`` (stopping after ``eos``), one prompt pass then one cached pass
     per token, as ``generate`` runs them: a hook spec acts on the prompt pass only."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     x = torch.tensor([list(ids)], device=device)
     out: list[int] = []
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

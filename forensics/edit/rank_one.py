@@ -33,6 +33,7 @@ from forensics.edit.prompts import subject_positions as find_subject_positions
 from forensics.errors import ConfigError
 from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for, get_module
+from forensics.models.placement import input_device
 
 __all__ = ["RankOneOptions", "capture_keys", "mlp_projection", "rank_one_edit", "solve_rank_one"]
 
@@ -80,7 +81,7 @@ def capture_keys(model: nn.Module, proj: str, seqs: Sequence[Sequence[int]]) -> 
 
     with HookSet(model) as hooks:
         hooks.forward_pre(get_module(model, proj), hook)
-        model(input_ids=_batch(seqs, next(model.parameters()).device), use_cache=False)
+        model(input_ids=_batch(seqs, input_device(model)), use_cache=False)
     return [store[0][i, : len(s)] for i, s in enumerate(seqs)]
 
 
@@ -112,7 +113,7 @@ def _fit_delta(
     model: nn.Module, mlp: str, prompts: Sequence[FamilyPrompt], positions: Sequence[int], opts: RankOneOptions
 ) -> tuple[torch.Tensor, list[float], int]:
     """(δ [hidden], the hard margins it reaches, the steps it took): see module docstring."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = _batch([p.input_ids for p in prompts], device)
     rows, last = torch.arange(len(prompts)), torch.tensor([len(p.input_ids) - 1 for p in prompts])
     subject = torch.tensor(list(positions))

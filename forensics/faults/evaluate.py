@@ -33,6 +33,7 @@ from forensics.config import Config
 from forensics.failure import FailureSpec
 from forensics.faults.plant import Fault, plant_fault
 from forensics.models.arch import Component, component_of
+from forensics.models.placement import input_device
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.rca.request import AnalysisRequest
 from forensics.record import record_greedy
@@ -266,7 +267,7 @@ def component_faults(num_layers: int, n: int = 30, *, seed: int = 0, heads: int 
 
 def _greedy_first(loaded: LoadedModel, prompt: str) -> int:
     model: Any = loaded.model
-    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(next(model.parameters()).device)
+    ids = loaded.tokenizer(prompt, return_tensors="pt").input_ids.to(input_device(model))
     with torch.inference_mode():
         return int(model(ids).logits[0, -1].argmax())
 

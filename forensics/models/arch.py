@@ -4,19 +4,27 @@
     spec.layer_names(model)           # ["model.layers.0", "model.layers.1", ...]
     spec.sites(model)                 # {"model.layers.0": "resid", "model.layers.0.mlp": "mlp_out", ...}
 
-Adding a family means adding a row to ``FAMILIES``, not editing the recorder or the replayer.
+Where a spec comes from, first match wins: a spec the config gives (``model.architecture``, registered
+with ``use_architecture``), a row of ``FAMILIES``, else discovery from the module tree and the config
+(``forensics.models.discover``), proven by a forward pass. The tables are overrides for what discovery
+gets wrong; a discovered spec is remembered under its ``model_type`` so names alone (reports, bundles)
+read with it too.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
 
-from forensics.errors import ModelError, UnknownModuleError
+from forensics.errors import ModelError
+from forensics.models.discover import ATTN_NAMES, CONFIG_HINT, MLP_NAMES, discover_arch, verify_arch
+from forensics.models.spec import ARCH_FIELDS, ArchSpec, Site, get_module
 
 __all__ = [
+    "ARCH_FIELDS",
     "FAMILIES",
     "ArchSpec",
     "Component",
@@ -24,82 +32,12 @@ __all__ = [
     "Site",
     "arch_for",
     "component_of",
+    "discovered_families",
+    "forget_architectures",
     "get_module",
     "layer_of",
+    "use_architecture",
 ]
-
-_HEAD_KEYS = ("num_attention_heads", "n_head")  # how HF configs name the number of attention heads
-
-Site = Literal["resid", "attn_out", "mlp_out"]
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Module paths of one architecture family, relative to the causal-LM wrapper."""
-
-    family: str
-    layers: str  # the ModuleList of decoder blocks
-    attn: str | None  # attention submodule inside a block
-    mlp: str | None  # MLP submodule inside a block
-    final_norm: str  # norm applied before the LM head
-    embed: str  # token embedding
-    attn_out_proj: str | None = None  # output projection inside the attention block (fault planting)
-    mlp_out_proj: str | None = None  # output projection inside the MLP block
-
-    def layer_names(self, model: nn.Module) -> list[str]:
-        try:
-            blocks = get_module(model, self.layers)
-        except UnknownModuleError as exc:
-            raise ModelError(f"{self.family}: {exc}") from None
-        if not isinstance(blocks, nn.ModuleList):
-            raise ModelError(f"{self.family}: {self.layers} is {type(blocks).__name__}, expected ModuleList")
-        return [f"{self.layers}.{i}" for i in range(len(blocks))]
-
-    def layer_of(self, module: str) -> int | None:
-        """Decoder layer of ``module`` (``model.layers.7.mlp`` -> 7); None outside the decoder layers."""
-        head = self.layers + "."
-        index = module[len(head) :].split(".", 1)[0] if module.startswith(head) else ""
-        return int(index) if index.isdigit() else None
-
-    def head_proj(self, module: str) -> str:
-        """Out-projection path of attention ``module`` (``model.layers.3.self_attn`` ->
-        ``model.layers.3.self_attn.o_proj``): its input holds every head's output side by side."""
-        head = self.layers + "."
-        if (
-            self.attn is None
-            or self.attn_out_proj is None
-            or self.layer_of(module) is None
-            or module != f"{head}{module[len(head) :].split('.', 1)[0]}.{self.attn}"
-        ):
-            raise ModelError(
-                f"{self.family}: head interventions target an attention module "
-                f"({self.layers}.<i>.{self.attn}), got {module!r}"
-            )
-        return f"{module}.{self.attn_out_proj}"
-
-    def head_slices(self, model: nn.Module, module: str | None = None) -> tuple[int, int]:
-        """(num_heads, head_dim): head h is columns [h*head_dim, (h+1)*head_dim) of the out-projection's
-        input. The width comes from the projection itself (Linear ``in_features``; GPT-2's Conv1D weight
-        is [in, out]), so configs with an explicit ``head_dim`` are read right too."""
-        config = getattr(model, "config", None)
-        heads = next((getattr(config, k) for k in _HEAD_KEYS if isinstance(getattr(config, k, None), int)), None)
-        proj = get_module(model, self.head_proj(module or f"{self.layers}.0.{self.attn}"))
-        weight = getattr(proj, "weight", None)
-        width = getattr(proj, "in_features", None) or (weight.shape[0] if weight is not None else None)
-        if not heads or not width or width % heads:
-            raise ModelError(f"{self.family}: cannot split out-projection input (width {width}) into {heads} heads")
-        return heads, int(width) // heads
-
-    def sites(self, model: nn.Module) -> dict[str, Site]:
-        """Every recordable module, in forward order, mapped to what it carries."""
-        out: dict[str, Site] = {}
-        for layer in self.layer_names(model):
-            if self.attn is not None:
-                out[f"{layer}.{self.attn}"] = "attn_out"
-            if self.mlp is not None:
-                out[f"{layer}.{self.mlp}"] = "mlp_out"
-            out[layer] = "resid"
-        return out
 
 
 def _llama_like(family: str) -> ArchSpec:
@@ -127,11 +65,69 @@ FAMILIES: dict[str, ArchSpec] = {
 }
 
 
+# A spec the config gives (model.architecture), by model_type: wins over the tables and discovery.
+_CONFIGURED: dict[str, ArchSpec] = {}
+# Specs discovery found, by model_type: so names alone (reports, bundles) read with them.
+_DISCOVERED: dict[str, ArchSpec] = {}
+# Each loaded model's spec, found once (discovery runs a forward pass); freed with the model.
+_BY_MODEL: weakref.WeakKeyDictionary[nn.Module, ArchSpec] = weakref.WeakKeyDictionary()
+
+
+def use_architecture(spec: ArchSpec) -> None:
+    """Read every model whose ``config.model_type`` is ``spec.family`` with ``spec`` (the config's
+    ``model.architecture``), over the tables and discovery; checked by a forward pass on first use."""
+    _CONFIGURED[spec.family] = spec
+    for model in [m for m, s in _BY_MODEL.items() if s.family == spec.family]:
+        del _BY_MODEL[model]
+
+
+def forget_architectures() -> None:
+    """Drop configured and discovered specs (tests; a process that switches configs)."""
+    _CONFIGURED.clear()
+    _DISCOVERED.clear()
+    _BY_MODEL.clear()
+
+
+def discovered_families() -> dict[str, ArchSpec]:
+    """The specs discovery found in this process, by model_type."""
+    return dict(_DISCOVERED)
+
+
+def _known(family: str | None) -> list[ArchSpec]:
+    """The specs to read names with: ``family``'s alone when known, else every one, configured first."""
+    for table in (_CONFIGURED, FAMILIES, _DISCOVERED):
+        if family is not None and family in table:
+            return [table[family]]
+    return [*_CONFIGURED.values(), *FAMILIES.values(), *_DISCOVERED.values()]
+
+
+def _generic(module: str) -> ArchSpec | None:
+    """Names alone, no table: the decoder layer list is the path up to the first index whose next part is
+    an attention or MLP name from discovery (``model.layers.3.self_attn``), or the last index."""
+    parts = module.split(".")
+    index = next((i for i, p in enumerate(parts) if p.isdigit() and i > 0), None)
+    if index is None:
+        return None
+    child = parts[index + 1] if index + 1 < len(parts) else None
+    return ArchSpec(
+        "?",
+        ".".join(parts[:index]),
+        child if child in ATTN_NAMES else None,
+        child if child in MLP_NAMES else None,
+        None,
+        "",
+    )
+
+
 def layer_of(module: str, family: str | None = None) -> int | None:
     """Decoder layer of a module path by the family tables (``family``'s alone when given and known);
     works on names alone (reports, bundles), no model needed. None outside every decoder layer list."""
-    specs = [FAMILIES[family]] if family in FAMILIES else FAMILIES.values()
-    return next((layer for spec in specs if (layer := spec.layer_of(module)) is not None), None)
+    specs = _known(family)
+    found = next((layer for spec in specs if (layer := spec.layer_of(module)) is not None), None)
+    if found is not None or len(specs) == 1:
+        return found
+    generic = _generic(module)
+    return generic.layer_of(module) if generic is not None else None
 
 
 ComponentSite = Literal["resid", "attn", "mlp", "head"]
@@ -163,8 +159,9 @@ class Component:
 
 def component_of(module: str, head: int | None = None, family: str | None = None) -> Component:
     """The component of a module path (and head), by the family tables; names alone, no model needed."""
-    specs = [FAMILIES[family]] if family in FAMILIES else list(FAMILIES.values())
-    for spec in specs:
+    specs = _known(family)
+    generic = _generic(module) if len(specs) > 1 else None
+    for spec in [*specs, *([generic] if generic is not None else [])]:
         layer = spec.layer_of(module)
         if layer is None:
             continue
@@ -178,23 +175,28 @@ def component_of(module: str, head: int | None = None, family: str | None = None
     return Component(layer_of(module, family), "resid")
 
 
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at dotted ``path``; an ``UnknownModuleError`` naming close matches otherwise."""
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        names = [n for n, _ in model.named_modules() if n]
-        close = [n for n in names if n.split(".")[-1] == path.split(".")[-1]][:5] or names[:5]
-        raise UnknownModuleError(f"module {path!r} not in {type(model).__name__}; e.g. {', '.join(close)}") from None
-
-
 def arch_for(model: nn.Module) -> ArchSpec:
-    """The family table of a loaded Hugging Face causal LM, by ``config.model_type``."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    spec = FAMILIES.get(str(model_type))
-    if spec is None:
+    """The architecture of a loaded Hugging Face causal LM: the config's ``model.architecture`` for its
+    ``config.model_type``, else its ``FAMILIES`` row, else discovered (once per model, proven by a forward
+    pass). A ``ModelError`` naming ``model.architecture`` when none of them holds."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
+    if model_type in FAMILIES and model_type not in _CONFIGURED:
+        return FAMILIES[model_type]
+    known = _BY_MODEL.get(model)
+    if known is not None:
+        return known
+    try:
+        if model_type in _CONFIGURED:
+            spec = verify_arch(model, _CONFIGURED[model_type])
+        else:
+            spec = discover_arch(model, model_type)
+            _DISCOVERED[model_type] = spec
+    except ModelError as exc:
+        where = "config model.architecture" if model_type in _CONFIGURED else "discovery"
         raise ModelError(
-            f"architecture {model_type!r} ({type(model).__name__}) has no family table; "
-            f"supported: {', '.join(sorted(FAMILIES))}; pass modules=[...] explicitly to record it"
-        )
+            f"architecture {model_type!r} ({type(model).__name__}): {where} failed: "
+            f"{str(exc).removesuffix('; ' + CONFIG_HINT)}; "
+            f"table rows: {', '.join(sorted(FAMILIES))}; {CONFIG_HINT}"
+        ) from None
+    _BY_MODEL[model] = spec
     return spec

@@ -5,7 +5,9 @@
     info.sha256                                      # identity of the weights, stored in bundles
 
 Accepted references: ``smollm2-135m``; a local Hugging Face directory (with ``config.json``);
-a ``.gguf`` file; ``hf:org/name`` from the local Hugging Face cache (never downloads).
+a ``.gguf`` file; ``hf:org/name`` from the local Hugging Face cache (never downloads). A GGUF (the
+embedded one or a user's) is converted once into the converted-models cache (``forensics.models.cache``)
+and loaded from there; its ``info.path`` stays the ``.gguf`` file.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +25,9 @@ from torch import nn
 
 from forensics.errors import ModelError
 from forensics.models.arch import arch_for
+from forensics.models.cache import build_entry, entry_ready, file_sha256, gguf_entry, gguf_source
 from forensics.models.embedded import EMBEDDED, embedded_gguf
+from forensics.models.placement import MemoryBudget, placement_kwargs, settle, state_tensors
 
 __all__ = [
     "ACCEPTED_REFERENCES",
@@ -47,6 +49,7 @@ ACCEPTED_REFERENCES = (
 )
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AUTO_DTYPE = "auto"  # the model's own dtype: its config.json's ``dtype`` (float32 for a converted GGUF)
 
 
 @dataclass(frozen=True)
@@ -123,27 +126,45 @@ def resolve_device(device: str = "auto") -> torch.device:
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), sorted by name."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in state_tensors(model):  # offloaded weights are read one at a time
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         if t.dtype == torch.bfloat16:
             t = t.view(torch.int16)
-        digest.update(memoryview(t.numpy()).cast("B"))
+        digest.update(t.numpy().data.cast("B"))
     return digest.hexdigest()
 
 
 def resolve_model(
-    ref: str, *, device: str = "auto", dtype: str = "float32", cache_dir: str | os.PathLike[str] | None = None
+    ref: str,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    cache_dir: str | os.PathLike[str] | None = None,
+    max_memory: MemoryBudget | None = None,
+    offload_dir: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
-    """Load ``ref`` (see module docstring) in eval mode on ``device``; a clear error otherwise."""
-    if dtype not in _DTYPES:
-        raise ModelError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
+    """Load ``ref`` (see module docstring) in eval mode on ``device``; a clear error otherwise. Weights
+    larger than ``max_memory`` are dispatched by accelerate (``forensics.models.placement``), offloading
+    to CPU memory and to disk under ``offload_dir`` (default ``CACHE_DIR/offload``). ``dtype`` ``auto``
+    is the model's own (``AUTO_DTYPE``)."""
+    if dtype not in _DTYPES and dtype != AUTO_DTYPE:
+        raise ModelError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)} or {AUTO_DTYPE}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     kind, path = _locate(ref, cache)
-    model, tokenizer = _load(kind, path, _DTYPES[dtype])
+    load_kind, load_path = _loadable(kind, path, cache)
+    dtype = _own_dtype(load_path) if dtype == AUTO_DTYPE else dtype
     dev = resolve_device(device)
-    model.to(dev).eval()
-    sha = _cached_sha(path) if kind == "embedded" else weights_sha256(model)
+    offload = Path(offload_dir) if offload_dir is not None else cache / "offload"
+    placing = placement_kwargs(load_kind, load_path, _DTYPES[dtype], dev, max_memory, offload)
+    model, tokenizer = _load(load_kind, load_path, _DTYPES[dtype], placing)
+    if placing:
+        dev = settle(model, placing)  # inputs go where the input embeddings run
+    else:
+        model.to(dev)
+    model.eval()
+    converted = kind == "embedded" or (kind == "gguf" and dtype == "float32")  # the digest the entry holds
+    sha = _cached_sha(load_path) if converted else weights_sha256(model)
     spec = arch_for(model)
     info = ModelInfo(ref, kind, str(path), sha, spec.family, dtype, str(dev), len(spec.layer_names(model)))
     return LoadedModel(model, tokenizer, info)
@@ -165,7 +186,7 @@ def wrap_model(
         if tokenizer_ref is None:
             raise ModelError("a torch model without a tokenizer needs tokenizer_ref (the bundle's tokenizer)")
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        tokenizer = _load_tokenizer(*_locate(tokenizer_ref, cache))
+        tokenizer = _load_tokenizer(*_loadable(*_locate(tokenizer_ref, cache), cache))
     param = next(model.parameters(), None)
     dtype = str(param.dtype).removeprefix("torch.") if param is not None else "float32"
     spec = arch_for(model)
@@ -220,10 +241,10 @@ def _hf_cache_dir(name: str) -> Path:
         ) from exc
 
 
-def _load(kind: str, path: Path, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+def _load(kind: str, path: Path, dtype: torch.dtype, placing: dict[str, Any] | None = None) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **(placing or {})}
     src, extra = (str(path.parent), {"gguf_file": path.name}) if kind == "gguf" else (str(path), {})
     if kind != "gguf":
         _require_safetensors(path)
@@ -253,29 +274,50 @@ def _require_safetensors(path: Path) -> None:
         )
 
 
-def _ensure_converted(name: str, cache: Path) -> Path:
-    """Convert the embedded GGUF once into ``cache/models/NAME`` (safetensors), atomically."""
+def _loadable(kind: str, path: Path, cache: Path) -> tuple[str, Path]:
+    """Where ``_locate``'s answer loads from: a user's GGUF from its converted-models cache entry (converted
+    on first use, keyed by the file's sha256), everything else from where it is."""
+    if kind != "gguf":
+        return kind, path
+    sha = file_sha256(path)
+    return "hf_dir", _ensure_converted(gguf_entry(cache, sha).name, cache, path, source=gguf_source(path, sha))
+
+
+def _own_dtype(path: Path) -> str:
+    """The dtype a model directory's ``config.json`` declares (``dtype`` or ``torch_dtype``); float32 when it
+    declares none, or one model-forensics does not load."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return "float32"
+    declared = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    return declared if declared in _DTYPES else "float32"
+
+
+def _ensure_converted(
+    name: str, cache: Path, gguf: Path | None = None, *, source: dict[str, Any] | None = None
+) -> Path:
+    """Convert a GGUF (``gguf``, else the embedded model ``name``'s) once into ``cache/models/NAME``
+    (safetensors, fp32, atomically: ``build_entry``); a half or unreadable entry is converted again."""
     dest = cache / "models" / name
-    if (dest / "model.safetensors").is_file() and (dest / "weights.sha256.json").is_file():
+    if entry_ready(dest):
         return dest
-    gguf = embedded_gguf(name)
+    src = gguf if gguf is not None else embedded_gguf(name)
+    log.info("converting %s once into %s (later loads read the safetensors)", src, dest)
     model: Any
-    model, tokenizer = _load("gguf", gguf, torch.float32)
+    model, tokenizer = _load("gguf", src, torch.float32)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # de-quantised on load: plain fp32 weights now
     model.hf_quantizer = None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "weights.sha256.json").write_text(json.dumps({"sha256": weights_sha256(model), "source": str(gguf)}))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        if source is not None:
+            (tmp / "source.json").write_text(json.dumps(source))
+        (tmp / "weights.sha256.json").write_text(json.dumps({"sha256": weights_sha256(model), "source": str(src)}))
+
+    return build_entry(dest, write)
 
 
 def _cached_sha(path: Path) -> str:

@@ -63,7 +63,14 @@ class ModelCache:
         key = (ref, dtype)
         if key not in self._loaded:
             cfg = self.config
-            self._loaded[key] = resolve_model(ref, device=cfg.device, dtype=dtype, cache_dir=cfg.cache_dir)
+            self._loaded[key] = resolve_model(
+                ref,
+                device=cfg.device,
+                dtype=dtype,
+                cache_dir=cfg.cache_dir,
+                max_memory=cfg.model.max_memory,
+                offload_dir=cfg.model.offload_dir,
+            )
         return self._loaded[key]
 
     def model(self, incident: Bundle, model: Any) -> LoadedModel:

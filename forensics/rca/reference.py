@@ -29,6 +29,7 @@ from forensics.bundle import Bundle, load_bundle, write_bundle
 from forensics.errors import BundleError, ModelError
 from forensics.failure import FailureSpec
 from forensics.models.arch import arch_for, get_module
+from forensics.models.placement import input_device
 from forensics.models.registry import LoadedModel
 from forensics.record.manifest import build_manifest
 from forensics.record.recorder import record
@@ -120,7 +121,7 @@ def reference_run(
 def _teacher_forced(model: nn.Module, rec: Any, incident: Bundle) -> None:
     """Feed the incident's tokens as its own generation did (prompt, then one token at a time with the
     cache), so the recorder stitches the same positions and keeps the prompt / generated split."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompt = [int(t) for t in incident.inputs["input_ids"]]
     forced = fed_ids(incident)[len(prompt) :]
     params = inspect.signature(model.forward).parameters

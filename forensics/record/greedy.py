@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import torch
 
-from forensics.bundle import Bundle
+from forensics.bundle import Bundle, check_failure_family
 from forensics.failure import FailureSpec
+from forensics.models.placement import input_device
 from forensics.models.registry import LoadedModel
 from forensics.record.recorder import CallLog, record
 from forensics.record.spans import check_messages, render_chat
@@ -59,6 +60,7 @@ def record_greedy(
     encryption_key: bytes | None = None,
     streaming: bool = False,
     calls: CallLog | None = None,
+    failure_family: str | None = None,
 ) -> GreedyRun:
     """Generate greedily from ``prompt`` (a text, or a list of chat messages) under the recorder and save
     the bundle at ``out``.
@@ -66,14 +68,17 @@ def record_greedy(
     ``kind`` defaults to ``incident`` when the spec is violated, else ``benign``; ``encryption_key``
     (32 bytes) encrypts the bundle's activations; ``streaming`` spills activations to a temporary
     directory next to ``out`` while generating (``streaming_enabled``), so memory stays flat; ``calls``
-    holds the external calls whose results went into the input.
+    holds the external calls whose results went into the input; ``failure_family`` labels the incident's
+    failure mode (checked before anything runs: ``check_failure_family``).
     """
+    if failure_family is not None:
+        check_failure_family(failure_family)
     model: Any = loaded.model
     tok, info = loaded.tokenizer, loaded.info
     messages = None if isinstance(prompt, str) else check_messages(list(prompt))
     text = prompt if isinstance(prompt, str) else render_chat(tok, messages or [])
     # a rendered chat carries its own special tokens (as apply_chat_template(tokenize=True) does)
-    enc = tok(text, return_tensors="pt", add_special_tokens=messages is None).to(next(model.parameters()).device)
+    enc = tok(text, return_tensors="pt", add_special_tokens=messages is None).to(input_device(model))
     torch.manual_seed(seed)
     ref = info.ref if info.kind in ("embedded", "hf_cache") else str(Path(info.path).resolve())
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -94,6 +99,7 @@ def record_greedy(
             generation=generation,
             encryption_key=encryption_key,
             messages=messages,
+            failure_family=failure_family,
         )
     finally:
         rec.discard()  # a spec error must not leave spill files behind either

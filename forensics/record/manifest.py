@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from forensics.bundle import check_failure_family
 from forensics.failure import FailureSpec
 from forensics.record.observation import Observation
 from forensics.record.spans import build_spans
@@ -46,8 +47,12 @@ def build_manifest(
     prompt: str | None,
     generation: dict[str, Any] | None,
     messages: Sequence[Mapping[str, str]] | None = None,
+    failure_family: str | None = None,
 ) -> dict[str, Any]:
     """The manifest fields a bundle needs (the writer adds schema, id, time and the file table).
+
+    ``failure_family`` labels the incident's failure mode (``check_failure_family``); the key is written only
+    when given, so unlabelled manifests look exactly as before.
 
     The input text is ``prompt`` (for a chat, the rendered ``messages``), else the text the observation
     recovered from the prompt's token ids; with it ``inputs.spans`` lists its spans and each external call
@@ -61,7 +66,7 @@ def build_manifest(
         inputs["spans"] = build_spans(
             obs.tokenizer, text, obs.prompt_ids, messages=messages, calls=calls, explicit=obs.explicit_spans
         )
-    return {
+    manifest: dict[str, Any] = {
         "kind": kind,
         "model": {
             "ref": obs.model_ref,
@@ -78,6 +83,9 @@ def build_manifest(
         "external_calls": calls,
         "environment": dict(obs.environment),
     }
+    if failure_family is not None:
+        manifest["failure_family"] = check_failure_family(failure_family)
+    return manifest
 
 
 def _outputs(obs: Observation, failure: FailureSpec | None, step: int | None) -> dict[str, Any]:

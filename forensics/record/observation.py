@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from forensics.models.placement import input_device
+
 __all__ = ["CallRecord", "ExplicitSpan", "Observation", "TopK", "environment"]
 
 TopK = tuple[tuple[int, ...], tuple[float, ...]]  # (ids, logits) of one generation step, best first
@@ -60,6 +62,6 @@ def environment(model: torch.nn.Module) -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "device": str(param.device) if param is not None else "cpu",
+        "device": str(input_device(model)),  # where it ran (offloaded weights sit on "meta")
         "dtype": str(param.dtype).removeprefix("torch.") if param is not None else "float32",
     }

@@ -17,6 +17,7 @@ time into the bundle; the directory is removed after ``save`` and when the recor
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from forensics.errors import ForensicsError, ReplayError
 from forensics.failure import FailureSpec
 from forensics.hooks import HookSet, primary
 from forensics.models.arch import Site, arch_for
+from forensics.models.placement import input_device
 from forensics.models.registry import weights_sha256
 from forensics.record.manifest import build_manifest, external_call
 from forensics.record.observation import Observation, environment
@@ -45,6 +47,7 @@ __all__ = ["CallLog", "Recorder", "record"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 SPILL_PREFIX = ".model-forensics-spill-"
+HALF_PRECISION = (torch.bfloat16, torch.float16)  # where cached decoding and one pass round apart
 
 
 class _MemoryStore:
@@ -191,6 +194,7 @@ class Recorder:
         self._fed: list[int] = []
         self._steps: list[tuple[list[int], list[float]]] = []
         self._prompt_len = 0
+        self._decision: dict[str, torch.Tensor] = {}  # the decision pass's activations (replay_decision_step)
 
     # -- hooks ---------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
@@ -313,8 +317,53 @@ class Recorder:
         )
 
     def activations(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(module, [positions, d]) in forward order, one module at a time (memory-mapped when streamed)."""
-        return self._store.arrays()
+        """(module, [positions, d]) in forward order, one module at a time (memory-mapped when streamed); the
+        positions a decision pass covered (``replay_decision_step``) hold that pass's values."""
+        for name, arr in self._store.arrays():
+            head = self._decision.get(name)
+            if head is not None:
+                if tuple(head.shape[1:]) != arr.shape[1:] or head.shape[0] > arr.shape[0]:
+                    raise ReplayError(
+                        f"module {name!r}: decision pass gave {tuple(head.shape)}, generation {arr.shape}"
+                    )
+                arr = np.array(arr)  # a copy: a streamed module's memory map is read-only
+                arr[: head.shape[0]] = head.numpy()
+            yield name, arr
+
+    def _match_replay(self, failure: FailureSpec | None) -> None:
+        """A half-precision incident's decision step, computed as replay computes it (``replay_decision_step``),
+        unless the caller already did."""
+        param = next(self.model.parameters(), None)
+        if failure is None or param is None or param.dtype not in HALF_PRECISION or self._decision:
+            return
+        step = failure.decision_step(self.generated_ids, self.tokenizer)
+        if step is not None:
+            self.replay_decision_step(step)
+
+    def replay_decision_step(self, step: int) -> None:
+        """Compute generation step ``step`` once more exactly as a replay does (one teacher-forced pass over the
+        prompt and the tokens generated before it, no cache, the last position's logits only) and keep that
+        pass's activations for the positions it covers and its top-k logits for ``step``. Call it after the
+        ``with`` block.
+
+        Cached decoding (``generate``) and one teacher-forced pass multiply matrices of other shapes; in
+        float32 they agree to about 1e-6 relative, in bfloat16 and float16 they round apart (1e-2 relative on
+        SmolLM2's late layers). With this pass a recording in the model's own dtype replays bit-exact there."""
+        if not 0 <= step < len(self._steps):
+            raise ReplayError(f"decision step {step}: the recording has steps 0..{len(self._steps) - 1}")
+        ids = torch.tensor([self._fed[: self._prompt_len + step]], device=input_device(self.model))
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kwargs["logits_to_keep"] = 1  # as Replayer._forward calls the model
+        captured: dict[str, torch.Tensor] = {}
+        with HookSet(self.model) as hooks, torch.inference_mode():
+            for name in self.sites:
+                hooks.forward(name, _keep_into(captured, name))
+            out = self.model(input_ids=ids, **kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        values, top = logits[0, -1].detach().float().topk(self.top_k)
+        self._steps[step] = (top.tolist(), values.tolist())
+        self._decision = captured
 
     def save(
         self,
@@ -327,23 +376,39 @@ class Recorder:
         bundle_id: str | None = None,
         encryption_key: bytes | None = None,
         messages: Sequence[Mapping[str, str]] | None = None,
+        failure_family: str | None = None,
     ) -> Bundle:
         """Write the bundle (``forensics.bundle`` v1, encrypted with ``encryption_key`` if given) and return
         it loaded. A streamed recorder's spill files are removed afterwards, whether the write worked or not.
 
         ``prompt`` is the model input as text (for a chat, the rendered ``messages``); without it the text
         recovered from the recorded token ids stands in. The manifest's ``inputs.spans`` then lists its
-        sentences (or messages) and every external-call result found in it (``forensics.record.spans``)."""
+        sentences (or messages) and every external-call result found in it (``forensics.record.spans``).
+        ``failure_family`` labels the incident's failure mode (``Bundle.failure_family``; ``batch`` groups by it)."""
         if kind not in BUNDLE_KINDS:
             raise ForensicsError(f"bundle kind {kind!r} not allowed; use incident or benign")
         try:
+            self._match_replay(failure)
             manifest = build_manifest(
-                self.observation(), failure=failure, kind=kind, prompt=prompt, generation=generation, messages=messages
+                self.observation(),
+                failure=failure,
+                kind=kind,
+                prompt=prompt,
+                generation=generation,
+                messages=messages,
+                failure_family=failure_family,
             )
             return write_bundle(path, manifest, self.activations(), bundle_id=bundle_id, encryption_key=encryption_key)
         finally:
             if self.streaming:
                 self.discard()
+
+
+def _keep_into(store: dict[str, torch.Tensor], name: str) -> Callable[[nn.Module, Any, Any], None]:
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        store[name] = primary(output)[0].detach().to("cpu", torch.float32, copy=True)
+
+    return hook
 
 
 def record(

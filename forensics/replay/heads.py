@@ -26,6 +26,7 @@ from torch import nn
 from forensics.errors import ModelError
 from forensics.hooks import HookSet
 from forensics.models.arch import arch_for, get_module
+from forensics.models.placement import input_device, module_tensor
 
 __all__ = ["attention_modules", "capture_heads", "contributions", "head_weights"]
 
@@ -40,7 +41,7 @@ def attention_modules(model: nn.Module) -> list[str]:
 def capture_heads(model: nn.Module, input_ids: torch.Tensor | list[int]) -> dict[str, np.ndarray]:
     """{attention module: [T, num_heads * head_dim] float32}: what each out-projection read, one pass."""
     spec = arch_for(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.as_tensor(input_ids, device=device).reshape(1, -1)
     out: dict[str, np.ndarray] = {}
     with HookSet(model) as hooks:
@@ -60,9 +61,10 @@ def head_weights(model: nn.Module, attn: str) -> torch.Tensor:
     spec = arch_for(model)
     proj = get_module(model, spec.head_proj(attn))
     heads, head_dim = spec.head_slices(model, attn)
-    weight = proj.weight
-    if not isinstance(weight, torch.Tensor):
-        raise ModelError(f"{spec.head_proj(attn)}: no weight tensor to split into heads")
+    try:
+        weight = module_tensor(proj, "weight")  # an offloaded projection holds only a meta placeholder
+    except ModelError:
+        raise ModelError(f"{spec.head_proj(attn)}: no weight tensor to split into heads") from None
     weight = weight.detach()
     weight = weight if type(proj).__name__ == "Conv1D" else weight.T  # [in, out]
     return weight.reshape(heads, head_dim, weight.shape[-1])

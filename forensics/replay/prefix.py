@@ -97,13 +97,16 @@ class PrefixReuse:
         value = self._recorded(layer - 1, device, dtype)[:, offset:end].expand(rows, -1, -1)
         out: Any = (value,) if self.tuple_output else value
         stubbed = [self.model.get_submodule(name) for name in self.layers[:layer]]
+        own = [module.__dict__.get("forward") for module in stubbed]  # accelerate's wrapper, when dispatched
         try:
             for module in stubbed:
                 module.forward = _stub(out)
             yield
         finally:
-            for module in stubbed:
+            for module, forward in zip(stubbed, own, strict=True):
                 module.__dict__.pop("forward", None)
+                if forward is not None:
+                    module.forward = forward
 
     @contextmanager
     def growing(

@@ -30,6 +30,7 @@ from forensics.errors import ModelError, ReplayError
 from forensics.failure import FailureSpec
 from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for, get_module
+from forensics.models.placement import input_device
 from forensics.models.registry import LoadedModel, resolve_model
 from forensics.replay.fidelity import Fidelity, measure_fidelity
 from forensics.replay.heads import capture_heads, contributions
@@ -95,7 +96,7 @@ class Replayer:
         self.bank = SourceBank(population, sources)
         self.bank.capture = self._capture_heads
         self.batch_size = options.batch_size
-        self.device = next(self.model.parameters()).device
+        self.device = input_device(self.model)  # weights may sit elsewhere (offloaded: accelerate)
         self.spec = FailureSpec.from_dict(bundle.failure) if bundle.failure else None
         outputs = bundle.outputs
         self.step = int(outputs.get("decision_step") or 0)
@@ -147,6 +148,7 @@ class Replayer:
             captured,
             atol=self.options.fidelity_tolerance,
             rtol=self.options.fidelity_rtol,
+            replayed_dtype=str(self._dtype).removeprefix("torch."),
         )
 
     def generate(self, interventions: InterventionSet = (), max_new_tokens: int = 4) -> list[int]:
@@ -370,7 +372,8 @@ def _patcher(mp: Any) -> Any:
                 f"intervention expected [{mp.add.shape[0]}, {mp.add.shape[1]}, …], got {tuple(out.shape)}"
             )
         mp.fires += 1
-        return with_primary(output, out * mp.scale[:rows].to(out.dtype) + mp.add[:rows].to(out.dtype))
+        scale, add = mp.scale[:rows].to(out.device, out.dtype), mp.add[:rows].to(out.device, out.dtype)
+        return with_primary(output, out * scale + add)
 
     return hook
 
@@ -387,7 +390,8 @@ def _pre_patcher(mp: ModulePlan) -> Any:
                 f"{mp.add.shape[2]}], got {tuple(x.shape)}"
             )
         mp.fires += 1
-        return (x * mp.scale[:rows].to(x.dtype) + mp.add[:rows].to(x.dtype), *args[1:]), kwargs
+        scale, add = mp.scale[:rows].to(x.device, x.dtype), mp.add[:rows].to(x.device, x.dtype)
+        return (x * scale + add, *args[1:]), kwargs
 
     return hook
 
@@ -403,7 +407,7 @@ def _post_adder(mp: ModulePlan) -> Any:
                 f"head contribution on {mp.hook} expected [{post.shape[0]}, {post.shape[1]}, "
                 f"{post.shape[2]}], got {tuple(output.shape)}"
             )
-        return output + post[: output.shape[0]].to(output.dtype)
+        return output + post[: output.shape[0]].to(output.device, output.dtype)
 
     return hook
 

@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     from forensics.rca.pipeline import RCAPipeline
     from forensics.rca.request import AnalysisRequest
 
-__all__ = ["check_model_allowed", "run_analysis", "run_trace_analysis", "run_triage", "summarize"]
+__all__ = [
+    "check_model_allowed",
+    "load_allowed",
+    "request_for",
+    "run_analysis",
+    "run_trace_analysis",
+    "run_triage",
+    "summarize",
+]
 
 _SUMMARY_MODULES = 5
 
@@ -57,11 +65,24 @@ def run_analysis(
     ``check_model_allowed``), the patch source (``forensics.rca.reference``).
     Returns ``{"id", "bundle", "report"}``.
     """
-    from forensics.bundle import load_bundle
-
     result_id = check_result_id(result_id or new_result_id())
     if reference_model is not None:
         check_model_allowed(reference_model, allowed_models)
+    incident = load_allowed(bundle_dir, bundle, encryption_key, allowed_models)
+    result = pipeline.run(request_for(incident, baseline, timeout_s, reference_model=reference_model))
+    return {"id": result_id, "bundle": bundle, "report": store_result(result, output_dir, result_id)}
+
+
+def load_allowed(
+    bundle_dir: str | os.PathLike[str],
+    bundle: str,
+    encryption_key: bytes | None,
+    allowed_models: Collection[str] | None,
+) -> Any:
+    """Bundle ``bundle`` (a name confined to ``bundle_dir``) loaded and checked; ``BundleError`` when its
+    manifest names a model outside ``allowed_models`` (a bundle chooses which model gets loaded)."""
+    from forensics.bundle import load_bundle
+
     incident = load_bundle(resolve_bundle(bundle_dir, bundle), encryption_key=encryption_key)
     ref = str(incident.model.get("ref"))
     if allowed_models is not None and ref not in allowed_models:
@@ -69,8 +90,7 @@ def run_analysis(
             f"bundle {bundle}: manifest.json names model {ref!r}, which this service does not allow "
             f"(allowed: {', '.join(sorted(allowed_models)) or 'none'})"
         )
-    result = pipeline.run(_request(incident, baseline, timeout_s, reference_model=reference_model))
-    return {"id": result_id, "bundle": bundle, "report": store_result(result, output_dir, result_id)}
+    return incident
 
 
 def run_trace_analysis(
@@ -104,7 +124,7 @@ def run_trace_analysis(
     loaded = resolve_model(model, device=pipeline.config.device, cache_dir=pipeline.config.cache_dir)
     spec = _trace_spec(expected, forbidden, loaded.tokenizer)
     name, run = _rerecord(pipeline.config, bundle_dir, trace, call, loaded, spec, encryption_key)
-    request = _request(run.bundle, baseline, timeout_s, model=loaded, modules={"provenance": True})
+    request = request_for(run.bundle, baseline, timeout_s, model=loaded, modules={"provenance": True})
     report = store_result(pipeline.run(request), output_dir, result_id)
     verdict = {"span_id": call.span_id, "reproduces": run.reproduces, "verdict": run.verdict, "text": run.text}
     return {"id": result_id, "bundle": name, "report": report, "trace": verdict}
@@ -135,10 +155,11 @@ def _rerecord(
     return name, run
 
 
-def _request(
+def request_for(
     incident: Any, baseline: str | os.PathLike[str] | None, timeout_s: float | None, **more: Any
 ) -> AnalysisRequest:
-    """One served analysis: past its deadline it is an error (504), never a partial report."""
+    """One served analysis (``incident``: a bundle, or a family's list): past its deadline it is an error
+    (504), never a partial report."""
     from forensics.rca.request import AnalysisRequest
 
     return AnalysisRequest.of(incident, population=baseline, timeout_s=timeout_s, on_timeout="error", **more)

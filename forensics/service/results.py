@@ -24,11 +24,21 @@ from forensics.errors import ResultNotFoundError
 from forensics.ops.logs import log_analysis
 from forensics.ops.stats import INDEX_NAME, index_result, indexed_paths
 
-__all__ = ["RESULT_ID_PATTERN", "check_result_id", "new_result_id", "read_result", "repair_index", "store_result"]
+__all__ = [
+    "FAMILY_REPORT",
+    "RESULT_ID_PATTERN",
+    "check_result_id",
+    "new_result_id",
+    "read_result",
+    "repair_index",
+    "store_family",
+    "store_result",
+]
 
 log = logging.getLogger(__name__)
 
 RESULT_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+FAMILY_REPORT = "model-forensics/family@1"  # forensics.rca.family.FAMILY_SCHEMA: stored, never indexed
 
 
 def new_result_id() -> str:
@@ -58,6 +68,19 @@ def store_result(result: Any, output_dir: str | os.PathLike[str], result_id: str
     return report
 
 
+def store_family(result: Any, output_dir: str | os.PathLike[str], result_id: str) -> dict[str, Any]:
+    """Write ``result`` (a ``FamilyResult``) as ``output_dir/<result_id>.json`` atomically; returns the report.
+    Not indexed: ``stats`` counts incidents, and each member's own analysis is its row."""
+    target = _results_root(output_dir) / f"{result_id}.json"
+    try:
+        result.export(target)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    report: dict[str, Any] = result.to_dict()
+    return report
+
+
 def read_result(output_dir: str | os.PathLike[str], result_id: str) -> dict[str, Any]:
     """The stored report of ``result_id``; ``ResultNotFoundError`` when there is none."""
     path = _results_root(output_dir) / f"{check_result_id(result_id)}.json"
@@ -79,12 +102,17 @@ def repair_index(output_dir: str | os.PathLike[str]) -> int:
             for p in sorted(root.glob("*.json"))
             if RESULT_ID_PATTERN.fullmatch(p.stem) and str(p.resolve()) not in indexed
         ]
+        count = 0
         for path in missing:
             try:
-                index_result(root, json.loads(path.read_text()), path)
+                report = json.loads(path.read_text())
+                if isinstance(report, dict) and report.get("schema") == FAMILY_REPORT:
+                    continue  # a family's report: stored for GET /v1/results, not an incident's row
+                index_result(root, report, path)
+                count += 1
             except (OSError, ValueError, KeyError, TypeError) as exc:  # not a report of ours: leave it alone
                 log.warning("result %s is not a readable report (%s); not indexed", path, exc)
-    return len(missing)
+    return count
 
 
 def _results_root(output_dir: str | os.PathLike[str]) -> Path:

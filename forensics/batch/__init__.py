@@ -6,8 +6,11 @@
 
 ``OUTDIR/<name>.json`` is the report of bundle ``name``; ``OUTDIR/<name>.error.json`` records a
 failure (any exception while analysing that bundle: the run goes on); a re-run skips names whose
-report (and HTML, with ``--html``) exists. ``OUTDIR/summary.json`` ends the run. The same tasks run
-in process (``LocalExecutor``) or on a Ray actor pool (``RayExecutor``).
+report (and HTML, with ``--html``) exists. After the incidents, ``families`` (``plan_families``: incidents
+grouped by ``failure_family`` label, else by identical failure spec) are analysed as failure families on
+the same executor, each into ``OUTDIR/family-<name>.json`` (``forensics.batch.families``).
+``OUTDIR/summary.json`` ends the run. The same tasks run in process (``LocalExecutor``) or on a Ray
+actor pool (``RayExecutor``).
 
 Crash consistency: a bundle's report, its error marker and its row in ``index.sqlite`` are written
 one after the other (``STEPS``); a run killed between any two is repaired by the next run, which
@@ -21,11 +24,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forensics.config import Config, from_dict, to_dict
+from forensics.batch.families import FamilyTask, plan_families, run_families, worker_pipeline
+from forensics.config import Config, to_dict
 from forensics.durable import storage_errors, write_json_atomic
 from forensics.errors import StorageError
 from forensics.exec.base import Executor, TaskError
@@ -35,7 +39,17 @@ from forensics.rca.request import AnalysisRequest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STEPS", "BatchSummary", "BatchTask", "Checkpoint", "analyze_task", "plan_batch", "run_batch"]
+__all__ = [
+    "STEPS",
+    "BatchSummary",
+    "BatchTask",
+    "Checkpoint",
+    "FamilyTask",
+    "analyze_task",
+    "plan_batch",
+    "plan_families",
+    "run_batch",
+]
 
 # What run_batch has just done when it calls ``checkpoint(step, bundle_name)``: the crash windows.
 STEPS = ("report-written", "indexed", "marker-removed", "error-written")
@@ -82,6 +96,11 @@ class BatchSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     fixed: int = 0
     seconds: float = 0.0
+    families: list[dict[str, Any]] = field(default_factory=list)  # one row per family (forensics.batch.families)
+
+    @property
+    def families_failed(self) -> list[dict[str, Any]]:
+        return [row for row in self.families if row["status"] == "failed"]
 
     def to_dict(self) -> dict[str, Any]:
         total = len(self.done)
@@ -92,6 +111,7 @@ class BatchSummary:
             "fixed": self.fixed,
             "fix_rate": self.fixed / total if total else None,
             "seconds": self.seconds,
+            "families": self.families,
         }
 
 
@@ -139,15 +159,12 @@ def analyze_task(task: BatchTask, state: dict[Any, Any]) -> dict[str, Any]:
     """Worker side: analyse one bundle with the worker's warm pipeline; write its report atomically.
 
     On any failure the task's own outputs are removed, so no report stands without its HTML page."""
-    from forensics.rca.pipeline import RCAPipeline
     from forensics.report.html import write_html
 
-    key = ("pipeline", json.dumps(task.config, sort_keys=True), task.encryption_key)
-    if key not in state:
-        state[key] = RCAPipeline(replace(from_dict(Config, task.config), encryption_key=task.encryption_key))
+    pipeline = worker_pipeline(state, task.config, task.encryption_key)
     report, html = Path(task.report), task.html_path
     try:
-        result = state[key].run(task.request)
+        result = pipeline.run(task.request)
         if html is not None:
             write_html(result, html)
     except BaseException:
@@ -167,8 +184,11 @@ def run_batch(
     progress: Callable[[int], None] | None = None,
     metrics: Any = None,
     checkpoint: Checkpoint | None = None,
+    families: Sequence[FamilyTask] = (),
 ) -> BatchSummary:
-    """Run ``tasks``; with ``metrics`` (forensics.ops.metrics.Metrics) every finished report is observed.
+    """Run ``tasks``, then ``families`` (``plan_families``) on the same executor; with ``metrics``
+    (forensics.ops.metrics.Metrics) every finished incident report is observed. ``progress(n)`` counts
+    incidents and families alike.
 
     ``checkpoint(step, name)`` is called after each step of ``STEPS`` (tests kill the process there)."""
     out = Path(output_dir)
@@ -199,6 +219,7 @@ def run_batch(
         _check(checkpoint, "error-written", task.name)
         if metrics is not None:
             metrics.observe_error(kind)
+    summary.families = run_families(families, executor=executor, progress=progress)
     summary.seconds = time.perf_counter() - t0
     write_json_atomic(out / "summary.json", summary.to_dict())
     return summary
