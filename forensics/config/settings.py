@@ -122,6 +122,7 @@ class CCAConfig:
     max_replays: int = 20000
     batch_size: int = 32
     counterfactuals: int = 3  # sources picked from the population (the most similar prompts that answer right)
+    siblings: bool = True  # replay the fix sets on sibling incidents (same family key) in the population / next to it
 
     def __post_init__(self) -> None:
         check_key(
@@ -171,6 +172,7 @@ class CCAConfig:
         for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "counterfactuals"):
             value = getattr(self, key)
             check_key(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
+        check_key("modules.cca.siblings", isinstance(self.siblings, bool), self.siblings, "true or false")
 
 
 @dataclass(frozen=True)

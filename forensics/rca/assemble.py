@@ -19,6 +19,7 @@ from forensics.rca.confidence import ConfidenceTerms, confidence, explain
 from forensics.rca.inputs import Inputs, loadable
 from forensics.rca.request import AnalysisRequest
 from forensics.rca.result import RCAResult
+from forensics.rca.siblings import SiblingReport
 from forensics.rca.story import Story, incident_section
 from forensics.replay.fidelity import Fidelity
 from forensics.replay.replayer import Replayer
@@ -39,12 +40,13 @@ class Findings:
     reference: dict[str, Any] | None = None  # the report's reference section
     provenance: dict[str, Any] | None = None
     advanced: Mapping[str, Any] = field(default_factory=dict)  # isc / dbc
+    siblings: SiblingReport | None = None  # the fix sets replayed on sibling incidents (modules.cca.siblings)
 
 
 def assemble(f: Findings, config: Config, timings: dict[str, float], t0: float) -> RCAResult:
     rp, story, cca = f.rp, f.story, f.story.cca
     fix = story.fixes[0] if story.fixes else None
-    terms = confidence_terms(f.fidelity, fix)
+    terms = confidence_terms(f.fidelity, fix, f.siblings.best() if f.siblings else None)
     result = RCAResult(
         bundle_id=f.inputs.incident.id,
         confidence=confidence(terms) if terms else 0.0,
@@ -93,6 +95,8 @@ def assemble(f: Findings, config: Config, timings: dict[str, float], t0: float) 
             result.decision,
             reference=f.reference,
         )
+    if f.siblings is not None:
+        _with_siblings(result, f.siblings)
     result.provenance = f.provenance
     result.reference = f.reference
     ref = f.inputs.reference
@@ -127,7 +131,20 @@ def _single(s: Any, story: Story) -> dict[str, Any]:
     return {**s.to_dict(), "atp": atp.estimate(s.interventions[0]) if atp and len(s.interventions) == 1 else None}
 
 
-def confidence_terms(fidelity: Fidelity, fix: FixSet | None) -> ConfidenceTerms | None:
+def _with_siblings(result: RCAResult, siblings: SiblingReport) -> None:
+    """The report's ``siblings`` section, each fix set's replay on them, and the summary's last words."""
+    result.siblings = siblings.to_dict()
+    result.fix_set_siblings = list(siblings.sections)
+    best = siblings.best()
+    if best is not None:
+        result.summary = " ".join(p for p in (result.summary, f"The best fix set {best['statement']}.") if p)
+
+
+def confidence_terms(
+    fidelity: Fidelity, fix: FixSet | None, siblings: Mapping[str, Any] | None = None
+) -> ConfidenceTerms | None:
+    """The confidence formula's inputs for ``fix``; ``siblings``: its replay on sibling incidents (the
+    ``siblings`` section of the best fix set), whose share fixed scales the value."""
     if fix is None:
         return None
     side = fix.side_effects
@@ -141,4 +158,6 @@ def confidence_terms(fidelity: Fidelity, fix: FixSet | None) -> ConfidenceTerms 
         len(fix.interventions),
         fix.verdict == "suppression",
         fix.verdict == "partial",
+        siblings["held_out"] if siblings else None,
+        siblings["held_out_of"] if siblings else None,
     )

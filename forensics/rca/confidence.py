@@ -10,10 +10,15 @@
 margin = the fixed replay's decision margin in logits (clipped at 0), Z = 1 / size, and S = 1 - changed /
 checked benign answers (0.5 when no benign bundle was checked): a fix that changes the answers the model
 got right explains nothing about this incident, so specificity scales everything else. A partial fix
-(the regenerated answer is not the expected text) is halved like a suppression.
+(the regenerated answer is not the expected text) is halved like a suppression. When the fix set was
+replayed on sibling incidents (``forensics.rca.siblings``: the same family, never seen by the search),
+the value is multiplied by ``0.5 + 0.5 H`` with H = the share of siblings it fixes: a fix that transfers
+to none is halved, one that transfers to all keeps its confidence.
 
     >>> confidence(ConfidenceTerms(True, True, 1.0, 1.0, 1.0, 1, False))
     0.825
+    >>> confidence(ConfidenceTerms(True, True, 1.0, 1.0, 1.0, 1, False, siblings_fixed=1, siblings_checked=4))
+    0.5156
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class ConfidenceTerms:
     size: int
     suppression: bool
     partial: bool = False  # the regenerated answer is not the expected text
+    siblings_fixed: int | None = None  # sibling incidents the set fixes, replayed position-free
+    siblings_checked: int | None = None  # sibling incidents it was judged on; None or 0: no factor
+
+    @property
+    def transfer(self) -> float | None:
+        """H, the share of sibling incidents the set fixes; None when none was checked."""
+        if not self.siblings_checked:
+            return None
+        return min(1.0, max(0.0, (self.siblings_fixed or 0) / self.siblings_checked))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,7 +71,9 @@ def confidence(t: ConfidenceTerms) -> float:
         return 0.0
     parts = _parts(t)
     value = parts["specificity"] * sum(WEIGHTS[k] * parts[k] for k in WEIGHTS)
-    return round(value * (0.5 if t.suppression or t.partial else 1.0), 4)
+    share = t.transfer
+    siblings = 1.0 if share is None else 0.5 + 0.5 * share
+    return round(value * (0.5 if t.suppression or t.partial else 1.0) * siblings, 4)
 
 
 def explain(t: ConfidenceTerms | None) -> str:
@@ -85,7 +101,14 @@ def explain(t: ConfidenceTerms | None) -> str:
         if t.partial
         else ""
     )
+    share = t.transfer
+    transfer = (
+        ""
+        if share is None
+        else f"; × {0.5 + 0.5 * share:.2f}: it fixes {t.siblings_fixed or 0} of {t.siblings_checked} sibling "
+        "incidents replayed position-free"
+    )
     return (
         f"confidence {confidence(t):.2f}: validated on a faithful replay, {recovery}, margin "
-        f"{t.margin:+.2f} logits, {side}, {members}{tail}."
+        f"{t.margin:+.2f} logits, {side}, {members}{tail}{transfer}."
     )

@@ -33,6 +33,7 @@ from forensics.rca.provenance import provenance_for
 from forensics.rca.reference import reference_heads, reference_section
 from forensics.rca.request import AnalysisRequest
 from forensics.rca.result import RCAResult
+from forensics.rca.siblings import SiblingReport, check_siblings
 from forensics.rca.story import Story
 from forensics.replay.fidelity import Fidelity
 from forensics.replay.replayer import Replayer
@@ -109,8 +110,11 @@ class RCAPipeline:
             d = Diagnosis(rp, inputs, config, self.executor, story, deadline, progress or self.progress)
             advanced = diagnose(d, metrics)
             timings["cca"] = time.perf_counter() - t
+        siblings = self._siblings(rp, inputs, request, story, config, deadline, timings)
         _past_deadline(request, story, deadline, inputs.incident, config)
-        findings = Findings(rp, inputs, request, story, fidelity, metrics, ref_section, provenance, advanced)
+        findings = Findings(
+            rp, inputs, request, story, fidelity, metrics, ref_section, provenance, advanced, siblings=siblings
+        )
         result = assemble(findings, config, timings, t0)
         if request.output is not None:
             result.export(request.output)
@@ -141,6 +145,31 @@ class RCAPipeline:
             story.skip("provenance (input spans)", "the replay is not faithful")
             return None
         return provenance_for(rp)
+
+    def _siblings(
+        self,
+        rp: Replayer,
+        inputs: Inputs,
+        request: AnalysisRequest,
+        story: Story,
+        config: Config,
+        deadline: float,
+        timings: dict[str, float],
+    ) -> SiblingReport | None:
+        """The fix sets replayed on sibling incidents (``forensics.rca.siblings``), when the CCA search ran
+        and ``modules.cca.siblings`` is on; finding none reads manifests only."""
+        if story.cca is None:
+            return None
+        if not config.modules.cca.siblings:
+            story.skip("the replay on sibling incidents", "modules.cca.siblings is false")
+            return None
+        t = time.perf_counter()
+        report = check_siblings(rp, inputs, request, story.fixes, config, deadline)
+        for skip in [*report.found.skipped, *report.skipped]:
+            story.notes.append(f"{skip['what']} skipped: {skip['why']}")
+        if report.replayed:
+            timings["siblings"] = time.perf_counter() - t
+        return report
 
     def _notes(self, rp: Replayer, inputs: Inputs, story: Story) -> None:
         if rp.spec is not None:

@@ -56,6 +56,8 @@ class RCAResult:
     attribution: dict[str, Any] | None = None  # forensics.cca.atp: the pre-filter's estimates (prefilter: atp)
     components: list[dict[str, Any]] = field(default_factory=list)  # exact single effects by component, best first
     summary: str = ""  # the components that push the wrong answer and what the fix does, in words
+    siblings: dict[str, Any] | None = None  # forensics.rca.siblings: the sibling incidents found and replayed
+    fix_set_siblings: list[dict[str, Any] | None] = field(default_factory=list)  # per fix set: its replay on them
 
     @property
     def anomalous_modules(self) -> list[str]:
@@ -72,7 +74,7 @@ class RCAResult:
             "confidence": self.confidence,
             "execution_time": self.execution_time,
             "compression_metrics": [m.to_dict() for m in self.compression_metrics],
-            "fix_set": self.fix_set.to_dict() if self.fix_set else None,
+            "fix_set": self._fix_dict(self.fix_set, 0) if self.fix_set else None,
             "replays": self.replays,
             "fidelity": self.fidelity,
             "decision": self.decision,
@@ -89,7 +91,7 @@ class RCAResult:
             "dbc": self.dbc,
             "export_path": self.export_path,
             "incident": self.incident,
-            "fix_sets": [f.to_dict() for f in self.fix_sets],
+            "fix_sets": [self._fix_dict(f, i) for i, f in enumerate(self.fix_sets)],
             "input_level": self.input_level,
             "not_evaluated": self.not_evaluated,
             "confidence_terms": self.confidence_terms,
@@ -99,7 +101,13 @@ class RCAResult:
             "attribution": self.attribution,
             "components": self.components,
             "summary": self.summary,
+            "siblings": self.siblings,
         }
+
+    def _fix_dict(self, fix: FixSet, i: int) -> dict[str, Any]:
+        """``fix`` (``fix_sets[i]``) with its ``siblings`` section: null when no sibling incident was replayed."""
+        section = self.fix_set_siblings[i] if i < len(self.fix_set_siblings) else None
+        return {**fix.to_dict(), "siblings": section}
 
     def export(self, path: str | os.PathLike[str]) -> str:
         """Write the JSON report atomically; sets and returns ``export_path``."""

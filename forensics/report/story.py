@@ -27,6 +27,7 @@ from forensics.report.blocks import (
     yes,
 )
 from forensics.report.plot import esc, fmt
+from forensics.report.siblings import siblings_cell
 
 __all__ = [
     "commands_section",
@@ -213,6 +214,7 @@ def _fix_card(i: int, fix: Mapping[str, Any], report: Mapping[str, Any]) -> str:
         ("regenerated", _regenerated(fix, failure)),
         ("side effects", _side_effects(fix)),
         ("size", esc(f"{n} member{'s' if n != 1 else ''}{_positions_text(fix)}")),
+        ("siblings", siblings_cell(fix, report)),
     ]
     title = "Best fix set" if i == 0 else f"Alternative {i}"
     return (
@@ -276,6 +278,8 @@ def _terms(terms: Mapping[str, Any]) -> ConfidenceTerms:
         int(size) if is_number(size) else 1,
         bool(terms.get("suppression")),
         bool(terms.get("partial")),
+        int(terms["siblings_fixed"]) if is_number(terms.get("siblings_fixed")) else None,
+        int(terms["siblings_checked"]) if is_number(terms.get("siblings_checked")) else None,
     )
 
 
@@ -319,6 +323,10 @@ def _term_rows(terms: Mapping[str, Any]) -> list[list[str]]:
             "",
         ]
     )
+    share = t.transfer
+    if share is not None:
+        h_text = f"fixes {t.siblings_fixed or 0} of {t.siblings_checked} siblings → 0.5 + 0.5·H"
+        rows.append(["H (siblings, held out)", esc(h_text), esc(fmt(0.5 + 0.5 * share, 3)), "× all", ""])
     return rows
 
 
@@ -337,8 +345,8 @@ def confidence_section(report: Mapping[str, Any]) -> str:
         f"suppression {flag(terms.get('suppression'))} · partial {flag(terms.get('partial'))} (either halves the value)"
     )
     formula = empty(
-        "confidence = 0 unless faithful and validated; else round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4) "
-        "(docs/report-schema.md)."
+        "confidence = 0 unless faithful and validated; else round(S · (0.45·R + 0.35·M + 0.2·Z) · h, 4), "
+        "× (0.5 + 0.5·H) when sibling incidents were checked (docs/report-schema.md)."
     )
     rows = table(["term", "from the report", "value", "weight", "adds"], _term_rows(terms), numeric=(2, 4))
     expected, given = documented_confidence(terms), report.get("confidence")

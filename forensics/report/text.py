@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from forensics.report.siblings import siblings_line
+
 __all__ = ["print_summary"]
 
 
@@ -34,11 +36,16 @@ def print_summary(report: dict[str, Any]) -> None:
     fix = report["fix_set"]
     if fix:
         print(f"fix set: {_describe(fix)}")
+        line = siblings_line(fix)
+        if line:
+            print(f"  siblings: {line}")
         for other in report.get("fix_sets", [])[1:]:
             print(f"  also:  {_describe(other)}")
     else:
         skipped = next((n for n in report.get("not_evaluated", []) if n.get("what") == "the CCA search"), None)
         print(f"no fix set: the CCA search did not run ({skipped['why']})" if skipped else "no fix set found")
+        if (report.get("siblings") or {}).get("found"):
+            print(f"siblings: {report['siblings']['statement']}")
     if report.get("isc"):
         print(f"isc: {report['isc']['summary']}")
     if report.get("dbc"):
