@@ -62,11 +62,13 @@ def test_export_fix_writes_a_directory_plain_transformers_loads(
     assert "fix set #0 has no weight form" in text and "position-dependent" in text
     for name in ("efficacy", "generalisation", "specificity", "fluency"):
         assert name in text
-    assert re.search(r"specificity +\S+ +\(\d/3\)", text) and re.search(r"generalisation +\S+ +\(\d/1\)", text), text
+    assert re.search(r"specificity +\S+ +\(\d/7\)", text) and re.search(r"generalisation +\S+ +\(\d/1\)", text), text
     assert f"load it: AutoModelForCausalLM.from_pretrained({str(out)!r})" in text
     doc = read_fix_file(out / FIX_FILE)
     assert doc["method"] == "weights" and doc["provenance"]["fix_set_index"] == 1
-    assert doc["evaluation"]["generalisation"]["total"] == 1 and doc["evaluation"]["specificity"]["total"] == 3
+    near = doc["provenance"]["neighbourhood"]  # 2 benign bundles + "Hello", then questions about the subject
+    assert "Australia is a" in near and doc["evaluation"]["specificity"]["total"] == 3 + len(near) == 7
+    assert doc["evaluation"]["generalisation"]["total"] == 1
     plain = AutoModelForCausalLM.from_pretrained(str(out))
     ids = torch.tensor([list(incident.inputs["input_ids"])])
     edited = tiny_llama.model.model.layers[1].self_attn.o_proj.weight.detach().clone()

@@ -184,3 +184,29 @@ def test_fix_json_validates_against_its_documented_fields(
         (tmp_path / "taken").mkdir()
         (tmp_path / "taken" / "notes.txt").write_text("mine")
         export_fix(tmp_path / "taken", tiny_llama, edit, fitting=[incident_prompt(incident)], max_broken=1.0)
+
+
+def _family_report(held_out: int | None, n: int = 3, *, sets: bool = True) -> dict[str, Any]:
+    zero = Intervention("model.layers.0.mlp", "zero", "all").to_dict()
+    fix = {"interventions": [zero], "held_out": held_out, "held_out_of": n if held_out is not None else None}
+    return {
+        "schema": "model-forensics/family@1",
+        "members": [{"analysed": True} for _ in range(n)],
+        "fix_sets": [fix] if sets else [],
+    }
+
+
+def test_auto_ships_a_family_ablation_only_when_it_transfers(tiny_llama: LoadedModel) -> None:
+    from forensics.edit import choose_fix
+
+    transfers = choose_fix(_family_report(3), tiny_llama.model, "auto")
+    assert transfers.method == "weights" and transfers.note == ""
+    weak = choose_fix(_family_report(1), tiny_llama.model, "auto")
+    assert weak.method == "rank-one" and weak.layer == 0 and "33% of the members held out" in weak.note
+    assert choose_fix(_family_report(1), tiny_llama.model, "weights").method == "weights"  # asked for: as asked
+    nothing = choose_fix(_family_report(None, sets=False), tiny_llama.model, "auto")
+    assert nothing.method == "rank-one" and nothing.layer is None and "leave-one-out" in nothing.note
+    single = {"schema": "model-forensics/rca@2", "fix_sets": _family_report(None)["fix_sets"]}
+    assert choose_fix(single, tiny_llama.model, "auto").method == "weights"  # one incident: nothing held out
+    with pytest.raises(ConfigError, match="no validated fix set"):
+        choose_fix({"fix_sets": []}, tiny_llama.model, "auto")

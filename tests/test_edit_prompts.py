@@ -52,3 +52,41 @@ def test_generalisation_never_counts_a_fitting_prompt(tiny_llama: LoadedModel) -
     prompt = family_prompt("The capital of Australia is", FailureSpec.expected(" Canberra", tok), tok)
     with pytest.raises(ConfigError, match="also fitting prompts"):
         evaluate_edit(tiny_llama.model, tok, fitting=[prompt], held_out=[prompt])
+
+
+def test_the_neighbourhood_is_the_family_phrasings_with_the_population_subjects(tiny_llama: LoadedModel) -> None:
+    from forensics.edit.neighbourhood import SUBJECT_PROBES, _other_subjects, neighbourhood
+    from forensics.edit.prompts import encode, greedy_continuation, population_prompts
+
+    tok = tiny_llama.tokenizer
+    members = ["The capital of Australia is", "Fact: the capital of Australia is", "The Australian capital is"]
+    population = population_prompts(
+        tiny_llama.model, tok, ["The capital of France is", "The capital of Italy is", "One plus one is"]
+    )
+    import re
+
+    others = _other_subjects(tok, re.compile(r"\baustralia\b", re.IGNORECASE), members, population)
+    assert others == {"France": population[0].continuation[:1], "Italy": population[1].continuation[:1]}
+    texts = neighbourhood(tiny_llama.model, tok, members, population, subject="australia")
+    assert [t for t in texts if "Australia" in t] == [p.format(X="Australia") for p in SUBJECT_PROBES]  # as spelled
+    swapped = [t for t in texts if "Australia" not in t]
+    candidates = {f"Fact: the capital of {c} is": others[c] for c in others}  # "Australian" is no match
+    assert set(swapped) <= set(candidates)
+    for text, answer in candidates.items():  # kept exactly when the model answers it as on the population prompt
+        same = greedy_continuation(tiny_llama.model, encode(tok, text), 1)[:1] == answer
+        assert (text in swapped) == same
+    assert neighbourhood(tiny_llama.model, tok, members, population, subject=None) == texts  # aligned: Australia
+    assert neighbourhood(tiny_llama.model, tok, members, population, subject="Peru") == []
+
+
+def test_one_prompt_finds_its_subject_by_aligning_with_the_population(tiny_llama: LoadedModel) -> None:
+    from forensics.edit.neighbourhood import aligned_subject
+    from forensics.edit.prompts import population_prompts
+
+    tok = tiny_llama.tokenizer
+    population = population_prompts(
+        tiny_llama.model, tok, ["The capital of France is", "One plus one is two.", "Hello"], new_tokens=1
+    )
+    assert aligned_subject(tok, ["The capital of Australia is"], population) == "Australia"
+    assert aligned_subject(tok, ["The capital of New South Wales is"], population) == "New South Wales"
+    assert aligned_subject(tok, ["Fact: the capital of Australia is", "Hello world"], population) is None

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from forensics.edit import (
+    FamilyPrompt,
     RankOneOptions,
     edited_copy,
     evaluate_edit,
@@ -97,3 +98,58 @@ def test_the_last_layer_cannot_carry_a_subject_before_the_decision(tiny_llama: L
     fitting = [family_prompt("The capital of Australia is", FailureSpec.expected(" Canberra", tok), tok)]
     with pytest.raises(ConfigError, match="does not reach the decision position"):
         rank_one_edit(tiny_llama.model, tok, fitting, [], layer=1, subject="Australia", options=RankOneOptions(steps=2))
+
+
+def test_a_subject_at_the_first_token_is_not_fitted(tiny_llama: LoadedModel) -> None:
+    """The first token has no context to read the subject from (a model without BOS reads it as its attention
+    sink): a fitting prompt that starts with the subject is left out of the fit and named."""
+    tok = tiny_llama.tokenizer
+    spec = FailureSpec.expected(" Canberra", tok)
+    bare = tuple(tok("Australia", add_special_tokens=False).input_ids)  # as a tokenizer without BOS encodes it
+    fitting = [FamilyPrompt("Australia", bare, target_id=spec.target_id(0))]
+    fitting += [family_prompt(t, spec, tok) for t in FIT]
+    positions = [0, *subject_positions(tok, fitting[1:], "Australia")]  # a one-token subject sits at 0
+    population = population_prompts(tiny_llama.model, tok, POPULATION)
+    edit = rank_one_edit(
+        tiny_llama.model,
+        tok,
+        fitting,
+        population,
+        layer=0,
+        subject_positions=positions,
+        options=RankOneOptions(steps=5),
+    )
+    assert edit.details["unfitted"]["prompts"] == ["Australia"]
+    assert edit.details["subject_positions"] == positions[1:]
+    alone = rank_one_edit(
+        tiny_llama.model, tok, fitting[:1], population, layer=0, subject_positions=[0], options=RankOneOptions(steps=2)
+    )
+    assert "unfitted" not in alone.details  # nothing else to fit on: the prompt is kept
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_the_layer_is_chosen_by_leave_one_out_and_the_table_says_why(name: str, request: pytest.FixtureRequest) -> None:
+    from forensics.edit import LayerTrial, candidate_layers, choose_layer
+
+    loaded: LoadedModel = request.getfixturevalue(name)
+    tok = loaded.tokenizer
+    spec = FailureSpec.expected(" Canberra", tok)
+    fitting = [family_prompt(t, spec, tok) for t in [*FIT, "Where is Canberra? In Australia"]]
+    population = population_prompts(loaded.model, tok, POPULATION)
+    seen: list[str] = []
+    choice = choose_layer(
+        loaded.model, tok, fitting, population, diagnosed=[1], options=RankOneOptions(steps=15), progress=seen.append
+    )
+    assert [t.layer for t in choice.trials] == candidate_layers(2, [1]) == [1, 0] and len(seen) == 2
+    assert choice.trials[0].diagnosed and not choice.trials[1].diagnosed
+    usable = [t for t in choice.trials if t.error is None]
+    best = min(usable, key=LayerTrial.key)
+    assert choice.layer == best.layer and all(best.held_out >= t.held_out for t in usable)
+    assert all(0 <= t.held_out <= t.members == len(fitting) for t in choice.trials)
+    assert choice.edit.details["layer"] == choice.layer and f"layer {choice.layer}" in choice.note
+    assert evaluate_edit(edited_copy(loaded.model, choice.edit), tok, fitting=fitting).efficacy.share == 1.0
+    row = choice.table()[0]
+    assert set(row) >= {"layer", "diagnosed", "held_out", "population_changed", "relative_norm"}
+
+    one = choose_layer(loaded.model, tok, fitting[:1], population, diagnosed=[0], options=RankOneOptions(steps=5))
+    assert one.layer == 0 and one.trials == () and "nothing to hold out" in one.note

@@ -4,6 +4,8 @@ leaves the answers to other capitals and to other questions about Australia unch
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from forensics.edit import edited_copy, evaluate_edit, family_prompt, population_prompts, rank_one_edit
@@ -65,3 +67,37 @@ def test_a_rank_one_edit_fixes_held_out_phrasings_and_breaks_nothing(smol: Loade
     assert result.generalisation.passed >= 3, summary
     assert result.specificity.share == 1.0, f"{summary}; broken: {result.specificity.failed}"
     assert (result.fluency.share or 0.0) >= 0.9, f"{summary}; changed: {result.fluency.failed}"
+
+
+def test_export_fix_auto_ships_a_rank_one_edit_that_transfers(smol: LoadedModel, tmp_path: Any) -> None:
+    """What a user gets by default from a family report: ``auto`` weighs the ablation's weight form against a
+    rank-one edit (layer by leave-one-out over the three members) and ships the rank-one edit, which keeps
+    the population's continuations; judged on five phrasings it never saw (``--prompts``) and on the
+    population plus other questions about Australia."""
+    import json
+
+    from forensics.edit.from_report import ExportRequest, export_from_report
+    from forensics.rca import AnalysisRequest, RCAPipeline
+    from forensics.record import record_greedy
+
+    spec = FailureSpec.expected(" Canberra", smol.tokenizer)
+    members = []
+    for i, text in enumerate(FIT):
+        members.append(str(tmp_path / f"m{i}"))
+        record_greedy(smol, text, members[-1], spec, kind="incident", max_new_tokens=3)
+    for country in list(CAPITALS)[:6]:
+        record_greedy(smol, f"The capital of {country} is", tmp_path / "pop" / country, "as-generated", kind="benign")
+    report = RCAPipeline().run_family(AnalysisRequest.of(members, population=str(tmp_path / "pop"), model=smol))
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [{"prompt": t, "expected": " Canberra"} for t in HELD_OUT] + [{"prompt": t} for t in AUSTRALIA]
+    prompts.write_text("\n".join(json.dumps(line) for line in lines))
+    request = ExportRequest(report.to_dict(), "family.json", str(tmp_path / "fixed"), prompts=str(prompts))
+    result, choice = export_from_report(request)
+    fix = json.loads((tmp_path / "fixed" / "fix.json").read_text())
+    ev = fix["evaluation"]
+    summary = f"{choice.method} at L{choice.layer}: {result.evaluation.line()}; note: {choice.note}"
+    print(summary)
+    assert fix["method"] == "rank-one" and "layer_choice" in fix["edit"]["details"], summary
+    assert ev["efficacy"]["passed"] == 3 and ev["generalisation"]["passed"] >= 3, summary
+    assert ev["specificity"]["share"] >= 0.95, f"{summary}; broken: {ev['specificity']['failed']}"
+    assert ev["fluency"]["share"] >= 0.8, f"{summary}; changed: {ev['fluency']['failed']}"

@@ -10,6 +10,7 @@ of the population's answers is refused, naming them.
 from __future__ import annotations
 
 import argparse
+import sys
 
 NAME = "export-fix"
 HELP = (
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=config.cache_dir,
         encryption_key=config.encryption_key,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     result, choice = export_from_report(request)
     if choice.note:

@@ -19,6 +19,7 @@ from forensics.edit.choose import METHODS, FixChoice, choose_fix, report_fix_set
 from forensics.edit.evaluate import EditEvaluation, Score, evaluate_edit
 from forensics.edit.export import FIX_FILE, FIX_SCHEMA, ExportResult, export_fix, read_fix_file, validate_fix_file
 from forensics.edit.hookspec import FixHandle, HookEdit, HookMember, apply_fix, hook_members, install_hooks
+from forensics.edit.layer_choice import LayerChoice, LayerTrial, candidate_layers, choose_layer
 from forensics.edit.prompts import (
     FamilyPrompt,
     PopulationPrompt,
@@ -47,6 +48,8 @@ __all__ = [
     "FixHandle",
     "HookEdit",
     "HookMember",
+    "LayerChoice",
+    "LayerTrial",
     "NoWeightForm",
     "PopulationPrompt",
     "RankOneOptions",
@@ -55,7 +58,9 @@ __all__ = [
     "WeightEdit",
     "apply_edit",
     "apply_fix",
+    "candidate_layers",
     "choose_fix",
+    "choose_layer",
     "edited_copy",
     "evaluate_edit",
     "export_fix",

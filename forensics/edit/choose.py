@@ -4,7 +4,11 @@
     choice.method, choice.fix, choice.note
 
 ``auto``: the first fix set (they are ranked best first) with a weight form; when none has one, the
-best fix set as a hook spec (its refusal is the note). ``weights``: the same, and the note says when it
+best fix set as a hook spec (its refusal is the note). For a family report (two or more members) the
+weight form must also transfer: when it fixes fewer than ``TRANSFERS`` of the members held out (the
+report's leave-one-out), or no fix set has one, ``auto`` makes a rank-one MLP edit instead, its layer
+chosen by leave-one-out over the members (``forensics.edit.layer_choice``), and the note says why; when
+it does transfer, ``export_from_report`` still weighs it against the rank-one edit (``contest``). ``weights``: the same, and the note says when it
 fell back to hooks. ``rank-one``: an MLP edit at the layer of the first MLP a fix set names (else the
 first member's layer). ``rollback``: the modules of the best fix set, from the reference model.
 ``hooks``: the best fix set as hooks.
@@ -23,10 +27,21 @@ from forensics.errors import ConfigError
 from forensics.models.arch import arch_for, component_of
 from forensics.replay.interventions import Intervention
 
-__all__ = ["METHODS", "FixChoice", "MethodChoice", "choose_fix", "report_fix_sets"]
+__all__ = [
+    "METHODS",
+    "TRANSFERS",
+    "FixChoice",
+    "MethodChoice",
+    "choose_fix",
+    "diagnosed_layer",
+    "family_members",
+    "held_out_share",
+    "report_fix_sets",
+]
 
 MethodChoice = Literal["auto", "weights", "rank-one", "rollback", "hooks"]
 METHODS: tuple[MethodChoice, ...] = ("auto", "weights", "rank-one", "rollback", "hooks")
+TRANSFERS = 0.8  # share of a family's members a weight-form fix must fix held out for ``auto`` to ship it
 
 
 @dataclass(frozen=True)
@@ -37,7 +52,7 @@ class FixChoice:
     method: Literal["weights", "rank-one", "rollback", "hooks"]
     fix: tuple[Intervention, ...]
     index: int | None
-    layer: int | None = None
+    layer: int | None = None  # rank-one: the diagnosed layer (None: none named; chosen by leave-one-out)
     note: str = ""
 
 
@@ -64,6 +79,10 @@ def choose_fix(
     sets = report_fix_sets(report)
     if method == "rank-one":
         return FixChoice("rank-one", sets[0] if sets else (), 0 if sets else None, _layer(sets, model, layer))
+    family = family_members(report)
+    if not sets and method == "auto" and family >= 2:
+        note = "no fix set was found for the family: a rank-one MLP edit, layer chosen by leave-one-out"
+        return FixChoice("rank-one", (), None, _layer(sets, model, layer, required=False), note)
     if not sets:
         raise ConfigError("report has no validated fix set to export; use --method rank-one with --layer")
     if method == "rollback":
@@ -75,12 +94,46 @@ def choose_fix(
         problem = next((p for iv in fix if (p := weight_form_problem(iv)) is not None), None)
         if problem is None:
             note = "" if i == 0 else f"fix set #0 has no weight form ({problems[0]}); exporting fix set #{i}"
+            weak = held_out_share(report, i) if method == "auto" and family >= 2 else None
+            if weak is not None and weak < TRANSFERS:
+                note = (
+                    f"fix set #{i}'s weight form fixes {weak:.0%} of the members held out (< {TRANSFERS:.0%}): "
+                    "a rank-one MLP edit instead, layer chosen by leave-one-out"
+                )
+                return FixChoice("rank-one", fix, i, _layer(sets, model, layer, required=False), note)
             return FixChoice("weights", fix, i, note=note)
         problems.append(problem)
+    if method == "auto" and family >= 2:
+        note = f"no fix set has a weight form ({problems[0]}): a rank-one MLP edit, layer chosen by leave-one-out"
+        return FixChoice("rank-one", sets[0], 0, _layer(sets, model, layer, required=False), note)
     return FixChoice("hooks", sets[0], 0, note=f"no fix set has a weight form: {problems[0]}; exported as hooks")
 
 
-def _layer(sets: Sequence[tuple[Intervention, ...]], model: nn.Module, layer: int | None) -> int:
+def family_members(report: Mapping[str, Any]) -> int:
+    """How many analysed members a family report has (0 for a single incident's report)."""
+    members = report.get("members")
+    return sum(1 for m in members if isinstance(m, dict) and m.get("analysed")) if isinstance(members, list) else 0
+
+
+def held_out_share(report: Mapping[str, Any], index: int) -> float | None:
+    """Fix set ``index``'s leave-one-out share in a family report, None where the report has none."""
+    sets = [s for s in report.get("fix_sets") or [] if isinstance(s, dict) and s.get("validated", True) is not False]
+    row = sets[index] if index < len(sets) else {}
+    k, n = row.get("held_out"), row.get("held_out_of")
+    return k / n if isinstance(k, int) and isinstance(n, int) and n > 0 else None
+
+
+def diagnosed_layer(sets: Sequence[tuple[Intervention, ...]], model: nn.Module) -> int | None:
+    """The layer of the first MLP the fix sets name (None when they name none: a head or an attention
+    output says nothing about which MLP stores what a rank-one edit changes)."""
+    family = arch_for(model).family
+    members = [component_of(iv.module, iv.head, family) for fix in sets for iv in fix]
+    return next((c.layer for c in members if c.site == "mlp" and c.layer is not None), None)
+
+
+def _layer(
+    sets: Sequence[tuple[Intervention, ...]], model: nn.Module, layer: int | None, *, required: bool = True
+) -> int | None:
     if layer is not None:
         return layer
     family = arch_for(model).family
@@ -88,6 +141,6 @@ def _layer(sets: Sequence[tuple[Intervention, ...]], model: nn.Module, layer: in
     mlps = [c.layer for iv in members if (c := component_of(iv.module, iv.head, family)).site == "mlp"]
     layers = [c.layer for iv in members if (c := component_of(iv.module, iv.head, family)).layer is not None]
     found = next((x for x in [*mlps, *layers] if x is not None), None)
-    if found is None:
+    if found is None and required:
         raise ConfigError("rank-one edit: the report names no layer (no fix set); pass --layer")
     return found

@@ -12,16 +12,34 @@ each judged against the unedited model's own greedy continuation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from forensics.bundle import Bundle, load_bundle
 from forensics.edit.base import WeightEdit
-from forensics.edit.choose import FixChoice, MethodChoice, choose_fix
+from forensics.edit.choose import (
+    FixChoice,
+    MethodChoice,
+    choose_fix,
+    diagnosed_layer,
+    family_members,
+    held_out_share,
+    report_fix_sets,
+)
+from forensics.edit.contest import contest
 from forensics.edit.export import DEFAULT_MAX_BROKEN, ExportResult, export_fix
 from forensics.edit.hookspec import HookEdit, hook_members
-from forensics.edit.prompts import FamilyPrompt, PopulationPrompt, incident_prompt, population_prompts, read_prompts
+from forensics.edit.layer_choice import choose_layer
+from forensics.edit.neighbourhood import neighbourhood
+from forensics.edit.prompts import (
+    FamilyPrompt,
+    PopulationPrompt,
+    incident_prompt,
+    population_prompts,
+    read_prompts,
+    subject_span,
+)
 from forensics.edit.rank_one import rank_one_edit
 from forensics.edit.rollback import rollback_edit, rollback_modules
 from forensics.edit.weights import weight_form
@@ -53,6 +71,7 @@ class ExportRequest:
     device: str = "auto"
     cache_dir: str | None = None
     encryption_key: bytes | None = field(default=None, repr=False)
+    progress: Callable[[str], None] | None = field(default=None, repr=False, compare=False)  # long steps, as lines
 
 
 def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]:
@@ -76,6 +95,29 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
     population = population_prompts(loaded.model, loaded.tokenizer, [*sources, *neighbours])
     choice = choose_fix(report, loaded.model, request.method, layer=request.layer)
     edit = _edit(request, choice, loaded, bundle, benign, fitting, population)
+    near = neighbourhood(
+        loaded.model,
+        loaded.tokenizer,
+        [p.text for p in fitting],
+        population,
+        subject=_subject(request, fitting, population),
+    )
+    judged = [*population, *population_prompts(loaded.model, loaded.tokenizer, near)]  # never protected: unseen
+    share = held_out_share(report, choice.index or 0) if family_members(report) >= 2 else None
+    if request.method == "auto" and choice.method == "weights" and isinstance(edit, WeightEdit) and share is not None:
+        diagnosed = diagnosed_layer(report_fix_sets(report), loaded.model)
+        choice, edit = contest(
+            loaded,
+            choice,
+            edit,
+            share,
+            fitting,
+            population,
+            judged,
+            diagnosed=diagnosed,
+            subject=request.subject,
+            progress=request.progress,
+        )
     provenance = {
         "report": request.report_path,
         "bundle_id": bundle.id,
@@ -83,6 +125,7 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
         "fix_set_index": choice.index,
         "fix_set": [iv.to_dict() for iv in choice.fix],
         "population": [b.id for b in benign],
+        "neighbourhood": near,
         "note": choice.note,
     }
     if choice.method == "rollback":
@@ -93,11 +136,22 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
         edit,
         fitting=fitting,
         held_out=held_out,
-        population=population,
+        population=judged,
         max_broken=request.max_broken,
         provenance=provenance,
     )
     return result, choice
+
+
+def _subject(request: ExportRequest, fitting: list[FamilyPrompt], population: list[PopulationPrompt]) -> str | None:
+    """The family's subject for its neighbourhood: ``--subject``, else the span its prompts share (None when
+    they share none, or with one prompt: ``neighbourhood`` then aligns it with the population's prompts)."""
+    if request.subject or len(fitting) < 2:  # one prompt: the neighbourhood aligns it with the population
+        return request.subject
+    try:
+        return subject_span([p.text for p in fitting], template=[p.text for p in population])
+    except ConfigError:
+        return None
 
 
 def _fitting_bundles(request: ExportRequest, bundle: Bundle) -> list[Bundle]:
@@ -159,8 +213,22 @@ def _edit(
     if choice.method == "weights":
         return weight_form(model, choice.fix)
     if choice.method == "rank-one":
-        assert choice.layer is not None
-        return rank_one_edit(model, loaded.tokenizer, fitting, population, layer=choice.layer, subject=request.subject)
+        if request.layer is not None or len(fitting) < 2:
+            if choice.layer is None:
+                raise ConfigError("rank-one edit: the report names no layer and has one member; pass --layer")
+            return rank_one_edit(
+                model, loaded.tokenizer, fitting, population, layer=choice.layer, subject=request.subject
+            )
+        mlp = diagnosed_layer(report_fix_sets(request.report), model)
+        diagnosed = [] if mlp is None else [mlp]
+        chosen = choose_layer(
+            model, loaded.tokenizer, fitting, population, diagnosed=diagnosed, subject=request.subject
+        )
+        details = {
+            **chosen.edit.details,
+            "layer_choice": {"diagnosed": mlp, "note": chosen.note, "tried": chosen.table()},
+        }
+        return replace(chosen.edit, details=details)
     if choice.method == "rollback":
         ref = resolve_model(_reference_ref(request), device=request.device, cache_dir=request.cache_dir)
         return rollback_edit(model, ref.model, rollback_modules(choice.fix))

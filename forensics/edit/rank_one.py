@@ -35,7 +35,14 @@ from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for, get_module
 from forensics.models.placement import input_device
 
-__all__ = ["RankOneOptions", "capture_keys", "mlp_projection", "rank_one_edit", "solve_rank_one"]
+__all__ = ["FIRST_TOKEN", "RankOneOptions", "capture_keys", "mlp_projection", "rank_one_edit", "solve_rank_one"]
+
+
+FIRST_TOKEN = (
+    "the subject is the prompt's first token, which a model without a BOS token reads as its attention sink: "
+    "its key is alike for every first word, so fitting it would edit every prompt that starts with a word; "
+    "the edit is fitted on the other prompts and judged on these like any other"
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,12 @@ def rank_one_edit(
         positions = find_subject_positions(tokenizer, fitting, subject)
     if len(positions) != len(fitting):
         raise ConfigError(f"rank-one edit: {len(positions)} subject positions for {len(fitting)} fitting prompts")
+    unfitted = [p.text for p, pos in zip(fitting, positions, strict=True) if pos == 0]
+    if unfitted and len(unfitted) < len(fitting):  # the first token is no subject key: see FIRST_TOKEN
+        kept = [(p, pos) for p, pos in zip(fitting, positions, strict=True) if pos != 0]
+        fitting, positions = [p for p, _ in kept], [pos for _, pos in kept]
+    else:
+        unfitted = []
     keys = capture_keys(model, proj, [p.input_ids for p in fitting])
     fit_keys = torch.stack([k[pos] for k, pos in zip(keys, positions, strict=True)])
     seqs = [p.input_ids + p.continuation for p in population]
@@ -200,7 +213,7 @@ def rank_one_edit(
             "the decision position (no later layer reads it); choose an earlier layer"
         )
     update, c = solve_rank_one(fit_keys, delta, protected, options.ridge)
-    fit = _Fit(layer, subject, tuple(positions), steps, tuple(margins), options)
+    fit = _Fit(layer, subject, tuple(positions), steps, tuple(margins), options, tuple(unfitted))
     return _as_edit(model, proj, update, c, fit_keys, protected, fit)
 
 
@@ -214,6 +227,7 @@ class _Fit:
     steps: int
     margins: tuple[float, ...]
     options: RankOneOptions
+    unfitted: tuple[str, ...] = ()
 
 
 def _as_edit(
@@ -250,5 +264,6 @@ def _as_edit(
         "protected_change_max": float(ratios.max()) if ratios.numel() else 0.0,
         "protected_change_median": float(ratios.median()) if ratios.numel() else 0.0,
         "options": {k: getattr(fit.options, k) for k in RankOneOptions.__dataclass_fields__},
+        **({"unfitted": {"prompts": list(fit.unfitted), "why": FIRST_TOKEN}} if fit.unfitted else {}),
     }
     return WeightEdit("rank-one", {f"{proj}.weight": new.to(weight.dtype)}, (), details)
