@@ -46,6 +46,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/ray_scale.py
 	$(PY) bench/scale.py
 	$(PY) bench/families.py
+	$(PY) bench/family_cost.py
 	$(PY) bench/architectures.py
 	$(PY) bench/architectures.py --gemma3-270m
 

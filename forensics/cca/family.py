@@ -23,6 +23,7 @@ import numpy as np
 from torch import nn
 
 from forensics.cca.atp import attribute
+from forensics.cca.refusals import evaluate_halving
 from forensics.errors import ReplayError
 from forensics.models.arch import arch_for, component_of
 from forensics.replay.interventions import Intervention, InterventionSet, Positions
@@ -64,6 +65,7 @@ class FamilySearch:
     m_incident: np.ndarray  # [M]
     refused: dict[InterventionSet, str] = field(default_factory=dict)
     broken: dict[int, int] = field(default_factory=dict)  # set -> population answers it changes (where checked)
+    answers: dict[int, dict[str, bool]] = field(default_factory=dict)  # set -> population bundle -> changed?
     forward_passes: int = 0
     seconds: float = 0.0
 
@@ -163,13 +165,16 @@ def search_family(
 def check_population(search: FamilySearch, population: Sequence[Replayer]) -> None:
     """``search.broken``: for each of the ``POPULATION_CHECKED`` best sets that fix some member, how many
     population answers it changes (one batched pass per population bundle; a set its replay refuses
-    there counts as unchanged)."""
+    there counts as unchanged). ``search.answers`` keeps, per set, whether each bundle that replayed it
+    changed its answer: the report's side effects are read from it, not replayed again."""
     fixing = [s for s in search.ranked() if search.fixed[s].any()][:POPULATION_CHECKED]
     search.broken = dict.fromkeys(fixing, 0)
+    search.answers = {s: {} for s in fixing}
     for rp in population:
         plain = rp.run(()).argmax_id
         for i, outcome in _outcomes(rp, [search.sets[s] for s in fixing], {}):
             search.broken[fixing[i]] += int(outcome.argmax_id != plain)
+            search.answers[fixing[i]][rp.bundle.id] = outcome.argmax_id != plain
 
 
 def _grow(search: FamilySearch, seeds: Sequence[InterventionSet], size: int) -> list[InterventionSet]:
@@ -203,24 +208,14 @@ def _score(search: FamilySearch, replayers: Sequence[Replayer], sets: list[Inter
 def _outcomes(
     rp: Replayer, sets: list[InterventionSet], refused: dict[InterventionSet, str]
 ) -> list[tuple[int, Outcome]]:
-    """(index, outcome) of each set ``rp`` can replay: sets with a ``mean`` (which a short population may
-    not reach) go in their own batch, and a batch the replay refuses is retried one set at a time."""
-    groups: dict[bool, list[int]] = {}
-    for s, ivs in enumerate(sets):
-        groups.setdefault(any(iv.kind == "mean" for iv in ivs), []).append(s)
-    out: list[tuple[int, Outcome]] = []
-    for members in groups.values():
-        try:
-            out += zip(members, rp.evaluate([sets[s] for s in members]), strict=True)
-            continue
-        except ReplayError:
-            pass
-        for s in members:  # one refused set must not cost the others
-            try:
-                out.append((s, rp.run(sets[s])))
-            except ReplayError as exc:
-                refused.setdefault(sets[s], f"{rp.bundle.id}: {exc}")
-    return out
+    """(index, outcome) of each set ``rp`` can replay, in batches; a batch the replay refuses (a ``mean``
+    at positions no population bundle reaches) is halved until each refused set stands alone
+    (``refusals.evaluate_halving``), which goes to ``refused`` with the bundle's id."""
+
+    def refuse(ivs: InterventionSet, exc: ReplayError) -> None:
+        refused.setdefault(ivs, f"{rp.bundle.id}: {exc}")
+
+    return evaluate_halving(rp.evaluate, sets, refuse)
 
 
 def _order(iv: Intervention) -> tuple[str, int, str, str]:

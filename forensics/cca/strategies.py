@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from forensics.cca.refusals import evaluate_halving
 from forensics.errors import ReplayError
 from forensics.models.arch import component_of
 from forensics.replay.interventions import Intervention, InterventionSet
@@ -114,15 +115,13 @@ class Scorer:
     def _evaluate(self, sets: Sequence[InterventionSet]) -> list[Outcome]:
         """Outcomes of the ``sets`` the replay can do: a batch it refuses (``ReplayError``: a set whose
         positions no population bundle or source reaches, say) is halved until each refused set stands
-        alone, so one such set costs a few more passes, never the search; refused sets go to ``refused``."""
-        try:
-            return self.evaluate(sets)
-        except ReplayError as exc:
-            if len(sets) == 1:
-                self.refused[tuple(sets[0])] = str(exc)
-                return []
-            half = len(sets) // 2
-            return self._evaluate(sets[:half]) + self._evaluate(sets[half:])
+        alone (``refusals.evaluate_halving``), so one such set costs a few more passes, never the search;
+        refused sets go to ``refused``."""
+        outcomes = evaluate_halving(self.evaluate, sets, self._refuse)
+        return [outcome for _, outcome in outcomes]
+
+    def _refuse(self, ivs: InterventionSet, exc: ReplayError) -> None:
+        self.refused[tuple(ivs)] = str(exc)
 
     def _past_deadline(self) -> bool:
         if self.deadline is not None and time.monotonic() > self.deadline:

@@ -123,12 +123,15 @@ def held_out_share(report: Mapping[str, Any], index: int) -> float | None:
     return k / n if isinstance(k, int) and isinstance(n, int) and n > 0 else None
 
 
-def diagnosed_layer(sets: Sequence[tuple[Intervention, ...]], model: nn.Module) -> int | None:
-    """The layer of the first MLP the fix sets name (None when they name none: a head or an attention
-    output says nothing about which MLP stores what a rank-one edit changes)."""
+def diagnosed_layer(report: Mapping[str, Any], model: nn.Module) -> int | None:
+    """The MLP layer the diagnosis implicates: a family report's first MLP row of its components table,
+    else the first MLP its fix sets name; None when neither names one (a head or an attention output says
+    nothing about which MLP stores what a rank-one edit changes)."""
     family = arch_for(model).family
-    members = [component_of(iv.module, iv.head, family) for fix in sets for iv in fix]
-    return next((c.layer for c in members if c.site == "mlp" and c.layer is not None), None)
+    rows = [r for r in report.get("components") or [] if isinstance(r, dict) and isinstance(r.get("module"), str)]
+    named = [component_of(r["module"], r.get("head"), family) for r in rows]
+    named += [component_of(iv.module, iv.head, family) for fix in report_fix_sets(report) for iv in fix]
+    return next((c.layer for c in named if c.site == "mlp" and c.layer is not None), None)
 
 
 def _layer(

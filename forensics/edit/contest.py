@@ -9,8 +9,9 @@ rank-one edit (layer by leave-one-out, ``choose_layer``) and ships whichever is 
 is *safe* (keeps ``SAFE_SPECIFICITY`` of the population and neighbourhood answers and ``SAFE_FLUENCY`` of
 the population continuations), then the share of members fixed held out, then answers kept, then
 continuations kept; ties go to the weight form. The note gives both rows. Measured on SmolLM2 (three
-Australia phrasings): the family ablation fixed every member held out yet kept 2 of 10 continuations and
-fixed 1 of 5 new phrasings; a three-member leave-one-out is too small to outvote that damage.
+Australia phrasings): the family ablation fixed every member held out, yet kept 2 of 10 population
+continuations (6 of 20 with the neighbourhood) and fixed 1 of 5 new phrasings; the rank-one edit kept 18
+of 20 and fixed 3 of 5. A three-member leave-one-out is too small to outvote that damage.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from forensics.edit.choose import (
     diagnosed_layer,
     family_members,
     held_out_share,
-    report_fix_sets,
 )
 from forensics.edit.contest import contest
 from forensics.edit.export import DEFAULT_MAX_BROKEN, ExportResult, export_fix
@@ -105,7 +104,7 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
     judged = [*population, *population_prompts(loaded.model, loaded.tokenizer, near)]  # never protected: unseen
     share = held_out_share(report, choice.index or 0) if family_members(report) >= 2 else None
     if request.method == "auto" and choice.method == "weights" and isinstance(edit, WeightEdit) and share is not None:
-        diagnosed = diagnosed_layer(report_fix_sets(report), loaded.model)
+        diagnosed = diagnosed_layer(report, loaded.model)
         choice, edit = contest(
             loaded,
             choice,
@@ -219,7 +218,7 @@ def _edit(
             return rank_one_edit(
                 model, loaded.tokenizer, fitting, population, layer=choice.layer, subject=request.subject
             )
-        mlp = diagnosed_layer(report_fix_sets(request.report), model)
+        mlp = diagnosed_layer(request.report, model)
         diagnosed = [] if mlp is None else [mlp]
         chosen = choose_layer(
             model, loaded.tokenizer, fitting, population, diagnosed=diagnosed, subject=request.subject

@@ -24,6 +24,7 @@ from forensics.bundle import Bundle
 from forensics.cca.family import KEEP, FamilySearch, family_candidates, search_family
 from forensics.cca.fixset import FixSet
 from forensics.cca.judge import REGENERATE_TOKENS, check_side_effects
+from forensics.cca.regenerate import regenerate_members
 from forensics.config import Config
 from forensics.durable import write_json_atomic
 from forensics.errors import ReplayError
@@ -214,15 +215,15 @@ def _population_replayers(
 def _fix_set(
     search: FamilySearch, s: int, members: list[_Member], benign: list[Replayer], *, regenerate: bool
 ) -> dict[str, Any]:
-    """One reported set; the regenerated answers (4 greedy tokens on every member) for the best set only."""
+    """One reported set; the regenerated answers (4 greedy tokens on every member, all members in one
+    padded pass per token: ``cca.regenerate``) for the best set only."""
     ivs: InterventionSet = search.sets[s]
     n = len(members)
-    stub = FixSet(ivs, True, None, float(search.metric[s].mean()), bool(search.fixed[s].all()), "")
-    side = check_side_effects([stub], benign)[0].side_effects if benign else None
+    side = _side_effects(search, s, benign)
+    news = regenerate_members([m.rp for m in members], ivs, REGENERATE_TOKENS) if regenerate else [None] * n
     per_member = []
-    for m, member in enumerate(members):
+    for m, (member, new) in enumerate(zip(members, news, strict=True)):
         rp = member.rp
-        new = rp.generate(ivs, REGENERATE_TOKENS) if regenerate else None
         generated = list(rp.bundle.outputs["generated_ids"])
         per_member.append(
             {
@@ -244,6 +245,24 @@ def _fix_set(
         "held_out_of": n if n > 1 else None,
         "per_member": per_member,
         "side_effects": side,
+    }
+
+
+def _side_effects(search: FamilySearch, s: int, benign: list[Replayer]) -> dict[str, Any] | None:
+    """Set ``s``'s side effects on the population (``check_side_effects``' fields): read from the search's
+    population check where it replayed ``s`` there (the same replays), else replayed now."""
+    if not benign:
+        return None
+    answers = search.answers.get(s)
+    if answers is None:
+        stub = FixSet(search.sets[s], True, None, float(search.metric[s].mean()), bool(search.fixed[s].all()), "")
+        return check_side_effects([stub], benign)[0].side_effects
+    changed = [rp.bundle.id for rp in benign if answers.get(rp.bundle.id)]
+    return {
+        "checked": len(answers),
+        "changed": len(changed),
+        "changed_bundles": changed,
+        "skipped": len(benign) - len(answers),
     }
 
 
