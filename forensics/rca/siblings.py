@@ -80,7 +80,7 @@ class SiblingReport:
     def to_dict(self) -> dict[str, Any]:
         found = self.found
         return {
-            "key": list(found.key) if found.key is not None else None,
+            "key": _json(found.key),
             "searched": found.dirs,
             "found": len(found.paths) + found.left_out,
             "replayed": self.replayed,
@@ -422,3 +422,10 @@ def _section(plan: _Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "note": RAW_POSITIONS_NOTE if raw else None,
         "per_sibling": rows,
     }
+
+
+def _json(value: Any) -> Any:
+    """``value`` with tuples as lists, as the report reads back from JSON (a cache hit equals a miss)."""
+    if isinstance(value, tuple | list):
+        return [_json(v) for v in value]
+    return value
