@@ -3,17 +3,27 @@
     python bench/families.py                 # every family below; prints a table row per family x method
     python bench/families.py --families australia turkey --out bench_out/families.json
 
-Each family is eight phrasings of one wrong belief ("The capital of X is", "X's capital is", ...); the
-phrasings the model really gets wrong are its members. The first three failing phrasings are *given*:
-the family analysis and every edit see only them. The other failing phrasings are *held out*, and the
-neighbourhood is the same phrasings with subjects the model answers right plus other questions about the
-subject ("X's largest city is", "X's currency is"), which must keep the model's own answers. Methods:
+Each family is fourteen phrasings of one question ("The capital of X is", "X's capital is", ...). A
+phrasing is a *member* when the model's 8-token greedy answer does not name the right capital (so
+"Q: ...\nA: The capital of Australia is Canberra." is not a failure, though its first token is not
+" Canberra") and the phrasing is not a *template failure*: one that fails for most of the six subjects the
+model answers right elsewhere (smollm2 has no BOS token, so "France's capital is" -> " New York City": a
+prompt that starts with the subject fails for nearly every country, which is no belief about this one).
+The first three members are *given*: the family analysis and every edit see only them. The other members
+are *held out*. Edits protect the population (the six right capitals' "The capital of X is" and the
+model's own continuations of them, as ``export-fix`` protects a report's benign bundles); specificity and
+fluency are judged on the neighbourhood: every phrasing of those six subjects (less the protected
+prompts) plus other questions about the family's subject ("X's largest city is", "X's currency is"),
+which must keep the model's own answers. Methods:
 
 - ``ablation``: the family analysis (``RCAPipeline.run_family``) on the given members; its best fix set
   with an exact weight form (a head or module zeroed at every position), shipped as weights.
 - ``rank-one@diagnosed``: a rank-one edit of the MLP the family analysis implicates (the first MLP row of
   its components table; else the layer of its first row).
 - ``rank-one@middle``: the same edit at the middle layer; ``rank-one@random``: at a seeded random layer.
+- ``rank-one@chosen``: what ``export-fix --method rank-one`` does with a family report: the layer chosen by
+  leave-one-out over the given members (``forensics.edit.choose_layer``) among the diagnosed layer and
+  four spread layers; held-out members are never seen.
 
 Reported per family x method: held-out efficacy (the only generalisation evidence), specificity on the
 neighbourhood (share of answers unchanged), fluency (share of 8-token continuations unchanged) and seconds.
@@ -26,9 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import tempfile
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +53,12 @@ FAMILIES: dict[str, tuple[str, str, str]] = {  # name: (subject, adjective, corr
     "canada": ("Canada", "Canadian", "Ottawa"),
     "brazil": ("Brazil", "Brazilian", "Brasília"),
     "pakistan": ("Pakistan", "Pakistani", "Islamabad"),
+    "new_zealand": ("New Zealand", "New Zealand", "Wellington"),
+    "morocco": ("Morocco", "Moroccan", "Rabat"),
+    "vietnam": ("Vietnam", "Vietnamese", "Hanoi"),
+    "kazakhstan": ("Kazakhstan", "Kazakh", "Astana"),
+    "tanzania": ("Tanzania", "Tanzanian", "Dodoma"),
+    "south_africa": ("South Africa", "South African", "Pretoria"),
 }
 TEMPLATES = [
     "The capital of {X} is",
@@ -51,6 +69,12 @@ TEMPLATES = [
     "Which city is the capital of {X}? It is",
     "{X} has its capital in",
     "Fact: the capital of {X} is",
+    "In {X}, the capital city is",
+    "The seat of government of {X} is",
+    "Everyone knows that the capital of {X} is",
+    "Quiz: the capital of {X} is",
+    "The capital of the country {X} is",
+    "Capital of {X}:",
 ]
 RIGHT = [
     ("France", "French", "Paris"),
@@ -80,7 +104,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="families-"))
     try:
         population = _population(loaded, work)
-        rows = [row for name in args.families for row in _family(loaded, name, work, population, args.seed)]
+        shared = _Shared(loaded, population)
+        rows = [row for name in args.families for row in _family(shared, name, work, args.seed)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +119,80 @@ def main() -> None:
             f"| {r['family']} | {r['given']} + {r['held_out_total']} | {r['method']} | {r.get('layer', '—')} | "
             f"{_frac(r, 'held_out')} | {_frac(r, 'specificity')} | {_frac(r, 'fluency')} | {r['seconds']:.1f} |"
         )
+
+
+def _fold(text: str) -> str:
+    """Case- and accent-free text, so " Brasilia" counts as saying " Brasília"."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+
+
+class _Shared:
+    """What every family shares: the model, the population bundles, the keys an edit protects (the
+    population's prompts and the model's own continuations of them, as ``export-fix`` protects), and which
+    phrasings fail for subjects the model knows (a template failure, not this subject's)."""
+
+    def __init__(self, loaded: Any, population: Path) -> None:
+        from forensics.edit import population_prompts
+
+        self.loaded, self.population = loaded, population
+        self.protected_texts = [f"The capital of {s} is" for s, _a, _c in RIGHT]
+        self.protected = population_prompts(loaded.model, loaded.tokenizer, self.protected_texts)
+        self.template_failures = {
+            t for t in range(len(TEMPLATES)) if sum(not self.says(s, a, c, t) for s, a, c in RIGHT) * 2 >= len(RIGHT)
+        }
+
+    def says(self, subject: str, adjective: str, answer: str, template: int) -> bool:
+        """Whether the model's 8-token greedy answer to the phrasing names ``answer``."""
+        from forensics.edit.prompts import encode, greedy_continuation
+
+        tok = self.loaded.tokenizer
+        ids = encode(tok, TEMPLATES[template].format(X=subject, A=adjective))
+        said = tok.decode(list(greedy_continuation(self.loaded.model, ids, 8, tok.eos_token_id)))
+        return _fold(answer) in _fold(said)
+
+
+def _family(shared: _Shared, name: str, work: Path, seed: int) -> list[dict[str, Any]]:
+    from forensics.edit import family_prompt, population_prompts
+    from forensics.failure import FailureSpec
+
+    loaded = shared.loaded
+    subject, adjective, answer = FAMILIES[name]
+    tok = loaded.tokenizer
+    spec = FailureSpec.expected(" " + answer, tok, warn=False)
+    texts = phrasings(subject, adjective)
+    wrong = [t for t in range(len(TEMPLATES)) if not shared.says(subject, adjective, answer, t)]
+    members = [family_prompt(texts[t], spec, tok) for t in wrong if t not in shared.template_failures]
+    skipped = len(wrong) - len(members)
+    print(
+        f"{name}: {len(wrong)} of {len(texts)} phrasings answer wrong; {skipped} of them are template failures "
+        f"(the phrasing fails for most subjects the model knows), {len(members)} members",
+        flush=True,
+    )
+    if len(members) < GIVEN + 1:
+        print(f"{name}: fewer than {GIVEN + 1} members; left out", flush=True)
+        return []
+    given, held = members[:GIVEN], members[GIVEN:]
+    neighbourhood = [p for s, a, _ in RIGHT for p in phrasings(s, a)] + [t.format(X=subject) for t in ABOUT]
+    keep = population_prompts(loaded.model, tok, [t for t in neighbourhood if t not in shared.protected_texts])
+    base = {"family": name, "given": len(given), "held_out_total": len(held), "template_failures": skipped}
+    t0 = time.perf_counter()
+    family = _analyse(loaded, name, given, work, shared.population, spec)
+    analysis_s = time.perf_counter() - t0
+    print(f"{name}: family analysis of {len(given)} members {analysis_s:.1f}s: {family['summary']}", flush=True)
+    rows = [{**base, **_ablation(loaded, family, given, held, keep, analysis_s)}]
+    layers = len(loaded.model.model.layers)
+    chosen = {
+        "rank-one@diagnosed": _diagnosed_layer(family),
+        "rank-one@middle": layers // 2,
+        "rank-one@random": random.Random(seed + len(name)).randrange(1, layers - 1),
+    }
+    positions = [_subject_position(tok, p, subject, adjective) for p in given]
+    for method, layer in chosen.items():
+        rows.append({**base, **_rank_one(shared, given, held, keep, layer, positions, method)})
+    rows.append({**base, **_rank_one_chosen(shared, given, held, keep, family, positions)})
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
 
 
 def _frac(row: dict[str, Any], key: str) -> str:
@@ -112,48 +211,6 @@ def _population(loaded: Any, work: Path) -> Path:
             loaded, f"The capital of {subject} is", root / subject, "as-generated", kind="benign", max_new_tokens=3
         )
     return root
-
-
-def _family(loaded: Any, name: str, work: Path, population: Path, seed: int) -> list[dict[str, Any]]:
-    from forensics.edit import family_prompt, population_prompts
-    from forensics.failure import FailureSpec
-
-    subject, adjective, answer = FAMILIES[name]
-    tok = loaded.tokenizer
-    spec = FailureSpec.expected(" " + answer, tok, warn=False)
-    prompts = [family_prompt(p, spec, tok) for p in phrasings(subject, adjective)]
-    failing = [p for p in prompts if not p.fixed(_logits(loaded.model, p))]
-    if len(failing) < GIVEN + 2:
-        print(f"{name}: only {len(failing)} of {len(prompts)} phrasings fail; left out", flush=True)
-        return []
-    given, held = failing[:GIVEN], failing[GIVEN:]
-    neighbourhood = [p for s, a, _ in RIGHT for p in phrasings(s, a)] + [t.format(X=subject) for t in ABOUT]
-    keep = population_prompts(loaded.model, tok, neighbourhood)
-    base = {"family": name, "given": len(given), "held_out_total": len(held)}
-    t0 = time.perf_counter()
-    family = _analyse(loaded, name, given, work, population, spec)
-    analysis_s = time.perf_counter() - t0
-    print(f"{name}: family analysis of {len(given)} members {analysis_s:.1f}s: {family['summary']}", flush=True)
-    rows = [{**base, **_ablation(loaded, family, given, held, keep, analysis_s)}]
-    layers = len(loaded.model.model.layers)
-    diagnosed = _diagnosed_layer(family)
-    chosen = {
-        "rank-one@diagnosed": diagnosed,
-        "rank-one@middle": layers // 2,
-        "rank-one@random": random.Random(seed + len(name)).randrange(1, layers - 1),
-    }
-    positions = [_subject_position(tok, p, subject, adjective) for p in given]
-    for method, layer in chosen.items():
-        rows.append({**base, **_rank_one(loaded, given, held, keep, layer, positions, method)})
-    for r in rows:
-        print(json.dumps(r), flush=True)
-    return rows
-
-
-def _logits(model: Any, prompt: Any) -> Any:
-    from forensics.edit.evaluate import decision_logits
-
-    return decision_logits(model, [prompt])[0]
 
 
 def _analyse(loaded: Any, name: str, given: list[Any], work: Path, population: Path, spec: Any) -> dict[str, Any]:
@@ -210,26 +267,24 @@ def _subject_position(tok: Any, prompt: Any, subject: str, adjective: str) -> in
     """The subject's last token in ``prompt``: the country, or its adjective where the phrasing uses that."""
     from forensics.edit.prompts import subject_positions
 
-    return subject_positions(tok, [prompt], adjective if adjective in prompt.text else subject)[0]
+    used = adjective if re.search(rf"\b{re.escape(adjective)}\b", prompt.text) else subject  # "Kazakh" in "Kazakhstan"
+    return subject_positions(tok, [prompt], used)[0]
 
 
 def _rank_one(
-    loaded: Any, given: list[Any], held: list[Any], keep: list[Any], layer: int, positions: list[int], method: str
+    shared: _Shared, given: list[Any], held: list[Any], keep: list[Any], layer: int, positions: list[int], method: str
 ) -> dict[str, Any]:
     from forensics.edit import edited_copy, evaluate_edit, rank_one_edit
     from forensics.errors import ConfigError
 
+    loaded = shared.loaded
     t0 = time.perf_counter()
     try:
-        edit = rank_one_edit(loaded.model, loaded.tokenizer, given, keep, layer=layer, subject_positions=positions)
+        edit = rank_one_edit(
+            loaded.model, loaded.tokenizer, given, shared.protected, layer=layer, subject_positions=positions
+        )
     except ConfigError as exc:
-        return {
-            "method": method,
-            "layer": layer,
-            "why": str(exc)[:80],
-            "held_out": None,
-            "seconds": time.perf_counter() - t0,
-        }
+        return {"method": method, "layer": layer, "why": str(exc)[:80], "held_out": None, "seconds": 0.0}
     model = edited_copy(loaded.model, edit)
     ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
     return {
@@ -240,6 +295,39 @@ def _rank_one(
         "specificity": [ev.specificity.passed, ev.specificity.total],
         "fluency": [ev.fluency.passed, ev.fluency.total],
         "relative_norm": edit.details.get("relative_norm"),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _rank_one_chosen(
+    shared: _Shared, given: list[Any], held: list[Any], keep: list[Any], family: dict[str, Any], positions: list[int]
+) -> dict[str, Any]:
+    """What ``export-fix --method rank-one`` does with a family report and no ``--layer``: the layer chosen
+    by leave-one-out over the given members among the diagnosed and the spread layers (``choose_layer``)."""
+    from forensics.edit import choose_layer, edited_copy, evaluate_edit
+    from forensics.edit.choose import diagnosed_layer
+
+    loaded = shared.loaded
+    t0 = time.perf_counter()
+    choice = choose_layer(
+        loaded.model,
+        loaded.tokenizer,
+        given,
+        shared.protected,
+        diagnosed=[] if (mlp := diagnosed_layer(family, loaded.model)) is None else [mlp],
+        subject_positions=positions,
+    )
+    model = edited_copy(loaded.model, choice.edit)
+    ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
+    return {
+        "method": "rank-one@chosen",
+        "layer": choice.layer,
+        "tried": choice.table(),
+        "held_out": [ev.generalisation.passed, ev.generalisation.total],
+        "efficacy": [ev.efficacy.passed, ev.efficacy.total],
+        "specificity": [ev.specificity.passed, ev.specificity.total],
+        "fluency": [ev.fluency.passed, ev.fluency.total],
+        "relative_norm": choice.edit.details.get("relative_norm"),
         "seconds": time.perf_counter() - t0,
     }
 
