@@ -130,3 +130,26 @@ def test_default_results_dir_is_under_the_one_cache_root() -> None:
     assert default_results_dir(Config()) == Path.home() / ".cache" / "model-forensics" / "results"
     env_config = config_from_env(None, {"MODEL_FORENSICS_CACHE_DIR": "/var/cache/env"})
     assert default_results_dir(env_config) == Path("/var/cache/env/results")
+
+
+def test_a_sibling_recorded_after_a_cached_analysis_makes_a_miss(tiny_llama: LoadedModel, tmp_path: Path) -> None:
+    """The report replays its fixes on the incident's siblings, so a new sibling changes the answer."""
+    incidents = tmp_path / "incidents"
+    label = {"kind": "incident", "max_new_tokens": 3, "failure_family": "australia"}
+    record_greedy(tiny_llama, "The capital of Australia is", incidents / "a1", **label)
+    for i, prompt in enumerate(BENIGN[:2]):
+        record_greedy(tiny_llama, prompt, tmp_path / "benign" / f"b{i}", "as-generated", kind="benign")
+    cache, pipeline = ResultCache(tmp_path / "cache", 10**8), RCAPipeline()
+
+    def analyse() -> dict[str, Any]:
+        request = AnalysisRequest.of(str(incidents / "a1"), population=str(tmp_path / "benign"), model=tiny_llama)
+        return cached_analyze(pipeline, request, cache)
+
+    assert analyse()["siblings"]["found"] == 0
+    analyse()
+    assert (cache.misses, cache.hits) == (1, 1)
+    record_greedy(tiny_llama, "Fact: the capital of Australia is", incidents / "a2", **label)
+    report = analyse()  # a2 shares a1's label: a sibling, so the cached report is stale
+    assert (cache.misses, cache.hits) == (2, 1) and report["siblings"]["found"] == 1
+    analyse()
+    assert (cache.misses, cache.hits) == (2, 2)

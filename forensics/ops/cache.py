@@ -198,7 +198,22 @@ def input_identity(request: AnalysisRequest, key: bytes | None = None) -> dict[s
         "allow_baseline_mismatch": request.allow_source_mismatch,  # the key keeps its name: old entries stay valid
         **({"reference_model": reference_id} if reference_id is not None else {}),  # old keys stay valid
         **({"failure": list(request.failure)} if request.failure is not None else {}),
+        **_sibling_identity(request, key),  # only where siblings exist: old keys stay valid
     }
+
+
+def _sibling_identity(request: AnalysisRequest, key: bytes | None) -> dict[str, Any]:
+    """The sibling incidents the analysis would replay its fixes on (``forensics.rca.siblings``), by
+    content: a sibling recorded next to the incident after a cached analysis makes the next one a miss."""
+    from forensics.bundle import Bundle
+    from forensics.rca.siblings import find_siblings, sibling_dirs
+
+    incident = request.incident
+    sha = incident.model.get("sha256") if isinstance(incident, Bundle) else None
+    if not isinstance(incident, Bundle) or not isinstance(sha, str):
+        return {}
+    found = find_siblings(incident, sibling_dirs(incident, request.population), sha256=sha, encryption_key=key)
+    return {"siblings": sorted(_bundle_sha(p, key) for p in found.paths)} if found.paths else {}
 
 
 def _model_identity(model: Any) -> Any:
