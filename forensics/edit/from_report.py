@@ -102,21 +102,7 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
         subject=_subject(request, fitting, population),
     )
     judged = [*population, *population_prompts(loaded.model, loaded.tokenizer, near)]  # never protected: unseen
-    share = held_out_share(report, choice.index or 0) if family_members(report) >= 2 else None
-    if request.method == "auto" and choice.method == "weights" and isinstance(edit, WeightEdit) and share is not None:
-        diagnosed = diagnosed_layer(report, loaded.model)
-        choice, edit = contest(
-            loaded,
-            choice,
-            edit,
-            share,
-            fitting,
-            population,
-            judged,
-            diagnosed=diagnosed,
-            subject=request.subject,
-            progress=request.progress,
-        )
+    choice, edit = _auto_contest(request, choice, edit, loaded, fitting, population, judged)
     provenance = {
         "report": request.report_path,
         "bundle_id": bundle.id,
@@ -140,6 +126,34 @@ def export_from_report(request: ExportRequest) -> tuple[ExportResult, FixChoice]
         provenance=provenance,
     )
     return result, choice
+
+
+def _auto_contest(
+    request: ExportRequest,
+    choice: FixChoice,
+    edit: WeightEdit | HookEdit,
+    loaded: LoadedModel,
+    fitting: list[FamilyPrompt],
+    population: list[PopulationPrompt],
+    judged: list[PopulationPrompt],
+) -> tuple[FixChoice, WeightEdit | HookEdit]:
+    """``auto`` on a family report whose weight form transfers: weighed against a rank-one edit (``contest``)."""
+    report = request.report
+    share = held_out_share(report, choice.index or 0) if family_members(report) >= 2 else None
+    if request.method != "auto" or choice.method != "weights" or not isinstance(edit, WeightEdit) or share is None:
+        return choice, edit
+    return contest(
+        loaded,
+        choice,
+        edit,
+        share,
+        fitting,
+        population,
+        judged,
+        diagnosed=diagnosed_layer(report, loaded.model),
+        subject=request.subject,
+        progress=request.progress,
+    )
 
 
 def _subject(request: ExportRequest, fitting: list[FamilyPrompt], population: list[PopulationPrompt]) -> str | None:
