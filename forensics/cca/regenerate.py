@@ -20,7 +20,7 @@ import torch
 
 from forensics.errors import ReplayError
 from forensics.replay.interventions import InterventionSet
-from forensics.replay.plan import ModulePlan, Plan, compile_plan
+from forensics.replay.plan import ModulePlan, Plan
 from forensics.replay.replayer import Replayer
 
 __all__ = ["regenerate_members"]
@@ -33,7 +33,7 @@ def regenerate_members(
     ``Replayer.generate`` gives it), for all of them together: one right-padded pass per new token."""
     if not replayers:
         return []
-    plans = [_plan(rp, interventions) for rp in replayers]
+    plans = [rp.plan([tuple(interventions)]) for rp in replayers]
     if any(rp.model is not replayers[0].model for rp in replayers) or any(
         mp.post is not None for plan in plans for mp in plan.modules.values()
     ):
@@ -56,19 +56,6 @@ def regenerate_members(
         if all(done):
             break
     return out
-
-
-def _plan(rp: Replayer, interventions: InterventionSet) -> Plan:
-    """``interventions`` compiled for ``rp``'s own replay (its length, decision step and sources)."""
-    return compile_plan(
-        [tuple(interventions)],
-        length=rp.length,
-        width=rp._width,
-        bank=rp.bank,
-        step=rp.step,
-        device=rp.device,
-        heads=rp._heads,
-    )
 
 
 def _padded(plans: Sequence[Plan], lengths: Sequence[int], width: int) -> Plan:

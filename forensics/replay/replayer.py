@@ -155,15 +155,7 @@ class Replayer:
         """Greedy continuation from the decision step with ``interventions`` in place at every step: they
         change the positions they name at the decision step (``last`` is the decision position), new
         positions run free. Plain full passes, no reuse; every hook must fire at every step."""
-        base = compile_plan(
-            [tuple(interventions)],
-            length=self.length,
-            width=self._width,
-            bank=self.bank,
-            step=self.step,
-            device=self.device,
-            heads=self._heads,
-        )
+        base = self.plan([tuple(interventions)])
         ids = self.input_ids
         eos = getattr(self.tokenizer, "eos_token_id", None)
         out: list[int] = []
@@ -218,11 +210,10 @@ class Replayer:
             for k, ivs in enumerate(chunk)
         ]
 
-    def _run_plan(self, chunk: list[InterventionSet]) -> tuple[torch.Tensor, Plan]:
-        """One forward pass for ``chunk``: rows join at their first layer (prefix reuse) and the pass
-        covers only positions from the first one the chunk changes (suffix reuse)."""
-        plan = compile_plan(
-            chunk,
+    def plan(self, sets: Sequence[InterventionSet]) -> Plan:
+        """``sets`` compiled for this replay (its length, width, decision step, sources and heads), one row each."""
+        return compile_plan(
+            list(sets),
             length=self.length,
             width=self._width,
             bank=self.bank,
@@ -230,6 +221,11 @@ class Replayer:
             device=self.device,
             heads=self._heads,
         )
+
+    def _run_plan(self, chunk: list[InterventionSet]) -> tuple[torch.Tensor, Plan]:
+        """One forward pass for ``chunk``: rows join at their first layer (prefix reuse) and the pass
+        covers only positions from the first one the chunk changes (suffix reuse)."""
+        plan = self.plan(chunk)
         starts = [self.prefix.start(ivs) for ivs in chunk]
         grow = self.prefix.can_grow(chunk) and starts == sorted(starts)
         if not grow:  # every row runs from the chunk's earliest layer
