@@ -126,7 +126,8 @@ def run_point(name: str, tokens: int, budget: int, args: argparse.Namespace, wor
     t0 = time.perf_counter()
     loaded, rp, sources = _lab(name, tokens, budget, work)
     load_s = time.perf_counter() - t0
-    atp_s, search_s, candidates, replayed = min(_timed(rp, sources, args.max_replays) for _ in range(args.repeats))
+    timed = min(_timed(rp, sources, args.max_replays, args.sink_exact_max) for _ in range(args.repeats))
+    atp_s, search_s, candidates, replayed, sink_exact = timed
     config: Any = loaded.model.config
     cuda = torch.cuda.is_available() and loaded.info.device.startswith("cuda")
     return {
@@ -139,6 +140,7 @@ def run_point(name: str, tokens: int, budget: int, args: argparse.Namespace, wor
         "load_and_record_s": load_s,
         "atp_s": atp_s,
         "candidates": candidates,
+        "sink_exact": sink_exact,
         "search_s": search_s,
         "replayed": replayed,
         "peak_bytes": torch.cuda.max_memory_allocated() if cuda else _max_rss(),
@@ -167,14 +169,15 @@ def _lab(name: str, tokens: int, budget: int, work: Path) -> tuple[Any, Any, lis
     return loaded, rp, [b.id for b in population]
 
 
-def _timed(rp: Any, sources: list[str], max_replays: int) -> tuple[float, float, int, int]:
-    """(AtP seconds, exact-search seconds, AtP candidates, sets the search replayed)."""
+def _timed(rp: Any, sources: list[str], max_replays: int, sink_max: int) -> tuple[float, float, int, int, int]:
+    """(AtP seconds, exact-search seconds, AtP candidates, sets the search replayed, first-position
+    candidates AtP replayed exactly)."""
     from forensics.cca.atp import attribute
     from forensics.cca.search import find_fix_set
     from forensics.config import CCAConfig
 
     t0 = time.perf_counter()
-    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=sources)
+    atp = attribute(rp, kinds=("zero", "mean", "patch"), sources=sources, sink_exact_max=sink_max)
     t1 = time.perf_counter()
     found = find_fix_set(
         rp.evaluate,
@@ -186,7 +189,7 @@ def _timed(rp: Any, sources: list[str], max_replays: int) -> tuple[float, float,
         candidates=[iv for iv, _ in atp.top(TOP_K)],
         length=rp.length,
     )
-    return t1 - t0, time.perf_counter() - t1, atp.candidates, found.evaluated
+    return t1 - t0, time.perf_counter() - t1, atp.candidates, found.evaluated, atp.sink_exact
 
 
 def _max_rss() -> int:
@@ -200,6 +203,7 @@ def in_subprocess(name: str, tokens: int, args: argparse.Namespace, cache: Path)
     work = Path(tempfile.mkdtemp(prefix=f"{name}-{tokens}-", dir=cache))
     cmd = [sys.executable, __file__, "--point", f"{name}:{tokens}", "--budget", str(args.budget)]
     cmd += ["--max-replays", str(args.max_replays), "--repeats", str(args.repeats), "--work", str(work)]
+    cmd += ["--sink-exact-max", str(args.sink_exact_max)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.point_timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -245,18 +249,19 @@ def normalise(rows: list[dict[str, Any]]) -> None:
 
 def table(title: str, rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{title}\n| model | params | tokens | AtP s | x(T.P) | x(FLOPs) | search s | replayed | x(T.P) | x(FLOPs) "
-        "| peak MB | within budget |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        f"{title}\n| model | params | tokens | AtP s | sink exact | x(T.P) | x(FLOPs) | search s | replayed | x(T.P) "
+        "| x(FLOPs) | peak MB | within budget |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     out = [head]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['model']} | | {r['tokens']} | {r['error']} | | | | | | | | |")
+            out.append(f"| {r['model']} | | {r['tokens']} | {r['error']} | | | | | | | | | |")
             continue
         peak = r["peak_bytes"] / 2**20
         place = " (offloaded)" if r["offloaded"] else ""
         out.append(
-            f"| {r['model']}{place} | {r['params'] / 1e6:.1f}M | {r['tokens']} | {r['atp_s']:.2f} | {r['atp_tp']:.2f} "
+            f"| {r['model']}{place} | {r['params'] / 1e6:.1f}M | {r['tokens']} | {r['atp_s']:.2f} | {r.get('sink_exact', '')} "
+            f"| {r['atp_tp']:.2f} "
             f"| {r['atp_flops']:.2f} | {r['search_s']:.2f} | {r['replayed']} | {r['search_tp']:.2f} "
             f"| {r['search_flops']:.2f} | {peak:,.0f} ({r['peak_kind']}) "
             f"| {'yes' if r['peak_bytes'] <= r['budget'] else 'NO'} |"
@@ -277,6 +282,8 @@ def sweep(points: list[tuple[str, int]], args: argparse.Namespace, cache: Path) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from forensics.cca.sink import SINK_EXACT_MAX
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="32,128,512,2048", help="prompt lengths of the length sweep")
     parser.add_argument("--length-model", default="s2", help="model of the length sweep (a TINY name or a ref)")
@@ -285,7 +292,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size-length", type=int, default=32, help="prompt length of the size sweep")
     parser.add_argument("--budget", default="6GiB", help="memory budget: half for the weights, half for the passes")
     parser.add_argument("--max-replays", type=int, default=96, help="replayed sets the exact search may use")
+    parser.add_argument(
+        "--sink-exact-max",
+        type=int,
+        default=SINK_EXACT_MAX,
+        help="first-position candidates AtP replays exactly, at most",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per point (the fastest is kept)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"), help="JSON to write")
     parser.add_argument("--point-timeout", type=int, default=900, help="seconds one point may take")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # internal: run one point (MODEL:TOKENS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -313,9 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     by_length = sweep(lengths, args, cache)
     print(f"model-size sweep at {args.size_length} tokens:")
     by_size = sweep(sizes, args, cache)
-    (ROOT / "bench" / "results" / "scale.json").write_text(
-        json.dumps({"budget": args.budget, "lengths": by_length, "sizes": by_size}, indent=1)
-    )
+    Path(args.out).write_text(json.dumps({"budget": args.budget, "lengths": by_length, "sizes": by_size}, indent=1))
     print()
     print(table(f"Prompt length ({args.length_model})", by_length))
     print()

@@ -79,6 +79,13 @@ def test_first_position_candidates_that_move_its_stream_most_are_replayed_exactl
         assert fixed.estimate(later) == pytest.approx(plain.estimate(later), abs=1e-9), later
     some = attribute(rp, kinds=("zero", "patch"), sources=["france"])  # the default share
     assert 0 < some.sink_exact < fixed.sink_exact and some.to_dict()["sink_exact"] == some.sink_exact
+    capped = attribute(rp, kinds=("zero", "patch"), sources=["france"], sink_exact=1.0, sink_exact_max=3)
+    assert capped.sink_exact == 3  # the share, at most sink_exact_max (the count no longer grows with the model)
+    moved = ~np.isclose(capped.values[:, :, s0], plain.values[:, :, s0], atol=1e-9, equal_nan=True)
+    assert 1 <= int(moved.sum()) <= 3  # at most three carry their exact effect, the rest keep first order
+    np.testing.assert_allclose(capped.values[:, :, s0][moved], fixed.values[:, :, s0][moved], atol=1e-5)
+    with pytest.raises(ConfigError, match="prefilter_sink_exact_max"):
+        CCAConfig(prefilter_sink_exact_max=0)
 
 
 def test_candidates_leave_out_input_and_output_substitutions(lab: Any) -> None:

@@ -20,8 +20,8 @@ The first position is where first order fails worst: it is the attention sink, a
 break it (its own residual stream leaves the state every later position attends to), moving the margin
 by logits while its gradient is near zero. That position depends on nothing but itself, so one batched
 pass over the first token alone measures how far each first-position candidate moves its own stream;
-the ``SINK_EXACT`` share that move it most are replayed exactly, and every position set reaching the
-first position is corrected by the same difference (``_correct_sink``).
+the ``SINK_EXACT`` share that move it most (at most ``SINK_EXACT_MAX``) are replayed exactly, and every
+position set reaching the first position is corrected by the same difference (``_correct_sink``).
 
 The estimates are a first-order ranking, not a result: the exact batched replay evaluates the top N,
 and the report keeps both side by side. Kramar et al.'s QK fix targets query and key nodes, which are
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from forensics.cca.positions import membership, position_sets
-from forensics.cca.sink import SINK_BATCH, SINK_EXACT, first_position_moves
+from forensics.cca.sink import SINK_BATCH, SINK_EXACT, SINK_EXACT_MAX, first_position_moves
 from forensics.errors import ReplayError
 from forensics.hooks import HookSet, primary
 from forensics.models.arch import Component, arch_for, component_of, get_module
@@ -177,10 +177,11 @@ def attribute(
     output_module: str | None = None,
     sink_exact: float = SINK_EXACT,
     position_free: bool = False,
+    sink_exact_max: int = SINK_EXACT_MAX,
 ) -> Attribution:
     """AtP estimates of every candidate; one forward and one backward pass over the incident, then the
-    first-position correction (``sink_exact``, the share of first-position candidates replayed exactly;
-    0 turns it off; see ``_correct_sink``). ``position_free`` (a family's search): a component's mean at
+    first-position correction (``sink_exact``, the share of first-position candidates replayed exactly,
+    at most ``sink_exact_max`` of them; 0 turns it off; see ``_correct_sink``). ``position_free`` (a family's search): a component's mean at
     every position is estimated too, as the ablation it is there, not an input substitution.
 
     The residual stream takes ``patch`` only: zeroing (or averaging away) everything the model has
@@ -208,7 +209,7 @@ def attribute(
         values[n] = _estimates(rp, node, (acts[n], grads[n]), proj_grads, kind_list, columns, grid, weights)
     atp = Attribution(nodes, kind_list, positions, labels, values, length, spec.family, tokens=tokens)
     if sink_exact > 0:
-        _correct_sink(rp, atp, columns, sink_exact)
+        _correct_sink(rp, atp, columns, sink_exact, sink_exact_max)
     atp.seconds = time.perf_counter() - t0
     return atp
 
@@ -406,12 +407,14 @@ def _from_the_end(src: np.ndarray, length: int) -> np.ndarray:
     return v
 
 
-def _correct_sink(rp: Replayer, atp: Attribution, columns: Mapping[int, slice], share: float) -> None:
+def _correct_sink(
+    rp: Replayer, atp: Attribution, columns: Mapping[int, slice], share: float, most: int = SINK_EXACT_MAX
+) -> None:
     """Exact effects for the first-position candidates that move the first position's own stream most.
 
     Position 0 reads only itself, so a pass over the first token alone, one row per candidate patched at
     position 0, shows how far each moves that position's state (the largest relative change of any
-    decoder layer's output there). The top ``share`` of them are replayed exactly; each of those
+    decoder layer's output there). The top ``share`` of them, at most ``most``, are replayed exactly; each of those
     candidates' other position sets that include position 0 move by the same correction."""
     if atp.length < 2 or (0,) not in atp.positions:
         return
@@ -430,7 +433,7 @@ def _correct_sink(rp: Replayer, atp: Attribution, columns: Mapping[int, slice], 
             value = _values(rp, node, kind, source, columns, atp.length)[0]
             if np.isfinite(value).all():
                 rows.append((n, k, value))
-    picked = int(np.ceil(share * len(rows)))
+    picked = min(int(np.ceil(share * len(rows))), most)
     if not rows or picked == 0:
         return
     candidates = [(atp.intervention(n, k, s0),) for n, k, _ in rows]

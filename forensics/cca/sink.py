@@ -21,9 +21,11 @@ from forensics.hooks import HookSet, primary, with_primary
 from forensics.models.arch import arch_for, get_module
 from forensics.replay.replayer import Replayer
 
-__all__ = ["SINK_BATCH", "SINK_EXACT", "SINK_ROWS", "Row", "first_position_moves"]
+__all__ = ["SINK_BATCH", "SINK_EXACT", "SINK_EXACT_MAX", "SINK_ROWS", "Row", "first_position_moves"]
 
 SINK_EXACT = 0.1  # share of first-position candidates whose estimate is replaced by an exact replay
+SINK_EXACT_MAX = 64  # ... and at most this many: their count grows with layers x heads, each replay with tokens x
+# parameters, so an uncapped share makes the correction grow faster than the model (bench/scale.py)
 SINK_BATCH = 16  # sets per exact replay of first-position candidates: each touches its own module at every
 # position (no suffix to skip), so a full replay batch holds ~30 modules' plans; 16 keeps the peak at the search's
 SINK_ROWS = 256  # rows per pass over the first token (memory: ~10 MB of activations per pass on smollm2)

@@ -116,6 +116,7 @@ class CCAConfig:
     prefilter: Prefilter = "atp"
     prefilter_top_k: int = 48
     prefilter_sink_exact: float = 0.1  # share of first-position candidates AtP replays exactly (atp.SINK_EXACT)
+    prefilter_sink_exact_max: int = 64  # ... and at most this many (sink.SINK_EXACT_MAX): linear in model size
     beam_width: int = 3
     random_samples: int = 256
     seed: int = 0
@@ -169,7 +170,15 @@ class CCAConfig:
             self.prefilter_sink_exact,
             "a number in [0, 1]",
         )
-        for key in ("prefilter_top_k", "beam_width", "random_samples", "max_replays", "batch_size", "counterfactuals"):
+        for key in (
+            "prefilter_top_k",
+            "prefilter_sink_exact_max",
+            "beam_width",
+            "random_samples",
+            "max_replays",
+            "batch_size",
+            "counterfactuals",
+        ):
             value = getattr(self, key)
             check_key(f"modules.cca.{key}", isinstance(value, int) and value >= 1, value, "an integer >= 1")
         check_key("modules.cca.siblings", isinstance(self.siblings, bool), self.siblings, "true or false")

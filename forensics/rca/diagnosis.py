@@ -176,6 +176,7 @@ def _candidates(d: Diagnosis, cfg: CCAConfig, refs: frozenset[str], metrics: Seq
             include=cfg.positions,
             output_module=output_module(rp),
             sink_exact=cfg.prefilter_sink_exact,
+            sink_exact_max=cfg.prefilter_sink_exact_max,
         )
         top = kept(atp, cfg.prefilter_top_k, [s for s in story.sources if s in refs])
         atp.kept = len(top)
