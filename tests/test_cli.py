@@ -106,3 +106,15 @@ def test_low_precision_replay_reports_its_fidelity_cost(
     assert code == 0 and fidelity["faithful"] is True, fidelity
     assert (fidelity["recorded_dtype"], fidelity["replayed_dtype"]) == ("float32", "bfloat16")
     assert 0 < fidelity["max_logit_diff"] < 5 and "bfloat16" in fidelity["dtype_note"]
+    # another dtype keeps the weights check: the recording's weights, cast; other weights are refused
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dirs["llama"], other)
+    weights = load_file(other / "model.safetensors")
+    weights = {k: v * 1.01 if k.endswith("down_proj.weight") else v for k, v in weights.items()}
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    assert main(["replay", str(out), "--dtype", "bfloat16", "--model", str(other)]) == 2
+    assert "allow_model_mismatch" in capsys.readouterr().err

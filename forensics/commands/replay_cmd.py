@@ -31,7 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
-        help="replay in this precision (default: the recording's); fidelity shows what it costs",
+        help="replay in this precision (default: the recording's): the model loads in the recording's dtype, its "
+        "weights are checked against the recording's, then it is cast; fidelity shows what the precision costs",
     )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     p.add_argument(
@@ -57,7 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from forensics.bundle import load_bundle
-    from forensics.models.registry import resolve_model
+    from forensics.models.registry import cast_model, resolve_model
 
     replacements = _tool_results(args.tool_result)
     if (replacements or args.max_new_tokens is not None) and not args.generate:
@@ -68,9 +69,14 @@ def run(args: argparse.Namespace) -> int:
     key = config.encryption_key
     bundle = load_bundle(args.bundle, encryption_key=key)
     baselines = [load_bundle(b, encryption_key=key) for b in args.baseline]
-    dtype = args.dtype or bundle.model.get("dtype", "float32")
-    loaded = (
-        resolve_model(args.model or bundle.model["ref"], device=args.device, dtype=dtype, cache_dir=config.cache_dir)
+    recorded = bundle.model.get("dtype", "float32")
+    loaded = (  # in the recording's dtype, so the weights check holds; then cast to the one asked for
+        cast_model(
+            resolve_model(
+                args.model or bundle.model["ref"], device=args.device, dtype=recorded, cache_dir=config.cache_dir
+            ),
+            args.dtype or recorded,
+        )
         if (args.model or args.dtype)
         else None
     )
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=config.cache_dir,
         fidelity_tolerance=config.fidelity_tolerance,
         fidelity_rtol=config.fidelity_rtol,
-        allow_model_mismatch=args.allow_model_mismatch or dtype != bundle.model.get("dtype", "float32"),
+        allow_model_mismatch=args.allow_model_mismatch,
     )
     rp = Replayer(bundle, loaded=loaded, population=baselines, options=options)
     fid = rp.fidelity()

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,13 +27,14 @@ from forensics.errors import ModelError
 from forensics.models.arch import arch_for
 from forensics.models.cache import build_entry, entry_ready, file_sha256, gguf_entry, gguf_source
 from forensics.models.embedded import EMBEDDED, embedded_gguf
-from forensics.models.placement import MemoryBudget, placement_kwargs, settle, state_tensors
+from forensics.models.placement import MemoryBudget, is_dispatched, placement_kwargs, settle, state_tensors
 
 __all__ = [
     "ACCEPTED_REFERENCES",
     "LoadedModel",
     "ModelInfo",
     "available_devices",
+    "cast_model",
     "default_cache_dir",
     "device_problem",
     "resolve_device",
@@ -168,6 +169,21 @@ def resolve_model(
     spec = arch_for(model)
     info = ModelInfo(ref, kind, str(path), sha, spec.family, dtype, str(dev), len(spec.layer_names(model)))
     return LoadedModel(model, tokenizer, info)
+
+
+def cast_model(loaded: LoadedModel, dtype: str) -> LoadedModel:
+    """``loaded`` in another floating-point ``dtype``, cast in place. ``info.sha256`` stays the digest
+    of the weights as loaded, so an identity checked against a recording in the loaded dtype still
+    holds: the weights are the recording's, in the dtype the user asked for (``info.dtype``). A model
+    dispatched across devices is refused (load it in that dtype instead)."""
+    if dtype not in _DTYPES:
+        raise ModelError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
+    if dtype == loaded.info.dtype:
+        return loaded
+    if is_dispatched(loaded.model):
+        raise ModelError(f"{loaded.info.ref}: a model dispatched across devices cannot be cast; load it in {dtype}")
+    loaded.model.to(_DTYPES[dtype])
+    return LoadedModel(loaded.model, loaded.tokenizer, replace(loaded.info, dtype=dtype))
 
 
 def wrap_model(
