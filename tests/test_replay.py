@@ -118,6 +118,30 @@ def test_mean_needs_baselines(llama_case: dict[str, Any], tiny_llama: LoadedMode
         bare.run((Intervention("model.layers.0", "mean"),))
 
 
+def test_population_mean_at_any_length_is_the_mean_of_the_baselines_reaching_each_position(
+    llama_case: dict[str, Any],
+) -> None:
+    """Baselines of different lengths, aligned from the end; every length (shorter than, equal to and
+    longer than the longest baseline) is a tail of one sum, and positions no baseline reaches are NaN."""
+    import numpy as np
+
+    from forensics.replay.sources import SourceBank, prefix_length
+
+    bank = SourceBank(llama_case["benign"])
+    module = "model.layers.0.mlp"
+    rows = [np.asarray(b.activation(module), np.float64)[: prefix_length(b, 0)] for b in llama_case["benign"]]
+    longest = max(r.shape[0] for r in rows)
+    assert len({r.shape[0] for r in rows}) == 2  # the two baselines differ in length
+    for length in (2, min(r.shape[0] for r in rows), longest, longest + 3):
+        expected = np.full((length, rows[0].shape[1]), np.nan)
+        for t in range(length):
+            back = length - t  # 1 = the last position
+            reaching = [r[r.shape[0] - back] for r in rows if r.shape[0] >= back]
+            if reaching:
+                expected[t] = np.mean(reaching, axis=0)
+        np.testing.assert_allclose(bank.mean(module, length=length), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_model_mismatch_is_refused_unless_allowed(llama_case: dict[str, Any], tiny_dirs: dict[str, Path]) -> None:
     other = resolve_model(str(tiny_dirs["mistral"]), device="cpu")
     other.model.model.layers[0].mlp.down_proj.weight.data.mul_(2.0)

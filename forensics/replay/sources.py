@@ -38,6 +38,7 @@ class SourceBank:
         self.population = {b.id: b for b in baselines}
         self.bundles = {**{b.id: b for b in counterfactuals}, **self.population}
         self._means: dict[tuple[str, bool, int], np.ndarray] = {}
+        self._sums: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}  # (module, heads) -> aligned sums
         self._patches: dict[tuple[str, str, int, bool], np.ndarray] = {}
         self._heads: dict[str, dict[str, np.ndarray]] = {}  # bundle id -> {attention module: [T, width]}
         self._contributions: dict[str, dict[str, np.ndarray]] = {}  # ... -> {attention: [T, heads, hidden]}
@@ -58,7 +59,7 @@ class SourceBank:
         Refused unless both banks hold the same bundles."""
         if self.population.keys() != other.population.keys() or self.bundles.keys() != other.bundles.keys():
             raise ReplayError("source banks with different baselines cannot share their caches")
-        self._means, self._patches = other._means, other._patches
+        self._means, self._sums, self._patches = other._means, other._sums, other._patches
         self._heads, self._contributions = other._heads, other._contributions
 
     def contribution(self, module: str, source: str | None, *, step: int) -> np.ndarray | None:
@@ -81,21 +82,32 @@ class SourceBank:
         ``heads``: the module's out-projection input, every head side by side."""
         key = (module, heads, length)
         if key not in self._means:
+            total, count = self._aligned_sums(module, heads)
+            if length > len(count):  # positions no baseline reaches come first: NaN rows there
+                pad = length - len(count)
+                total = np.concatenate([np.zeros((pad, total.shape[-1])), total])
+                count = np.concatenate([np.zeros(pad), count])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._means[key] = (total[len(count) - length :] / count[len(count) - length :, None]).astype(
+                    np.float32
+                )
+        return self._means[key]
+
+    def _aligned_sums(self, module: str, heads: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The population's values summed position by position, aligned from the end, over as many
+        positions as the longest baseline has, and how many baselines reach each: every length's mean is
+        a tail of these (a family's members have many lengths; the activations are read once)."""
+        if (module, heads) not in self._sums:
             if not self.population:
                 raise ReplayError("a 'mean' intervention needs benign baseline bundles; none were given")
-            total: np.ndarray | None = None
-            count = np.zeros(length)
-            for b in self.population.values():
-                rows = self._values(b, module, heads)[: prefix_length(b, 0)]
-                n = min(length, rows.shape[0])
-                if total is None:
-                    total = np.zeros((length, rows.shape[-1]))
-                total[length - n :] += rows[rows.shape[0] - n :]
-                count[length - n :] += 1
-            assert total is not None
-            with np.errstate(invalid="ignore", divide="ignore"):
-                self._means[key] = (total / count[:, None]).astype(np.float32)
-        return self._means[key]
+            values = [self._values(b, module, heads)[: prefix_length(b, 0)] for b in self.population.values()]
+            longest = max(v.shape[0] for v in values)
+            total, count = np.zeros((longest, values[0].shape[-1])), np.zeros(longest)
+            for rows in values:
+                total[longest - rows.shape[0] :] += rows
+                count[longest - rows.shape[0] :] += 1
+            self._sums[(module, heads)] = (total, count)
+        return self._sums[(module, heads)]
 
     def patch(self, module: str, source: str | None, *, step: int, heads: bool = False) -> np.ndarray:
         """The source's activation up to its own decision position ``step`` (aligned from the end)."""
