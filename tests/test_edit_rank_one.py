@@ -78,6 +78,14 @@ def test_the_subject_is_the_shared_non_template_span() -> None:
     assert subject_span(texts, template=["The capital of France is"]) == "australia"
     assert subject_span(["New York City is big", "I love New York City"]) == "new york city"
     assert subject_span(["The capital of Peru is"], template=POPULATION) == "peru"
+    nz = [
+        "The capital of New Zealand is",
+        "The capital city of New Zealand is",
+        "Everyone knows that the capital of New Zealand is",
+    ]
+    other = ["France has its capital in", "Japan has its capital in"]  # the population phrased another way
+    assert subject_span(nz, template=other) == "new zealand"  # not "of new zealand is": the name
+    assert subject_span(["Water boils at", "Everyone knows water boils at"]) == "water boils at"  # no name: longest
     with pytest.raises(ConfigError, match="share no word"):
         subject_span(["abc", "xyz"])
 

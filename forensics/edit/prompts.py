@@ -9,9 +9,10 @@
 *Fixed* means the spec's token is the argmax at the decision position (the first token after the
 prompt), or the forbidden token no longer is. The subject heuristic: of the word runs every family
 prompt contains, the one with the fewest *template* words (words in at least half of the population
-prompts: "capital", "of", "is"; the neighbourhood prompts that name the subject are fewer), then the
-longest in characters; its position in a prompt is the token holding the last character of its last
-occurrence.
+prompts: "capital", "of", "is"; the neighbourhood prompts that name the subject are fewer), then one
+written as a name (capitalised in every prompt: "New Zealand", not "of New Zealand is" when the
+population is phrased another way), then the longest in characters; its position in a prompt is the
+token holding the last character of its last occurrence.
 """
 
 from __future__ import annotations
@@ -198,8 +199,27 @@ def subject_span(texts: Sequence[str], *, template: Sequence[str] = ()) -> str:
         raise ConfigError(f"prompts {list(texts)!r} share no word to take as their subject; name the subject")
     counts = Counter(w for t in template for w in set(_words(t)))
     common = {w for w, n in counts.items() if 2 * n >= len(template)}
-    best = max(shared, key=lambda run: (-len(common.intersection(run)), sum(len(w) for w in run), len(run), run))
+    best = max(
+        shared,
+        key=lambda run: (-len(common.intersection(run)), _named(run, texts), sum(len(w) for w in run), len(run), run),
+    )
     return " ".join(best)
+
+
+def _named(run: tuple[str, ...], texts: Sequence[str]) -> bool:
+    """Whether ``run`` is written as a name in every text (each word capitalised), and somewhere other
+    than as the text's first words (where any word is capitalised): "New Zealand" in "The capital of New
+    Zealand is", not "of new zealand is", when the population's phrasing is another one."""
+    mid = False
+    for text in texts:
+        words = re.findall(r"\w+", text)
+        folded = [w.casefold() for w in words]
+        starts = [i for i in range(len(words) - len(run) + 1) if tuple(folded[i : i + len(run)]) == run]
+        named = [i for i in starts if all(w[:1].isupper() for w in words[i : i + len(run)])]
+        if not named:
+            return False
+        mid = mid or any(i > 0 for i in named)
+    return mid
 
 
 def subject_positions(tokenizer: Any, prompts: Sequence[FamilyPrompt], subject: str) -> list[int]:
