@@ -12,21 +12,26 @@ prompt that starts with the subject fails for nearly every country, which is no 
 The first three members are *given*: the family analysis and every edit see only them. The other members
 are *held out*. Edits protect the population (the six right capitals' "The capital of X is" and the
 model's own continuations of them, as ``export-fix`` protects a report's benign bundles); specificity and
-fluency are judged on the neighbourhood: every phrasing of those six subjects (less the protected
-prompts) plus other questions about the family's subject ("X's largest city is", "X's currency is"),
-which must keep the model's own answers. Methods:
+fluency are judged on the neighbourhood the family issue defines, as ``export-fix`` builds it: the family's
+phrasings with those six subjects *where the model answers them right* (its 8-token answer names the
+capital; less the protected prompts) plus other questions about the family's subject ("X's largest city
+is", "X's currency is"), which must keep the model's own answers. Every other phrasing of the six subjects
+(one the model already answers wrong, "Spain's capital is" -> " Vienna") is judged too and reported apart
+(``specificity_all``, ``fluency_all``: all of them, wrong or right), as are the other questions alone
+(``about``). Methods:
 
 - ``ablation``: the family analysis (``RCAPipeline.run_family``) on the given members; its best fix set
   with an exact weight form (a head or module zeroed at every position), shipped as weights.
 - ``rank-one@diagnosed``: a rank-one edit of the MLP the family analysis implicates (the first MLP row of
-  its components table; else the layer of its first row).
+  its components table, as ``export-fix`` reads it; none when the table has no MLP row).
 - ``rank-one@middle``: the same edit at the middle layer; ``rank-one@random``: at a seeded random layer.
 - ``rank-one@chosen``: what ``export-fix --method rank-one`` does with a family report: the layer chosen by
   leave-one-out over the given members (``forensics.edit.choose_layer``) among the diagnosed layer and
   four spread layers; held-out members are never seen.
 
 Reported per family x method: held-out efficacy (the only generalisation evidence), specificity on the
-neighbourhood (share of answers unchanged), fluency (share of 8-token continuations unchanged) and seconds.
+neighbourhood (share of answers unchanged), fluency (share of 8-token continuations unchanged) and seconds;
+each row also names the prompts whose answer changed (``changed``).
 Goals (the family issue): held-out efficacy >= 80 % and specificity >= 95 % with the method the tool picks
 by default; the diagnosed layer should beat the fixed and random layers at equal specificity.
 """
@@ -111,14 +116,28 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     print(
-        "\n| family | members (given + held out) | method | layer | held-out efficacy | specificity | fluency | seconds |"
+        "\n| family | members (given + held out) | method | layer | held-out efficacy | specificity | fluency "
+        "| other questions kept | specificity, every phrasing | seconds |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['family']} | {r['given']} + {r['held_out_total']} | {r['method']} | {r.get('layer', '—')} | "
-            f"{_frac(r, 'held_out')} | {_frac(r, 'specificity')} | {_frac(r, 'fluency')} | {r['seconds']:.1f} |"
+            f"{_frac(r, 'held_out')} | {_frac(r, 'specificity')} | {_frac(r, 'fluency')} | {_frac(r, 'about')} | "
+            f"{_frac(r, 'specificity_all')} | {r['seconds']:.1f} |"
         )
+    print(_totals(rows))
+
+
+def _totals(rows: list[dict[str, Any]]) -> str:
+    """Per method, every family's counts summed (a method a family could not run adds nothing)."""
+    keys = ("held_out", "specificity", "fluency", "about", "specificity_all", "fluency_all")
+    lines = ["\n| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        ran = [r for r in rows if r["method"] == method and r.get("held_out")]
+        sums = {k: [sum(r[k][0] for r in ran), sum(r[k][1] for r in ran)] for k in keys}
+        lines.append(f"| {method} | " + " | ".join(_frac(sums, k) for k in keys) + " |")
+    return "\n".join(lines)
 
 
 def _fold(text: str) -> str:
@@ -135,6 +154,7 @@ class _Shared:
         from forensics.edit import population_prompts
 
         self.loaded, self.population = loaded, population
+        self._said: dict[tuple[str, int], bool] = {}
         self.protected_texts = [f"The capital of {s} is" for s, _a, _c in RIGHT]
         self.protected = population_prompts(loaded.model, loaded.tokenizer, self.protected_texts)
         self.template_failures = {
@@ -145,14 +165,33 @@ class _Shared:
         """Whether the model's 8-token greedy answer to the phrasing names ``answer``."""
         from forensics.edit.prompts import encode, greedy_continuation
 
-        tok = self.loaded.tokenizer
-        ids = encode(tok, TEMPLATES[template].format(X=subject, A=adjective))
-        said = tok.decode(list(greedy_continuation(self.loaded.model, ids, 8, tok.eos_token_id)))
-        return _fold(answer) in _fold(said)
+        key = (subject, template)
+        if key not in self._said:
+            tok = self.loaded.tokenizer
+            ids = encode(tok, TEMPLATES[template].format(X=subject, A=adjective))
+            said = tok.decode(list(greedy_continuation(self.loaded.model, ids, 8, tok.eos_token_id)))
+            self._said[key] = _fold(answer) in _fold(said)
+        return self._said[key]
+
+    def neighbourhood(self, subject: str) -> tuple[list[Any], set[str], set[str]]:
+        """The judged prompts (with the unedited model's continuations), the texts of the neighbourhood
+        proper (phrasings the model answers right, and the other questions about ``subject``), and the
+        texts of those other questions."""
+        from forensics.edit import population_prompts
+
+        about = {t.format(X=subject) for t in ABOUT}
+        right = {
+            TEMPLATES[t].format(X=s, A=a) for s, a, c in RIGHT for t in range(len(TEMPLATES)) if self.says(s, a, c, t)
+        }
+        texts = [p for s, a, _ in RIGHT for p in phrasings(s, a)] + sorted(about)
+        judged = population_prompts(
+            self.loaded.model, self.loaded.tokenizer, [t for t in texts if t not in self.protected_texts]
+        )
+        return judged, (right | about) - set(self.protected_texts), about
 
 
 def _family(shared: _Shared, name: str, work: Path, seed: int) -> list[dict[str, Any]]:
-    from forensics.edit import family_prompt, population_prompts
+    from forensics.edit import family_prompt
     from forensics.failure import FailureSpec
 
     loaded = shared.loaded
@@ -172,8 +211,7 @@ def _family(shared: _Shared, name: str, work: Path, seed: int) -> list[dict[str,
         print(f"{name}: fewer than {GIVEN + 1} members; left out", flush=True)
         return []
     given, held = members[:GIVEN], members[GIVEN:]
-    neighbourhood = [p for s, a, _ in RIGHT for p in phrasings(s, a)] + [t.format(X=subject) for t in ABOUT]
-    keep = population_prompts(loaded.model, tok, [t for t in neighbourhood if t not in shared.protected_texts])
+    keep = _Judged(*shared.neighbourhood(subject))
     base = {"family": name, "given": len(given), "held_out_total": len(held), "template_failures": skipped}
     t0 = time.perf_counter()
     family = _analyse(loaded, name, given, work, shared.population, spec)
@@ -182,17 +220,48 @@ def _family(shared: _Shared, name: str, work: Path, seed: int) -> list[dict[str,
     rows = [{**base, **_ablation(loaded, family, given, held, keep, analysis_s)}]
     layers = len(loaded.model.model.layers)
     chosen = {
-        "rank-one@diagnosed": _diagnosed_layer(family),
+        "rank-one@diagnosed": _diagnosed_layer(family, loaded.model),
         "rank-one@middle": layers // 2,
         "rank-one@random": random.Random(seed + len(name)).randrange(1, layers - 1),
     }
     positions = [_subject_position(tok, p, subject, adjective) for p in given]
     for method, layer in chosen.items():
+        if layer is None:
+            rows.append({**base, "method": method, "why": "no MLP row in the components table", "held_out": None})
+            continue
         rows.append({**base, **_rank_one(shared, given, held, keep, layer, positions, method)})
     rows.append({**base, **_rank_one_chosen(shared, given, held, keep, family, positions)})
     for r in rows:
         print(json.dumps(r), flush=True)
     return rows
+
+
+class _Judged:
+    """The prompts an edit is judged on, and how its evaluation splits into the neighbourhood proper and the rest."""
+
+    def __init__(self, prompts: list[Any], neighbourhood: set[str], about: set[str]) -> None:
+        self.prompts, self.neighbourhood, self.about = prompts, neighbourhood, about
+
+    def scores(self, ev: Any) -> dict[str, Any]:
+        changed, rewritten = _texts(self.prompts, ev.specificity.failed), _texts(self.prompts, ev.fluency.failed)
+        near = [p.text for p in self.prompts if p.text in self.neighbourhood]
+        about = [p.text for p in self.prompts if p.text in self.about]
+        n_all = len(self.prompts)
+        return {
+            "held_out": [ev.generalisation.passed, ev.generalisation.total],
+            "efficacy": [ev.efficacy.passed, ev.efficacy.total],
+            "specificity": [sum(t not in changed for t in near), len(near)],
+            "fluency": [sum(t not in rewritten for t in near), len(near)],
+            "about": [sum(t not in changed for t in about), len(about)],
+            "specificity_all": [n_all - len(changed), n_all],
+            "fluency_all": [n_all - len(rewritten), n_all],
+            "changed": list(ev.specificity.failed),
+        }
+
+
+def _texts(prompts: list[Any], failed: tuple[str, ...]) -> set[str]:
+    """The texts of ``prompts`` a score's ``failed`` lines name (each line starts with the prompt's repr)."""
+    return {p.text for p in prompts if any(line.startswith(f"{p.text!r}:") for line in failed)}
 
 
 def _frac(row: dict[str, Any], key: str) -> str:
@@ -226,17 +295,15 @@ def _analyse(loaded: Any, name: str, given: list[Any], work: Path, population: P
     return result.to_dict()
 
 
-def _diagnosed_layer(family: dict[str, Any]) -> int:
-    from forensics.models.arch import layer_of
+def _diagnosed_layer(family: dict[str, Any], model: Any) -> int | None:
+    """The layer ``export-fix`` calls diagnosed: the components table's first MLP row (None: no MLP row)."""
+    from forensics.edit.choose import diagnosed_layer
 
-    rows = family["components"]
-    mlp = next((r for r in rows if r.get("head") is None and r["module"].endswith(".mlp")), None)
-    row = mlp or (rows[0] if rows else None)
-    return int(layer_of(row["module"]) or 0) if row else 8
+    return diagnosed_layer(family, model)
 
 
 def _ablation(
-    loaded: Any, family: dict[str, Any], given: list[Any], held: list[Any], keep: list[Any], analysis_s: float
+    loaded: Any, family: dict[str, Any], given: list[Any], held: list[Any], keep: _Judged, analysis_s: float
 ) -> dict[str, Any]:
     from forensics.edit import edited_copy, evaluate_edit, weight_form
     from forensics.edit.base import NoWeightForm
@@ -250,14 +317,11 @@ def _ablation(
         except NoWeightForm:
             continue
         model = edited_copy(loaded.model, edit)
-        ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
+        ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep.prompts)
         return {
             "method": "ablation",
             "fix": fix["components"],
-            "held_out": [ev.generalisation.passed, ev.generalisation.total],
-            "efficacy": [ev.efficacy.passed, ev.efficacy.total],
-            "specificity": [ev.specificity.passed, ev.specificity.total],
-            "fluency": [ev.fluency.passed, ev.fluency.total],
+            **keep.scores(ev),
             "seconds": analysis_s + time.perf_counter() - t0,
         }
     return {"method": "ablation", "why": "no fix set with a weight form", "held_out": None, "seconds": analysis_s}
@@ -272,7 +336,7 @@ def _subject_position(tok: Any, prompt: Any, subject: str, adjective: str) -> in
 
 
 def _rank_one(
-    shared: _Shared, given: list[Any], held: list[Any], keep: list[Any], layer: int, positions: list[int], method: str
+    shared: _Shared, given: list[Any], held: list[Any], keep: _Judged, layer: int, positions: list[int], method: str
 ) -> dict[str, Any]:
     from forensics.edit import edited_copy, evaluate_edit, rank_one_edit
     from forensics.errors import ConfigError
@@ -286,21 +350,18 @@ def _rank_one(
     except ConfigError as exc:
         return {"method": method, "layer": layer, "why": str(exc)[:80], "held_out": None, "seconds": 0.0}
     model = edited_copy(loaded.model, edit)
-    ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
+    ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep.prompts)
     return {
         "method": method,
         "layer": layer,
-        "held_out": [ev.generalisation.passed, ev.generalisation.total],
-        "efficacy": [ev.efficacy.passed, ev.efficacy.total],
-        "specificity": [ev.specificity.passed, ev.specificity.total],
-        "fluency": [ev.fluency.passed, ev.fluency.total],
+        **keep.scores(ev),
         "relative_norm": edit.details.get("relative_norm"),
         "seconds": time.perf_counter() - t0,
     }
 
 
 def _rank_one_chosen(
-    shared: _Shared, given: list[Any], held: list[Any], keep: list[Any], family: dict[str, Any], positions: list[int]
+    shared: _Shared, given: list[Any], held: list[Any], keep: _Judged, family: dict[str, Any], positions: list[int]
 ) -> dict[str, Any]:
     """What ``export-fix --method rank-one`` does with a family report and no ``--layer``: the layer chosen
     by leave-one-out over the given members among the diagnosed and the spread layers (``choose_layer``)."""
@@ -318,15 +379,12 @@ def _rank_one_chosen(
         subject_positions=positions,
     )
     model = edited_copy(loaded.model, choice.edit)
-    ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep)
+    ev = evaluate_edit(model, loaded.tokenizer, fitting=given, held_out=held, population=keep.prompts)
     return {
         "method": "rank-one@chosen",
         "layer": choice.layer,
         "tried": choice.table(),
-        "held_out": [ev.generalisation.passed, ev.generalisation.total],
-        "efficacy": [ev.efficacy.passed, ev.efficacy.total],
-        "specificity": [ev.specificity.passed, ev.specificity.total],
-        "fluency": [ev.fluency.passed, ev.fluency.total],
+        **keep.scores(ev),
         "relative_norm": choice.edit.details.get("relative_norm"),
         "seconds": time.perf_counter() - t0,
     }
