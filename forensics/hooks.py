@@ -27,18 +27,20 @@ ForwardHook = Callable[[nn.Module, Any, Any], Any]
 
 
 def primary(output: Any) -> torch.Tensor:
-    """The activation tensor a module produced (first element of a tuple output)."""
+    """The activation tensor a module produced (first element of a tuple or list output)."""
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"module output of type {type(output).__name__} carries no activation tensor")
 
 
 def with_primary(output: Any, new: torch.Tensor) -> Any:
-    """``output`` with its activation tensor replaced by ``new`` (same structure)."""
+    """``output`` with its activation tensor replaced by ``new`` (same structure: a tuple or a list)."""
     if isinstance(output, torch.Tensor):
         return new
+    if isinstance(output, list):
+        return [new, *output[1:]]
     return (new, *output[1:])
 
 

@@ -98,6 +98,30 @@ def test_tiny_gemma3_runs_record_replay_heads_atp_and_analysis(tmp_path: Path) -
     assert (row.result, row.source, row.heads) == ("pass", "discovered", "4 x 16"), row.reason
 
 
+@pytest.mark.parametrize("model_type", ["openai-gpt", "bloom"])
+def test_models_that_reshape_to_their_input_batch_replay_without_rows_joining_at_their_layer(
+    model_type: str, tmp_path: Path
+) -> None:
+    """openai-gpt (blocks return a list) and bloom reshape their output to the batch of their input ids,
+    which a pass of candidate rows joining at their own layer breaks: the replay turns that reuse off and
+    reruns, and every set's outcome equals its own pass."""
+    from forensics.record import record_greedy
+    from forensics.replay import Intervention, Replayer
+
+    row = run_one(model_type, tmp_path / "sweep")
+    assert row.result == "pass", row.reason
+    loaded = resolve_model(str(tmp_path / "sweep" / model_type), device="cpu")
+    bundle = record_greedy(loaded, "One two three four", tmp_path / "b", "runner-up", max_new_tokens=1).bundle
+    rp = Replayer(bundle, loaded=loaded)
+    spec = arch_for(loaded.model)
+    layers = spec.layer_names(loaded.model)
+    sets = [(Intervention(f"{layer}.{spec.mlp}", "zero", "all"),) for layer in reversed(layers)]
+    together = rp.evaluate(sets)
+    assert rp.prefix.grow_refused  # rows joining at their own layer failed once and are off
+    alone = [rp.run(s) for s in sets]
+    assert [o.metric for o in together] == pytest.approx([o.metric for o in alone], abs=1e-5)
+
+
 def test_tiny_gemma3_through_the_registry(tmp_path: Path) -> None:
     loaded = resolve_model(str(build_tiny_model("gemma3_text", tmp_path / "g3")), device="cpu")
     assert loaded.info.family == "gemma3_text" and loaded.info.num_layers == 2

@@ -49,6 +49,8 @@ class PrefixReuse:
         except ModelError as exc:
             self.reason = f"no family table ({exc}); full forward passes"
         self.tuple_output: bool | None = None
+        self.list_output = False
+        self.grow_refused: str | None = None  # why rows may not join at their own layer (``refuse_growing``)
         self._resid: dict[int, torch.Tensor] = {}
         if self.reason:
             log.info("prefix reuse off for %s: %s", getattr(bundle, "id", "?"), self.reason)
@@ -68,9 +70,18 @@ class PrefixReuse:
         the embeddings or the final norm would see a batch of a different size than its plan)."""
         return (
             not self.reason
+            and not self.grow_refused
             and self.tuple_output is not None
             and all(self.inside(iv.module) for ivs in sets for iv in ivs)
         )
+
+    def refuse_growing(self, exc: Exception) -> None:
+        """A growing pass failed (a model that reshapes its output to the batch of its input ids, which
+        ``growing`` keeps at one row): from now on every row of a pass starts at its earliest layer."""
+        if self.grow_refused:
+            raise exc
+        self.grow_refused = f"{type(exc).__name__}: {exc}"
+        log.info("rows joining at their own layer are off for %s: %s", getattr(self.bundle, "id", "?"), exc)
 
     def start(self, ivs: InterventionSet) -> int:
         """First layer that must run for ``ivs`` (the last layer + 1 for the empty set)."""
@@ -94,8 +105,9 @@ class PrefixReuse:
         if layer <= 0 or self.reason:
             yield
             return
-        value = self._recorded(layer - 1, device, dtype)[:, offset:end].expand(rows, -1, -1)
-        out: Any = (value,) if self.tuple_output else value
+        # contiguous: a block may view its input (openai-gpt's Conv1D runs before any norm copies it)
+        value = self._recorded(layer - 1, device, dtype)[:, offset:end].expand(rows, -1, -1).contiguous()
+        out: Any = ([value] if self.list_output else (value,)) if self.tuple_output else value
         stubbed = [self.model.get_submodule(name) for name in self.layers[:layer]]
         own = [module.__dict__.get("forward") for module in stubbed]  # accelerate's wrapper, when dispatched
         try:
@@ -149,7 +161,8 @@ class PrefixReuse:
                 log.debug("layer output detection failed (%s); learning it on the first replay", exc)
 
     def _detect(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.tuple_output = isinstance(output, tuple)
+        self.tuple_output = isinstance(output, (tuple, list))  # a list (openai-gpt's blocks) is held the same way
+        self.list_output = isinstance(output, list)
 
     def _detect_and_stop(self, module: nn.Module, args: Any, output: Any) -> None:
         self._detect(module, args, output)
@@ -174,8 +187,8 @@ def _expander(rows: int) -> Any:
 
     def hook(module: nn.Module, args: Any, kwargs: Any) -> Any:
         if args:
-            return (args[0].expand(rows, -1, -1), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].expand(rows, -1, -1)}
+            return (args[0].expand(rows, -1, -1).contiguous(), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].expand(rows, -1, -1).contiguous()}
 
     return hook
 

@@ -240,13 +240,19 @@ class Replayer:
             mp.scale, mp.add = mp.scale[:, first:], mp.add[:, first:]
             mp.post = None if mp.post is None else mp.post[:, first:]
         ids = self.input_ids[:, first:]
-        with self._installed(plan):
-            if grow:
-                with self.prefix.growing(starts, self.device, self._dtype, first):
-                    logits = self._forward(ids, extra)
-            else:
-                with self.prefix.skipping(starts[0], len(chunk), self.device, self._dtype, first):
-                    logits = self._forward(ids.expand(len(chunk), -1), extra)
+        try:
+            with self._installed(plan):
+                if grow:
+                    with self.prefix.growing(starts, self.device, self._dtype, first):
+                        logits = self._forward(ids, extra)
+                else:
+                    with self.prefix.skipping(starts[0], len(chunk), self.device, self._dtype, first):
+                        logits = self._forward(ids.expand(len(chunk), -1), extra)
+        except RuntimeError as exc:  # a model that reshapes to its input ids' batch (openai-gpt) cannot grow
+            if not grow:
+                raise
+            self.prefix.refuse_growing(exc)  # hooks are off again: the pass reruns without growing
+            return self._run_plan(chunk)
         self.layers_run += sum(len(self.prefix.layers) - start for start in starts)
         self.positions_run += sum(len(self.prefix.layers) - start for start in starts) * (self.length - first)
         unfired = [name for name, mp in plan.modules.items() if mp.fires == 0]
