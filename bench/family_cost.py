@@ -2,6 +2,7 @@
 
     python bench/family_cost.py                  # prints a table; writes bench_out/family_cost.json
     python bench/family_cost.py --repeat 3 --sizes 1 8
+    python bench/family_cost.py --device cuda --sizes 1 8 --repeat 1   # bench/gpu_check.sh, on a GPU
 
 The members are the eight phrasings of "The capital of Australia is" (``bench/families.py``: all eight
 fail toward " Canberra"), recorded with ``record_greedy``; the population is the six capitals it answers
@@ -77,10 +78,11 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", default="bench_out/family_cost.json")
+    parser.add_argument("--device", default="cpu", help="cpu (the README's table), cuda, auto")
     args = parser.parse_args()
     from forensics.models import resolve_model
 
-    loaded = resolve_model("smollm2-135m", device="cpu")
+    loaded = resolve_model("smollm2-135m", device=args.device)
     work = Path(tempfile.mkdtemp(prefix="family-cost-"))
     try:
         members, population = record(loaded, work)
@@ -90,7 +92,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     one = next((r["seconds"] for r in rows if r["members"] == 1), rows[0]["seconds"])
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    print(f"\nsmollm2-135m, CPU, OMP_NUM_THREADS={threads}, fastest of {args.repeat}")
+    print(f"\nsmollm2-135m, {loaded.info.device}, OMP_NUM_THREADS={threads}, fastest of {args.repeat}")
     print("| members | seconds | x one member | forward passes | sets scored | best fix (members fixed) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -100,7 +102,14 @@ def main() -> None:
             f"{r['evaluated']} | {fix} ({r['fixed_members']}/{r['members']}) |"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": threads, "repeat": args.repeat, "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"device": loaded.info.device, "threads": threads, "repeat": args.repeat, "rows": rows}, indent=2)
+    )
+    most = max(rows, key=lambda r: r["members"])
+    print(  # one line last: bench/gpu_check.sh keeps it as the step's result
+        f"{loaded.info.device}: {most['members']} members {most['seconds']:.1f} s = "
+        f"{most['seconds'] / one:.1f}x one member ({one:.1f} s); goal <= 2x"
+    )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 #     GPU_CHECK_QUICK=1 bash bench/gpu_check.sh # bounded: also skips the long CPU steps (the test's mode)
 #
 # Steps: `make demo` on device auto (CUDA); fidelity of a bundle recorded on CPU replayed on CUDA and
-# the reverse; bf16 on CUDA (record, replay, a head zero); the head sweep against TransformerLens and
+# the reverse; bf16 on CUDA (record, replay, a head zero); a family of 8 members against one on CUDA
+# (bench/family_cost.py: the family issue's <= 2x goal); the head sweep against TransformerLens and
 # nnsight and the AtP recall bench (both as their scripts run them); two Ray actors of 0.5 GPU each
 # replaying on CUDA. Each step prints one row: step, result, seconds. Without a CUDA device a CUDA
 # step prints "skipped: no CUDA device"; a failed step is reported and the script goes on. Exit status:
@@ -121,6 +122,10 @@ atp_recall() {
     tail -n 1 "$WORK/atp.log"
 }
 
+family_cost() {  # the family issue's cost goal, where a batch's rows are nearly free
+    "$PY" bench/family_cost.py --device cuda --sizes 1 8 --repeat 1 --out "$WORK/family_cost.json" | tail -n 1
+}
+
 ray_actors() {
     WORK=$WORK "$PY" - <<'EOF'
 import os
@@ -157,12 +162,13 @@ EOF
 }
 
 export PY WORK
-export -f env_info demo_cuda cross_device bf16_cuda head_sweep atp_recall ray_actors
+export -f env_info demo_cuda cross_device bf16_cuda family_cost head_sweep atp_recall ray_actors
 echo "gpu_check: CUDA=$CUDA quick=$QUICK scratch=$WORK"
 step environment none env_info
 step "make demo (device auto)" cuda demo_cuda
 step "fidelity cpu<->cuda" cuda cross_device
 step "bf16 on cuda" cuda bf16_cuda
+step "family of 8 vs 1 on cuda" cuda family_cost
 step "head sweep vs TL, nnsight" cpu-long head_sweep
 step "AtP recall" cpu-long atp_recall
 step "ray: 2 actors x 0.5 GPU" cuda ray_actors

@@ -13,7 +13,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-CUDA_STEPS = ("make demo (device auto)", "fidelity cpu<->cuda", "bf16 on cuda", "ray: 2 actors x 0.5 GPU")
+CUDA_STEPS = (
+    "make demo (device auto)",
+    "fidelity cpu<->cuda",
+    "bf16 on cuda",
+    "family of 8 vs 1 on cuda",
+    "ray: 2 actors x 0.5 GPU",
+)
 LONG_STEPS = ("head sweep vs TL, nnsight", "AtP recall")
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skips of a machine without CUDA")
@@ -35,7 +41,7 @@ def test_without_cuda_every_cuda_step_is_skipped_in_one_table(tmp_path: Path) ->
     done = run(tmp_path)
     assert done.returncode == 0, done.stderr
     rows = table(done.stdout)
-    assert list(rows) == ["environment", *CUDA_STEPS[:3], *LONG_STEPS, CUDA_STEPS[3]]
+    assert list(rows) == ["environment", *CUDA_STEPS[:4], *LONG_STEPS, CUDA_STEPS[4]]
     for step in CUDA_STEPS:
         assert rows[step][0] == "skipped: no CUDA device"
     for step in LONG_STEPS:
@@ -51,7 +57,7 @@ def test_a_failed_step_is_reported_and_the_rest_still_run(tmp_path: Path) -> Non
     rows = table(done.stdout)
     assert rows["environment"][0].startswith("FAILED (exit 127)")
     assert rows["bf16 on cuda"][0] == "skipped: no CUDA device"  # the later steps still ran
-    assert len(rows) == 7
+    assert len(rows) == 1 + len(CUDA_STEPS) + len(LONG_STEPS)
 
 
 def test_steps_past_the_budget_fail_unstarted(tmp_path: Path) -> None:
